@@ -1,0 +1,3 @@
+"""sie-evals: benchmark-driven development for text-embedding models and inference servers."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,38 @@
+"""Partition keys generated from `model_configs/`: adding a model, task or source to a config adds
+its partitions with no code change (reload the code location)."""
+
+from collections import defaultdict
+
+import dagster as dg
+
+from sie_evals.lib.keys import EvalKey
+from sie_evals.lib.model_config import ModelConfig, load_all_model_configs
+from sie_evals.lib.sources import COMPUTE_SOURCES
+from sie_evals.lib.tasks import resolve_task
+
+
+def eval_keys(configs: list[ModelConfig] | None = None) -> list[EvalKey]:
+    """Every model:task:source a config declares, for sources that embed (reference sources are read)."""
+    configs = load_all_model_configs() if configs is None else configs
+    keys = {
+        EvalKey(c.short_name, resolve_task(t).task_id, s)
+        for c in configs
+        for t in c.tasks
+        for s in c.sources
+        if s in COMPUTE_SOURCES
+    }
+    return sorted(keys)
+
+
+def task_to_eval_keys(keys: list[EvalKey]) -> dict[str, list[str]]:
+    by_task: dict[str, list[str]] = defaultdict(list)
+    for k in keys:
+        by_task[k.task].append(str(k))
+    return dict(by_task)
+
+
+EVAL_KEYS = eval_keys()
+task_partitions = dg.StaticPartitionsDefinition(sorted({k.task for k in EVAL_KEYS}))
+eval_partitions = dg.StaticPartitionsDefinition([str(k) for k in EVAL_KEYS])
+# Built-in mapping (visible to the UI and daemon, unlike custom PartitionMapping subclasses).
+task_to_evals = dg.StaticPartitionMapping(task_to_eval_keys(EVAL_KEYS))

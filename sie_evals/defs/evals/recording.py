@@ -1,0 +1,31 @@
+"""Record CLI results in the Dagster instance so they show in the UI beside scheduled runs."""
+
+import dagster as dg
+
+from sie_evals.lib.keys import EvalKey
+from sie_evals.lib.model_config import ModelConfig
+from sie_evals.lib.report import TABLE_METRICS
+
+
+def record_quality_report(config: ModelConfig, report: dict, instance: dg.DagsterInstance | None = None) -> list[str]:
+    """One runless materialization of `quality_scores` per source, keyed like the asset partitions."""
+    instance = instance or dg.DagsterInstance.get()
+    keys = []
+    for source, result in report["sources"].items():
+        key = str(EvalKey(config.short_name, report["task"], source))
+        metadata = {m: float(result["metrics"][m]) for m in TABLE_METRICS if m in result["metrics"]}
+        metadata.update(
+            {
+                "main_score": float(result["main_score"]),
+                "recorded_by": "sie-bench eval (CLI)",
+                "dataset_hash": report["dataset"]["content_hash"],
+                "split": report["split"],
+                "profile": report["profile"],
+                "engine_version": result["run_conditions"]["engine_version"],
+            }
+        )
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization(asset_key="quality_scores", partition=key, metadata=metadata)
+        )
+        keys.append(key)
+    return keys

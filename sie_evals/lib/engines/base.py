@@ -1,0 +1,94 @@
+"""The engine interface every source implements.
+
+An engine turns texts into float32 vectors. Servers have a lifecycle (start/stop); in-process
+engines load lazily. Query/document prefixes from the profile are applied here, once, so every
+engine sees exactly the same input strings.
+"""
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any, Self
+
+import numpy as np
+
+from sie_evals.lib.errors import EngineError
+from sie_evals.lib.model_config import ModelConfig, ResolvedProfile
+
+
+class EmbedKind(StrEnum):
+    query = "query"
+    document = "document"
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    engine: str  # source name: local, sie, infinity, tei
+    version: str  # engine software versions, e.g. "transformers 5.23.0; torch 2.13.0+cpu"
+    model_id: str
+    model_revision: str | None
+    weights: str  # where the weights came from, as configured
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Engine(ABC):
+    """Subclasses implement `_embed_batchless` on prefixed texts and `info`."""
+
+    name: str = "engine"
+
+    def __init__(self, model: ModelConfig, profile: ResolvedProfile):
+        self.model = model
+        self.profile = profile
+        self.forward_calls = 0  # how many model forward passes / requests this engine made
+
+    # lifecycle: servers override these; in-process engines may load lazily
+    def start(self) -> None:  # noqa: B027 - optional hook
+        """Make the engine ready (start a server, load weights)."""
+
+    def stop(self) -> None:  # noqa: B027 - optional hook
+        """Release what start() acquired. Must be safe to call more than once."""
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @abstractmethod
+    def info(self) -> EngineInfo:
+        """What produced the vectors: must be cheap and must not load the model."""
+
+    @abstractmethod
+    def _embed_prepared(self, texts: list[str]) -> np.ndarray:
+        """Embed already-prefixed texts; return an array of shape (len(texts), dims)."""
+
+    def prefix(self, kind: EmbedKind) -> str:
+        return self.profile.query_prefix if kind == EmbedKind.query else self.profile.document_prefix
+
+    def embed(self, texts: Sequence[str], kind: EmbedKind) -> np.ndarray:
+        """Vectors for `texts` as float32 (n, dims). Validates what the engine returned."""
+        if not texts:
+            raise EngineError(f"{self.name}: nothing to embed")
+        prefix = self.prefix(kind)
+        vectors = self._embed_prepared([prefix + t for t in texts])
+        return validate_embeddings(vectors, len(texts), self.name)
+
+
+def validate_embeddings(vectors: Any, expected_rows: int, engine: str) -> np.ndarray:
+    """Reject wrong counts, wrong rank and non-finite values: a bad reply must never be scored."""
+    arr = np.asarray(vectors, dtype=np.float32)
+    if arr.ndim != 2:
+        raise EngineError(f"{engine}: expected a 2-D array of embeddings, got shape {arr.shape}")
+    if arr.shape[0] != expected_rows:
+        raise EngineError(f"{engine}: asked for {expected_rows} embeddings, got {arr.shape[0]}")
+    if arr.shape[1] == 0:
+        raise EngineError(f"{engine}: embeddings have zero dimensions")
+    bad = ~np.isfinite(arr).all(axis=1)
+    if bad.any():
+        raise EngineError(f"{engine}: {int(bad.sum())} embedding(s) contain NaN or inf (first row {int(bad.argmax())})")
+    return np.ascontiguousarray(arr)

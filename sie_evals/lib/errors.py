@@ -1,0 +1,34 @@
+"""Error types with the exit codes the CLI documents (0 pass, 1 failure/drift, 2 usage or input)."""
+
+
+class SieEvalsError(Exception):
+    """Base class; `exit_code` is what the CLI exits with."""
+
+    exit_code = 1
+
+
+class InputError(SieEvalsError):
+    """Malformed or missing user input: config, dataset, result file, CLI arguments."""
+
+    exit_code = 2
+
+
+class ConfigError(InputError):
+    """A model config that does not validate. The message names the file and the field."""
+
+
+class DatasetError(InputError):
+    """A dataset that cannot be loaded as the task requires. The message names the file (and line)."""
+
+
+class UnknownNameError(InputError):
+    """A model, task or source name that does not exist; the message lists the valid ones."""
+
+    def __init__(self, kind: str, name: str, valid: list[str]):
+        self.kind, self.name, self.valid = kind, name, valid
+        listing = ", ".join(valid) if valid else "(none)"
+        super().__init__(f"unknown {kind} {name!r}; valid {kind}s: {listing}")
+
+
+class EngineError(SieEvalsError):
+    """An engine failed to produce embeddings (bad reply, crashed server, wrong shape, NaN)."""

@@ -1,0 +1,142 @@
+"""A quality eval as composable steps. The CLI runs them in one go; the Dagster assets run the same
+functions one asset at a time (dataset -> embeddings -> scores)."""
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from sie_evals.lib import paths
+from sie_evals.lib.cache import CacheStats, EmbeddingCache
+from sie_evals.lib.engines import EmbedKind, Engine, create_engine
+from sie_evals.lib.metrics import retrieval_scores
+from sie_evals.lib.model_config import ModelConfig, ResolvedProfile
+from sie_evals.lib.run_conditions import hardware, now_iso, software
+from sie_evals.lib.search import exact_top_k, to_run
+from sie_evals.lib.tasks import RetrievalData, TaskSpec, load_retrieval_data, resolve_task
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    split: str | None = None
+    limit_queries: int | None = None
+    corpus_size: int | None = None
+    data_root: Path | None = None
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    batch_size: int | None = None
+    threads: int | None = None
+    progress: bool = False
+
+    def for_engine(self) -> dict[str, Any]:
+        return {"batch_size": self.batch_size, "threads": self.threads, "progress": self.progress}
+
+
+@dataclass
+class Embeddings:
+    queries: np.ndarray
+    documents: np.ndarray
+    engine_info: dict[str, Any]
+    cache: CacheStats
+    forward_calls: int
+    seconds: float
+
+
+@dataclass
+class SourceResult:
+    source: str
+    metrics: dict[str, float]
+    main_score_name: str
+    per_query: pd.DataFrame
+    run_conditions: dict[str, Any]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def main_score(self) -> float:
+        return self.metrics[self.main_score_name]
+
+
+def load_task(task: str, opts: DataOptions) -> tuple[TaskSpec, RetrievalData]:
+    spec = resolve_task(task)
+    data = load_retrieval_data(spec, opts.split, opts.data_root)
+    if opts.limit_queries:
+        data = data.take_subset(opts.limit_queries, opts.corpus_size)
+    return spec, data
+
+
+def embed_retrieval(engine: Engine, data: RetrievalData, cache: EmbeddingCache) -> Embeddings:
+    stats = CacheStats()
+    start = time.perf_counter()
+    queries = cache.embed(engine, data.query_texts, EmbedKind.query, stats)
+    documents = cache.embed(engine, data.corpus_texts, EmbedKind.document, stats)
+    return Embeddings(
+        queries, documents, engine.info().as_dict(), stats, engine.forward_calls, time.perf_counter() - start
+    )
+
+
+def score_retrieval(
+    spec: TaskSpec, data: RetrievalData, queries: np.ndarray, documents: np.ndarray
+) -> tuple[dict[str, float], pd.DataFrame]:
+    rules = spec.rules
+    scores, indices = exact_top_k(queries, documents, k=max(rules.k_values))
+    run = to_run(data.query_ids, data.corpus_ids, scores, indices)
+    return retrieval_scores(data.qrels, run, rules.k_values, rules.ignore_identical_ids, rules.skip_first_result)
+
+
+def run_conditions(
+    data: RetrievalData, profile: ResolvedProfile, emb: Embeddings, engine_opts: EngineOptions
+) -> dict[str, Any]:
+    info = emb.engine_info
+    return {
+        "engine": info["engine"],
+        "engine_version": info["version"],
+        "model_id": info["model_id"],
+        "model_revision": info["model_revision"],
+        "weights": info["weights"],
+        "profile": profile.name,
+        "dtype": profile.dtype.value,
+        "batch_size": engine_opts.batch_size or profile.batch_size,
+        "threads": engine_opts.threads,
+        "dataset": data.describe(),
+        "hardware": hardware(),
+        "software": software(),
+        "date": now_iso(),
+    }
+
+
+def evaluate_source(
+    model: ModelConfig,
+    profile: ResolvedProfile,
+    spec: TaskSpec,
+    data: RetrievalData,
+    source: str,
+    engine_opts: EngineOptions,
+    cache: EmbeddingCache | None = None,
+) -> SourceResult:
+    """Embed (through the cache) and score one compute source."""
+    cache = cache or EmbeddingCache(paths.cache_dir())
+    engine = create_engine(source, model, profile, **engine_opts.for_engine())
+    with engine:
+        emb = embed_retrieval(engine, data, cache)
+    start = time.perf_counter()
+    metrics, per_query = score_retrieval(spec, data, emb.queries, emb.documents)
+    score_seconds = time.perf_counter() - start
+    return SourceResult(
+        source=source,
+        metrics=metrics,
+        main_score_name=spec.rules.main_score,
+        per_query=per_query,
+        run_conditions=run_conditions(data, profile, emb, engine_opts),
+        extra={
+            "dims": int(emb.documents.shape[1]),
+            "cache": emb.cache.as_dict(),
+            "forward_calls": emb.forward_calls,
+            "embed_seconds": round(emb.seconds, 3),
+            "score_seconds": round(score_seconds, 3),
+        },
+    )

