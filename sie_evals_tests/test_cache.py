@@ -1,0 +1,74 @@
+import numpy as np
+import pytest
+
+from sie_evals.lib.cache import CacheStats, EmbeddingCache
+from sie_evals.lib.engines import EmbedKind, Engine, EngineInfo
+
+
+class CountingEngine(Engine):
+    """A deterministic engine (hash-seeded vectors) that counts calls; cache behaviour, not model
+    behaviour, is under test here (the real engine is covered in test_local_engine/test_cli)."""
+
+    name = "counting"
+
+    def info(self) -> EngineInfo:
+        return EngineInfo("counting", "1", self.model.model_id, self.model.revision, "none")
+
+    def _embed_prepared(self, texts):
+        self.forward_calls += 1
+        return np.stack([np.random.default_rng(abs(hash(t)) % 2**32).normal(size=8) for t in texts])
+
+
+@pytest.fixture
+def engine(minilm):
+    return CountingEngine(minilm, minilm.resolve_profile("default"))
+
+
+def test_second_call_is_served_from_cache(tmp_path, engine):
+    cache = EmbeddingCache(tmp_path, chunk_size=4)
+    texts = [f"text {i}" for i in range(10)]
+    first = cache.embed(engine, texts, EmbedKind.document, s1 := CacheStats())
+    assert s1.misses == 3 and engine.forward_calls == 3
+    second = cache.embed(engine, texts, EmbedKind.document, s2 := CacheStats())
+    assert s2.hits == 3 and s2.misses == 0 and engine.forward_calls == 3
+    np.testing.assert_array_equal(first, second)
+
+
+def test_key_depends_on_kind_texts_and_profile(tmp_path, engine, minilm):
+    cache = EmbeddingCache(tmp_path)
+    ident = {"x": 1}
+    k = cache.key(ident, EmbedKind.query, ["a"])
+    assert k != cache.key(ident, EmbedKind.document, ["a"])
+    assert k != cache.key(ident, EmbedKind.query, ["a "])
+    assert cache.key(ident, EmbedKind.query, ["ab", "c"]) != cache.key(ident, EmbedKind.query, ["a", "bc"])
+    other = CountingEngine(minilm, minilm.resolve_profile("bf16"))
+    cache.embed(engine, ["a"], EmbedKind.query)
+    cache.embed(other, ["a"], EmbedKind.query, s := CacheStats())
+    assert s.misses == 1  # another dtype is another cache entry
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "sidecar"])
+def test_corrupt_entry_is_detected_and_recomputed(tmp_path, engine, damage):
+    cache = EmbeddingCache(tmp_path)
+    texts = ["alpha", "beta"]
+    good = cache.embed(engine, texts, EmbedKind.document)
+    npy = next((tmp_path / "embeddings").rglob("*.npy"))
+    meta = npy.with_suffix(".json")
+    if damage == "flip":
+        raw = bytearray(npy.read_bytes())
+        raw[-3] ^= 0xFF
+        npy.write_bytes(bytes(raw))
+    elif damage == "truncate":
+        npy.write_bytes(npy.read_bytes()[:40])
+    else:
+        meta.write_text("{broken")
+    again = cache.embed(engine, texts, EmbedKind.document, s := CacheStats())
+    assert s.corrupt == 1 and s.misses == 1 and engine.forward_calls == 2
+    np.testing.assert_array_equal(good, again)
+    cache.embed(engine, texts, EmbedKind.document, s2 := CacheStats())
+    assert s2.hits == 1  # the rewritten entry is good
+
+
+def test_no_temp_files_left_behind(tmp_path, engine):
+    EmbeddingCache(tmp_path).embed(engine, ["a", "b"], EmbedKind.query)
+    assert not list(tmp_path.rglob("*.tmp"))

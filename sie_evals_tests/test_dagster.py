@@ -1,0 +1,127 @@
+"""Dagster definitions, partitions generated from configs, and real materializations."""
+
+import json
+import subprocess
+import sys
+
+import dagster as dg
+import pytest
+
+from sie_evals.defs.evals.assets import embeddings, quality_scores, task_dataset
+from sie_evals.defs.evals.partitions import eval_keys, task_to_eval_keys
+from sie_evals.defs.evals.recording import record_quality_report
+from sie_evals.defs.evals.resources import EvalSettings, JsonIOManager
+from sie_evals.lib.keys import EvalKey
+from sie_evals.lib.model_config import load_all_model_configs
+from sie_evals_tests.conftest import REPO_ROOT
+
+KEY = "all-MiniLM-L6-v2:beir/SciFact:local"
+ALL = [task_dataset, embeddings, quality_scores]
+
+
+def test_definitions_load():
+    from sie_evals.definitions import defs
+
+    d = defs()
+    dg.Definitions.validate_loadable(d)
+    assert {k.to_user_string() for k in d.resolve_asset_graph().get_all_asset_keys()} >= {
+        "task_dataset", "embeddings", "quality_scores",
+    }
+
+
+def test_partitions_come_from_model_configs(configs_dir):
+    keys = eval_keys(load_all_model_configs(configs_dir))
+    assert [str(k) for k in keys] == [KEY]
+    cfg = configs_dir / "sentence-transformers__all-MiniLM-L6-v2.yaml"
+    cfg.write_text(cfg.read_text().replace("  - beir/SciFact", "  - beir/SciFact\n  - mteb/NFCorpus"))
+    keys = eval_keys(load_all_model_configs(configs_dir))
+    assert [str(k) for k in keys] == ["all-MiniLM-L6-v2:beir/NFCorpus:local", KEY]
+    assert task_to_eval_keys(keys) == {"beir/NFCorpus": ["all-MiniLM-L6-v2:beir/NFCorpus:local"], "beir/SciFact": [KEY]}
+
+
+def test_key_format_round_trips():
+    k = EvalKey.parse(KEY)
+    assert (k.model, k.task, k.source) == ("all-MiniLM-L6-v2", "beir/SciFact", "local") and str(k) == KEY
+    with pytest.raises(ValueError):
+        EvalKey.parse("a:b")
+
+
+@pytest.fixture
+def resources(tmp_path, session_cache):
+    return {
+        "settings": EvalSettings(results_dir=str(tmp_path / "results"), cache_dir=str(session_cache),
+                                 limit_queries=20, corpus_size=200),
+        "json_io": JsonIOManager(base_dir=str(tmp_path / "io")),
+    }
+
+
+def test_materialize_one_partition_in_process(resources):
+    instance = dg.DagsterInstance.ephemeral()
+    ds = dg.materialize(ALL, selection=[task_dataset], partition_key="beir/SciFact", instance=instance,
+                        resources=resources)
+    assert ds.success
+    res = dg.materialize(ALL, selection=[embeddings, quality_scores], partition_key=KEY, instance=instance,
+                         resources=resources)
+    assert res.success
+    scores = res.output_for_node("quality_scores")
+    assert scores["key"] == KEY and scores["dataset"]["counts"]["queries"] == 20
+    mat = instance.get_latest_materialization_event(dg.AssetKey("quality_scores")).asset_materialization
+    assert mat.partition == KEY
+    assert mat.metadata["ndcg_at_10"].value == scores["metrics"]["ndcg_at_10"]
+
+    # Rematerializing scores alone reuses the stored embeddings: no engine runs.
+    again = dg.materialize(ALL, selection=[quality_scores], partition_key=KEY, instance=instance, resources=resources)
+    assert again.success and again.output_for_node("quality_scores")["metrics"] == scores["metrics"]
+
+
+def test_cli_and_asset_agree_and_cli_run_is_recorded(resources, tmp_path):
+    """Same library code: the CLI's numbers equal the asset's on the same slice; the CLI result is
+    recorded as a materialization of the same partition."""
+    from typer.testing import CliRunner
+
+    from sie_evals.cli import app
+
+    instance = dg.DagsterInstance.ephemeral()
+    dg.materialize(ALL, selection=[task_dataset], partition_key="beir/SciFact", instance=instance, resources=resources)
+    asset_scores = dg.materialize(ALL, selection=[embeddings, quality_scores], partition_key=KEY, instance=instance,
+                                  resources=resources).output_for_node("quality_scores")["metrics"]
+    out = tmp_path / "cli.json"
+    res = CliRunner().invoke(app, ["eval", "all-MiniLM-L6-v2", "-t", "beir/SciFact", "--limit-queries", "20",
+                                   "--corpus-size", "200", "--no-progress", "--no-record", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    report = json.loads(out.read_text())
+    assert report["sources"]["local"]["metrics"] == asset_scores
+
+    from sie_evals.lib.model_config import find_model_config
+
+    with dg.instance_for_test() as persistent:
+        keys = record_quality_report(find_model_config("all-MiniLM-L6-v2"), report, persistent)
+        assert keys == [KEY]
+        event = persistent.get_latest_materialization_event(dg.AssetKey("quality_scores"))
+        assert event.asset_materialization.partition == KEY
+        assert event.asset_materialization.metadata["main_score"].value == report["sources"]["local"]["main_score"]
+
+
+@pytest.mark.slow
+def test_dagster_cli_validate_and_materialize(tmp_path, session_cache):
+    env_home = tmp_path / "dagster_home"
+    env_home.mkdir()
+    (env_home / "dagster.yaml").write_text((REPO_ROOT / "dagster.yaml").read_text())
+    import os
+
+    env = {**os.environ, "DAGSTER_HOME": str(env_home)}
+    dagster = [sys.executable, "-m", "dagster"]
+    res = subprocess.run([*dagster, "definitions", "validate", "-w", "workspace.yaml"], cwd=REPO_ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    config = json.dumps({"resources": {"settings": {"config": {
+        "limit_queries": 10, "corpus_size": 100, "results_dir": str(tmp_path / "results"),
+        "cache_dir": str(session_cache)}}, "json_io": {"config": {"base_dir": str(tmp_path / "io")}}}})
+    for select, partition in (("task_dataset", "beir/SciFact"), ("embeddings,quality_scores", KEY)):
+        res = subprocess.run([*dagster, "asset", "materialize", "-m", "sie_evals.definitions", "--select", select,
+                              "--partition", partition, "--config-json", config],
+                             cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, res.stderr[-3000:]
+    with dg.DagsterInstance.from_ref(dg.InstanceRef.from_dir(str(env_home))) as instance:
+        event = instance.get_latest_materialization_event(dg.AssetKey("quality_scores"))
+        assert event.asset_materialization.partition == KEY
