@@ -36,13 +36,15 @@ def test_eval_writes_report_and_second_run_uses_cache(tmp_path, monkeypatch):
         assert conditions[field] is not None or field == "threads"
     assert conditions["dataset"]["content_hash"] == report["dataset"]["content_hash"]
     per_query = pd.read_parquet(tmp_path / local["per_query_file"])
-    assert len(per_query) == 20 and per_query["ndcg_at_10"].mean() == pytest.approx(local["metrics"]["ndcg_at_10"],
-                                                                                     abs=5e-6)
+    assert len(per_query) == 20 and per_query["ndcg_at_10"].mean() == pytest.approx(
+        local["metrics"]["ndcg_at_10"], abs=5e-6
+    )
 
     second = _eval("-s", "local", "--output", str(out), *SLICE)
     assert second.exit_code == 0, second.output
     again = json.loads(out.read_text())["sources"]["local"]
     assert again["forward_calls"] == 0 and again["cache"] == {"hits": 2, "misses": 0, "corrupt": 0}
+    assert again["engine_started"] is False  # the model was never loaded
     assert again["metrics"] == local["metrics"]
 
 
@@ -91,8 +93,21 @@ def test_dataset_errors_through_the_cli(beir_root):
 
 def test_unregistered_beir_dataset_evaluates(beir_root, tmp_path):
     out = tmp_path / "tiny.json"
-    res = runner.invoke(app, ["eval", MODEL_ID, "-t", "beir/TinyBEIR", "--data-dir", str(beir_root),
-                              "--output", str(out), "--no-progress", "--no-record"])
+    res = runner.invoke(
+        app,
+        [
+            "eval",
+            MODEL_ID,
+            "-t",
+            "beir/TinyBEIR",
+            "--data-dir",
+            str(beir_root),
+            "--output",
+            str(out),
+            "--no-progress",
+            "--no-record",
+        ],
+    )
     assert res.exit_code == 0, res.output
     report = json.loads(out.read_text())
     assert report["task"] == "beir/TinyBEIR" and report["dataset"]["counts"]["queries"] == 5
@@ -103,7 +118,16 @@ def test_console_script_help_and_schema(tmp_path):
     exe = [sys.executable, "-m", "sie_evals.cli"]
     res = subprocess.run([*exe, "eval", "--help"], capture_output=True, text=True, cwd=REPO_ROOT)
     assert res.returncode == 0
-    for flag in ("--task", "--type", "--sources", "--profile", "--batch-size", "--split", "--output", "--limit-queries"):
+    for flag in (
+        "--task",
+        "--type",
+        "--sources",
+        "--profile",
+        "--batch-size",
+        "--split",
+        "--output",
+        "--limit-queries",
+    ):
         assert flag in res.stdout
     res = subprocess.run([*exe, "schema", "-o", str(tmp_path / "s.json")], capture_output=True, text=True)
     assert res.returncode == 0 and json.loads((tmp_path / "s.json").read_text())["title"] == "sie-evals model config"

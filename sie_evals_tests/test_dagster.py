@@ -25,7 +25,9 @@ def test_definitions_load():
     d = defs()
     dg.Definitions.validate_loadable(d)
     assert {k.to_user_string() for k in d.resolve_asset_graph().get_all_asset_keys()} >= {
-        "task_dataset", "embeddings", "quality_scores",
+        "task_dataset",
+        "embeddings",
+        "quality_scores",
     }
 
 
@@ -49,19 +51,22 @@ def test_key_format_round_trips():
 @pytest.fixture
 def resources(tmp_path, session_cache):
     return {
-        "settings": EvalSettings(results_dir=str(tmp_path / "results"), cache_dir=str(session_cache),
-                                 limit_queries=20, corpus_size=200),
+        "settings": EvalSettings(
+            results_dir=str(tmp_path / "results"), cache_dir=str(session_cache), limit_queries=20, corpus_size=200
+        ),
         "json_io": JsonIOManager(base_dir=str(tmp_path / "io")),
     }
 
 
 def test_materialize_one_partition_in_process(resources):
     instance = dg.DagsterInstance.ephemeral()
-    ds = dg.materialize(ALL, selection=[task_dataset], partition_key="beir/SciFact", instance=instance,
-                        resources=resources)
+    ds = dg.materialize(
+        ALL, selection=[task_dataset], partition_key="beir/SciFact", instance=instance, resources=resources
+    )
     assert ds.success
-    res = dg.materialize(ALL, selection=[embeddings, quality_scores], partition_key=KEY, instance=instance,
-                         resources=resources)
+    res = dg.materialize(
+        ALL, selection=[embeddings, quality_scores], partition_key=KEY, instance=instance, resources=resources
+    )
     assert res.success
     scores = res.output_for_node("quality_scores")
     assert scores["key"] == KEY and scores["dataset"]["counts"]["queries"] == 20
@@ -83,11 +88,27 @@ def test_cli_and_asset_agree_and_cli_run_is_recorded(resources, tmp_path):
 
     instance = dg.DagsterInstance.ephemeral()
     dg.materialize(ALL, selection=[task_dataset], partition_key="beir/SciFact", instance=instance, resources=resources)
-    asset_scores = dg.materialize(ALL, selection=[embeddings, quality_scores], partition_key=KEY, instance=instance,
-                                  resources=resources).output_for_node("quality_scores")["metrics"]
+    asset_scores = dg.materialize(
+        ALL, selection=[embeddings, quality_scores], partition_key=KEY, instance=instance, resources=resources
+    ).output_for_node("quality_scores")["metrics"]
     out = tmp_path / "cli.json"
-    res = CliRunner().invoke(app, ["eval", "all-MiniLM-L6-v2", "-t", "beir/SciFact", "--limit-queries", "20",
-                                   "--corpus-size", "200", "--no-progress", "--no-record", "-o", str(out)])
+    res = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            "all-MiniLM-L6-v2",
+            "-t",
+            "beir/SciFact",
+            "--limit-queries",
+            "20",
+            "--corpus-size",
+            "200",
+            "--no-progress",
+            "--no-record",
+            "-o",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     report = json.loads(out.read_text())
     assert report["sources"]["local"]["metrics"] == asset_scores
@@ -111,16 +132,51 @@ def test_dagster_cli_validate_and_materialize(tmp_path, session_cache):
 
     env = {**os.environ, "DAGSTER_HOME": str(env_home)}
     dagster = [sys.executable, "-m", "dagster"]
-    res = subprocess.run([*dagster, "definitions", "validate", "-w", "workspace.yaml"], cwd=REPO_ROOT, env=env,
-                         capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [*dagster, "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
-    config = json.dumps({"resources": {"settings": {"config": {
-        "limit_queries": 10, "corpus_size": 100, "results_dir": str(tmp_path / "results"),
-        "cache_dir": str(session_cache)}}, "json_io": {"config": {"base_dir": str(tmp_path / "io")}}}})
+    config = json.dumps(
+        {
+            "resources": {
+                "settings": {
+                    "config": {
+                        "limit_queries": 10,
+                        "corpus_size": 100,
+                        "results_dir": str(tmp_path / "results"),
+                        "cache_dir": str(session_cache),
+                    }
+                },
+                "json_io": {"config": {"base_dir": str(tmp_path / "io")}},
+            }
+        }
+    )
     for select, partition in (("task_dataset", "beir/SciFact"), ("embeddings,quality_scores", KEY)):
-        res = subprocess.run([*dagster, "asset", "materialize", "-m", "sie_evals.definitions", "--select", select,
-                              "--partition", partition, "--config-json", config],
-                             cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+        res = subprocess.run(
+            [
+                *dagster,
+                "asset",
+                "materialize",
+                "-m",
+                "sie_evals.definitions",
+                "--select",
+                select,
+                "--partition",
+                partition,
+                "--config-json",
+                config,
+            ],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert res.returncode == 0, res.stderr[-3000:]
     with dg.DagsterInstance.from_ref(dg.InstanceRef.from_dir(str(env_home))) as instance:
         event = instance.get_latest_materialization_event(dg.AssetKey("quality_scores"))

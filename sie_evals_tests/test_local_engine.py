@@ -43,14 +43,12 @@ def test_known_answer_and_batch_independence(local_engine):
 def test_prefixes_and_pooling_follow_the_profile(minilm, local_engine):
     profile = minilm.resolve_profile("default").model_copy(update={"query_prefix": "query: "})
     prefixed = LocalEngine(minilm, profile)
-    prefixed._tokenizer, prefixed._model = local_engine._tokenizer, local_engine._model  # share loaded weights
     q = prefixed.embed(["protein intake"], EmbedKind.query)
     d = prefixed.embed(["protein intake"], EmbedKind.document)
     ref = local_engine.embed(["query: protein intake"], EmbedKind.document)
     np.testing.assert_allclose(q, ref, atol=1e-6)
     assert not np.allclose(q, d)
     cls = LocalEngine(minilm, profile.model_copy(update={"pooling": "cls", "normalize": False}))
-    cls._tokenizer, cls._model = local_engine._tokenizer, local_engine._model
     c = cls.embed(["protein intake"], EmbedKind.document)
     assert abs(np.linalg.norm(c) - 1.0) > 1e-3  # unnormalised CLS vector differs from the mean-pooled unit one
 
@@ -58,7 +56,7 @@ def test_prefixes_and_pooling_follow_the_profile(minilm, local_engine):
 def test_engine_info_does_not_load_the_model(minilm):
     engine = LocalEngine(minilm, minilm.resolve_profile("default"))
     info = engine.info()
-    assert engine._model is None
+    assert not engine.started and engine._model is None
     assert info.engine == "local" and "transformers" in info.version and info.weights.startswith("package:")
 
 

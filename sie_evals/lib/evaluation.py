@@ -44,6 +44,7 @@ class Embeddings:
     engine_info: dict[str, Any]
     cache: CacheStats
     forward_calls: int
+    engine_started: bool  # False when every vector came from the cache: no model load, no server
     seconds: float
 
 
@@ -75,7 +76,13 @@ def embed_retrieval(engine: Engine, data: RetrievalData, cache: EmbeddingCache) 
     queries = cache.embed(engine, data.query_texts, EmbedKind.query, stats)
     documents = cache.embed(engine, data.corpus_texts, EmbedKind.document, stats)
     return Embeddings(
-        queries, documents, engine.info().as_dict(), stats, engine.forward_calls, time.perf_counter() - start
+        queries,
+        documents,
+        engine.info().as_dict(),
+        stats,
+        engine.forward_calls,
+        engine.started,
+        time.perf_counter() - start,
     )
 
 
@@ -136,6 +143,7 @@ def evaluate_source(
             "dims": int(emb.documents.shape[1]),
             "cache": emb.cache.as_dict(),
             "forward_calls": emb.forward_calls,
+            "engine_started": emb.engine_started,
             "embed_seconds": round(emb.seconds, 3),
             "score_seconds": round(score_seconds, 3),
         },

@@ -71,7 +71,8 @@ def render_table(report: dict[str, Any], console: Console | None = None) -> None
     console = console or Console()
     sources = list(report["sources"])
     title = f"{report['model']} on {report['task']} ({report['split']}, profile {report['profile']})"
-    table = Table(title=title)
+    console.print(f"[bold]{title}[/]")
+    table = Table()
     table.add_column("metric")
     for s in sources:
         table.add_column(s, justify="right")

@@ -45,15 +45,33 @@ class Engine(ABC):
         self.profile = profile
         self.forward_calls = 0  # how many model forward passes / requests this engine made
 
-    # lifecycle: servers override these; in-process engines may load lazily
-    def start(self) -> None:  # noqa: B027 - optional hook
-        """Make the engine ready (start a server, load weights)."""
+    # Lifecycle. Engines start lazily, on the first embed() that misses the cache, so a fully cached
+    # run never loads a model or starts a server; `with engine:` guarantees stop() on every exit path.
+    _started = False
 
-    def stop(self) -> None:  # noqa: B027 - optional hook
-        """Release what start() acquired. Must be safe to call more than once."""
+    def start(self) -> None:
+        """Make the engine ready (load weights, start a server). Idempotent."""
+        if not self._started:
+            self._start()
+            self._started = True
+
+    def stop(self) -> None:
+        """Release what start() acquired. Safe to call more than once, or without start()."""
+        if self._started:
+            self._started = False
+            self._stop()
+
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    def _start(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+    def _stop(self) -> None:  # noqa: B027 - optional hook
+        pass
 
     def __enter__(self) -> Self:
-        self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -74,6 +92,7 @@ class Engine(ABC):
         """Vectors for `texts` as float32 (n, dims). Validates what the engine returned."""
         if not texts:
             raise EngineError(f"{self.name}: nothing to embed")
+        self.start()
         prefix = self.prefix(kind)
         vectors = self._embed_prepared([prefix + t for t in texts])
         return validate_embeddings(vectors, len(texts), self.name)

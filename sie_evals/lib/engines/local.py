@@ -80,14 +80,16 @@ class LocalEngine(Engine):
             extra={"threads": self.threads, "batch_size": self.batch_size, "dtype": self.profile.dtype.value},
         )
 
-    def start(self) -> None:
-        if self._model is not None:
-            return
+    def _start(self) -> None:
         import torch
         from transformers import AutoModel, AutoTokenizer
 
         if self.threads:
             torch.set_num_threads(self.threads)
+        if not self.progress:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
         source = resolve_weights(self.model)
         kwargs = {"revision": self.model.revision} if self.model.weights.hf_id and self.model.revision else {}
         try:
@@ -97,7 +99,7 @@ class LocalEngine(Engine):
             raise EngineError(f"local: cannot load model weights from {source}: {err}") from None
         self._model = model.eval()
 
-    def stop(self) -> None:
+    def _stop(self) -> None:
         self._model = None
         self._tokenizer = None
 
@@ -105,7 +107,6 @@ class LocalEngine(Engine):
         import torch
         from tqdm.auto import tqdm
 
-        self.start()
         tok, model = self._tokenizer, self._model
         encoded = tok(texts, truncation=True, max_length=self.profile.max_seq_length, padding=False)
         ids = encoded["input_ids"]

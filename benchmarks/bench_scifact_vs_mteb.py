@@ -1,0 +1,118 @@
+"""Cold SciFact quality eval: sie-evals vs MTEB's own `mteb.evaluate`, same process, same model,
+data and thread count. Prints both wall times, the ratio (goal <= 0.75) and both ndcg@10.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_scifact_vs_mteb.py [--threads 2] [--limit-queries N]
+
+"Cold" means an empty embedding cache for sie-evals (a fresh temp dir) and no MTEB result cache;
+model load time is included for both. MTEB gets the same local SciFact files injected as its task
+dataset (it would otherwise download them).
+"""
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("SIE_EVALS_DATA_DIR", REPO.parent / "shared" / "data"))
+
+
+def run_ours(data, threads: int, batch_size: int) -> tuple[float, float]:
+    from sie_evals.lib.cache import EmbeddingCache
+    from sie_evals.lib.evaluation import EngineOptions, evaluate_source
+    from sie_evals.lib.model_config import find_model_config
+    from sie_evals.lib.tasks import resolve_task
+
+    config = find_model_config("sentence-transformers/all-MiniLM-L6-v2")
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as cold:
+        result = evaluate_source(
+            config,
+            config.resolve_profile(),
+            resolve_task("beir/SciFact"),
+            data,
+            "local",
+            EngineOptions(batch_size=batch_size, threads=threads),
+            EmbeddingCache(Path(cold)),
+        )
+    return time.perf_counter() - start, result.metrics["ndcg_at_10"]
+
+
+def run_mteb(data, threads: int, batch_size: int) -> tuple[float, float]:
+    import mteb
+    import torch
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformer
+
+    from sie_evals.lib.engines.local import resolve_weights
+    from sie_evals.lib.model_config import find_model_config
+
+    torch.set_num_threads(threads)
+    start = time.perf_counter()
+    task = mteb.get_task("SciFact")
+    # MTEB's corpus rows carry title and text separately; it joins them itself.
+    import json
+
+    docs = {}
+    with open(DATA / "scifact" / "corpus.jsonl") as fh:
+        for line in fh:
+            row = json.loads(line)
+            docs[row["_id"]] = row
+    wanted = set(data.corpus_ids)
+    corpus = Dataset.from_list(
+        [{"id": d, "title": docs[d]["title"], "text": docs[d]["text"]} for d in data.corpus_ids if d in wanted]
+    )
+    queries = Dataset.from_list([{"id": q, "text": t} for q, t in zip(data.query_ids, data.query_texts, strict=True)])
+    task.dataset = {
+        "default": {"test": {"corpus": corpus, "queries": queries, "relevant_docs": data.qrels, "top_ranked": None}}
+    }
+    task.data_loaded = True
+    model = SentenceTransformer(
+        resolve_weights(find_model_config("sentence-transformers/all-MiniLM-L6-v2")), device="cpu"
+    )
+    with tempfile.TemporaryDirectory() as out:
+        res = mteb.evaluate(
+            model,
+            task,
+            cache=None,
+            prediction_folder=out,
+            encode_kwargs={"batch_size": batch_size},
+            show_progress_bar=False,
+        )
+    elapsed = time.perf_counter() - start
+    return elapsed, res.task_results[0].scores["test"][0]["ndcg_at_10"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--limit-queries", type=int, default=None, help="a slice, for a quick look")
+    args = parser.parse_args()
+
+    import torch
+
+    from sie_evals.lib.run_conditions import hardware
+    from sie_evals.lib.tasks import load_retrieval_data, resolve_task
+
+    torch.set_num_threads(args.threads)
+    data = load_retrieval_data(resolve_task("beir/SciFact"), "test", DATA)
+    if args.limit_queries:
+        data = data.take_subset(args.limit_queries)
+    hw = hardware()
+    print(
+        f"machine: {hw['cpu']} x{hw['cpu_count']}, load {hw['load_avg_1m']}; threads {args.threads}; "
+        f"batch {args.batch_size}; {data.counts}"
+    )
+    ours_s, ours_ndcg = run_ours(data, args.threads, args.batch_size)
+    print(f"sie-evals cold eval: {ours_s:.1f}s  ndcg@10 {ours_ndcg:.5f}", flush=True)
+    mteb_s, mteb_ndcg = run_mteb(data, args.threads, args.batch_size)
+    print(f"mteb.evaluate:       {mteb_s:.1f}s  ndcg@10 {mteb_ndcg:.5f}")
+    print(f"ratio sie-evals / mteb = {ours_s / mteb_s:.3f} (goal <= 0.75); load after: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
