@@ -1,7 +1,7 @@
 """`sie-bench`: run evals from the command line.
 
-Exit codes: 0 success, 1 failure (an engine or eval failed), 2 usage or input error (bad config,
-dataset, unknown model/task/source).
+Exit codes: 0 success, 1 drift (a --check-* failed) or an engine/eval failure, 2 usage or input
+error (bad config, dataset, result file, unknown model/task/source).
 """
 
 import functools
@@ -20,8 +20,8 @@ from rich.console import Console
 
 from sie_evals.lib import model_config as mc
 from sie_evals.lib import paths
-from sie_evals.lib.errors import InputError, SieEvalsError, UnknownNameError
-from sie_evals.lib.sources import ALL_SOURCES, COMPUTE_SOURCES
+from sie_evals.lib.errors import InputError, SieEvalsError
+from sie_evals.lib.sources import ALL_SOURCES
 
 app = typer.Typer(
     help="Benchmark-driven development for text-embedding models and inference servers.",
@@ -52,18 +52,6 @@ def _handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _parse_sources(sources: str) -> list[str]:
-    names = [s.strip() for s in sources.split(",") if s.strip()]
-    if not names:
-        raise InputError("--sources is empty")
-    for s in names:
-        if s not in ALL_SOURCES:
-            raise UnknownNameError("source", s, list(ALL_SOURCES))
-    if len(set(names)) != len(names):
-        raise InputError(f"--sources lists a source twice: {sources}")
-    return names
-
-
 @app.command("eval")
 @_handle_errors
 def eval_cmd(
@@ -73,15 +61,18 @@ def eval_cmd(
         typer.Option(
             "-t",
             "--task",
-            help="Task id, e.g. beir/SciFact (alias mteb/SciFact), "
-            "or beir/<Name> for any BEIR folder under the data root.",
+            help="Task id, e.g. beir/SciFact (alias mteb/SciFact), or beir/<Name> for any "
+            "BEIR folder under the data root.",
         ),
     ],
     eval_type: Annotated[
         EvalType, typer.Option("--type", help="quality (retrieval metrics) or perf.")
     ] = EvalType.quality,
     sources: Annotated[
-        str, typer.Option("-s", "--sources", help="Comma-separated sources: " + ", ".join(ALL_SOURCES) + ".")
+        str,
+        typer.Option(
+            "-s", "--sources", help="Comma-separated sources, one report column each: " + ", ".join(ALL_SOURCES) + "."
+        ),
     ] = "local",
     profile: Annotated[
         str, typer.Option("-p", "--profile", help="Profile from the model config.")
@@ -105,6 +96,58 @@ def eval_cmd(
             help="...and a corpus of their relevant docs filled up to this size by a fixed sample (default 1000).",
         ),
     ] = None,
+    concurrency: Annotated[
+        int, typer.Option("-c", "--concurrency", min=1, help="perf: concurrent closed-loop clients.")
+    ] = 16,
+    workload: Annotated[
+        str, typer.Option("--workload", help="perf: encode the task's corpus (documents) or its queries.")
+    ] = "corpus",
+    requests: Annotated[
+        int | None, typer.Option("--requests", min=1, help="perf: counted requests per trial (default 200).")
+    ] = None,
+    duration: Annotated[
+        float | None, typer.Option("--duration", min=0.1, help="perf: seconds per trial instead of --requests.")
+    ] = None,
+    warmup: Annotated[int, typer.Option("--warmup", min=0, help="perf: warm-up requests per trial.")] = 16,
+    trials: Annotated[int, typer.Option("--trials", min=1, help="perf: repeated trials (median reported).")] = 3,
+    check_targets: Annotated[
+        bool,
+        typer.Option(
+            "--check-targets",
+            help="Exit 1 if a metric drifts past its target's margin (quality < 0.99x, "
+            "latency > 2.5x, throughput < 1/2.5x by default).",
+        ),
+    ] = False,
+    check_measurements: Annotated[
+        bool,
+        typer.Option(
+            "--check-measurements",
+            help="Same against the latest saved measurement (quality < 0.98x, "
+            "latency > 1.5x, throughput < 1/1.5x by default).",
+        ),
+    ] = False,
+    require_targets: Annotated[
+        bool,
+        typer.Option(
+            "--require-targets", help="A missing target/measurement fails the check (default: reported as 'no target')."
+        ),
+    ] = False,
+    save_targets: Annotated[
+        str | None,
+        typer.Option(
+            "--save-targets",
+            metavar="SOURCE",
+            help="Save SOURCE's results as the targets for this task, profile and data variant in the model config.",
+        ),
+    ] = None,
+    save_measurements: Annotated[
+        str | None,
+        typer.Option(
+            "--save-measurements",
+            metavar="SOURCE",
+            help="Append SOURCE's results to the model config's measurement history.",
+        ),
+    ] = None,
     output: Annotated[
         Path | None,
         typer.Option("-o", "--output", help="Write the JSON report here (and per-query Parquet beside it)."),
@@ -125,39 +168,63 @@ def eval_cmd(
         ),
     ] = True,
 ) -> None:
-    """Evaluate MODEL on a task with one or more sources and print a metrics table."""
-    from sie_evals.lib.cache import EmbeddingCache
-    from sie_evals.lib.evaluation import DataOptions, EngineOptions, evaluate_source, load_task
-    from sie_evals.lib.report import build_report, render_table, write_report
+    """Evaluate MODEL on a task with one or more sources and print a metrics table.
+
+    Exit codes: 0 pass, 1 drift (a check failed) or an engine failure, 2 usage or input error."""
+    from sie_evals.lib.eval_run import EvalRequest, parse_sources, run_eval
+    from sie_evals.lib.evaluation import DataOptions, EngineOptions
+    from sie_evals.lib.report import render_table, write_report
 
     if corpus_size and not limit_queries:
         raise InputError("--corpus-size only applies together with --limit-queries")
-    if eval_type is EvalType.perf:
-        raise InputError("--type perf is not implemented in this version (quality only)")
-    source_list = _parse_sources(sources)
-    reference = [s for s in source_list if s not in COMPUTE_SOURCES]
-    if reference:
-        raise InputError(
-            f"reference source(s) {', '.join(reference)} are not implemented in this version; "
-            f"compute sources: {', '.join(COMPUTE_SOURCES)}"
-        )
-    config = mc.find_model_config(model)
-    resolved = config.resolve_profile(profile)
-    spec, data = load_task(task, DataOptions(split, limit_queries, corpus_size, data_dir))
-    cache = EmbeddingCache(cache_dir or paths.cache_dir())
-    engine_opts = EngineOptions(batch_size=batch_size, threads=threads, progress=progress and sys.stderr.isatty())
-    results = [evaluate_source(config, resolved, spec, data, s, engine_opts, cache) for s in source_list]
-    report = build_report(config.model_id, resolved.name, spec, data, results)
+    from sie_evals.lib.perf import LoadSpec
+
+    if workload not in ("corpus", "queries"):
+        raise InputError(f"--workload must be corpus or queries, got {workload!r}")
+    if requests and duration:
+        raise InputError("give --requests or --duration, not both")
+    load = LoadSpec(
+        batch_size=batch_size or 1,
+        concurrency=concurrency,
+        requests=None if duration else (requests or 200),
+        duration_s=duration,
+        warmup_requests=warmup,
+        trials=trials,
+    )
+    request = EvalRequest(
+        model=model,
+        task=task,
+        sources=parse_sources(sources),
+        profile=profile,
+        data=DataOptions(split, limit_queries, corpus_size, data_dir),
+        engine=EngineOptions(batch_size=batch_size, threads=threads, progress=progress and sys.stderr.isatty()),
+        cache_dir=cache_dir,
+        check_targets=check_targets,
+        check_measurements=check_measurements,
+        require_targets=require_targets,
+        save_targets=save_targets,
+        save_measurements=save_measurements,
+        eval_type=eval_type.value,
+        load=load,
+        workload=workload,
+    )
+    outcome = run_eval(request)
     if output:
-        write_report(output, report, results)
-    render_table(report)
+        write_report(output, outcome.report, outcome.results)
+    render_table(outcome.report, Console(width=max(Console().width, 110)))
     if output:
         Console().print(f"report written to {output}")
-    if record and os.environ.get("DAGSTER_HOME"):
+    if record and outcome.results and os.environ.get("DAGSTER_HOME"):
         from sie_evals.defs.evals.recording import record_quality_report
 
-        keys = record_quality_report(config, report)
+        keys = record_quality_report(outcome.config, outcome.report)
         Console().print(f"recorded in Dagster instance at $DAGSTER_HOME: {', '.join(keys)}")
+    if outcome.drift:
+        failed = [
+            f"{c.source}/{v['metric']} ({c.against})" for c in outcome.checks for v in c.verdicts if not v["passed"]
+        ]
+        err_console.print(f"[bold red]drift:[/] {', '.join(failed)}")
+        raise typer.Exit(1)
 
 
 @app.command("models")

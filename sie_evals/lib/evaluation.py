@@ -95,25 +95,31 @@ def score_retrieval(
     return retrieval_scores(data.qrels, run, rules.k_values, rules.ignore_identical_ids, rules.skip_first_result)
 
 
-def run_conditions(
-    data: RetrievalData, profile: ResolvedProfile, emb: Embeddings, engine_opts: EngineOptions
+def _conditions_base(
+    data: RetrievalData, profile: ResolvedProfile, engine_info: dict[str, Any], engine_opts: EngineOptions
 ) -> dict[str, Any]:
-    info = emb.engine_info
     return {
-        "engine": info["engine"],
-        "engine_version": info["version"],
-        "model_id": info["model_id"],
-        "model_revision": info["model_revision"],
-        "weights": info["weights"],
+        "engine": engine_info["engine"],
+        "engine_version": engine_info["version"],
+        "model_id": engine_info["model_id"],
+        "model_revision": engine_info["model_revision"],
+        "weights": engine_info["weights"],
         "profile": profile.name,
         "dtype": profile.dtype.value,
         "batch_size": engine_opts.batch_size or profile.batch_size,
+        "concurrency": None,
         "threads": engine_opts.threads,
         "dataset": data.describe(),
         "hardware": hardware(),
         "software": software(),
         "date": now_iso(),
     }
+
+
+def run_conditions(
+    data: RetrievalData, profile: ResolvedProfile, emb: Embeddings, engine_opts: EngineOptions
+) -> dict[str, Any]:
+    return _conditions_base(data, profile, emb.engine_info, engine_opts)
 
 
 def evaluate_source(
@@ -146,5 +152,91 @@ def evaluate_source(
             "engine_started": emb.engine_started,
             "embed_seconds": round(emb.seconds, 3),
             "score_seconds": round(score_seconds, 3),
+        },
+    )
+
+
+PERF_WORKLOADS = ("corpus", "queries")
+
+
+def perf_variant(workload: str, batch_size: int, concurrency: int) -> str:
+    """Perf targets/measurements are keyed by the load shape: latency depends on it."""
+    return f"perf@{workload}-b{batch_size}-c{concurrency}"
+
+
+def token_counts(model: ModelConfig, profile: ResolvedProfile, texts: list[str]) -> list[int]:
+    """Tokens per text by the model's own tokenizer, truncated like the model input (special tokens
+    included): the one counting rule for tok/s, whatever engine serves the model."""
+    from transformers import AutoTokenizer
+
+    from sie_evals.lib.engines.local import resolve_weights
+
+    tok = AutoTokenizer.from_pretrained(resolve_weights(model))
+    enc = tok(texts, truncation=True, max_length=profile.max_seq_length)
+    return [len(ids) for ids in enc["input_ids"]]
+
+
+def evaluate_perf_source(
+    model: ModelConfig,
+    profile: ResolvedProfile,
+    data: RetrievalData,
+    source: str,
+    engine_opts: EngineOptions,
+    load,
+    workload: str = "corpus",
+) -> SourceResult:
+    """Closed-loop load against one source (the engine directly: the cache is bypassed)."""
+    import os
+
+    from sie_evals.lib.perf import run_load
+
+    if workload not in PERF_WORKLOADS:
+        raise ValueError(f"workload must be one of {PERF_WORKLOADS}")
+    kind = EmbedKind.document if workload == "corpus" else EmbedKind.query
+    texts = list(data.corpus_texts if workload == "corpus" else data.query_texts)
+    counts = token_counts(
+        model, profile, [(profile.document_prefix if workload == "corpus" else profile.query_prefix) + t for t in texts]
+    )
+    engine = create_engine(source, model, profile, **engine_opts.for_engine())
+    load_before = os.getloadavg()[0]
+    with engine:
+        engine.start()  # model load / server start is not part of the measurement
+        result = run_load(lambda batch: engine.embed(batch, kind), texts, counts, load)
+    load_after = os.getloadavg()[0]
+    metrics = result.metrics()
+    cpus = os.cpu_count() or 1
+    conditions = {
+        **_conditions_base(data, profile, engine.info().as_dict(), engine_opts),
+        "batch_size": load.batch_size,
+        "concurrency": load.concurrency,
+        "workload": workload,
+        "trials": load.trials,
+        "requests_per_trial": load.requests,
+        "duration_s_per_trial": load.duration_s,
+        "warmup_requests": load.warmup_requests,
+        "client_threads": load.concurrency,
+        "load_avg_before": round(load_before, 2),
+        "load_avg_after": round(load_after, 2),
+    }
+    warnings = []
+    if load_before > 0.5 * cpus:
+        warnings.append(
+            f"machine was busy before the run (load average {load_before:.2f} on {cpus} CPUs): "
+            "latencies may be inflated"
+        )
+    if result.errors:
+        warnings.append(f"{result.errors} request(s) failed, e.g. {result.trials[0].error_messages[:1]}")
+    return SourceResult(
+        source=source,
+        metrics=metrics,
+        main_score_name="latency_p50_ms",
+        per_query=result.requests_frame(),
+        run_conditions=conditions,
+        extra={
+            "errors": result.errors,
+            "spread": result.spread(),
+            "warnings": warnings,
+            "trials": [t.metrics() for t in result.trials],
+            "perf_result": result,
         },
     )

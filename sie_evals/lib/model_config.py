@@ -18,6 +18,7 @@ from ruamel.yaml.error import YAMLError
 from sie_evals.lib import paths
 from sie_evals.lib.errors import ConfigError, UnknownNameError
 from sie_evals.lib.sources import ALL_SOURCES
+from sie_evals.lib.thresholds import metric_kind
 
 DEFAULT_PROFILE = "default"
 SCHEMA_FILENAME = "model_config.schema.json"
@@ -105,6 +106,71 @@ class ResolvedProfile(_Strict):
         return self.model_dump(mode="json", exclude={"name", "batch_size"})
 
 
+def _check_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    unknown = [m for m in metrics if metric_kind(m) is None]
+    if unknown:
+        raise ValueError(f"unknown metric name(s) {unknown}")
+    bad = [m for m, v in metrics.items() if v != v or v in (float("inf"), float("-inf"))]
+    if bad:
+        raise ValueError(f"metric value(s) must be finite numbers: {bad}")
+    return metrics
+
+
+class SavedResult(_Strict):
+    """A result saved into the config: a target, or one entry of the measurement history."""
+
+    source: str = Field(description="The source whose results these are (local, sie, benchmark, ...).")
+    saved: str = Field(description="When it was saved (ISO 8601, UTC).")
+    metrics: dict[str, float] = Field(description="Metric name -> value (quality, latency_*_ms, *_per_s).")
+    conditions: dict[str, Any] = Field(default_factory=dict, description="Run conditions it was measured under.")
+    per_query: str | None = Field(None, description="Per-query scores (Parquet), relative to this config file.")
+
+    @field_validator("metrics")
+    @classmethod
+    def _valid_metrics(cls, metrics: dict[str, float]) -> dict[str, float]:
+        return _check_metrics(metrics)
+
+
+class Measurement(SavedResult):
+    id: str = Field(description="Unique id of this measurement.")
+
+
+class MarginSet(_Strict):
+    quality: float | None = Field(None, gt=0, description="value >= quality x reference")
+    latency: float | None = Field(None, gt=0, description="value <= latency x reference")
+    throughput: float | None = Field(None, gt=0, description="value >= reference / throughput")
+
+
+class MarginPair(_Strict):
+    targets: MarginSet | None = None
+    measurements: MarginSet | None = None
+
+
+class MetricMargins(_Strict):
+    targets: float | None = Field(None, gt=0)
+    measurements: float | None = Field(None, gt=0)
+
+
+class MarginOverrides(_Strict):
+    """Overrides of the default drift margins (sie_evals/lib/thresholds.py); most specific wins."""
+
+    targets: MarginSet | None = None
+    measurements: MarginSet | None = None
+    tasks: dict[str, MarginPair] = Field(default_factory=dict)
+    metrics: dict[str, MetricMargins] = Field(default_factory=dict)
+
+    @field_validator("metrics")
+    @classmethod
+    def _known(cls, metrics: dict[str, MetricMargins]) -> dict[str, MetricMargins]:
+        _check_metrics(dict.fromkeys(metrics, 0.0))
+        return metrics
+
+
+# task id -> profile -> dataset variant (split, or split@q<N>-c<M> for a subset) -> entry
+Targets = dict[str, dict[str, dict[str, SavedResult]]]
+Measurements = dict[str, dict[str, dict[str, list[Measurement]]]]
+
+
 class ModelConfig(_Strict):
     model_id: str = Field(description="Model id as published, e.g. sentence-transformers/all-MiniLM-L6-v2.")
     name: str | None = Field(
@@ -117,10 +183,11 @@ class ModelConfig(_Strict):
     profiles: dict[str, ProfileSettings] = Field(description="Named profiles; `default` is required.")
     tasks: list[str] = Field(default_factory=list, description="Task ids this model is evaluated on.")
     sources: list[str] = Field(default_factory=lambda: ["local"], description="Sources it is evaluated on.")
-    targets: dict[str, Any] = Field(default_factory=dict, description="Saved targets (see --save-targets).")
-    measurements: dict[str, Any] = Field(
-        default_factory=dict, description="Measurement history (see --save-measurements)."
+    targets: Targets = Field(default_factory=dict, description="Saved targets (written by --save-targets).")
+    measurements: Measurements = Field(
+        default_factory=dict, description="Measurement history, append-only (written by --save-measurements)."
     )
+    margins: MarginOverrides | None = Field(None, description="Drift margin overrides for this model.")
 
     _path: Path | None = PrivateAttr(None)
 
@@ -161,6 +228,15 @@ class ModelConfig(_Strict):
     @cached_property
     def profile_names(self) -> list[str]:
         return sorted(self.profiles)
+
+    def target(self, task: str, profile: str, variant: str) -> SavedResult | None:
+        return self.targets.get(task, {}).get(profile, {}).get(variant)
+
+    def measurement_history(self, task: str, profile: str, variant: str) -> list[Measurement]:
+        return list(self.measurements.get(task, {}).get(profile, {}).get(variant, []))
+
+    def margin_overrides(self) -> dict[str, Any]:
+        return self.margins.model_dump(exclude_none=True) if self.margins else {}
 
     def resolve_profile(self, name: str = DEFAULT_PROFILE) -> ResolvedProfile:
         if name not in self.profiles:

@@ -26,27 +26,46 @@ TABLE_METRICS = (
 )
 
 
+PERF_TABLE_METRICS = (
+    "latency_p50_ms",
+    "latency_p90_ms",
+    "latency_p95_ms",
+    "latency_p99_ms",
+    "latency_min_ms",
+    "latency_max_ms",
+    "items_per_s",
+    "tokens_per_s",
+    "requests_per_s",
+)
+
+
 def build_report(
-    model_id: str, profile: str, spec: TaskSpec, data: RetrievalData, results: list[SourceResult]
+    model_id: str,
+    profile: str,
+    spec: TaskSpec,
+    data: RetrievalData,
+    results: list[SourceResult],
+    eval_type: str = "quality",
 ) -> dict[str, Any]:
     return {
         "format": REPORT_FORMAT,
-        "type": "quality",
+        "type": eval_type,
         "model": model_id,
         "profile": profile,
         "task": spec.task_id,
         "task_type": spec.type,
         "mteb_task": spec.mteb_name,
         "split": data.split,
-        "main_score": spec.rules.main_score,
+        "main_score": spec.rules.main_score if eval_type == "quality" else "latency_p50_ms",
         "dataset": data.describe(),
         "created": now_iso(),
         "sources": {
             r.source: {
+                "kind": "computed",
                 "main_score": r.main_score,
                 "metrics": r.metrics,
                 "run_conditions": r.run_conditions,
-                **r.extra,
+                **{k: v for k, v in r.extra.items() if k != "perf_result"},
             }
             for r in results
         },
@@ -58,40 +77,92 @@ def per_query_path(report_path: Path, source: str) -> Path:
 
 
 def write_report(path: Path, report: dict[str, Any], results: list[SourceResult]) -> None:
-    """Per-query Parquet files first, then the JSON that points at them (each written atomically)."""
+    """Per-query (or per-request) Parquet and latency PNGs first, then the JSON that points at them,
+    each written atomically."""
     path = Path(path)
     for r in results:
         pq = per_query_path(path, r.source)
         atomic_write(pq, lambda tmp, df=r.per_query: df.to_parquet(tmp, index=False))
         report["sources"][r.source]["per_query_file"] = pq.name
+        perf_result = r.extra.get("perf_result")
+        if perf_result is not None:
+            from sie_evals.lib.perf import latency_histogram_png
+
+            png = path.with_name(f"{path.stem}.{r.source}.latency.png")
+            title = f"{report['model']} via {r.source}: {report.get('variant', '')}"
+            atomic_write(png, lambda tmp, pr=perf_result, t=title: latency_histogram_png(pr, tmp, t))
+            report["sources"][r.source]["latency_histogram_file"] = png.name
     atomic_write_json(path, report)
+
+
+def _fmt(v: float | None, digits: int = 5) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
 
 
 def render_table(report: dict[str, Any], console: Console | None = None) -> None:
     console = console or Console()
-    sources = list(report["sources"])
-    title = f"{report['model']} on {report['task']} ({report['split']}, profile {report['profile']})"
-    console.print(f"[bold]{title}[/]")
+    sources = report.get("source_order") or list(report["sources"])
+    console.print(f"[bold]{report['model']} on {report['task']} ({report['split']}, profile {report['profile']})[/]")
     table = Table()
     table.add_column("metric")
     for s in sources:
         table.add_column(s, justify="right")
-    for metric in TABLE_METRICS:
-        cells = []
-        for s in sources:
-            v = report["sources"][s]["metrics"].get(metric)
-            cells.append("-" if v is None else f"{v:.5f}")
+    perf = report.get("type") == "perf"
+    for metric in PERF_TABLE_METRICS if perf else TABLE_METRICS:
+        cells = [_fmt(report["sources"][s]["metrics"].get(metric), 2 if perf else 5) for s in sources]
         name = f"{metric} *" if metric == report["main_score"] else metric
         table.add_row(name, *cells)
     console.print(table)
     ds = report["dataset"]
     console.print(
         f"dataset: {ds['counts']['queries']} queries, {ds['counts']['corpus']} docs, "
-        f"{ds['counts']['qrels']} qrels, sha256 {ds['content_hash'][:12]}  (* = main score)"
+        f"{ds['counts']['qrels']} qrels, variant {report.get('variant', ds['variant'])}, "
+        f"sha256 {ds['content_hash'][:12]}  (* = main score)"
     )
     for s in sources:
         src = report["sources"][s]
-        console.print(
-            f"{s}: {src['run_conditions']['engine_version']}, embed {src['embed_seconds']}s, "
-            f"cache hits/misses {src['cache']['hits']}/{src['cache']['misses']}, forward passes {src['forward_calls']}"
+        if src.get("kind") == "computed" and perf:
+            c = src["run_conditions"]
+            console.print(
+                f"{s}: {c['engine_version']}; batch {c['batch_size']}, concurrency {c['concurrency']}, "
+                f"{c['trials']} trials (median shown), errors {src['errors']}, load avg {c['load_avg_before']}"
+            )
+            for w in src.get("warnings", []):
+                console.print(f"[yellow]warning:[/] {s}: {w}")
+        elif src.get("kind") == "computed":
+            console.print(
+                f"{s}: {src['run_conditions']['engine_version']}, embed {src['embed_seconds']}s, "
+                f"cache hits/misses {src['cache']['hits']}/{src['cache']['misses']}, "
+                f"forward passes {src['forward_calls']}"
+            )
+        elif not src.get("available"):
+            console.print(f"{s}: nothing saved/published for this model, task, profile and data variant")
+        elif (src.get("info") or {}).get("note"):
+            console.print(f"{s}: {src['info']['note']}")
+    for check in report.get("checks", []):
+        render_verdicts(check, console)
+    for line in report.get("saved", []):
+        console.print(f"saved {line}")
+
+
+def render_verdicts(check: dict[str, Any], console: Console) -> None:
+    ref = check["reference"]
+    what = f"{check['against']} ({ref['source']}, saved {ref['saved']})" if ref else f"{check['against']} (none saved)"
+    table = Table(title=f"{check['source']} vs {what}: {'PASS' if check['passed'] else 'FAIL'}")
+    for col in ("metric", "value", "target", "ratio", "margin", "verdict", "delta 95% CI", "beyond noise"):
+        table.add_column(col, justify="left" if col in ("metric", "verdict") else "right")
+    for v in check["verdicts"]:
+        ci = v.get("delta_interval")
+        digits = 5 if v["kind"] == "quality" else 2
+        status = {"pass": "[green]pass[/]", "fail": "[bold red]FAIL[/]"}.get(v["status"], v["status"])
+        table.add_row(
+            v["metric"],
+            _fmt(v["value"], digits),
+            _fmt(v["reference"], digits),
+            _fmt(v["ratio"], 4),
+            f"{v['margin']:g}",
+            status,
+            f"[{ci['low']:+.4f}, {ci['high']:+.4f}]" if ci else "-",
+            ("yes" if ci["beyond_noise"] else "no") if ci else "-",
         )
+    console.print(table)

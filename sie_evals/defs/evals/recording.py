@@ -12,6 +12,8 @@ def record_quality_report(config: ModelConfig, report: dict, instance: dg.Dagste
     instance = instance or dg.DagsterInstance.get()
     keys = []
     for source, result in report["sources"].items():
+        if result.get("kind") != "computed":
+            continue
         key = str(EvalKey(config.short_name, report["task"], source))
         metadata = {m: float(result["metrics"][m]) for m in TABLE_METRICS if m in result["metrics"]}
         metadata.update(

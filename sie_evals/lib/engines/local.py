@@ -8,6 +8,7 @@ L2-normalise. Batches are formed after sorting by token length so little compute
 import importlib
 import importlib.metadata as md
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +69,9 @@ class LocalEngine(Engine):
         self.progress = progress
         self._tokenizer = None
         self._model = None
+        # One model instance runs one batch at a time (HF fast tokenizers are not safe to share across
+        # threads); concurrent callers queue here, as they would at a single-worker server.
+        self._lock = threading.Lock()
 
     def info(self) -> EngineInfo:
         w = self.model.weights
@@ -104,6 +108,14 @@ class LocalEngine(Engine):
         self._tokenizer = None
 
     def _embed_prepared(self, texts: list[str]) -> np.ndarray:
+        with self._lock:
+            return self._embed_locked(texts)
+
+    def tokenizer(self):
+        self.start()
+        return self._tokenizer
+
+    def _embed_locked(self, texts: list[str]) -> np.ndarray:
         import torch
         from tqdm.auto import tqdm
 

@@ -23,6 +23,16 @@ class RetrievalRules:
     k_values: tuple[int, ...] = MTEB_K_VALUES
     ignore_identical_ids: bool = False
     skip_first_result: bool = False
+    # What --save-targets stores and --check-targets gates on (users may add any valid metric by hand).
+    target_metrics: tuple[str, ...] = (
+        "ndcg_at_10",
+        "map_at_10",
+        "recall_at_10",
+        "precision_at_10",
+        "mrr_at_10",
+        "ndcg_at_100",
+        "recall_at_100",
+    )
 
 
 # The BEIR datasets that MTEB defines as retrieval tasks, with MTEB's non-default rules

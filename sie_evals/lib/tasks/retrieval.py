@@ -37,6 +37,14 @@ class RetrievalData:
             object.__setattr__(self, "content_hash", _content_hash(self))
 
     @property
+    def variant(self) -> str:
+        """Which data a result belongs to: the split, or split@q<N>-c<M> for a subset. Targets and
+        measurements are keyed by it, so a slice is never compared with the full split."""
+        if not self.subset:
+            return self.split
+        return f"{self.split}@q{self.subset['limit_queries']}-c{self.subset['corpus_size']}"
+
+    @property
     def counts(self) -> dict[str, int]:
         return {
             "corpus": len(self.corpus_ids),
@@ -52,6 +60,7 @@ class RetrievalData:
             "counts": self.counts,
             "content_hash": self.content_hash,
             "subset": self.subset,
+            "variant": self.variant,
         }
 
     def take_subset(self, limit_queries: int, corpus_size: int | None = None) -> "RetrievalData":

@@ -1,0 +1,287 @@
+"""One `sie-bench eval` invocation as a function: compute sources, reference sources, drift checks
+and saves. Returns everything the CLI prints; prints nothing itself."""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from sie_evals.lib import paths
+from sie_evals.lib.benchmark_scores import published_score
+from sie_evals.lib.bootstrap import paired_bootstrap
+from sie_evals.lib.cache import EmbeddingCache
+from sie_evals.lib.errors import InputError, UnknownNameError
+from sie_evals.lib.evaluation import (
+    DataOptions,
+    EngineOptions,
+    SourceResult,
+    evaluate_perf_source,
+    evaluate_source,
+    load_task,
+    perf_variant,
+)
+from sie_evals.lib.model_config import ModelConfig, find_model_config
+from sie_evals.lib.perf import PERF_TARGET_METRICS, LoadSpec
+from sie_evals.lib.report import build_report
+from sie_evals.lib.saved_results import append_measurement, load_per_query, save_target
+from sie_evals.lib.sources import ALL_SOURCES, COMPUTE_SOURCES, REFERENCE_SOURCES
+from sie_evals.lib.tasks import RetrievalData, TaskSpec
+from sie_evals.lib.thresholds import Against, MetricKind, check_against
+
+
+@dataclass(frozen=True)
+class EvalRequest:
+    model: str
+    task: str
+    sources: tuple[str, ...] = ("local",)
+    profile: str = "default"
+    data: DataOptions = field(default_factory=DataOptions)
+    engine: EngineOptions = field(default_factory=EngineOptions)
+    cache_dir: Path | None = None
+    check_targets: bool = False
+    check_measurements: bool = False
+    require_targets: bool = False
+    save_targets: str | None = None
+    save_measurements: str | None = None
+    eval_type: str = "quality"  # quality | perf
+    load: LoadSpec = field(default_factory=LoadSpec)
+    workload: str = "corpus"
+
+
+@dataclass
+class ReferenceColumn:
+    """A read, not computed, source: published scores, a saved target, a past measurement."""
+
+    source: str
+    metrics: dict[str, float]
+    per_query: pd.DataFrame | None
+    info: dict[str, Any]
+
+
+@dataclass
+class CheckResult:
+    against: str  # targets | measurements
+    source: str  # the computed source that was checked
+    reference: dict[str, Any] | None  # what it was checked against (source, saved, id)
+    verdicts: list[dict[str, Any]]
+
+    @property
+    def passed(self) -> bool:
+        return all(v["passed"] for v in self.verdicts)
+
+
+@dataclass
+class EvalOutcome:
+    config: ModelConfig
+    spec: TaskSpec
+    data: RetrievalData
+    variant: str
+    results: list[SourceResult]
+    references: list[ReferenceColumn]
+    checks: list[CheckResult]
+    report: dict[str, Any]
+    saved: list[str]
+
+    @property
+    def drift(self) -> bool:
+        return not all(c.passed for c in self.checks)
+
+
+def parse_sources(sources: str) -> tuple[str, ...]:
+    names = [s.strip() for s in sources.split(",") if s.strip()]
+    if not names:
+        raise InputError("--sources is empty")
+    for s in names:
+        if s not in ALL_SOURCES:
+            raise UnknownNameError("source", s, list(ALL_SOURCES))
+    if len(set(names)) != len(names):
+        raise InputError(f"--sources lists a source twice: {sources}")
+    return tuple(names)
+
+
+def _validate(req: EvalRequest) -> None:
+    for flag, source in (("--save-targets", req.save_targets), ("--save-measurements", req.save_measurements)):
+        if source is None:
+            continue
+        if source not in req.sources:
+            raise InputError(f"{flag} {source}: that source is not in --sources ({', '.join(req.sources)})")
+        if source in ("targets", "measurements"):
+            raise InputError(f"{flag} {source}: saved results cannot be saved again as results")
+    if (req.check_targets or req.check_measurements) and not any(s in COMPUTE_SOURCES for s in req.sources):
+        raise InputError("--check-targets/--check-measurements need a computed source in --sources (e.g. local)")
+
+
+def _reference(
+    source: str, config: ModelConfig, spec: TaskSpec, data: RetrievalData, profile: str, variant: str
+) -> ReferenceColumn | None:
+    if source == "benchmark":
+        if variant.startswith("perf@"):
+            return None  # MTEB publishes quality only
+        found = published_score(config.model_id, spec.task_id, data.split)
+        if found is None:
+            return None
+        metrics, provenance = found
+        note = "published values are for the full split" if data.subset else None
+        return ReferenceColumn("benchmark", metrics, None, {**provenance, "note": note})
+    if source == "targets":
+        entry = config.target(spec.task_id, profile, variant)
+        if entry is None:
+            return None
+        info = {"source": entry.source, "saved": entry.saved, "conditions": entry.conditions}
+        return ReferenceColumn("targets", dict(entry.metrics), load_per_query(config, entry), info)
+    if source == "measurements":
+        history = config.measurement_history(spec.task_id, profile, variant)
+        if not history:
+            return None
+        last = history[-1]
+        info = {
+            "id": last.id,
+            "source": last.source,
+            "saved": last.saved,
+            "history_length": len(history),
+            "conditions": last.conditions,
+        }
+        return ReferenceColumn("measurements", dict(last.metrics), load_per_query(config, last), info)
+    raise AssertionError(source)
+
+
+def _check(
+    result: SourceResult,
+    against: Against,
+    ref: ReferenceColumn | None,
+    config: ModelConfig,
+    spec: TaskSpec,
+    require: bool,
+    target_metrics: tuple[str, ...],
+) -> CheckResult:
+    values = result.metrics
+    if ref is None:  # report what would have been checked, as "no target"
+        values = {m: result.metrics[m] for m in target_metrics if m in result.metrics}
+    verdicts = check_against(
+        values, ref.metrics if ref else None, against, config.margin_overrides(), spec.task_id, require
+    )
+    rows = []
+    for v in verdicts:
+        row = v.as_dict()
+        row["delta_interval"] = None
+        if ref is not None and ref.per_query is not None and v.kind == MetricKind.quality:
+            interval = paired_bootstrap(result.per_query, ref.per_query, v.metric)
+            row["delta_interval"] = interval.as_dict() if interval else None
+        rows.append(row)
+    info = {k: ref.info.get(k) for k in ("id", "source", "saved")} if ref else None
+    return CheckResult(against.value, result.source, info, rows)
+
+
+def _conditions_summary(result: SourceResult) -> dict[str, Any]:
+    rc = result.run_conditions
+    hw = rc["hardware"]
+    return {
+        "engine": rc["engine"],
+        "engine_version": rc["engine_version"],
+        "model_revision": rc["model_revision"],
+        "weights": rc["weights"],
+        "profile": rc["profile"],
+        "dtype": rc["dtype"],
+        "batch_size": rc["batch_size"],
+        "concurrency": rc.get("concurrency"),
+        "threads": rc["threads"],
+        "workload": rc.get("workload"),
+        "hardware": {k: hw[k] for k in ("cpu", "cpu_count", "gpus", "host")},
+        "load_avg": rc.get("load_avg_before", hw.get("load_avg_1m")),
+        "harness_version": rc["software"]["sie_evals"],
+        "dataset_hash": rc["dataset"]["content_hash"],
+        "split": rc["dataset"]["split"],
+        "subset": rc["dataset"]["subset"],
+        "date": rc["date"],
+    }
+
+
+def _to_save(
+    source: str,
+    results: dict[str, SourceResult],
+    refs: dict[str, ReferenceColumn],
+    spec: TaskSpec,
+    data: RetrievalData,
+    target_metrics: tuple[str, ...],
+) -> tuple[dict[str, float], dict[str, Any], pd.DataFrame | None]:
+    if source in results:
+        r = results[source]
+        metrics = {m: r.metrics[m] for m in target_metrics if m in r.metrics}
+        if not metrics:
+            raise InputError(f"{source} produced none of the metrics to save ({', '.join(target_metrics)})")
+        per_query = r.per_query if "query_id" in r.per_query.columns else None  # perf rows are requests
+        return metrics, _conditions_summary(r), per_query
+    if source == "benchmark":
+        if data.subset:
+            raise InputError("cannot save benchmark values for a subset: published values are for the full split")
+        ref = refs.get("benchmark")
+        if ref is None:
+            raise InputError(f"no published quality score for this model on {spec.task_id} ({data.split})")
+        return dict(ref.metrics), {"published": {k: v for k, v in ref.info.items() if v is not None}}, None
+    raise InputError(f"cannot save source {source!r}")
+
+
+def run_eval(req: EvalRequest) -> EvalOutcome:
+    _validate(req)
+    config = find_model_config(req.model, paths.model_configs_dir())
+    profile = config.resolve_profile(req.profile)
+    spec, data = load_task(req.task, req.data)
+    compute = [s for s in req.sources if s in COMPUTE_SOURCES]
+    if req.eval_type == "perf":
+        variant = perf_variant(req.workload, req.load.batch_size, req.load.concurrency)
+        target_metrics: tuple[str, ...] = PERF_TARGET_METRICS
+        results = [evaluate_perf_source(config, profile, data, s, req.engine, req.load, req.workload) for s in compute]
+    else:
+        variant = data.variant
+        target_metrics = spec.rules.target_metrics
+        cache = EmbeddingCache(req.cache_dir or paths.cache_dir())
+        results = [evaluate_source(config, profile, spec, data, s, req.engine, cache) for s in compute]
+
+    refs = {}
+    for s in req.sources:
+        if s in REFERENCE_SOURCES and (ref := _reference(s, config, spec, data, profile.name, variant)):
+            refs[s] = ref
+
+    checks: list[CheckResult] = []
+    for r in results:
+        for flag, against in ((req.check_targets, Against.targets), (req.check_measurements, Against.measurements)):
+            if flag:
+                ref = _reference(against.value, config, spec, data, profile.name, variant)
+                checks.append(_check(r, against, ref, config, spec, req.require_targets, target_metrics))
+
+    # Checks ran against what was saved before this run; saving comes after.
+    by_source = {r.source: r for r in results}
+    saved: list[str] = []
+    where = f"[{spec.task_id}][{profile.name}][{variant}]"
+    if req.save_targets:
+        metrics, conditions, per_query = _to_save(req.save_targets, by_source, refs, spec, data, target_metrics)
+        config = save_target(
+            config, spec.task_id, profile.name, variant, req.save_targets, metrics, conditions, per_query
+        )
+        saved.append(f"targets{where} <- {req.save_targets}")
+    if req.save_measurements:
+        metrics, conditions, per_query = _to_save(req.save_measurements, by_source, refs, spec, data, target_metrics)
+        config, mid = append_measurement(
+            config, spec.task_id, profile.name, variant, req.save_measurements, metrics, conditions, per_query
+        )
+        saved.append(f"measurements{where} += {mid}")
+
+    report = build_report(config.model_id, profile.name, spec, data, results, req.eval_type)
+    report["variant"] = variant
+    for s in req.sources:
+        if s in REFERENCE_SOURCES:
+            ref = refs.get(s)
+            report["sources"][s] = {
+                "kind": "reference",
+                "metrics": ref.metrics if ref else {},
+                "available": ref is not None,
+                "info": ref.info if ref else None,
+            }
+    report["source_order"] = list(req.sources)
+    report["checks"] = [
+        {"against": c.against, "source": c.source, "reference": c.reference, "passed": c.passed, "verdicts": c.verdicts}
+        for c in checks
+    ]
+    report["saved"] = saved
+    return EvalOutcome(config, spec, data, variant, results, list(refs.values()), checks, report, saved)

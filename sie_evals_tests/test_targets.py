@@ -1,0 +1,162 @@
+"""Targets and measurements end to end with the real CLI, model and a slice of real SciFact."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from ruamel.yaml import YAML
+from typer.testing import CliRunner
+
+from sie_evals.cli import app
+from sie_evals.lib.model_config import load_model_config
+from sie_evals_tests.conftest import MODEL_ID, REPO_ROOT
+
+runner = CliRunner()
+SLICE = ["--limit-queries", "20", "--corpus-size", "200", "--no-progress", "--no-record"]
+CONFIG_NAME = "sentence-transformers__all-MiniLM-L6-v2.yaml"
+
+
+@pytest.fixture
+def configs(configs_dir, monkeypatch):
+    monkeypatch.setenv("SIE_EVALS_MODEL_CONFIGS_DIR", str(configs_dir))
+    return configs_dir
+
+
+def _eval(*args, out=None):
+    extra = ["--output", str(out)] if out else []
+    return runner.invoke(app, ["eval", MODEL_ID, "-t", "beir/SciFact", *args, *SLICE, *extra])
+
+
+def _set_target(path, variant, metric, factor):
+    yaml = YAML()
+    tree = yaml.load(path.read_text())
+    metrics = tree["targets"]["beir/SciFact"]["default"][variant]["metrics"]
+    metrics[metric] = float(metrics[metric]) * factor
+    with open(path, "w") as fh:
+        yaml.dump(tree, fh)
+
+
+def test_save_then_check_then_drift(configs, tmp_path):
+    cfg = configs / CONFIG_NAME
+    res = _eval("-s", "local", "--save-targets", "local")
+    assert res.exit_code == 0, res.output
+    assert "saved targets[beir/SciFact][default][test@q20-c200] <- local" in res.output
+    saved = load_model_config(cfg).target("beir/SciFact", "default", "test@q20-c200")
+    assert saved.source == "local" and "ndcg_at_10" in saved.metrics
+    assert saved.conditions["dataset_hash"] and saved.conditions["engine_version"].startswith("transformers")
+    assert (configs / saved.per_query).is_file()
+
+    out = tmp_path / "r.json"
+    res = _eval("-s", "local,targets", "--check-targets", out=out)
+    assert res.exit_code == 0, res.output
+    report = json.loads(out.read_text())
+    assert report["checks"][0]["passed"] and report["sources"]["targets"]["metrics"]["ndcg_at_10"] > 0
+    assert {v["status"] for v in report["checks"][0]["verdicts"]} == {"pass"}
+
+    _set_target(cfg, "test@q20-c200", "map_at_10", 1.02)
+    res = _eval("-s", "local,targets", "--check-targets", out=out)
+    assert res.exit_code == 1, res.output
+    assert "local/map_at_10 (targets)" in " ".join(res.output.split())
+    failed = [v for v in json.loads(out.read_text())["checks"][0]["verdicts"] if not v["passed"]]
+    assert [v["metric"] for v in failed] == ["map_at_10"]
+    assert failed[0]["ratio"] == pytest.approx(1 / 1.02, rel=1e-6) and failed[0]["margin"] == 0.99
+    assert failed[0]["delta_interval"]["n_queries"] == 20
+
+
+def test_missing_target_passes_unless_required(configs):
+    res = _eval("-s", "local", "--check-targets")
+    assert res.exit_code == 0 and "no target" in res.output
+    res = _eval("-s", "local", "--check-targets", "--require-targets")
+    assert res.exit_code == 1
+
+
+def test_check_measurements_uses_the_latest(configs, tmp_path):
+    cfg = configs / CONFIG_NAME
+    for _ in range(2):
+        assert _eval("-s", "local", "--save-measurements", "local").exit_code == 0
+    history = load_model_config(cfg).measurement_history("beir/SciFact", "default", "test@q20-c200")
+    assert len(history) == 2 and history[0].id != history[1].id
+    out = tmp_path / "m.json"
+    res = _eval("-s", "local,measurements", "--check-measurements", out=out)
+    assert res.exit_code == 0, res.output
+    check = json.loads(out.read_text())["checks"][0]
+    assert check["reference"]["id"] == history[-1].id and check["verdicts"][0]["margin"] == 0.98
+
+
+def test_comments_and_order_survive_a_save(configs):
+    cfg = configs / CONFIG_NAME
+    cfg.write_text("# hand-written header\n" + cfg.read_text().replace("tasks:", "tasks:  # evaluated nightly"))
+    before = cfg.read_text()
+    assert _eval("-s", "local", "--save-targets", "local").exit_code == 0
+    after = cfg.read_text()
+    assert after.startswith("# hand-written header\n") and "tasks:  # evaluated nightly" in after
+    assert "# Same model in bfloat16" in after
+    assert after.index("profiles:") < after.index("tasks:") < after.index("targets:")
+    assert after[: before.index("targets:")] == before[: before.index("targets:")]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "needle"),
+    [
+        (lambda t: t + "\n  : bad: [\n", "not valid YAML"),
+        (lambda t: t.replace("targets: {}", "targets:\n  beir/SciFact:\n    default:\n      test:\n        source: x\n"
+                             "        saved: now\n        metrics: {ndcg_at_11x: 0.5}"), "unknown metric"),
+        (lambda t: t.replace("targets: {}", "targets:\n  beir/SciFact:\n    default:\n      test:\n        source: x\n"
+                             "        saved: now\n        metrics: {ndcg_at_10: high}"),
+         "targets.beir/SciFact.default.test.metrics.ndcg_at_10"),
+    ],
+)
+def test_bad_config_is_an_input_error_and_nothing_is_written(configs, mutate, needle):
+    cfg = configs / CONFIG_NAME
+    cfg.write_text(mutate(cfg.read_text()))
+    before = cfg.read_text()
+    res = _eval("-s", "local", "--save-targets", "local")
+    assert res.exit_code == 2, res.output
+    text = " ".join(res.output.split())
+    assert needle in text and CONFIG_NAME in text
+    assert cfg.read_text() == before
+    assert not (configs / "per_query").exists()
+
+
+def test_save_options_are_validated(configs):
+    assert _eval("-s", "local", "--save-targets", "sie").exit_code == 2
+    assert _eval("-s", "local,targets", "--save-targets", "targets").exit_code == 2
+    res = _eval("-s", "local,benchmark", "--save-targets", "benchmark")
+    assert res.exit_code == 2 and "full split" in res.output
+
+
+def test_perf_latency_target_drift(configs, tmp_path):
+    perf = ["--type", "perf", "-c", "2", "-b", "2", "--requests", "12", "--warmup", "2", "--trials", "1"]
+    out = tmp_path / "p.json"
+    res = _eval("-s", "local", *perf, "--save-targets", "local", out=out)
+    assert res.exit_code == 0, res.output
+    report = json.loads(out.read_text())
+    metrics = report["sources"]["local"]["metrics"]
+    assert metrics["latency_p50_ms"] > 0 and metrics["items_per_s"] > 0
+    assert (tmp_path / report["sources"]["local"]["latency_histogram_file"]).read_bytes()[:4] == b"\x89PNG"
+    variant = "perf@corpus-b2-c2"
+    assert report["variant"] == variant
+    _set_target(configs / CONFIG_NAME, variant, "latency_p50_ms", 0.3)
+    res = _eval("-s", "local,targets", *perf, "--check-targets", out=out)
+    assert res.exit_code == 1, res.output
+    failed = [v["metric"] for v in json.loads(out.read_text())["checks"][0]["verdicts"] if not v["passed"]]
+    assert failed == ["latency_p50_ms"]
+
+
+@pytest.mark.slow
+def test_concurrent_save_measurements_lose_nothing(configs, session_cache):
+    """Eight processes append at once; the file lock serialises them."""
+    # Warm the cache first so the eight processes only contend on the config file.
+    assert _eval("-s", "local").exit_code == 0
+    env = {**os.environ, "SIE_EVALS_MODEL_CONFIGS_DIR": str(configs), "SIE_EVALS_CACHE_DIR": str(session_cache)}
+    cmd = [sys.executable, "-m", "sie_evals.cli", "eval", MODEL_ID, "-t", "beir/SciFact", "-s", "local",
+           "--save-measurements", "local", *SLICE]
+    procs = [subprocess.Popen(cmd, env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+             for _ in range(8)]
+    outputs = [p.communicate(timeout=600)[0].decode() for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs
+    history = load_model_config(configs / CONFIG_NAME).measurement_history("beir/SciFact", "default", "test@q20-c200")
+    assert len(history) == 8 and len({m.id for m in history}) == 8
+    assert all((configs / m.per_query).is_file() for m in history)
