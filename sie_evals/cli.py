@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from sie_evals.lib import model_config as mc
 from sie_evals.lib import paths
@@ -43,7 +44,7 @@ def _handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except SieEvalsError as err:
-            err_console.print(f"[bold red]error:[/] {err}", markup=True, highlight=False)
+            err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
             raise typer.Exit(err.exit_code) from None
         except KeyboardInterrupt:
             err_console.print("interrupted")
@@ -223,7 +224,7 @@ def eval_cmd(
         failed = [
             f"{c.source}/{v['metric']} ({c.against})" for c in outcome.checks for v in c.verdicts if not v["passed"]
         ]
-        err_console.print(f"[bold red]drift:[/] {', '.join(failed)}")
+        err_console.print(f"[bold red]drift:[/] {escape(', '.join(failed))}", soft_wrap=True)
         raise typer.Exit(1)
 
 

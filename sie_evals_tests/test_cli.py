@@ -64,7 +64,7 @@ def test_profile_and_batch_size_options(tmp_path):
         (["eval", MODEL_ID, "-t", "beir/SciFact", "-s", "locl"], "unknown source 'locl'; valid sources: local"),
         (["eval", MODEL_ID, "-t", "beir/SciFact", "-p", "turbo"], "unknown profile 'turbo'; valid profiles: bf16"),
         (["eval", MODEL_ID, "-t", "beir/SciFact", "--split", "dev"], "qrels/dev.tsv: missing qrels file"),
-        (["eval", MODEL_ID, "-t", "beir/SciFact", "--type", "perf"], "not implemented"),
+        (["eval", MODEL_ID, "-t", "beir/SciFact", "--workload", "docs"], "--workload must be corpus or queries"),
     ],
 )
 def test_usage_errors_exit_2_with_a_clear_message(args, needle):

@@ -101,11 +101,22 @@ def test_comments_and_order_survive_a_save(configs):
     ("mutate", "needle"),
     [
         (lambda t: t + "\n  : bad: [\n", "not valid YAML"),
-        (lambda t: t.replace("targets: {}", "targets:\n  beir/SciFact:\n    default:\n      test:\n        source: x\n"
-                             "        saved: now\n        metrics: {ndcg_at_11x: 0.5}"), "unknown metric"),
-        (lambda t: t.replace("targets: {}", "targets:\n  beir/SciFact:\n    default:\n      test:\n        source: x\n"
-                             "        saved: now\n        metrics: {ndcg_at_10: high}"),
-         "targets.beir/SciFact.default.test.metrics.ndcg_at_10"),
+        (
+            lambda t: t.replace(
+                "targets: {}",
+                "targets:\n  beir/SciFact:\n    default:\n      test:\n        source: x\n"
+                "        saved: now\n        metrics: {ndcg_at_11x: 0.5}",
+            ),
+            "unknown metric",
+        ),
+        (
+            lambda t: t.replace(
+                "targets: {}",
+                "targets:\n  beir/SciFact:\n    default:\n      test:\n        source: x\n"
+                "        saved: now\n        metrics: {ndcg_at_10: high}",
+            ),
+            "targets.beir/SciFact.default.test.metrics.ndcg_at_10",
+        ),
     ],
 )
 def test_bad_config_is_an_input_error_and_nothing_is_written(configs, mutate, needle):
@@ -151,10 +162,24 @@ def test_concurrent_save_measurements_lose_nothing(configs, session_cache):
     # Warm the cache first so the eight processes only contend on the config file.
     assert _eval("-s", "local").exit_code == 0
     env = {**os.environ, "SIE_EVALS_MODEL_CONFIGS_DIR": str(configs), "SIE_EVALS_CACHE_DIR": str(session_cache)}
-    cmd = [sys.executable, "-m", "sie_evals.cli", "eval", MODEL_ID, "-t", "beir/SciFact", "-s", "local",
-           "--save-measurements", "local", *SLICE]
-    procs = [subprocess.Popen(cmd, env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-             for _ in range(8)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "sie_evals.cli",
+        "eval",
+        MODEL_ID,
+        "-t",
+        "beir/SciFact",
+        "-s",
+        "local",
+        "--save-measurements",
+        "local",
+        *SLICE,
+    ]
+    procs = [
+        subprocess.Popen(cmd, env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        for _ in range(8)
+    ]
     outputs = [p.communicate(timeout=600)[0].decode() for p in procs]
     assert all(p.returncode == 0 for p in procs), outputs
     history = load_model_config(configs / CONFIG_NAME).measurement_history("beir/SciFact", "default", "test@q20-c200")

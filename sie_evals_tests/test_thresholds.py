@@ -8,9 +8,16 @@ from sie_evals.lib.thresholds import Against, MetricKind, check_against, check_v
 
 @pytest.mark.parametrize(
     ("name", "kind"),
-    [("ndcg_at_10", MetricKind.quality), ("mrr_at_1000", MetricKind.quality), ("cosine_spearman", MetricKind.quality),
-     ("max_ap", MetricKind.quality), ("latency_p99_ms", MetricKind.latency), ("tokens_per_s", MetricKind.throughput),
-     ("ndcg@10", None), ("latency_p42", None)],
+    [
+        ("ndcg_at_10", MetricKind.quality),
+        ("mrr_at_1000", MetricKind.quality),
+        ("cosine_spearman", MetricKind.quality),
+        ("max_ap", MetricKind.quality),
+        ("latency_p99_ms", MetricKind.latency),
+        ("tokens_per_s", MetricKind.throughput),
+        ("ndcg@10", None),
+        ("latency_p42", None),
+    ],
 )
 def test_metric_kinds(name, kind):
     assert metric_kind(name) == kind
@@ -46,8 +53,11 @@ def test_missing_target_rule():
 
 
 def test_overrides_most_specific_wins():
-    o = {"targets": {"quality": 0.95}, "tasks": {"beir/SciFact": {"targets": {"quality": 0.97}}},
-         "metrics": {"ndcg_at_10": {"targets": 0.999}}}
+    o = {
+        "targets": {"quality": 0.95},
+        "tasks": {"beir/SciFact": {"targets": {"quality": 0.97}}},
+        "metrics": {"ndcg_at_10": {"targets": 0.999}},
+    }
     assert resolve_margin("ndcg_at_10", Against.targets, o, "beir/SciFact") == 0.999
     assert resolve_margin("map_at_10", Against.targets, o, "beir/SciFact") == 0.97
     assert resolve_margin("map_at_10", Against.targets, o, "beir/NFCorpus") == 0.95

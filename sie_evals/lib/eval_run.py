@@ -25,8 +25,9 @@ from sie_evals.lib.model_config import ModelConfig, find_model_config
 from sie_evals.lib.perf import PERF_TARGET_METRICS, LoadSpec
 from sie_evals.lib.report import build_report
 from sie_evals.lib.saved_results import append_measurement, load_per_query, save_target
+from sie_evals.lib.scoring import TaskData
 from sie_evals.lib.sources import ALL_SOURCES, COMPUTE_SOURCES, REFERENCE_SOURCES
-from sie_evals.lib.tasks import RetrievalData, TaskSpec
+from sie_evals.lib.tasks import TaskSpec
 from sie_evals.lib.thresholds import Against, MetricKind, check_against
 
 
@@ -75,7 +76,7 @@ class CheckResult:
 class EvalOutcome:
     config: ModelConfig
     spec: TaskSpec
-    data: RetrievalData
+    data: TaskData
     variant: str
     results: list[SourceResult]
     references: list[ReferenceColumn]
@@ -113,7 +114,7 @@ def _validate(req: EvalRequest) -> None:
 
 
 def _reference(
-    source: str, config: ModelConfig, spec: TaskSpec, data: RetrievalData, profile: str, variant: str
+    source: str, config: ModelConfig, spec: TaskSpec, data: TaskData, profile: str, variant: str
 ) -> ReferenceColumn | None:
     if source == "benchmark":
         if variant.startswith("perf@"):
@@ -202,7 +203,7 @@ def _to_save(
     results: dict[str, SourceResult],
     refs: dict[str, ReferenceColumn],
     spec: TaskSpec,
-    data: RetrievalData,
+    data: TaskData,
     target_metrics: tuple[str, ...],
 ) -> tuple[dict[str, float], dict[str, Any], pd.DataFrame | None]:
     if source in results:
@@ -231,7 +232,9 @@ def run_eval(req: EvalRequest) -> EvalOutcome:
     if req.eval_type == "perf":
         variant = perf_variant(req.workload, req.load.batch_size, req.load.concurrency)
         target_metrics: tuple[str, ...] = PERF_TARGET_METRICS
-        results = [evaluate_perf_source(config, profile, data, s, req.engine, req.load, req.workload) for s in compute]
+        results = [
+            evaluate_perf_source(config, profile, spec, data, s, req.engine, req.load, req.workload) for s in compute
+        ]
     else:
         variant = data.variant
         target_metrics = spec.rules.target_metrics

@@ -12,11 +12,14 @@ import pandas as pd
 from sie_evals.lib import paths
 from sie_evals.lib.cache import CacheStats, EmbeddingCache
 from sie_evals.lib.engines import EmbedKind, Engine, create_engine
+from sie_evals.lib.errors import InputError
 from sie_evals.lib.metrics import retrieval_scores
 from sie_evals.lib.model_config import ModelConfig, ResolvedProfile
 from sie_evals.lib.run_conditions import hardware, now_iso, software
+from sie_evals.lib.scoring import TaskData, score_task, task_inputs
 from sie_evals.lib.search import exact_top_k, to_run
 from sie_evals.lib.tasks import RetrievalData, TaskSpec, load_retrieval_data, resolve_task
+from sie_evals.lib.tasks.labeled import LOCAL_LOADERS
 
 
 @dataclass(frozen=True)
@@ -39,13 +42,16 @@ class EngineOptions:
 
 @dataclass
 class Embeddings:
-    queries: np.ndarray
-    documents: np.ndarray
+    vectors: dict[EmbedKind, np.ndarray]  # rows align with scoring.task_inputs(spec, data)[kind]
     engine_info: dict[str, Any]
     cache: CacheStats
     forward_calls: int
     engine_started: bool  # False when every vector came from the cache: no model load, no server
     seconds: float
+
+    @property
+    def dims(self) -> int:
+        return int(next(iter(self.vectors.values())).shape[1])
 
 
 @dataclass
@@ -62,27 +68,33 @@ class SourceResult:
         return self.metrics[self.main_score_name]
 
 
-def load_task(task: str, opts: DataOptions) -> tuple[TaskSpec, RetrievalData]:
+def load_data(spec: TaskSpec, split: str | None, data_root: Path | None) -> TaskData:
+    split = split or spec.default_split
+    if spec.type == "retrieval":
+        return load_retrieval_data(spec, split, data_root)
+    root = data_root or paths.data_dir()
+    if root is None:
+        raise InputError(
+            f"{spec.task_id}: loading {spec.type} data from the Hugging Face hub is not implemented; "
+            f"set {paths.DATA_DIR_ENV} to a folder holding {spec.local_dir}/"
+        )
+    return LOCAL_LOADERS[spec.type](spec, split, Path(root))
+
+
+def load_task(task: str, opts: DataOptions) -> tuple[TaskSpec, TaskData]:
     spec = resolve_task(task)
-    data = load_retrieval_data(spec, opts.split, opts.data_root)
+    data = load_data(spec, opts.split, opts.data_root)
     if opts.limit_queries:
         data = data.take_subset(opts.limit_queries, opts.corpus_size)
     return spec, data
 
 
-def embed_retrieval(engine: Engine, data: RetrievalData, cache: EmbeddingCache) -> Embeddings:
+def embed_task(engine: Engine, spec: TaskSpec, data: TaskData, cache: EmbeddingCache) -> Embeddings:
     stats = CacheStats()
     start = time.perf_counter()
-    queries = cache.embed(engine, data.query_texts, EmbedKind.query, stats)
-    documents = cache.embed(engine, data.corpus_texts, EmbedKind.document, stats)
+    vectors = {kind: cache.embed(engine, texts, kind, stats) for kind, texts in task_inputs(spec, data).items()}
     return Embeddings(
-        queries,
-        documents,
-        engine.info().as_dict(),
-        stats,
-        engine.forward_calls,
-        engine.started,
-        time.perf_counter() - start,
+        vectors, engine.info().as_dict(), stats, engine.forward_calls, engine.started, time.perf_counter() - start
     )
 
 
@@ -96,7 +108,7 @@ def score_retrieval(
 
 
 def _conditions_base(
-    data: RetrievalData, profile: ResolvedProfile, engine_info: dict[str, Any], engine_opts: EngineOptions
+    data: TaskData, profile: ResolvedProfile, engine_info: dict[str, Any], engine_opts: EngineOptions
 ) -> dict[str, Any]:
     return {
         "engine": engine_info["engine"],
@@ -117,7 +129,7 @@ def _conditions_base(
 
 
 def run_conditions(
-    data: RetrievalData, profile: ResolvedProfile, emb: Embeddings, engine_opts: EngineOptions
+    data: TaskData, profile: ResolvedProfile, emb: Embeddings, engine_opts: EngineOptions
 ) -> dict[str, Any]:
     return _conditions_base(data, profile, emb.engine_info, engine_opts)
 
@@ -126,7 +138,7 @@ def evaluate_source(
     model: ModelConfig,
     profile: ResolvedProfile,
     spec: TaskSpec,
-    data: RetrievalData,
+    data: TaskData,
     source: str,
     engine_opts: EngineOptions,
     cache: EmbeddingCache | None = None,
@@ -135,9 +147,9 @@ def evaluate_source(
     cache = cache or EmbeddingCache(paths.cache_dir())
     engine = create_engine(source, model, profile, **engine_opts.for_engine())
     with engine:
-        emb = embed_retrieval(engine, data, cache)
+        emb = embed_task(engine, spec, data, cache)
     start = time.perf_counter()
-    metrics, per_query = score_retrieval(spec, data, emb.queries, emb.documents)
+    metrics, per_query = score_task(spec, data, emb.vectors)
     score_seconds = time.perf_counter() - start
     return SourceResult(
         source=source,
@@ -146,7 +158,7 @@ def evaluate_source(
         per_query=per_query,
         run_conditions=run_conditions(data, profile, emb, engine_opts),
         extra={
-            "dims": int(emb.documents.shape[1]),
+            "dims": emb.dims,
             "cache": emb.cache.as_dict(),
             "forward_calls": emb.forward_calls,
             "engine_started": emb.engine_started,
@@ -179,7 +191,8 @@ def token_counts(model: ModelConfig, profile: ResolvedProfile, texts: list[str])
 def evaluate_perf_source(
     model: ModelConfig,
     profile: ResolvedProfile,
-    data: RetrievalData,
+    spec: TaskSpec,
+    data: TaskData,
     source: str,
     engine_opts: EngineOptions,
     load,
@@ -192,11 +205,14 @@ def evaluate_perf_source(
 
     if workload not in PERF_WORKLOADS:
         raise ValueError(f"workload must be one of {PERF_WORKLOADS}")
-    kind = EmbedKind.document if workload == "corpus" else EmbedKind.query
-    texts = list(data.corpus_texts if workload == "corpus" else data.query_texts)
-    counts = token_counts(
-        model, profile, [(profile.document_prefix if workload == "corpus" else profile.query_prefix) + t for t in texts]
-    )
+    if isinstance(data, RetrievalData):
+        kind = EmbedKind.document if workload == "corpus" else EmbedKind.query
+        texts = list(data.corpus_texts if workload == "corpus" else data.query_texts)
+    else:  # symmetric tasks: every text is encoded the same way, whatever the workload name
+        kind = EmbedKind.query
+        texts = task_inputs(spec, data)[EmbedKind.query]
+    prefix = profile.document_prefix if kind == EmbedKind.document else profile.query_prefix
+    counts = token_counts(model, profile, [prefix + t for t in texts])
     engine = create_engine(source, model, profile, **engine_opts.for_engine())
     load_before = os.getloadavg()[0]
     with engine:

@@ -4,12 +4,14 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from sie_evals.lib.atomic import atomic_write, atomic_write_json
 from sie_evals.lib.evaluation import SourceResult
 from sie_evals.lib.run_conditions import now_iso
-from sie_evals.lib.tasks import RetrievalData, TaskSpec
+from sie_evals.lib.scoring import TaskData
+from sie_evals.lib.tasks import TaskSpec
 
 REPORT_FORMAT = 1
 TABLE_METRICS = (
@@ -26,6 +28,31 @@ TABLE_METRICS = (
 )
 
 
+TABLE_METRICS_BY_TYPE = {
+    "retrieval": TABLE_METRICS,
+    "classification": ("accuracy", "f1", "f1_weighted", "precision", "recall", "precision_weighted", "recall_weighted"),
+    "pair_classification": (
+        "max_ap",
+        "cosine_ap",
+        "cosine_accuracy",
+        "cosine_f1",
+        "cosine_precision",
+        "cosine_recall",
+        "dot_ap",
+        "euclidean_ap",
+        "manhattan_ap",
+        "max_f1",
+        "max_accuracy",
+    ),
+    "sts": (
+        "cosine_spearman",
+        "cosine_pearson",
+        "euclidean_spearman",
+        "euclidean_pearson",
+        "manhattan_spearman",
+        "manhattan_pearson",
+    ),
+}
 PERF_TABLE_METRICS = (
     "latency_p50_ms",
     "latency_p90_ms",
@@ -43,7 +70,7 @@ def build_report(
     model_id: str,
     profile: str,
     spec: TaskSpec,
-    data: RetrievalData,
+    data: TaskData,
     results: list[SourceResult],
     eval_type: str = "quality",
 ) -> dict[str, Any]:
@@ -108,15 +135,15 @@ def render_table(report: dict[str, Any], console: Console | None = None) -> None
     for s in sources:
         table.add_column(s, justify="right")
     perf = report.get("type") == "perf"
-    for metric in PERF_TABLE_METRICS if perf else TABLE_METRICS:
+    for metric in PERF_TABLE_METRICS if perf else TABLE_METRICS_BY_TYPE[report["task_type"]]:
         cells = [_fmt(report["sources"][s]["metrics"].get(metric), 2 if perf else 5) for s in sources]
         name = f"{metric} *" if metric == report["main_score"] else metric
         table.add_row(name, *cells)
     console.print(table)
     ds = report["dataset"]
     console.print(
-        f"dataset: {ds['counts']['queries']} queries, {ds['counts']['corpus']} docs, "
-        f"{ds['counts']['qrels']} qrels, variant {report.get('variant', ds['variant'])}, "
+        f"dataset: {', '.join(f'{v} {k}' for k, v in ds['counts'].items())}, "
+        f"variant {report.get('variant', ds['variant'])}, "
         f"sha256 {ds['content_hash'][:12]}  (* = main score)"
     )
     for s in sources:
@@ -142,7 +169,7 @@ def render_table(report: dict[str, Any], console: Console | None = None) -> None
     for check in report.get("checks", []):
         render_verdicts(check, console)
     for line in report.get("saved", []):
-        console.print(f"saved {line}")
+        console.print(f"saved {escape(line)}")
 
 
 def render_verdicts(check: dict[str, Any], console: Console) -> None:

@@ -33,8 +33,8 @@ DEFAULT_MARGINS: dict[Against, dict[MetricKind, float]] = {
 
 _QUALITY_PATTERNS = (
     re.compile(r"^(ndcg|map|recall|precision|hit_rate|mrr)_at_\d+$"),
-    re.compile(r"^(accuracy|f1|f1_weighted|precision|recall|ap|main_score)$"),
-    re.compile(r"^(cosine|euclidean|manhattan|dot|max)_(accuracy|f1|precision|recall|ap|pearson|spearman)$"),
+    re.compile(r"^(accuracy|f1|precision|recall|ap)(_weighted)?$"),
+    re.compile(r"^(cosine|euclidean|manhattan|dot|similarity|max)_(accuracy|f1|precision|recall|ap|pearson|spearman)$"),
     re.compile(r"^(pearson|spearman)$"),
 )
 _LATENCY = re.compile(r"^latency_(p50|p90|p95|p99|min|max|mean)_ms$")

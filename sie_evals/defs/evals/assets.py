@@ -13,11 +13,12 @@ import numpy as np
 from sie_evals.defs.evals.partitions import eval_partitions, task_partitions, task_to_evals
 from sie_evals.defs.evals.resources import EvalSettings
 from sie_evals.lib.atomic import atomic_write
-from sie_evals.lib.engines import create_engine
-from sie_evals.lib.evaluation import embed_retrieval, load_task, score_retrieval
+from sie_evals.lib.engines import EmbedKind, create_engine
+from sie_evals.lib.evaluation import embed_task, load_task
 from sie_evals.lib.keys import EvalKey, path_slug
 from sie_evals.lib.model_config import find_model_config
-from sie_evals.lib.report import TABLE_METRICS
+from sie_evals.lib.report import TABLE_METRICS_BY_TYPE
+from sie_evals.lib.scoring import score_task
 from sie_evals.lib.tasks import resolve_task
 from sie_evals.lib.tasks.snapshot import read_snapshot, write_snapshot
 
@@ -71,20 +72,20 @@ def embeddings(
     key = EvalKey.parse(context.partition_key)
     config = find_model_config(key.model, settings.configs_dir())
     profile = config.resolve_profile(settings.profile)
+    spec = resolve_task(key.task)
     data = read_snapshot(Path(task_dataset["snapshot_dir"]))
     engine = create_engine(key.source, config, profile, **settings.engine_options().for_engine())
     with engine:
-        emb = embed_retrieval(engine, data, settings.cache())
+        emb = embed_task(engine, spec, data, settings.cache())
     folder = settings.results_root() / "embeddings" / key.path_slug() / data.content_hash[:16]
-    _save_npy(folder / "queries.npy", emb.queries)
-    _save_npy(folder / "documents.npy", emb.documents)
+    for kind, vectors in emb.vectors.items():
+        _save_npy(folder / f"{kind.value}.npy", vectors)
     value = {
         "key": str(key),
         "profile": profile.name,
         "content_hash": data.content_hash,
-        "queries_path": str(folder / "queries.npy"),
-        "documents_path": str(folder / "documents.npy"),
-        "dims": int(emb.documents.shape[1]),
+        "vectors": {kind.value: str(folder / f"{kind.value}.npy") for kind in emb.vectors},
+        "dims": emb.dims,
         "engine": emb.engine_info,
         "cache": emb.cache.as_dict(),
     }
@@ -92,8 +93,7 @@ def embeddings(
         value,
         metadata={
             "dims": value["dims"],
-            "documents": int(emb.documents.shape[0]),
-            "queries": int(emb.queries.shape[0]),
+            **{f"{kind.value}_vectors": int(v.shape[0]) for kind, v in emb.vectors.items()},
             "embed_seconds": round(emb.seconds, 3),
             "forward_calls": emb.forward_calls,
             "cache_hits": emb.cache.hits,
@@ -124,9 +124,8 @@ def quality_scores(
             f"not the current {data.content_hash[:12]}: rematerialize embeddings"
         )
     start = time.perf_counter()
-    metrics, per_query = score_retrieval(
-        spec, data, _load_npy(embeddings["queries_path"]), _load_npy(embeddings["documents_path"])
-    )
+    vectors = {EmbedKind(kind): _load_npy(path) for kind, path in embeddings["vectors"].items()}
+    metrics, per_query = score_task(spec, data, vectors)
     pq_path = settings.results_root() / "quality_scores" / f"{key.path_slug()}.per_query.parquet"
     atomic_write(pq_path, lambda tmp: per_query.to_parquet(tmp, index=False))
     value = {
@@ -140,7 +139,7 @@ def quality_scores(
         "engine": embeddings["engine"],
         "profile": embeddings["profile"],
     }
-    metadata: dict[str, Any] = {m: float(metrics[m]) for m in TABLE_METRICS if m in metrics}
+    metadata: dict[str, Any] = {m: float(metrics[m]) for m in TABLE_METRICS_BY_TYPE[spec.type] if m in metrics}
     metadata.update(
         {
             "main_score": float(metrics[spec.rules.main_score]),

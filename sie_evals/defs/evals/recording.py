@@ -4,7 +4,7 @@ import dagster as dg
 
 from sie_evals.lib.keys import EvalKey
 from sie_evals.lib.model_config import ModelConfig
-from sie_evals.lib.report import TABLE_METRICS
+from sie_evals.lib.report import TABLE_METRICS_BY_TYPE
 
 
 def record_quality_report(config: ModelConfig, report: dict, instance: dg.DagsterInstance | None = None) -> list[str]:
@@ -15,7 +15,9 @@ def record_quality_report(config: ModelConfig, report: dict, instance: dg.Dagste
         if result.get("kind") != "computed":
             continue
         key = str(EvalKey(config.short_name, report["task"], source))
-        metadata = {m: float(result["metrics"][m]) for m in TABLE_METRICS if m in result["metrics"]}
+        metadata = {
+            m: float(result["metrics"][m]) for m in TABLE_METRICS_BY_TYPE[report["task_type"]] if m in result["metrics"]
+        }
         metadata.update(
             {
                 "main_score": float(result["main_score"]),

@@ -14,9 +14,21 @@ from sie_evals.lib.errors import UnknownNameError
 MTEB_K_VALUES: tuple[int, ...] = (1, 3, 5, 10, 20, 100, 1000)
 
 
+RETRIEVAL_TARGETS = (
+    "ndcg_at_10",
+    "map_at_10",
+    "recall_at_10",
+    "precision_at_10",
+    "mrr_at_10",
+    "ndcg_at_100",
+    "recall_at_100",
+)
+
+
 @dataclass(frozen=True)
-class RetrievalRules:
-    """How MTEB evaluates a retrieval task. Defaults are AbsTaskRetrieval's."""
+class EvalRules:
+    """How MTEB evaluates a task (one rules type for every task type; fields a type does not use are
+    ignored). Defaults are MTEB's AbsTaskRetrieval / AbsTaskClassification ones."""
 
     eval_splits: tuple[str, ...] = ("test",)
     main_score: str = "ndcg_at_10"
@@ -24,48 +36,60 @@ class RetrievalRules:
     ignore_identical_ids: bool = False
     skip_first_result: bool = False
     # What --save-targets stores and --check-targets gates on (users may add any valid metric by hand).
-    target_metrics: tuple[str, ...] = (
-        "ndcg_at_10",
-        "map_at_10",
-        "recall_at_10",
-        "precision_at_10",
-        "mrr_at_10",
-        "ndcg_at_100",
-        "recall_at_100",
-    )
+    target_metrics: tuple[str, ...] = RETRIEVAL_TARGETS
+    # classification (MTEB AbsTaskClassification): experiments, examples drawn per label, seed
+    n_experiments: int = 10
+    samples_per_label: int = 8
+    seed: int = 42
+    # STS: the gold score range, normalised to 0-1 as MTEB does
+    min_score: float = 0.0
+    max_score: float = 5.0
+
+
+CLASSIFICATION_RULES = EvalRules(
+    main_score="accuracy", target_metrics=("accuracy", "f1", "f1_weighted", "precision", "recall")
+)
+PAIR_CLASSIFICATION_RULES = EvalRules(
+    main_score="max_ap",
+    target_metrics=("max_ap", "cosine_ap", "cosine_accuracy", "cosine_f1", "cosine_precision", "cosine_recall"),
+)
+STS_RULES = EvalRules(
+    main_score="cosine_spearman",
+    target_metrics=("cosine_spearman", "cosine_pearson", "euclidean_spearman", "manhattan_spearman"),
+)
 
 
 # The BEIR datasets that MTEB defines as retrieval tasks, with MTEB's non-default rules
 # (read from mteb 2.x `mteb/tasks/retrieval/eng/*.py`). Keyed by the lower-cased BEIR folder name.
-MTEB_RETRIEVAL_RULES: dict[str, tuple[str, RetrievalRules]] = {
-    "arguana": ("ArguAna", RetrievalRules(ignore_identical_ids=True)),
-    "climate-fever": ("ClimateFEVER", RetrievalRules()),
-    "cqadupstack": ("CQADupstackRetrieval", RetrievalRules()),
-    "dbpedia-entity": ("DBPedia", RetrievalRules()),
-    "fever": ("FEVER", RetrievalRules(ignore_identical_ids=True)),
-    "fiqa": ("FiQA2018", RetrievalRules(ignore_identical_ids=True)),
-    "hotpotqa": ("HotpotQA", RetrievalRules()),
-    "msmarco": ("MSMARCO", RetrievalRules(eval_splits=("dev",), ignore_identical_ids=True)),
-    "nfcorpus": ("NFCorpus", RetrievalRules()),
-    "nq": ("NQ", RetrievalRules()),
-    "quora": ("QuoraRetrieval", RetrievalRules(eval_splits=("test",), ignore_identical_ids=True)),
-    "scidocs": ("SCIDOCS", RetrievalRules()),
-    "scifact": ("SciFact", RetrievalRules()),
-    "trec-covid": ("TRECCOVID", RetrievalRules()),
-    "webis-touche2020": ("Touche2020", RetrievalRules()),
+MTEB_RETRIEVAL_RULES: dict[str, tuple[str, EvalRules]] = {
+    "arguana": ("ArguAna", EvalRules(ignore_identical_ids=True)),
+    "climate-fever": ("ClimateFEVER", EvalRules()),
+    "cqadupstack": ("CQADupstackRetrieval", EvalRules()),
+    "dbpedia-entity": ("DBPedia", EvalRules()),
+    "fever": ("FEVER", EvalRules(ignore_identical_ids=True)),
+    "fiqa": ("FiQA2018", EvalRules(ignore_identical_ids=True)),
+    "hotpotqa": ("HotpotQA", EvalRules()),
+    "msmarco": ("MSMARCO", EvalRules(eval_splits=("dev",), ignore_identical_ids=True)),
+    "nfcorpus": ("NFCorpus", EvalRules()),
+    "nq": ("NQ", EvalRules()),
+    "quora": ("QuoraRetrieval", EvalRules(eval_splits=("test",), ignore_identical_ids=True)),
+    "scidocs": ("SCIDOCS", EvalRules()),
+    "scifact": ("SciFact", EvalRules()),
+    "trec-covid": ("TRECCOVID", EvalRules()),
+    "webis-touche2020": ("Touche2020", EvalRules()),
 }
 
 
 @dataclass(frozen=True)
 class TaskSpec:
     task_id: str
-    type: str  # "retrieval" (more types in later issues)
+    type: str  # retrieval | classification | pair_classification | sts
     local_dir: str  # folder name under the data root
     hf_dataset: str | None = None  # hub dataset with corpus/queries/default(qrels) configs (MTEB layout)
     hf_revision: str | None = None
     mteb_name: str | None = None
     aliases: tuple[str, ...] = ()
-    rules: RetrievalRules = field(default_factory=RetrievalRules)
+    rules: EvalRules = field(default_factory=EvalRules)
     registered: bool = True
 
     @property
@@ -94,6 +118,34 @@ _REGISTERED: tuple[TaskSpec, ...] = (
         aliases=("mteb/NFCorpus",),
         rules=MTEB_RETRIEVAL_RULES["nfcorpus"][1],
     ),
+    TaskSpec(
+        task_id="mteb/Banking77Classification",
+        type="classification",
+        local_dir="banking77",
+        hf_dataset="mteb/banking77",
+        hf_revision="0fd18e25b25c072e09e0d92ab615fda904d66300",
+        mteb_name="Banking77Classification",
+        aliases=("mteb/Banking77",),
+        rules=CLASSIFICATION_RULES,
+    ),
+    TaskSpec(
+        task_id="mteb/TwitterURLCorpus",
+        type="pair_classification",
+        local_dir="twitterurlcorpus",
+        hf_dataset="mteb/twitterurlcorpus-pairclassification",
+        hf_revision="8b6510b0b1fa4e4c4f879467980e9be563ec1cdf",
+        mteb_name="TwitterURLCorpus",
+        rules=PAIR_CLASSIFICATION_RULES,
+    ),
+    TaskSpec(
+        task_id="mteb/STSBenchmark",
+        type="sts",
+        local_dir="stsbenchmark",
+        hf_dataset="mteb/stsbenchmark-sts",
+        hf_revision="b0fddb56ed78048fa8b90373c8a3cfc37b684831",
+        mteb_name="STSBenchmark",
+        rules=STS_RULES,
+    ),
 )
 
 
@@ -117,7 +169,7 @@ def resolve_task(task: str) -> TaskSpec:
     namespace, _, name = task.partition("/")
     if namespace.lower() == "beir" and name and "/" not in name:
         folder = name.lower()
-        mteb_name, rules = MTEB_RETRIEVAL_RULES.get(folder, (None, RetrievalRules()))
+        mteb_name, rules = MTEB_RETRIEVAL_RULES.get(folder, (None, EvalRules()))
         return TaskSpec(
             task_id=f"beir/{name}",
             type="retrieval",

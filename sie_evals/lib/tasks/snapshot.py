@@ -1,4 +1,4 @@
-"""Retrieval data as Parquet (the `task_dataset` asset's on-disk form) and back."""
+"""Task data as Parquet (the `task_dataset` asset's on-disk form) and back, for every task type."""
 
 import json
 from pathlib import Path
@@ -7,49 +7,85 @@ import pandas as pd
 
 from sie_evals.lib.atomic import atomic_write, atomic_write_json
 from sie_evals.lib.errors import DatasetError
+from sie_evals.lib.tasks.labeled import ClassificationData, PairData
 from sie_evals.lib.tasks.retrieval import RetrievalData
 
+TaskData = RetrievalData | ClassificationData | PairData
 
-def write_snapshot(data: RetrievalData, folder: Path) -> Path:
+
+def _frames(data: TaskData) -> dict[str, pd.DataFrame]:
+    if isinstance(data, RetrievalData):
+        return {
+            "corpus": pd.DataFrame({"id": data.corpus_ids, "text": data.corpus_texts}),
+            "queries": pd.DataFrame({"id": data.query_ids, "text": data.query_texts}),
+            "qrels": pd.DataFrame(
+                [(q, d, s) for q, docs in data.qrels.items() for d, s in docs.items()],
+                columns=["query_id", "doc_id", "score"],
+            ),
+        }
+    if isinstance(data, ClassificationData):
+        return {
+            "train": pd.DataFrame({"text": data.train_texts, "label": data.train_labels}),
+            "test": pd.DataFrame({"text": data.test_texts, "label": data.test_labels}),
+        }
+    return {"pairs": pd.DataFrame({"sentence1": data.sentence1, "sentence2": data.sentence2, "gold": data.gold})}
+
+
+def write_snapshot(data: TaskData, folder: Path) -> Path:
     folder = Path(folder)
-    frames = {
-        "corpus": pd.DataFrame({"id": data.corpus_ids, "text": data.corpus_texts}),
-        "queries": pd.DataFrame({"id": data.query_ids, "text": data.query_texts}),
-        "qrels": pd.DataFrame(
-            [(q, d, s) for q, docs in data.qrels.items() for d, s in docs.items()],
-            columns=["query_id", "doc_id", "score"],
-        ),
-    }
-    for name, df in frames.items():
+    for name, df in _frames(data).items():
         atomic_write(folder / f"{name}.parquet", lambda tmp, df=df: df.to_parquet(tmp, index=False))
+    meta = {**data.describe(), "data_type": type(data).__name__}
+    if isinstance(data, ClassificationData):
+        meta["label_names"] = data.label_names
     # Written last: a folder without it is incomplete and is not read.
-    atomic_write_json(folder / "dataset.json", data.describe())
+    atomic_write_json(folder / "dataset.json", meta)
     return folder
 
 
-def read_snapshot(folder: Path) -> RetrievalData:
+def read_snapshot(folder: Path) -> TaskData:
     folder = Path(folder)
     meta_path = folder / "dataset.json"
     if not meta_path.is_file():
         raise DatasetError(f"{meta_path}: dataset snapshot missing or incomplete; rematerialize task_dataset")
     meta = json.loads(meta_path.read_text())
-    corpus = pd.read_parquet(folder / "corpus.parquet")
-    queries = pd.read_parquet(folder / "queries.parquet")
-    qrels_df = pd.read_parquet(folder / "qrels.parquet")
-    qrels: dict[str, dict[str, int]] = {}
-    for q, d, s in qrels_df.itertuples(index=False):
-        qrels.setdefault(q, {})[d] = int(s)
-    data = RetrievalData(
-        task_id=meta["task"],
-        split=meta["split"],
-        corpus_ids=corpus["id"].tolist(),
-        corpus_texts=corpus["text"].tolist(),
-        query_ids=queries["id"].tolist(),
-        query_texts=queries["text"].tolist(),
-        qrels=qrels,
-        origin=meta["origin"],
-        subset=meta.get("subset"),
-    )
+
+    def frame(name: str) -> pd.DataFrame:
+        return pd.read_parquet(folder / f"{name}.parquet")
+
+    common = {"task_id": meta["task"], "split": meta["split"], "origin": meta["origin"], "subset": meta.get("subset")}
+    data: TaskData
+    if meta["data_type"] == "RetrievalData":
+        corpus, queries, qrels_df = frame("corpus"), frame("queries"), frame("qrels")
+        qrels: dict[str, dict[str, int]] = {}
+        for q, d, s in qrels_df.itertuples(index=False):
+            qrels.setdefault(q, {})[d] = int(s)
+        data = RetrievalData(
+            corpus_ids=corpus["id"].tolist(),
+            corpus_texts=corpus["text"].tolist(),
+            query_ids=queries["id"].tolist(),
+            query_texts=queries["text"].tolist(),
+            qrels=qrels,
+            **common,
+        )
+    elif meta["data_type"] == "ClassificationData":
+        train, test = frame("train"), frame("test")
+        data = ClassificationData(
+            train_texts=train["text"].tolist(),
+            train_labels=train["label"].tolist(),
+            test_texts=test["text"].tolist(),
+            test_labels=test["label"].tolist(),
+            label_names=meta["label_names"],
+            **common,
+        )
+    else:
+        pairs = frame("pairs")
+        data = PairData(
+            sentence1=pairs["sentence1"].tolist(),
+            sentence2=pairs["sentence2"].tolist(),
+            gold=pairs["gold"].tolist(),
+            **common,
+        )
     if data.content_hash != meta["content_hash"]:
         raise DatasetError(f"{folder}: snapshot content does not match its recorded hash; rematerialize task_dataset")
     return data
