@@ -32,13 +32,14 @@ def test_definitions_load():
 
 
 def test_partitions_come_from_model_configs(configs_dir):
-    keys = eval_keys(load_all_model_configs(configs_dir))
-    assert [str(k) for k in keys] == [KEY]
+    before = [str(k) for k in eval_keys(load_all_model_configs(configs_dir))]
+    assert KEY in before and "all-MiniLM-L6-v2:mteb/STSBenchmark:local" in before
     cfg = configs_dir / "sentence-transformers__all-MiniLM-L6-v2.yaml"
     cfg.write_text(cfg.read_text().replace("  - beir/SciFact", "  - beir/SciFact\n  - mteb/NFCorpus"))
     keys = eval_keys(load_all_model_configs(configs_dir))
-    assert [str(k) for k in keys] == ["all-MiniLM-L6-v2:beir/NFCorpus:local", KEY]
-    assert task_to_eval_keys(keys) == {"beir/NFCorpus": ["all-MiniLM-L6-v2:beir/NFCorpus:local"], "beir/SciFact": [KEY]}
+    added = sorted(set(map(str, keys)) - set(before))
+    assert added == ["all-MiniLM-L6-v2:beir/NFCorpus:local"]  # an alias resolves to the canonical task id
+    assert task_to_eval_keys(keys)["beir/NFCorpus"] == ["all-MiniLM-L6-v2:beir/NFCorpus:local"]
 
 
 def test_key_format_round_trips():
@@ -181,3 +182,19 @@ def test_dagster_cli_validate_and_materialize(tmp_path, session_cache):
     with dg.DagsterInstance.from_ref(dg.InstanceRef.from_dir(str(env_home))) as instance:
         event = instance.get_latest_materialization_event(dg.AssetKey("quality_scores"))
         assert event.asset_materialization.partition == KEY
+
+
+def test_non_retrieval_task_is_a_partition_too(resources):
+    instance = dg.DagsterInstance.ephemeral()
+    sts_key = "all-MiniLM-L6-v2:mteb/STSBenchmark:local"
+    assert dg.materialize(
+        ALL, selection=[task_dataset], partition_key="mteb/STSBenchmark", instance=instance, resources=resources
+    ).success
+    res = dg.materialize(
+        ALL, selection=[embeddings, quality_scores], partition_key=sts_key, instance=instance, resources=resources
+    )
+    assert res.success
+    scores = res.output_for_node("quality_scores")
+    assert scores["main_score"] == "cosine_spearman" and 0 < scores["metrics"]["cosine_spearman"] <= 1
+    mat = instance.get_latest_materialization_event(dg.AssetKey("quality_scores")).asset_materialization
+    assert mat.partition == sts_key and "cosine_spearman" in mat.metadata

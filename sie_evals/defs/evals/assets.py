@@ -47,9 +47,7 @@ def task_dataset(context: dg.AssetExecutionContext, settings: EvalSettings) -> d
     return dg.Output(
         value,
         metadata={
-            "corpus": data.counts["corpus"],
-            "queries": data.counts["queries"],
-            "qrels": data.counts["qrels"],
+            **data.counts,
             "content_hash": data.content_hash,
             "origin": data.origin,
             "snapshot_dir": dg.MetadataValue.path(str(folder)),
