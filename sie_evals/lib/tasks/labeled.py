@@ -11,6 +11,7 @@ from typing import Any
 
 from sie_evals.lib.engines.base import EmbedKind
 from sie_evals.lib.errors import DatasetError
+from sie_evals.lib.tasks.base import TaskDataBase
 from sie_evals.lib.tasks.registry import TaskSpec
 
 
@@ -27,33 +28,8 @@ def _hash(*sections: tuple[str, list[Any]]) -> str:
     return h.hexdigest()
 
 
-class _Common:
-    """describe/variant/counts shared by the labeled data types."""
-
-    task_id: str
-    split: str
-    origin: str
-    subset: dict[str, int] | None
-    content_hash: str
-
-    @property
-    def variant(self) -> str:
-        return self.split if not self.subset else f"{self.split}@n{self.subset['limit']}"
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "task": self.task_id,
-            "split": self.split,
-            "origin": self.origin,
-            "counts": self.counts,
-            "content_hash": self.content_hash,
-            "subset": self.subset,
-            "variant": self.variant,
-        }
-
-
 @dataclass(frozen=True)
-class ClassificationData(_Common):
+class ClassificationData(TaskDataBase):
     task_id: str
     split: str
     train_texts: list[str]
@@ -95,7 +71,7 @@ class ClassificationData(_Common):
 
 
 @dataclass(frozen=True)
-class PairData(_Common):
+class PairData(TaskDataBase):
     """Sentence pairs with a binary label (pair classification) or a gold score (STS)."""
 
     task_id: str

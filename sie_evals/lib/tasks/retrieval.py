@@ -14,13 +14,14 @@ from typing import Any
 
 from sie_evals.lib import paths
 from sie_evals.lib.errors import DatasetError
+from sie_evals.lib.tasks.base import TaskDataBase
 from sie_evals.lib.tasks.registry import TaskSpec
 
 DEFAULT_SUBSET_CORPUS_SIZE = 1000
 
 
 @dataclass(frozen=True)
-class RetrievalData:
+class RetrievalData(TaskDataBase):
     task_id: str
     split: str
     corpus_ids: list[str]
@@ -38,8 +39,7 @@ class RetrievalData:
 
     @property
     def variant(self) -> str:
-        """Which data a result belongs to: the split, or split@q<N>-c<M> for a subset. Targets and
-        measurements are keyed by it, so a slice is never compared with the full split."""
+        """split, or split@q<N>-c<M> for a subset of N queries and an M-document corpus."""
         if not self.subset:
             return self.split
         return f"{self.split}@q{self.subset['limit_queries']}-c{self.subset['corpus_size']}"
@@ -50,17 +50,6 @@ class RetrievalData:
             "corpus": len(self.corpus_ids),
             "queries": len(self.query_ids),
             "qrels": sum(len(d) for d in self.qrels.values()),
-        }
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "task": self.task_id,
-            "split": self.split,
-            "origin": self.origin,
-            "counts": self.counts,
-            "content_hash": self.content_hash,
-            "subset": self.subset,
-            "variant": self.variant,
         }
 
     def take_subset(self, limit_queries: int, corpus_size: int | None = None) -> "RetrievalData":
