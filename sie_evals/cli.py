@@ -87,7 +87,12 @@ def eval_cmd(
         str | None, typer.Option("--split", help="Dataset split (default: the task's, e.g. test).")
     ] = None,
     limit_queries: Annotated[
-        int | None, typer.Option("--limit-queries", min=1, help="Deterministic subset: this many queries...")
+        int | None,
+        typer.Option(
+            "--limit-queries",
+            min=1,
+            help="Deterministic subset: this many queries (test items / pairs for other task types)...",
+        ),
     ] = None,
     corpus_size: Annotated[
         int | None,
@@ -243,9 +248,9 @@ def models_cmd() -> None:
 @_handle_errors
 def tasks_cmd() -> None:
     """List registered tasks (any beir/<Name> folder under the data root also works)."""
-    from sie_evals.lib.tasks.registry import _REGISTERED
+    from sie_evals.lib.tasks.registry import registered_tasks
 
-    for spec in _REGISTERED:
+    for spec in registered_tasks():
         aliases = f" (alias {', '.join(spec.aliases)})" if spec.aliases else ""
         typer.echo(
             f"{spec.task_id}{aliases}: {spec.type}, splits {', '.join(spec.rules.eval_splits)}, "

@@ -157,6 +157,10 @@ def _index() -> dict[str, TaskSpec]:
     return index
 
 
+def registered_tasks() -> tuple[TaskSpec, ...]:
+    return _REGISTERED
+
+
 def list_task_ids() -> list[str]:
     return sorted(spec.task_id for spec in _REGISTERED)
 
