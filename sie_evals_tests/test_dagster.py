@@ -125,7 +125,7 @@ def test_cli_and_asset_agree_and_cli_run_is_recorded(resources, tmp_path):
 
 
 @pytest.mark.slow
-def test_dagster_cli_validate_and_materialize(tmp_path, session_cache):
+def test_dagster_cli_validate_and_materialize(tmp_path, session_cache, monkeypatch):
     env_home = tmp_path / "dagster_home"
     env_home.mkdir()
     (env_home / "dagster.yaml").write_text((REPO_ROOT / "dagster.yaml").read_text())
@@ -179,7 +179,8 @@ def test_dagster_cli_validate_and_materialize(tmp_path, session_cache):
             timeout=600,
         )
         assert res.returncode == 0, res.stderr[-3000:]
-    with dg.DagsterInstance.from_ref(dg.InstanceRef.from_dir(str(env_home))) as instance:
+    monkeypatch.setenv("DAGSTER_HOME", str(env_home))  # dagster.yaml reads its storage dir from it
+    with dg.DagsterInstance.from_config(str(env_home)) as instance:
         event = instance.get_latest_materialization_event(dg.AssetKey("quality_scores"))
         assert event.asset_materialization.partition == KEY
 

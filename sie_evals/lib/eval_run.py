@@ -8,9 +8,8 @@ from typing import Any
 import pandas as pd
 
 from sie_evals.lib import paths
-from sie_evals.lib.benchmark_scores import published_score
-from sie_evals.lib.bootstrap import paired_bootstrap
 from sie_evals.lib.cache import EmbeddingCache
+from sie_evals.lib.drift import CheckResult, ReferenceColumn, check_source, reference
 from sie_evals.lib.errors import InputError, UnknownNameError
 from sie_evals.lib.evaluation import (
     DataOptions,
@@ -24,11 +23,11 @@ from sie_evals.lib.evaluation import (
 from sie_evals.lib.model_config import ModelConfig, find_model_config
 from sie_evals.lib.perf import PERF_TARGET_METRICS, LoadSpec
 from sie_evals.lib.report import build_report
-from sie_evals.lib.saved_results import append_measurement, load_per_query, save_target
+from sie_evals.lib.saved_results import append_measurement, save_target
 from sie_evals.lib.scoring import TaskData
 from sie_evals.lib.sources import ALL_SOURCES, COMPUTE_SOURCES, REFERENCE_SOURCES
 from sie_evals.lib.tasks import TaskSpec
-from sie_evals.lib.thresholds import Against, MetricKind, check_against
+from sie_evals.lib.thresholds import Against
 
 
 @dataclass(frozen=True)
@@ -48,28 +47,6 @@ class EvalRequest:
     eval_type: str = "quality"  # quality | perf
     load: LoadSpec = field(default_factory=LoadSpec)
     workload: str = "corpus"
-
-
-@dataclass
-class ReferenceColumn:
-    """A read, not computed, source: published scores, a saved target, a past measurement."""
-
-    source: str
-    metrics: dict[str, float]
-    per_query: pd.DataFrame | None
-    info: dict[str, Any]
-
-
-@dataclass
-class CheckResult:
-    against: str  # targets | measurements
-    source: str  # the computed source that was checked
-    reference: dict[str, Any] | None  # what it was checked against (source, saved, id)
-    verdicts: list[dict[str, Any]]
-
-    @property
-    def passed(self) -> bool:
-        return all(v["passed"] for v in self.verdicts)
 
 
 @dataclass
@@ -111,67 +88,6 @@ def _validate(req: EvalRequest) -> None:
             raise InputError(f"{flag} {source}: saved results cannot be saved again as results")
     if (req.check_targets or req.check_measurements) and not any(s in COMPUTE_SOURCES for s in req.sources):
         raise InputError("--check-targets/--check-measurements need a computed source in --sources (e.g. local)")
-
-
-def _reference(
-    source: str, config: ModelConfig, spec: TaskSpec, data: TaskData, profile: str, variant: str
-) -> ReferenceColumn | None:
-    if source == "benchmark":
-        if variant.startswith("perf@"):
-            return None  # MTEB publishes quality only
-        found = published_score(config.model_id, spec.task_id, data.split)
-        if found is None:
-            return None
-        metrics, provenance = found
-        note = "published values are for the full split" if data.subset else None
-        return ReferenceColumn("benchmark", metrics, None, {**provenance, "note": note})
-    if source == "targets":
-        entry = config.target(spec.task_id, profile, variant)
-        if entry is None:
-            return None
-        info = {"source": entry.source, "saved": entry.saved, "conditions": entry.conditions}
-        return ReferenceColumn("targets", dict(entry.metrics), load_per_query(config, entry), info)
-    if source == "measurements":
-        history = config.measurement_history(spec.task_id, profile, variant)
-        if not history:
-            return None
-        last = history[-1]
-        info = {
-            "id": last.id,
-            "source": last.source,
-            "saved": last.saved,
-            "history_length": len(history),
-            "conditions": last.conditions,
-        }
-        return ReferenceColumn("measurements", dict(last.metrics), load_per_query(config, last), info)
-    raise AssertionError(source)
-
-
-def _check(
-    result: SourceResult,
-    against: Against,
-    ref: ReferenceColumn | None,
-    config: ModelConfig,
-    spec: TaskSpec,
-    require: bool,
-    target_metrics: tuple[str, ...],
-) -> CheckResult:
-    values = result.metrics
-    if ref is None:  # report what would have been checked, as "no target"
-        values = {m: result.metrics[m] for m in target_metrics if m in result.metrics}
-    verdicts = check_against(
-        values, ref.metrics if ref else None, against, config.margin_overrides(), spec.task_id, require
-    )
-    rows = []
-    for v in verdicts:
-        row = v.as_dict()
-        row["delta_interval"] = None
-        if ref is not None and ref.per_query is not None and v.kind == MetricKind.quality:
-            interval = paired_bootstrap(result.per_query, ref.per_query, v.metric)
-            row["delta_interval"] = interval.as_dict() if interval else None
-        rows.append(row)
-    info = {k: ref.info.get(k) for k in ("id", "source", "saved")} if ref else None
-    return CheckResult(against.value, result.source, info, rows)
 
 
 def _conditions_summary(result: SourceResult) -> dict[str, Any]:
@@ -243,15 +159,29 @@ def run_eval(req: EvalRequest) -> EvalOutcome:
 
     refs = {}
     for s in req.sources:
-        if s in REFERENCE_SOURCES and (ref := _reference(s, config, spec, data, profile.name, variant)):
+        if s in REFERENCE_SOURCES and (
+            ref := reference(s, config, spec, profile.name, variant, data.split, bool(data.subset))
+        ):
             refs[s] = ref
 
     checks: list[CheckResult] = []
     for r in results:
         for flag, against in ((req.check_targets, Against.targets), (req.check_measurements, Against.measurements)):
             if flag:
-                ref = _reference(against.value, config, spec, data, profile.name, variant)
-                checks.append(_check(r, against, ref, config, spec, req.require_targets, target_metrics))
+                ref = reference(against.value, config, spec, profile.name, variant, data.split, bool(data.subset))
+                checks.append(
+                    check_source(
+                        r.source,
+                        r.metrics,
+                        r.per_query,
+                        against,
+                        ref,
+                        config,
+                        spec,
+                        req.require_targets,
+                        target_metrics,
+                    )
+                )
 
     # Checks ran against what was saved before this run; saving comes after.
     by_source = {r.source: r for r in results}

@@ -13,11 +13,9 @@ from sie_evals.lib import paths
 from sie_evals.lib.cache import CacheStats, EmbeddingCache
 from sie_evals.lib.engines import EmbedKind, Engine, create_engine
 from sie_evals.lib.errors import InputError
-from sie_evals.lib.metrics import retrieval_scores
 from sie_evals.lib.model_config import ModelConfig, ResolvedProfile
 from sie_evals.lib.run_conditions import hardware, now_iso, software
 from sie_evals.lib.scoring import TaskData, score_task, task_inputs
-from sie_evals.lib.search import exact_top_k, to_run
 from sie_evals.lib.tasks import RetrievalData, TaskSpec, load_retrieval_data, resolve_task
 from sie_evals.lib.tasks.labeled import LOCAL_LOADERS
 
@@ -96,15 +94,6 @@ def embed_task(engine: Engine, spec: TaskSpec, data: TaskData, cache: EmbeddingC
     return Embeddings(
         vectors, engine.info().as_dict(), stats, engine.forward_calls, engine.started, time.perf_counter() - start
     )
-
-
-def score_retrieval(
-    spec: TaskSpec, data: RetrievalData, queries: np.ndarray, documents: np.ndarray
-) -> tuple[dict[str, float], pd.DataFrame]:
-    rules = spec.rules
-    scores, indices = exact_top_k(queries, documents, k=max(rules.k_values))
-    run = to_run(data.query_ids, data.corpus_ids, scores, indices)
-    return retrieval_scores(data.qrels, run, rules.k_values, rules.ignore_identical_ids, rules.skip_first_result)
 
 
 def _conditions_base(

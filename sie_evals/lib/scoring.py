@@ -20,6 +20,8 @@ import numpy as np
 import pandas as pd
 
 from sie_evals.lib.engines.base import EmbedKind
+from sie_evals.lib.metrics import retrieval_scores
+from sie_evals.lib.search import exact_top_k, to_run
 from sie_evals.lib.tasks.labeled import ClassificationData, PairData
 from sie_evals.lib.tasks.registry import EvalRules, TaskSpec
 from sie_evals.lib.tasks.retrieval import RetrievalData
@@ -62,12 +64,19 @@ def task_inputs(spec: TaskSpec, data: TaskData) -> dict[EmbedKind, list[str]]:
 # ---------------------------------------------------------------- scoring
 
 
+def score_retrieval(
+    spec: TaskSpec, data: RetrievalData, queries: np.ndarray, documents: np.ndarray
+) -> tuple[dict[str, float], pd.DataFrame]:
+    rules = spec.rules
+    scores, indices = exact_top_k(queries, documents, k=max(rules.k_values))
+    run = to_run(data.query_ids, data.corpus_ids, scores, indices)
+    return retrieval_scores(data.qrels, run, rules.k_values, rules.ignore_identical_ids, rules.skip_first_result)
+
+
 def score_task(
     spec: TaskSpec, data: TaskData, vectors: dict[EmbedKind, np.ndarray]
 ) -> tuple[dict[str, float], pd.DataFrame]:
     if isinstance(data, RetrievalData):
-        from sie_evals.lib.evaluation import score_retrieval
-
         return score_retrieval(spec, data, vectors[EmbedKind.query], vectors[EmbedKind.document])
     lookup = _lookup(task_inputs(spec, data)[EmbedKind.query], vectors[EmbedKind.query])
     if isinstance(data, ClassificationData):

@@ -1,0 +1,120 @@
+"""Dagster asset checks on quality_scores, with the same margins as --check-targets."""
+
+import dagster as dg
+import pytest
+from ruamel.yaml import YAML
+from typer.testing import CliRunner
+
+from sie_evals.cli import app
+from sie_evals.defs.evals.assets import embeddings, quality_scores, task_dataset
+from sie_evals.defs.evals.checks import quality_vs_measurement, quality_vs_target
+from sie_evals.defs.evals.resources import EvalSettings, JsonIOManager
+from sie_evals_tests.conftest import MODEL_ID
+
+KEY = "all-MiniLM-L6-v2:beir/SciFact:local"
+VARIANT = "test@q20-c200"
+DEFS = [task_dataset, embeddings, quality_scores, quality_vs_target, quality_vs_measurement]
+CONFIG_NAME = "sentence-transformers__all-MiniLM-L6-v2.yaml"
+
+
+@pytest.fixture
+def setup(tmp_path, session_cache, configs_dir, monkeypatch):
+    monkeypatch.setenv("SIE_EVALS_MODEL_CONFIGS_DIR", str(configs_dir))
+    resources = {
+        "settings": EvalSettings(
+            results_dir=str(tmp_path / "results"),
+            cache_dir=str(session_cache),
+            model_configs_dir=str(configs_dir),
+            limit_queries=20,
+            corpus_size=200,
+        ),
+        "json_io": JsonIOManager(base_dir=str(tmp_path / "io")),
+    }
+    instance = dg.DagsterInstance.ephemeral()
+    assert dg.materialize(
+        DEFS, selection=[task_dataset], partition_key="beir/SciFact", instance=instance, resources=resources
+    ).success
+    return resources, instance, configs_dir
+
+
+def _run(resources, instance):
+    return dg.materialize(
+        DEFS,
+        selection=dg.AssetSelection.assets(embeddings, quality_scores),
+        partition_key=KEY,
+        instance=instance,
+        resources=resources,
+        raise_on_error=False,
+    )
+
+
+def _evaluations(result):
+    return {e.check_name: e for e in result.get_asset_check_evaluations()}
+
+
+def _scale(configs_dir, section, metric, factor):
+    path = configs_dir / CONFIG_NAME
+    yaml = YAML()
+    tree = yaml.load(path.read_text())
+    entry = tree[section]["beir/SciFact"]["default"][VARIANT]
+    entry = entry[-1] if section == "measurements" else entry
+    entry["metrics"][metric] = float(entry["metrics"][metric]) * factor
+    with open(path, "w") as fh:
+        yaml.dump(tree, fh)
+
+
+def _cli(*args):
+    res = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            MODEL_ID,
+            "-t",
+            "beir/SciFact",
+            "-s",
+            "local",
+            "--limit-queries",
+            "20",
+            "--corpus-size",
+            "200",
+            "--no-progress",
+            "--no-record",
+            *args,
+        ],
+    )
+    assert res.exit_code == 0, res.output
+
+
+def test_no_target_passes_and_says_so(setup):
+    resources, instance, _ = setup
+    result = _run(resources, instance)
+    assert result.success
+    evals = _evaluations(result)
+    assert evals["quality_vs_target"].passed and evals["quality_vs_measurement"].passed
+    assert evals["quality_vs_target"].description == "no target saved for this partition"
+    assert evals["quality_vs_target"].partition == KEY
+
+
+def test_target_drift_fails_the_run_and_measurement_drift_warns(setup):
+    resources, instance, configs_dir = setup
+    _cli("--save-targets", "local")
+    _cli("--save-measurements", "local")
+    result = _run(resources, instance)
+    evals = _evaluations(result)
+    assert result.success and evals["quality_vs_target"].passed and evals["quality_vs_measurement"].passed
+    assert evals["quality_vs_target"].metadata["ndcg_at_10_ratio"].value == pytest.approx(1.0)
+
+    _scale(configs_dir, "measurements", "recall_at_10", 1.05)
+    result = _run(resources, instance)
+    evals = _evaluations(result)
+    assert result.success  # WARN, non-blocking
+    warn = evals["quality_vs_measurement"]
+    assert not warn.passed and warn.severity == dg.AssetCheckSeverity.WARN and "recall_at_10" in warn.description
+
+    _scale(configs_dir, "targets", "ndcg_at_10", 1.02)
+    result = _run(resources, instance)
+    assert not result.success  # blocking ERROR check fails the run
+    err = _evaluations(result)["quality_vs_target"]
+    assert not err.passed and err.severity == dg.AssetCheckSeverity.ERROR
+    assert "ndcg_at_10" in err.description and "margin 0.99" in err.description
+    assert "| ndcg_at_10 |" in err.metadata["verdicts"].value
