@@ -38,7 +38,7 @@ def test_full_scifact_matches_published_mteb_scores(tmp_path, monkeypatch):
         "--type",
         "quality",
         "-s",
-        "local",
+        "local,benchmark",
         "--output",
         str(out),
         "--no-progress",
