@@ -38,6 +38,14 @@ def _set_target(path, variant, metric, factor):
         yaml.dump(tree, fh)
 
 
+def _set_target_value(path, variant, metric, value):
+    yaml = YAML()
+    tree = yaml.load(path.read_text())
+    tree["targets"]["beir/SciFact"]["default"][variant]["metrics"][metric] = float(value)
+    with open(path, "w") as fh:
+        yaml.dump(tree, fh)
+
+
 def test_save_then_check_then_drift(configs, tmp_path):
     cfg = configs / CONFIG_NAME
     res = _eval("-s", "local", "--save-targets", "local")
@@ -166,11 +174,22 @@ def test_perf_latency_target_drift(configs, tmp_path):
     assert (tmp_path / report["sources"]["local"]["latency_histogram_file"]).read_bytes()[:4] == b"\x89PNG"
     variant = "perf@queries-b2-c2"
     assert report["variant"] == variant
-    _set_target(configs / CONFIG_NAME, variant, "latency_p50_ms", 0.3)
-    res = _eval("-s", "local,targets", *perf, "--check-targets", out=out)
-    assert res.exit_code == 1, res.output
-    failed = [v["metric"] for v in json.loads(out.read_text())["checks"][0]["verdicts"] if not v["passed"]]
-    assert failed == ["latency_p50_ms"]
+    # Each attempt sets the p50 target to 0.3 x the latest measured p50 and checks with a new run. On this
+    # VM one run can be 2x faster than the one before; that would hide the drift, so up to 3 attempts.
+    measured, seen = metrics["latency_p50_ms"], []
+    for _ in range(3):
+        _set_target_value(configs / CONFIG_NAME, variant, "latency_p50_ms", 0.3 * measured)
+        res = _eval("-s", "local,targets", *perf, "--check-targets", out=out)
+        verdicts = json.loads(out.read_text())["checks"][0]["verdicts"]
+        failed = [v["metric"] for v in verdicts if not v["passed"]]
+        if res.exit_code == 1 and "latency_p50_ms" in failed:
+            break
+        seen.append((round(measured, 1), res.exit_code, failed))
+        measured = json.loads(out.read_text())["sources"]["local"]["metrics"]["latency_p50_ms"]
+    else:
+        pytest.fail(f"a p50 target at 0.3x the measured latency never failed the check: {seen}")
+    p50 = next(v for v in verdicts if v["metric"] == "latency_p50_ms")
+    assert p50["margin"] == 2.5 and p50["value"] > p50["bound"]
 
 
 @pytest.mark.slow
