@@ -22,7 +22,7 @@ from ruamel.yaml.error import YAMLError
 from sie_evals.lib.atomic import atomic_write, atomic_write_text
 from sie_evals.lib.errors import ConfigError
 from sie_evals.lib.keys import path_slug
-from sie_evals.lib.model_config import ModelConfig, SavedResult, load_model_config, parse_model_config
+from sie_evals.lib.model_config import ModelConfig, SavedResult, parse_model_config
 from sie_evals.lib.run_conditions import now_iso
 
 PER_QUERY_DIR = "per_query"
@@ -165,10 +165,6 @@ def load_per_query(config: ModelConfig, entry: SavedResult) -> pd.DataFrame | No
     if not file.is_file():
         return None
     return pd.read_parquet(file)
-
-
-def reload(config: ModelConfig) -> ModelConfig:
-    return load_model_config(_require_path(config))
 
 
 def _require_path(config: ModelConfig) -> Path:
