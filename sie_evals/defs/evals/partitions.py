@@ -12,14 +12,16 @@ from sie_evals.lib.tasks import resolve_task
 
 
 def eval_keys(configs: list[ModelConfig] | None = None) -> list[EvalKey]:
-    """Every model:task:source a config declares, for sources that embed (reference sources are read)."""
+    """Every model:task:source a config declares, for sources that embed (reference sources are read).
+
+    Finesse tasks are excluded: they have their own assets (`sie_evals.defs.finesse`)."""
     configs = load_all_model_configs() if configs is None else configs
     keys = {
         EvalKey(c.short_name, resolve_task(t).task_id, s)
         for c in configs
         for t in c.tasks
         for s in c.sources
-        if s in COMPUTE_SOURCES
+        if s in COMPUTE_SOURCES and resolve_task(t).type != "finesse"  # finesse has its own assets
     }
     return sorted(keys)
 
