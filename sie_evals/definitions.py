@@ -2,17 +2,28 @@
 
 import dagster as dg
 
-from sie_evals.defs.evals.assets import embeddings, quality_scores, task_dataset
-from sie_evals.defs.evals.checks import quality_vs_measurement, quality_vs_target
+from sie_evals.defs.alerts.sensors import make_check_failure_sensor, run_failure_alerts
+from sie_evals.defs.evals.assets import embeddings, perf_scores, quality_scores, target_comparison, task_dataset
+from sie_evals.defs.evals.checks import EVAL_CHECKS
 from sie_evals.defs.evals.resources import EvalSettings, JsonIOManager
+from sie_evals.defs.evals.schedules import dataset_job, eval_job, nightly_evals, report_job
+from sie_evals.defs.evals.sensors import evals_after_dataset, report_after_nightly
+from sie_evals.defs.reports.assets import eval_report
+
+ASSETS = [task_dataset, embeddings, quality_scores, perf_scores, target_comparison, eval_report]
+CHECKS = [*EVAL_CHECKS]
 
 
 @dg.definitions
 def defs() -> dg.Definitions:
+    check_keys = [key for check in CHECKS for key in check.check_keys]
     return dg.Definitions(
-        assets=[task_dataset, embeddings, quality_scores],
-        asset_checks=[quality_vs_target, quality_vs_measurement],
-        resources={"settings": EvalSettings(), "json_io": JsonIOManager()},
+        assets=ASSETS,
+        asset_checks=CHECKS,
+        jobs=[dataset_job, eval_job, report_job],
+        schedules=[nightly_evals],
+        sensors=[evals_after_dataset, report_after_nightly, make_check_failure_sensor(check_keys), run_failure_alerts],
+        resources={"settings": EvalSettings.from_env(), "json_io": JsonIOManager()},
         # One process per run: the model loads once and no step pays a subprocess start-up.
         executor=dg.in_process_executor,
     )

@@ -1,28 +1,71 @@
-"""Eval assets: task_dataset [task] -> embeddings [model:task:source] -> quality_scores [model:task:source].
+"""Eval assets:
+
+    task_dataset [task] -> embeddings [model:task:source] -> quality_scores, perf_scores [model:task:source]
+        -> target_comparison [model:task:source];  all of them -> eval_report (unpartitioned)
 
 Thin wrappers: each calls the same library functions the CLI runs, and records what it did as
-metadata (numeric metrics plot over time in the UI)."""
+metadata (numeric metrics and run conditions plot over time in the UI)."""
 
+import base64
+import contextlib
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import numpy as np
+import pandas as pd
 
 from sie_evals.defs.evals.partitions import eval_partitions, task_partitions, task_to_evals
 from sie_evals.defs.evals.resources import EvalSettings
-from sie_evals.lib.atomic import atomic_write
+from sie_evals.lib.atomic import atomic_write, atomic_write_text
+from sie_evals.lib.comparison import compare, comparison_markdown
 from sie_evals.lib.engines import EmbedKind, create_engine
-from sie_evals.lib.evaluation import embed_task, load_task
+from sie_evals.lib.errors import InputError
+from sie_evals.lib.evaluation import embed_task, evaluate_perf_source, load_task, perf_variant
 from sie_evals.lib.keys import EvalKey, path_slug
 from sie_evals.lib.model_config import find_model_config
-from sie_evals.lib.report import TABLE_METRICS_BY_TYPE
+from sie_evals.lib.perf import PERF_TARGET_METRICS, latency_histogram_png
+from sie_evals.lib.report import PERF_TABLE_METRICS, TABLE_METRICS_BY_TYPE
+from sie_evals.lib.run_conditions import hardware
 from sie_evals.lib.scoring import score_task
 from sie_evals.lib.tasks import resolve_task
 from sie_evals.lib.tasks.snapshot import read_snapshot, write_snapshot
 
 GROUP = "evals"
+
+# Transient failures (a server that dropped a connection, ran out of memory, restarted) are retried
+# with backoff; bad input is raised as a Failure that is never retried (see `_input_errors_final`).
+TRANSIENT_RETRY = dg.RetryPolicy(max_retries=2, delay=15, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
+
+
+@contextlib.contextmanager
+def _input_errors_final() -> Iterator[None]:
+    """A malformed config or dataset fails the same way on every attempt: do not retry it."""
+    try:
+        yield
+    except InputError as exc:
+        raise dg.Failure(description=str(exc), allow_retries=False) from exc
+
+
+def _conditions_metadata(engine_version: str, profile: str) -> dict[str, Any]:
+    """Run conditions as metadata: numbers plot over time next to the metrics they explain."""
+    hw = hardware()
+    return {
+        "engine_version": engine_version,
+        "profile": profile,
+        "cpu_count": int(hw["cpu_count"] or 0),
+        "load_avg_1m": float(hw["load_avg_1m"] or 0.0),
+        "cpu_model": str(hw["cpu"]),
+        "gpus": ", ".join(hw["gpus"]) or "none",
+        "host": str(hw["host"]),
+    }
+
+
+def png_metadata(path: Path, alt: str) -> dg.MetadataValue:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{data})")
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
@@ -61,6 +104,7 @@ def task_dataset(context: dg.AssetExecutionContext, settings: EvalSettings) -> d
     io_manager_key="json_io",
     ins={"task_dataset": dg.AssetIn(partition_mapping=task_to_evals)},
     pool="gpu",  # one embedding run per accelerator at a time (limit in dagster.yaml)
+    retry_policy=TRANSIENT_RETRY,
     kinds={"numpy"},
 )
 def embeddings(
@@ -68,13 +112,14 @@ def embeddings(
 ) -> dg.Output[dict[str, Any]]:
     """Query and document vectors for one model:task:source, through the embedding cache."""
     key = EvalKey.parse(context.partition_key)
-    config = find_model_config(key.model, settings.configs_dir())
-    profile = config.resolve_profile(settings.profile)
-    spec = resolve_task(key.task)
-    data = read_snapshot(Path(task_dataset["snapshot_dir"]))
-    engine = create_engine(key.source, config, profile, **settings.engine_options().for_engine())
-    with engine:
-        emb = embed_task(engine, spec, data, settings.cache())
+    with _input_errors_final():
+        config = find_model_config(key.model, settings.configs_dir())
+        profile = config.resolve_profile(settings.profile)
+        spec = resolve_task(key.task)
+        data = read_snapshot(Path(task_dataset["snapshot_dir"]))
+        engine = create_engine(key.source, config, profile, **settings.engine_options().for_engine())
+        with engine:
+            emb = embed_task(engine, spec, data, settings.cache())
     folder = settings.results_root() / "embeddings" / key.path_slug() / data.content_hash[:16]
     for kind, vectors in emb.vectors.items():
         _save_npy(folder / f"{kind.value}.npy", vectors)
@@ -141,10 +186,139 @@ def quality_scores(
     metadata.update(
         {
             "main_score": float(metrics[spec.rules.main_score]),
+            "main_score_name": spec.rules.main_score,
             "score_seconds": round(time.perf_counter() - start, 3),
             "queries": len(per_query),
             "dataset_hash": data.content_hash,
+            "variant": data.variant,
             "per_query_path": dg.MetadataValue.path(str(pq_path)),
+            **_conditions_metadata(embeddings["engine"]["version"], embeddings["profile"]),
         }
     )
+    return dg.Output(value, metadata=metadata)
+
+
+@dg.asset(
+    partitions_def=eval_partitions,
+    group_name=GROUP,
+    io_manager_key="json_io",
+    ins={"task_dataset": dg.AssetIn(partition_mapping=task_to_evals)},
+    deps=[embeddings],  # measure a model only once it embeds correctly
+    pool="gpu",  # a latency run must not share the accelerator with another run
+    retry_policy=TRANSIENT_RETRY,
+    kinds={"pandas"},
+)
+def perf_scores(
+    context: dg.AssetExecutionContext, task_dataset: dict[str, Any], settings: EvalSettings
+) -> dg.Output[dict[str, Any]]:
+    """Closed-loop latency and throughput (the CLI's --type perf) on the task's texts, with a
+    latency histogram."""
+    key = EvalKey.parse(context.partition_key)
+    load = settings.load_spec()
+    with _input_errors_final():
+        config = find_model_config(key.model, settings.configs_dir())
+        profile = config.resolve_profile(settings.profile)
+        spec = resolve_task(key.task)
+        data = read_snapshot(Path(task_dataset["snapshot_dir"]))
+        result = evaluate_perf_source(
+            config, profile, spec, data, key.source, settings.engine_options(), load, settings.perf_workload
+        )
+    for warning in result.extra["warnings"]:
+        context.log.warning(warning)
+    variant = perf_variant(settings.perf_workload, load.batch_size, load.concurrency)
+    folder = settings.results_root() / "perf_scores"
+    requests_path = folder / f"{key.path_slug()}.requests.parquet"
+    atomic_write(requests_path, lambda tmp: result.per_query.to_parquet(tmp, index=False))
+    png_path = folder / f"{key.path_slug()}.latency.png"
+    atomic_write(png_path, lambda tmp: latency_histogram_png(result.extra["perf_result"], tmp, f"{key} ({variant})"))
+    metrics = result.metrics
+    value = {
+        "key": str(key),
+        "task": spec.task_id,
+        "variant": variant,
+        "split": data.split,
+        "metrics": metrics,
+        "requests_path": str(requests_path),
+        "histogram_path": str(png_path),
+        "errors": result.extra["errors"],
+        "spread": result.extra["spread"],
+        "warnings": result.extra["warnings"],
+        "run_conditions": result.run_conditions,
+        "dataset": data.describe(),
+        "profile": profile.name,
+    }
+    metadata: dict[str, Any] = {m: float(metrics[m]) for m in PERF_TABLE_METRICS if m in metrics}
+    metadata.update(
+        {
+            "errors": int(result.extra["errors"]),
+            "variant": variant,
+            "batch_size": load.batch_size,
+            "concurrency": load.concurrency,
+            "trials": load.trials,
+            "load_avg_before": float(result.run_conditions["load_avg_before"]),
+            "load_avg_after": float(result.run_conditions["load_avg_after"]),
+            "latency_histogram": png_metadata(png_path, f"latency histogram {key}"),
+            "histogram_path": dg.MetadataValue.path(str(png_path)),
+            "requests_path": dg.MetadataValue.path(str(requests_path)),
+            **_conditions_metadata(result.run_conditions["engine_version"], profile.name),
+        }
+    )
+    return dg.Output(value, metadata=metadata)
+
+
+@dg.asset(partitions_def=eval_partitions, group_name=GROUP, io_manager_key="json_io", kinds={"pandas"})
+def target_comparison(
+    context: dg.AssetExecutionContext,
+    quality_scores: dict[str, Any],
+    perf_scores: dict[str, Any],
+    settings: EvalSettings,
+) -> dg.Output[dict[str, Any]]:
+    """Quality and perf side by side with the published benchmark, the saved target and the latest
+    measurement. Runs only when the blocking quality check passed."""
+    key = EvalKey.parse(context.partition_key)
+    with _input_errors_final():
+        config = find_model_config(key.model, settings.configs_dir())
+    spec = resolve_task(key.task)
+    dataset = quality_scores["dataset"]
+    per_query_path = Path(quality_scores["per_query_path"])
+    per_query = pd.read_parquet(per_query_path) if per_query_path.is_file() else None
+    quality = compare(
+        str(key),
+        key.source,
+        quality_scores["metrics"],
+        per_query,
+        config,
+        spec,
+        quality_scores["profile"],
+        dataset["variant"],
+        dataset["split"],
+        bool(dataset.get("subset")),
+        spec.rules.target_metrics,
+    )
+    perf = compare(
+        f"{key} ({perf_scores['variant']})",
+        key.source,
+        perf_scores["metrics"],
+        None,
+        config,
+        spec,
+        perf_scores["profile"],
+        perf_scores["variant"],
+        perf_scores["split"],
+        False,
+        PERF_TARGET_METRICS,
+    )
+    markdown = comparison_markdown(quality) + "\n" + comparison_markdown(perf)
+    md_path = settings.results_root() / "target_comparison" / f"{key.path_slug()}.md"
+    atomic_write_text(md_path, markdown)
+    value = {"key": str(key), "quality": quality.rows, "perf": perf.rows, "markdown_path": str(md_path)}
+    metadata: dict[str, Any] = {
+        "comparison": dg.MetadataValue.md(markdown),
+        "path": dg.MetadataValue.path(str(md_path)),
+    }
+    for name, comparison in (("quality", quality), ("perf", perf)):
+        for against in ("targets", "measurements", "benchmark"):
+            worst = comparison.worst_ratio(against)
+            if worst is not None:
+                metadata[f"{name}_worst_ratio_vs_{against}"] = float(worst)
     return dg.Output(value, metadata=metadata)

@@ -4,6 +4,8 @@
 - quality_vs_target: blocking, ERROR. A failure fails the run, so nothing downstream of the scores
   runs on a drifted model.
 - quality_vs_measurement: non-blocking, WARN, against the latest saved measurement (98%).
+- latency_vs_target / throughput_vs_target on perf_scores: non-blocking, WARN (latency <= 2.5 x
+  target, throughput >= target / 2.5): perf on shared hardware is noisy, so it alerts, not blocks.
 A partition with nothing saved passes with status "no target" in its metadata, as the CLI does."""
 
 from pathlib import Path
@@ -12,34 +14,58 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
-from sie_evals.defs.evals.assets import quality_scores
+from sie_evals.defs.evals.assets import perf_scores, quality_scores
 from sie_evals.defs.evals.partitions import eval_partitions
 from sie_evals.defs.evals.resources import EvalSettings
-from sie_evals.lib.drift import CheckResult, check_source, reference
+from sie_evals.lib.drift import CheckResult, ReferenceColumn, check_source, reference
 from sie_evals.lib.keys import EvalKey
 from sie_evals.lib.model_config import find_model_config
+from sie_evals.lib.perf import PERF_TARGET_METRICS
 from sie_evals.lib.tasks import resolve_task
-from sie_evals.lib.thresholds import Against
+from sie_evals.lib.thresholds import Against, MetricKind, metric_kind
 
 
-def drift_check(partition_key: str, scores: dict[str, Any], against: Against, settings: EvalSettings) -> CheckResult:
+def drift_check(
+    partition_key: str,
+    scores: dict[str, Any],
+    against: Against,
+    settings: EvalSettings,
+    kinds: tuple[MetricKind, ...] = (MetricKind.quality,),
+) -> CheckResult:
+    """Verdicts for the metrics of `kinds` in a quality_scores or perf_scores output."""
     key = EvalKey.parse(partition_key)
     config = find_model_config(key.model, settings.configs_dir())
     spec = resolve_task(key.task)
     dataset = scores["dataset"]
+    perf = "variant" in scores  # perf outputs carry their load-shape variant (perf@corpus-b1-c16)
     ref = reference(
         against.value,
         config,
         spec,
         scores["profile"],
-        dataset["variant"],
+        scores["variant"] if perf else dataset["variant"],
         dataset["split"],
-        bool(dataset.get("subset")),
+        bool(dataset.get("subset")) and not perf,
     )
-    per_query_path = Path(scores["per_query_path"])
-    per_query = pd.read_parquet(per_query_path) if per_query_path.is_file() else None
+    if ref is not None:  # check only the metrics of this check's kinds; the other check covers the rest
+        wanted = {m: v for m, v in ref.metrics.items() if metric_kind(m) in kinds}
+        ref = ReferenceColumn(ref.source, wanted, ref.per_query, ref.info) if wanted else None
+    per_query = None
+    if not perf:
+        per_query_path = Path(scores["per_query_path"])
+        per_query = pd.read_parquet(per_query_path) if per_query_path.is_file() else None
+    target_metrics = PERF_TARGET_METRICS if perf else spec.rules.target_metrics
+    metrics = {m: v for m, v in scores["metrics"].items() if metric_kind(m) in kinds}
     return check_source(
-        key.source, scores["metrics"], per_query, against, ref, config, spec, False, spec.rules.target_metrics
+        key.source,
+        metrics,
+        per_query,
+        against,
+        ref,
+        config,
+        spec,
+        False,
+        tuple(m for m in target_metrics if metric_kind(m) in kinds),
     )
 
 
@@ -70,10 +96,20 @@ def to_check_result(result: CheckResult, severity: dg.AssetCheckSeverity) -> dg.
         "reference": dg.MetadataValue.json(result.reference or {"status": "no target"}),
     }
     for v in result.verdicts:
-        if v["ratio"] is not None:
-            metadata[f"{v['metric']}_ratio"] = float(v["ratio"])
         if v["value"] is not None:
             metadata[f"{v['metric']}_value"] = float(v["value"])
+        if v["reference"] is not None:
+            metadata[f"{v['metric']}_target"] = float(v["reference"])
+            metadata[f"{v['metric']}_margin"] = float(v["margin"])
+        if v["ratio"] is not None:
+            metadata[f"{v['metric']}_ratio"] = float(v["ratio"])
+        if v.get("delta_interval"):
+            metadata[f"{v['metric']}_delta_ci_low"] = float(v["delta_interval"]["low"])
+            metadata[f"{v['metric']}_delta_ci_high"] = float(v["delta_interval"]["high"])
+    # what an alert needs, in one structured field
+    metadata["failed_metrics"] = dg.MetadataValue.json(
+        [{k: v[k] for k in ("metric", "value", "reference", "ratio", "margin")} for v in failed]
+    )
     if failed:
         description = "drift: " + ", ".join(
             f"{v['metric']} {v['value']:.5f} vs {v['reference']:.5f} (ratio {v['ratio']:.4f}, margin {v['margin']:g})"
@@ -109,3 +145,30 @@ def quality_vs_measurement(
 ) -> dg.AssetCheckResult:
     result = drift_check(context.partition_key, quality_scores, Against.measurements, settings)
     return to_check_result(result, dg.AssetCheckSeverity.WARN)
+
+
+@dg.asset_check(
+    asset=perf_scores,
+    partitions_def=eval_partitions,
+    description="Latency <= 2.5 x the saved target (p50, p99). WARN.",
+)
+def latency_vs_target(
+    context: dg.AssetCheckExecutionContext, perf_scores: dict[str, Any], settings: EvalSettings
+) -> dg.AssetCheckResult:
+    result = drift_check(context.partition_key, perf_scores, Against.targets, settings, (MetricKind.latency,))
+    return to_check_result(result, dg.AssetCheckSeverity.WARN)
+
+
+@dg.asset_check(
+    asset=perf_scores,
+    partitions_def=eval_partitions,
+    description="Throughput >= the saved target / 2.5 (items/s, tokens/s). WARN.",
+)
+def throughput_vs_target(
+    context: dg.AssetCheckExecutionContext, perf_scores: dict[str, Any], settings: EvalSettings
+) -> dg.AssetCheckResult:
+    result = drift_check(context.partition_key, perf_scores, Against.targets, settings, (MetricKind.throughput,))
+    return to_check_result(result, dg.AssetCheckSeverity.WARN)
+
+
+EVAL_CHECKS = (quality_vs_target, quality_vs_measurement, latency_vs_target, throughput_vs_target)

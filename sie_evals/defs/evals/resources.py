@@ -1,6 +1,7 @@
 """Resources: where data, cache and results live, and how big a slice to evaluate."""
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -9,8 +10,12 @@ import dagster as dg
 from sie_evals.lib import paths
 from sie_evals.lib.atomic import atomic_write_json
 from sie_evals.lib.cache import EmbeddingCache
+from sie_evals.lib.errors import InputError
 from sie_evals.lib.evaluation import DataOptions, EngineOptions
 from sie_evals.lib.keys import path_slug
+from sie_evals.lib.perf import LoadSpec
+
+_PATH_FIELDS = ("data_dir", "cache_dir", "results_dir", "model_configs_dir")
 
 
 class EvalSettings(dg.ConfigurableResource):
@@ -26,6 +31,40 @@ class EvalSettings(dg.ConfigurableResource):
     corpus_size: int | None = None
     batch_size: int | None = None
     threads: int | None = None
+    # perf_scores load shape (the CLI's --type perf options)
+    perf_workload: str = "corpus"
+    perf_batch_size: int = 1
+    perf_concurrency: int = 16
+    perf_requests: int = 200
+    perf_warmup_requests: int = 16
+    perf_trials: int = 3
+
+    @classmethod
+    def from_env(cls) -> "EvalSettings":
+        """Settings for the deployed code location. Slices and load shape can be set per deployment
+        (e.g. a quick smoke instance) with SIE_EVALS_<FIELD> variables, e.g. SIE_EVALS_LIMIT_QUERIES=50."""
+        values: dict[str, Any] = {}
+        for name, field in cls.model_fields.items():
+            raw = os.environ.get(f"SIE_EVALS_{name.upper()}")
+            if raw is None or name in _PATH_FIELDS:  # paths already come from their env vars (lib/paths.py)
+                continue
+            kind = int if "int" in str(field.annotation) else str
+            try:
+                values[name] = kind(raw)
+            except ValueError:
+                raise InputError(
+                    f"environment variable SIE_EVALS_{name.upper()}={raw!r}: expected {kind.__name__}"
+                ) from None
+        return cls(**values)
+
+    def load_spec(self) -> LoadSpec:
+        return LoadSpec(
+            batch_size=self.perf_batch_size,
+            concurrency=self.perf_concurrency,
+            requests=self.perf_requests,
+            warmup_requests=self.perf_warmup_requests,
+            trials=self.perf_trials,
+        )
 
     def data_options(self) -> DataOptions:
         return DataOptions(

@@ -1,0 +1,121 @@
+"""eval_report: one unpartitioned asset that summarizes the latest result of every eval partition
+(read from the instance's materialization and check history) as markdown and a PNG."""
+
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+
+from sie_evals.defs.evals.assets import perf_scores, png_metadata, quality_scores, target_comparison
+from sie_evals.defs.evals.partitions import EVAL_KEYS
+from sie_evals.defs.evals.resources import EvalSettings
+from sie_evals.lib.atomic import atomic_write, atomic_write_text
+from sie_evals.lib.eval_report import PartitionSummary, report_markdown, report_png
+
+HISTORY_LIMIT = 30  # materializations per partition shown in the over-time plot
+REPORTED_CHECKS = (
+    dg.AssetCheckKey(dg.AssetKey("quality_scores"), "quality_vs_target"),
+    dg.AssetCheckKey(dg.AssetKey("quality_scores"), "quality_vs_measurement"),
+    dg.AssetCheckKey(dg.AssetKey("perf_scores"), "latency_vs_target"),
+    dg.AssetCheckKey(dg.AssetKey("perf_scores"), "throughput_vs_target"),
+)
+
+
+def _number(metadata: dict[str, Any], name: str) -> float | None:
+    entry = metadata.get(name)
+    value = getattr(entry, "value", entry)
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _text(metadata: dict[str, Any], name: str) -> str | None:
+    entry = metadata.get(name)
+    value = getattr(entry, "value", entry)
+    return str(value) if value is not None else None
+
+
+def _check_states(instance: dg.DagsterInstance) -> dict[str, dict[str, str]]:
+    """partition -> check name -> latest state."""
+    states: dict[str, dict[str, str]] = defaultdict(dict)
+    for check_key in REPORTED_CHECKS:
+        records = instance.event_log_storage.get_asset_check_execution_history(check_key, limit=1000)
+        for record in records:  # newest first: keep the first seen per partition
+            if record.partition is None or check_key.name in states[record.partition]:
+                continue
+            status = record.status.value
+            if status == "FAILED":
+                evaluation = record.event.dagster_event.event_specific_data if record.event else None
+                severity = getattr(getattr(evaluation, "severity", None), "value", "ERROR")
+                states[record.partition][check_key.name] = f"FAIL ({severity})"
+            elif status == "SUCCEEDED":
+                states[record.partition][check_key.name] = "pass"
+    return states
+
+
+def gather_summaries(instance: dg.DagsterInstance, keys: list[str]) -> list[PartitionSummary]:
+    checks = _check_states(instance)
+    summaries = []
+    for key in keys:
+        summary = PartitionSummary(key, checks=checks.get(key, {}))
+        quality = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("quality_scores"), asset_partitions=[key]), limit=HISTORY_LIMIT
+        ).records
+        for record in reversed(quality):  # oldest first
+            metadata = record.asset_materialization.metadata
+            score = _number(metadata, "main_score")
+            if score is not None:
+                summary.history.append((record.timestamp, score))
+        if quality:
+            latest = quality[0].asset_materialization.metadata
+            summary.main_score = _number(latest, "main_score")
+            summary.main_score_name = _text(latest, "main_score_name")
+            summary.quality_at = quality[0].timestamp
+        perf = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("perf_scores"), asset_partitions=[key]), limit=1
+        ).records
+        if perf:
+            metadata = perf[0].asset_materialization.metadata
+            summary.perf = {
+                name: v
+                for name in ("latency_p50_ms", "latency_p99_ms", "items_per_s", "tokens_per_s")
+                if (v := _number(metadata, name)) is not None
+            }
+            summary.perf_at = perf[0].timestamp
+            requests_path = _text(metadata, "requests_path")
+            if requests_path and Path(requests_path).is_file():
+                summary.latencies_ms = pd.read_parquet(requests_path)["latency_ms"].to_numpy(dtype=np.float64)
+        summaries.append(summary)
+    return summaries
+
+
+@dg.asset(
+    group_name="reports",
+    deps=[quality_scores, perf_scores, target_comparison],
+    kinds={"markdown"},
+)
+def eval_report(context: dg.AssetExecutionContext, settings: EvalSettings) -> dg.MaterializeResult:
+    """The latest result and check state of every partition, with history, as markdown + PNG."""
+    keys = [str(k) for k in EVAL_KEYS]
+    summaries = gather_summaries(context.instance, keys)
+    now = time.time()
+    markdown = report_markdown(summaries, now)
+    folder = settings.results_root() / "reports"
+    md_path = folder / "eval_report.md"
+    png_path = folder / "eval_report.png"
+    atomic_write(png_path, lambda tmp: report_png(summaries, tmp))
+    atomic_write_text(md_path, markdown + "\n![metric per partition over time](eval_report.png)\n")
+    return dg.MaterializeResult(
+        metadata={
+            "report": dg.MetadataValue.md(markdown),
+            "plot": png_metadata(png_path, "eval report"),
+            "report_path": dg.MetadataValue.path(str(md_path)),
+            "plot_path": dg.MetadataValue.path(str(png_path)),
+            "partitions": len(summaries),
+            "partitions_ok": sum(s.status == "ok" for s in summaries),
+            "partitions_with_failed_checks": sum(s.status.startswith("drift") for s in summaries),
+            "partitions_missing": sum(s.status == "missing" for s in summaries),
+        }
+    )

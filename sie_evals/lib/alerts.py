@@ -1,0 +1,197 @@
+"""Alerts for failed asset checks and failed runs: the message, where it goes, and the bookkeeping
+that makes each failed check evaluation alert exactly once.
+
+Destinations are configured only through the environment (secrets are never written anywhere):
+- SIE_EVALS_ALERT_WEBHOOK_URL: a generic webhook; receives JSON {"text": ..., "alert": {...}}
+  (the "text" field is also what a Slack incoming webhook expects).
+- SIE_EVALS_SLACK_TOKEN (or SLACK_BOT_TOKEN) and SIE_EVALS_SLACK_CHANNEL: Slack through dagster-slack.
+- SIE_EVALS_DAGSTER_URL: base URL of the Dagster UI for run links (default http://127.0.0.1:3000).
+"""
+
+import json
+import os
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+WEBHOOK_ENV = "SIE_EVALS_ALERT_WEBHOOK_URL"
+SLACK_TOKEN_ENVS = ("SIE_EVALS_SLACK_TOKEN", "SLACK_BOT_TOKEN")
+SLACK_CHANNEL_ENV = "SIE_EVALS_SLACK_CHANNEL"
+DAGSTER_URL_ENV = "SIE_EVALS_DAGSTER_URL"
+DEFAULT_DAGSTER_URL = "http://127.0.0.1:3000"
+
+
+@dataclass(frozen=True)
+class FailedMetric:
+    metric: str
+    value: float | None
+    target: float | None
+    ratio: float | None = None
+    margin: float | None = None
+
+
+@dataclass(frozen=True)
+class Alert:
+    kind: str  # "check" or "run"
+    title: str  # check name or job name
+    severity: str  # ERROR / WARN for checks, FAILURE for runs
+    run_id: str
+    run_url: str
+    model: str | None = None
+    task: str | None = None
+    source: str | None = None
+    partition: str | None = None
+    metrics: tuple[FailedMetric, ...] = ()
+    description: str | None = None
+    dedupe_key: str = ""  # unique per failed evaluation / run
+
+    def text(self) -> str:
+        where = f"{self.model} · {self.task} · {self.source}" if self.model else (self.partition or "-")
+        head = f"[{self.severity}] {self.title} failed: {where}"
+        lines = [head]
+        for m in self.metrics:
+            lines.append(
+                f"  {m.metric}: value {_num(m.value)} vs target {_num(m.target)}"
+                + (f" (ratio {m.ratio:.4f}, margin {m.margin:g})" if m.ratio is not None and m.margin else "")
+            )
+        if self.description and not self.metrics:
+            lines.append(f"  {self.description}")
+        lines.append(f"  run: {self.run_url}")
+        return "\n".join(lines)
+
+    def payload(self) -> dict[str, Any]:
+        return {"text": self.text(), "alert": asdict(self)}
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.5g}"
+
+
+def run_url(run_id: str) -> str:
+    base = os.environ.get(DAGSTER_URL_ENV, DEFAULT_DAGSTER_URL).rstrip("/")
+    return f"{base}/runs/{run_id}"
+
+
+class AlertSink(Protocol):
+    name: str
+
+    def send(self, alert: Alert) -> None: ...
+
+
+class AlertDeliveryError(RuntimeError):
+    pass
+
+
+@dataclass
+class WebhookSink:
+    url: str
+    timeout_s: float = 10.0
+    attempts: int = 3
+    name: str = "webhook"
+
+    def send(self, alert: Alert) -> None:
+        body = json.dumps(alert.payload()).encode()
+        last: Exception | None = None
+        for attempt in range(self.attempts):
+            request = urllib.request.Request(
+                self.url, data=body, method="POST", headers={"Content-Type": "application/json"}
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout_s) as reply:
+                    if 200 <= reply.status < 300:
+                        return
+                    last = AlertDeliveryError(f"webhook replied HTTP {reply.status}")
+            except urllib.error.HTTPError as exc:
+                last = exc
+                if exc.code < 500:  # a client error will not go away by retrying
+                    break
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+                last = exc
+            time.sleep(0.5 * 2**attempt)
+        # the URL may carry a secret token: name the host only
+        host = urllib.parse.urlsplit(self.url).netloc
+        raise AlertDeliveryError(f"alert webhook at {host} failed: {last}")
+
+
+@dataclass
+class SlackSink:
+    token: str = field(repr=False)
+    channel: str
+    name: str = "slack"
+
+    def send(self, alert: Alert) -> None:
+        from dagster_slack import SlackResource
+
+        try:
+            SlackResource(token=self.token).get_client().chat_postMessage(channel=self.channel, text=alert.text())
+        except Exception as exc:  # slack_sdk raises its own error types
+            raise AlertDeliveryError(f"Slack post to {self.channel} failed: {type(exc).__name__}") from None
+
+
+def sinks_from_env(environ: dict[str, str] | None = None) -> list[AlertSink]:
+    env = os.environ if environ is None else environ
+    sinks: list[AlertSink] = []
+    if env.get(WEBHOOK_ENV):
+        sinks.append(WebhookSink(env[WEBHOOK_ENV]))
+    token = next((env[k] for k in SLACK_TOKEN_ENVS if env.get(k)), None)
+    if token and env.get(SLACK_CHANNEL_ENV):
+        sinks.append(SlackSink(token, env[SLACK_CHANNEL_ENV]))
+    return sinks
+
+
+def deliver(alert: Alert, sinks: Iterable[AlertSink]) -> None:
+    for sink in sinks:
+        sink.send(alert)
+
+
+# --- exactly once per failed check evaluation -------------------------------------------------
+# Dagster creates a check's execution record (with its id) when the check is *planned*, at run start,
+# and fills in the result later. A plain "largest id seen" cursor would skip a record that was still
+# planned at one tick and failed by the next. So the cursor keeps a low-water mark below which every
+# record is settled, plus the settled ids above it.
+
+
+@dataclass(frozen=True)
+class CheckRecord:
+    id: int
+    settled: bool  # evaluated (passed or failed), or planned in a run that ended without evaluating it
+    failed: bool
+
+
+@dataclass
+class CheckCursor:
+    low: int = 0  # every record with id <= low has been handled
+    seen: set[int] = field(default_factory=set)  # handled ids above `low`
+
+    def to_json(self) -> dict[str, Any]:
+        return {"low": self.low, "seen": sorted(self.seen)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> "CheckCursor":
+        if not data:
+            return cls()
+        return cls(int(data["low"]), {int(i) for i in data.get("seen", [])})
+
+
+def plan_check_alerts(records: Iterable[CheckRecord], cursor: CheckCursor) -> tuple[list[int], CheckCursor]:
+    """Which record ids to alert on now (failed, settled, not yet handled), and the next cursor.
+
+    `records` must include every record with id > cursor.low (any order)."""
+    records = [r for r in records if r.id > cursor.low]
+    fresh = [r for r in records if r.id not in cursor.seen]
+    to_alert = sorted(r.id for r in fresh if r.settled and r.failed)
+    seen = cursor.seen | {r.id for r in fresh if r.settled}
+    pending = [r.id for r in records if not r.settled]
+    low = max(cursor.low, min(pending) - 1 if pending else max((r.id for r in records), default=0))
+    return to_alert, CheckCursor(low, {i for i in seen if i > low})
+
+
+def first_check_cursor(records: Iterable[CheckRecord]) -> CheckCursor:
+    """Where a newly enabled sensor starts: after everything already in the instance, so turning
+    alerts on does not replay history."""
+    ids = [r.id for r in records]
+    return CheckCursor(max(ids, default=0))

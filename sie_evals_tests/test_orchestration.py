@@ -1,0 +1,304 @@
+"""The whole eval graph in process on slices of the real data with the real model: perf_scores,
+target_comparison, eval_report, the perf checks, blocking behaviour, the nightly chain and the
+alert sensors (with a real HTTP receiver on 127.0.0.1)."""
+
+import json
+import threading
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from sie_evals.defs.alerts.sensors import make_check_failure_sensor, run_failure_alerts
+from sie_evals.defs.evals.assets import embeddings, perf_scores, quality_scores, target_comparison, task_dataset
+from sie_evals.defs.evals.checks import EVAL_CHECKS
+from sie_evals.defs.evals.partitions import EVAL_KEYS
+from sie_evals.defs.evals.resources import EvalSettings, JsonIOManager
+from sie_evals.defs.evals.schedules import NIGHTLY_TAG, nightly_evals
+from sie_evals.defs.evals.sensors import evals_after_dataset, night_is_done
+from sie_evals.defs.reports.assets import eval_report
+from sie_evals.lib.evaluation import perf_variant
+from sie_evals.lib.model_config import find_model_config
+from sie_evals.lib.saved_results import append_measurement, save_target
+
+SCIFACT = "all-MiniLM-L6-v2:beir/SciFact:local"
+STS = "all-MiniLM-L6-v2:mteb/STSBenchmark:local"
+SLICE = {"beir/SciFact": "test@q20-c200", "mteb/STSBenchmark": "test@n20"}
+ALL = [task_dataset, embeddings, quality_scores, perf_scores, target_comparison, eval_report, *EVAL_CHECKS]
+EVAL_ASSETS = dg.AssetSelection.assets(embeddings, quality_scores, perf_scores, target_comparison)
+PERF = perf_variant("corpus", 1, 2)
+
+
+@pytest.fixture
+def graph(tmp_path, session_cache, configs_dir, monkeypatch):
+    monkeypatch.setenv("SIE_EVALS_MODEL_CONFIGS_DIR", str(configs_dir))
+    resources = {
+        "settings": EvalSettings(
+            results_dir=str(tmp_path / "results"),
+            cache_dir=str(session_cache),
+            model_configs_dir=str(configs_dir),
+            limit_queries=20,
+            corpus_size=200,
+            perf_concurrency=2,
+            perf_requests=6,
+            perf_warmup_requests=2,
+            perf_trials=1,
+        ),
+        "json_io": JsonIOManager(base_dir=str(tmp_path / "io")),
+    }
+    instance = dg.DagsterInstance.ephemeral()
+    for task in ("beir/SciFact", "mteb/STSBenchmark"):
+        assert dg.materialize(
+            ALL, selection=[task_dataset], partition_key=task, instance=instance, resources=resources
+        ).success
+    return resources, instance, configs_dir
+
+
+def run_eval(graph, key):
+    resources, instance, _ = graph
+    return dg.materialize(
+        ALL, selection=EVAL_ASSETS, partition_key=key, instance=instance, resources=resources, raise_on_error=False
+    )
+
+
+def checks_of(result) -> dict[str, dg.AssetCheckEvaluation]:
+    return {e.check_name: e for e in result.get_asset_check_evaluations()}
+
+
+def materialized(result) -> set[str]:
+    return {e.materialization.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+
+
+def save(configs_dir, task, variant, metrics, kind="target"):
+    config = find_model_config("all-MiniLM-L6-v2", configs_dir)
+    if kind == "target":
+        save_target(config, task, "default", variant, "local", metrics, {})
+    else:
+        append_measurement(config, task, "default", variant, "local", metrics, {})
+
+
+def test_full_graph_then_report(graph, tmp_path):
+    res = run_eval(graph, SCIFACT)
+    assert res.success
+    assert materialized(res) == {"embeddings", "quality_scores", "perf_scores", "target_comparison"}
+    checks = checks_of(res)
+    assert set(checks) == {"quality_vs_target", "quality_vs_measurement", "latency_vs_target", "throughput_vs_target"}
+    assert all(c.passed for c in checks.values())  # nothing saved yet: "no target" passes, as in the CLI
+
+    perf = res.output_for_node("perf_scores")
+    m = perf["metrics"]
+    assert perf["errors"] == 0 and perf["variant"] == PERF
+    assert 0 < m["latency_min_ms"] <= m["latency_p50_ms"] <= m["latency_p99_ms"] <= m["latency_max_ms"]
+    assert m["items_per_s"] > 0 and m["tokens_per_s"] > m["items_per_s"]  # every text has several tokens
+    assert (tmp_path / "results" / "perf_scores").glob("*.latency.png")
+
+    comparison = res.output_for_node("target_comparison")
+    rows = {r["metric"]: r for r in comparison["quality"]}
+    # the benchmark column is MTEB's published full-split ndcg@10 (a 20-query slice differs from it)
+    assert rows["ndcg_at_10"]["benchmark"] == pytest.approx(0.64508, abs=1e-5)
+    assert rows["ndcg_at_10"]["targets_status"] == "no target"
+    quality_md = Path(comparison["markdown_path"]).read_text()
+    assert "| ndcg_at_10 |" in quality_md and "latency_p50_ms" in quality_md
+
+    # numeric metadata (plotted over time in the UI) includes metrics and run conditions
+    mat = next(
+        e.materialization
+        for e in res.get_asset_materialization_events()
+        if e.materialization.asset_key.to_user_string() == "quality_scores"
+    )
+    for name in ("ndcg_at_10", "main_score", "cpu_count", "load_avg_1m"):
+        assert isinstance(mat.metadata[name].value, int | float), name
+
+    resources, instance, _ = graph
+    report = dg.materialize(ALL, selection=[eval_report], instance=instance, resources=resources)
+    assert report.success
+    md = (tmp_path / "results" / "reports" / "eval_report.md").read_text()
+    line = next(line for line in md.splitlines() if line.startswith(f"| {SCIFACT} "))
+    assert "ndcg_at_10" in line and "quality_vs_target: pass" in line and "| ok |" in line
+    assert f"| {STS} |" in md and "missing" in md  # declared but never materialized
+    png = (tmp_path / "results" / "reports" / "eval_report.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
+
+
+def test_failing_quality_check_blocks_only_its_partition(graph):
+    _, _, configs_dir = graph
+    save(configs_dir, "beir/SciFact", SLICE["beir/SciFact"], {"ndcg_at_10": 0.999})  # above any real result
+    failed = run_eval(graph, SCIFACT)
+    assert not failed.success
+    check = checks_of(failed)["quality_vs_target"]
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR
+    meta = check.metadata
+    assert meta["ndcg_at_10_target"].value == 0.999 and meta["ndcg_at_10_margin"].value == 0.99
+    assert 0 < meta["ndcg_at_10_ratio"].value < 0.99
+    assert [f["metric"] for f in meta["failed_metrics"].value] == ["ndcg_at_10"]
+    assert "target_comparison" not in materialized(failed)  # blocked downstream
+    assert "quality_scores" in materialized(failed)
+
+    ok = run_eval(graph, STS)
+    assert ok.success and "target_comparison" in materialized(ok)
+
+
+def test_perf_checks_warn_without_blocking(graph):
+    _, _, configs_dir = graph
+    # a latency target 1000x below anything real, a throughput target 1000x above
+    save(
+        configs_dir,
+        "mteb/STSBenchmark",
+        PERF,
+        {"latency_p50_ms": 0.001, "latency_p99_ms": 0.001, "items_per_s": 1e6, "tokens_per_s": 1e7},
+    )
+    res = run_eval(graph, STS)
+    assert res.success  # WARN checks never fail the run
+    checks = checks_of(res)
+    for name in ("latency_vs_target", "throughput_vs_target"):
+        assert not checks[name].passed and checks[name].severity == dg.AssetCheckSeverity.WARN
+    assert checks["quality_vs_target"].passed
+    assert "target_comparison" in materialized(res)
+    perf_rows = {r["metric"]: r for r in res.output_for_node("target_comparison")["perf"]}
+    assert perf_rows["latency_p50_ms"]["targets_status"] == "fail"
+
+
+# --- alerts ---------------------------------------------------------------------------------
+
+
+class Receiver:
+    """A real webhook receiver on 127.0.0.1 that records every JSON body posted to it."""
+
+    def __init__(self):
+        self.bodies: list[dict] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                length = int(self.headers["Content-Length"])
+                receiver.bodies.append(json.loads(self.rfile.read(length)))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver(monkeypatch):
+    r = Receiver()
+    monkeypatch.setenv("SIE_EVALS_ALERT_WEBHOOK_URL", r.url)
+    monkeypatch.setenv("SIE_EVALS_DAGSTER_URL", "http://127.0.0.1:3999")
+    yield r
+    r.close()
+
+
+def test_one_alert_per_failed_check_evaluation(graph, receiver):
+    _, instance, configs_dir = graph
+    check_keys = [k for c in EVAL_CHECKS for k in c.check_keys]
+    sensor = make_check_failure_sensor(check_keys)
+
+    def tick(cursor):
+        ctx = dg.build_sensor_context(instance=instance, cursor=cursor)
+        list(sensor(ctx) or [])
+        return ctx.cursor
+
+    cursor = tick(None)  # a new sensor starts after existing history
+    # SciFact: the blocking ERROR check fails; STS: quality passes but the measurement check (WARN) fails
+    save(configs_dir, "beir/SciFact", SLICE["beir/SciFact"], {"ndcg_at_10": 0.999})
+    save(configs_dir, "mteb/STSBenchmark", SLICE["mteb/STSBenchmark"], {"cosine_spearman": 0.999}, "measurement")
+    failed_run = run_eval(graph, SCIFACT)
+    assert not failed_run.success
+    assert run_eval(graph, STS).success
+
+    cursor = tick(cursor)
+    check_alerts = [b["alert"] for b in receiver.bodies if b["alert"]["kind"] == "check"]
+    assert sorted((a["partition"], a["title"], a["severity"]) for a in check_alerts) == [
+        (SCIFACT, "quality_scores.quality_vs_target", "ERROR"),
+        (STS, "quality_scores.quality_vs_measurement", "WARN"),
+    ]
+    error = next(a for a in check_alerts if a["severity"] == "ERROR")
+    assert (error["model"], error["task"], error["source"]) == ("all-MiniLM-L6-v2", "beir/SciFact", "local")
+    assert error["metrics"][0]["metric"] == "ndcg_at_10" and error["metrics"][0]["target"] == 0.999
+    assert error["run_url"] == f"http://127.0.0.1:3999/runs/{failed_run.run_id}"
+    text = next(b["text"] for b in receiver.bodies if b["alert"]["severity"] == "ERROR")
+    assert "ndcg_at_10" in text and "0.999" in text and failed_run.run_id in text
+
+    tick(cursor)  # nothing new: nothing re-sent
+    assert len(receiver.bodies) == 2
+
+    # the failed run alerts once through the run-failure sensor
+    run = instance.get_run_by_id(failed_run.run_id)
+    failure = next(
+        e
+        for e in instance.all_logs(run.run_id)
+        if e.dagster_event and e.dagster_event.event_type == dg.DagsterEventType.RUN_FAILURE
+    )
+    ctx = dg.build_run_status_sensor_context(
+        sensor_name="run_failure_alerts",
+        dagster_instance=instance,
+        dagster_run=run,
+        dagster_event=failure.dagster_event,
+    ).for_run_failure()
+    run_failure_alerts(ctx)
+    run_alerts = [b["alert"] for b in receiver.bodies if b["alert"]["kind"] == "run"]
+    assert len(run_alerts) == 1 and run_alerts[0]["partition"] == SCIFACT and run_alerts[0]["run_id"] == run.run_id
+
+
+# --- nightly chain ---------------------------------------------------------------------------
+
+
+def test_nightly_schedule_refreshes_every_task():
+    instance = dg.DagsterInstance.ephemeral()
+    tick = datetime(2026, 11, 22, 2, 0, tzinfo=UTC)
+    requests = list(nightly_evals(dg.build_schedule_context(instance=instance, scheduled_execution_time=tick)))
+    tasks = sorted(r.partition_key for r in requests)
+    # every task of every eval partition the model configs declare, once
+    assert tasks == sorted({k.task for k in EVAL_KEYS}) and "beir/SciFact" in tasks
+    assert all(r.tags[NIGHTLY_TAG] == tick.isoformat() and r.tags["dagster/max_retries"] == "1" for r in requests)
+
+
+def test_evals_after_dataset_and_report_readiness():
+    night = "2026-11-22T02:00:00+00:00"
+    dataset_run = dg.DagsterRun(
+        job_name="dataset_job",
+        run_id="r-dataset",
+        status=dg.DagsterRunStatus.SUCCESS,
+        tags={NIGHTLY_TAG: night, "dagster/partition": "beir/SciFact"},
+    )
+    instance = dg.DagsterInstance.ephemeral()
+    ctx = dg.build_run_status_sensor_context(
+        sensor_name="evals_after_dataset",
+        dagster_instance=instance,
+        dagster_run=dataset_run,
+        dagster_event=dg.DagsterEvent(event_type_value="PIPELINE_SUCCESS", job_name="dataset_job"),
+    )
+    requests = [r for r in evals_after_dataset(ctx) if isinstance(r, dg.RunRequest)]
+    assert [r.partition_key for r in requests] == [SCIFACT]
+    assert requests[0].tags[NIGHTLY_TAG] == night
+
+    by_task = {"beir/SciFact": [SCIFACT]}
+    eval_run = dg.DagsterRun(
+        job_name="eval_job", run_id="r-eval", status=dg.DagsterRunStatus.FAILURE, tags={"dagster/partition": SCIFACT}
+    )
+    assert not night_is_done([dataset_run], by_task)  # its eval run was not launched yet
+    assert night_is_done([dataset_run, eval_run], by_task)  # a failed eval still completes the night
+    running = dg.DagsterRun(job_name="eval_job", run_id="r2", status=dg.DagsterRunStatus.STARTED, tags={})
+    assert not night_is_done([dataset_run, eval_run, running], by_task)
+
+
+def test_settings_from_env(monkeypatch):
+    from sie_evals.lib.errors import InputError
+
+    monkeypatch.setenv("SIE_EVALS_LIMIT_QUERIES", "50")
+    monkeypatch.setenv("SIE_EVALS_PERF_CONCURRENCY", "4")
+    settings = EvalSettings.from_env()
+    assert settings.limit_queries == 50 and settings.load_spec().concurrency == 4
+    monkeypatch.setenv("SIE_EVALS_PERF_TRIALS", "three")
+    with pytest.raises(InputError, match="SIE_EVALS_PERF_TRIALS"):
+        EvalSettings.from_env()
