@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# System packages the integration tests need, from Debian: PostgreSQL (the Postgres instance test)
+# and Chromium (the Dagster UI test, driven by Playwright with executable_path: no browser download).
+# Idempotent: installs only what is missing. Needs root (or passwordless sudo).
+set -euo pipefail
+missing=()
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || missing+=(postgresql)
+command -v chromium >/dev/null || command -v chromium-browser >/dev/null || missing+=(chromium)
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo -n"
+echo "installing system packages: ${missing[*]}"
+$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
