@@ -82,7 +82,26 @@ def eval_cmd(
         int | None,
         typer.Option("-b", "--batch-size", min=1, help="Items per forward pass/request (default: profile's)."),
     ] = None,
-    threads: Annotated[int | None, typer.Option("--threads", min=1, help="Torch threads for the local engine.")] = None,
+    threads: Annotated[
+        int | None, typer.Option("--threads", min=1, help="Torch threads for the local engine (and sie's server).")
+    ] = None,
+    device: Annotated[
+        str | None,
+        typer.Option("--device", help="Device for started servers (sie, infinity): cpu (default), cuda, auto."),
+    ] = None,
+    sie_url: Annotated[
+        str | None,
+        typer.Option(
+            "--sie-url", help="Use a running SIE server at this URL instead of starting one ($SIE_EVALS_SIE_URL)."
+        ),
+    ] = None,
+    infinity_url: Annotated[
+        str | None,
+        typer.Option("--infinity-url", help="Use a running infinity server at this URL ($SIE_EVALS_INFINITY_URL)."),
+    ] = None,
+    tei_url: Annotated[
+        str | None, typer.Option("--tei-url", help="Use a running TEI server at this URL ($SIE_EVALS_TEI_URL).")
+    ] = None,
     split: Annotated[
         str | None, typer.Option("--split", help="Dataset split (default: the task's, e.g. test).")
     ] = None,
@@ -203,7 +222,15 @@ def eval_cmd(
         sources=parse_sources(sources),
         profile=profile,
         data=DataOptions(split, limit_queries, corpus_size, data_dir),
-        engine=EngineOptions(batch_size=batch_size, threads=threads, progress=progress and sys.stderr.isatty()),
+        engine=EngineOptions(
+            batch_size=batch_size,
+            threads=threads,
+            progress=progress and sys.stderr.isatty(),
+            device=device,
+            sie_url=sie_url,
+            infinity_url=infinity_url,
+            tei_url=tei_url,
+        ),
         cache_dir=cache_dir,
         check_targets=check_targets,
         check_measurements=check_measurements,
@@ -306,6 +333,42 @@ def ui_cmd(port: Annotated[int, typer.Option("--port")] = 3000) -> None:
     ]
     typer.echo(f"DAGSTER_HOME={home}\n{' '.join(cmd)}")
     raise typer.Exit(subprocess.call(cmd, env=env, cwd=paths.REPO_ROOT))
+
+
+servers_app = typer.Typer(help="Inference servers the harness starts itself (sie, infinity).", no_args_is_help=True)
+app.add_typer(servers_app, name="servers")
+
+
+class InstallableServer(StrEnum):
+    sie = "sie"
+    infinity = "infinity"
+    all = "all"
+
+
+@servers_app.command("install")
+@_handle_errors
+def servers_install_cmd(
+    server: Annotated[InstallableServer, typer.Argument(help="Which server venv to provision.")],
+    force: Annotated[bool, typer.Option("--force", help="Reinstall even if already provisioned.")] = False,
+) -> None:
+    """Provision a server's own venv in the cache (idempotent; SIE_EVALS_SERVERS_DIR overrides where)."""
+    from sie_evals.lib.servers import install
+
+    names = list(install.PACKAGES) if server == InstallableServer.all else [server.value]
+    for name in names:
+        install.install(name, force=force, echo=lambda line: typer.echo(line, err=True))
+
+
+@servers_app.command("status")
+@_handle_errors
+def servers_status_cmd() -> None:
+    """Show where each server venv is and whether it is provisioned."""
+    from sie_evals.lib.servers import install, tei
+
+    for name, pkg in install.PACKAGES.items():
+        state = "provisioned" if install.installed(name) else "not provisioned"
+        typer.echo(f"{name}: {pkg.executable} {pkg.version} in {install.home(name)}: {state}")
+    typer.echo(f"tei: {tei.EXECUTABLE} {'on PATH' if tei.available() else 'not on PATH (not installable here)'}")
 
 
 def main() -> None:

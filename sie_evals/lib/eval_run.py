@@ -21,6 +21,7 @@ from sie_evals.lib.evaluation import (
     perf_variant,
 )
 from sie_evals.lib.model_config import ModelConfig, find_model_config
+from sie_evals.lib.parity import parity_against
 from sie_evals.lib.perf import PERF_TARGET_METRICS, LoadSpec
 from sie_evals.lib.report import build_report
 from sie_evals.lib.saved_results import append_measurement, save_target
@@ -212,6 +213,9 @@ def run_eval(req: EvalRequest) -> EvalOutcome:
                 "info": ref.info if ref else None,
             }
     report["source_order"] = list(req.sources)
+    if req.eval_type == "quality":
+        for s, par in parity_against(results, "local").items():
+            report["sources"][s]["parity_vs_local"] = par
     report["checks"] = [
         {"against": c.against, "source": c.source, "reference": c.reference, "passed": c.passed, "verdicts": c.verdicts}
         for c in checks

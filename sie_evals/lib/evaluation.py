@@ -33,9 +33,23 @@ class EngineOptions:
     batch_size: int | None = None
     threads: int | None = None
     progress: bool = False
+    device: str | None = None  # server engines: cpu (default), cuda, auto...
+    # A running server to use instead of starting one (default: $SIE_EVALS_<SOURCE>_URL, else start one).
+    sie_url: str | None = None
+    infinity_url: str | None = None
+    tei_url: str | None = None
 
     def for_engine(self) -> dict[str, Any]:
-        return {"batch_size": self.batch_size, "threads": self.threads, "progress": self.progress}
+        """Every option; create_engine hands each engine the ones that apply to it."""
+        return {
+            "batch_size": self.batch_size,
+            "threads": self.threads,
+            "progress": self.progress,
+            "device": self.device,
+            "sie_url": self.sie_url,
+            "infinity_url": self.infinity_url,
+            "tei_url": self.tei_url,
+        }
 
 
 @dataclass
@@ -60,6 +74,8 @@ class SourceResult:
     per_query: pd.DataFrame
     run_conditions: dict[str, Any]
     extra: dict[str, Any] = field(default_factory=dict)
+    # The vectors scored (quality evals), kept in memory for parity between sources; not in the report.
+    vectors: dict[EmbedKind, np.ndarray] | None = field(default=None, repr=False)
 
     @property
     def main_score(self) -> float:
@@ -153,7 +169,11 @@ def evaluate_source(
             "engine_started": emb.engine_started,
             "embed_seconds": round(emb.seconds, 3),
             "score_seconds": round(score_seconds, 3),
+            **(
+                {"server": emb.engine_info["extra"]["server"]} if emb.engine_info.get("extra", {}).get("server") else {}
+            ),
         },
+        vectors=emb.vectors,
     )
 
 

@@ -139,6 +139,15 @@ def render_table(report: dict[str, Any], console: Console | None = None) -> None
         cells = [_fmt(report["sources"][s]["metrics"].get(metric), 2 if perf else 5) for s in sources]
         name = f"{metric} *" if metric == report["main_score"] else metric
         table.add_row(name, *cells)
+    if any("parity_vs_local" in report["sources"][s] for s in sources):
+        for stat in ("mean_cosine", "min_cosine"):
+            cells = [
+                "-"
+                if "parity_vs_local" not in report["sources"][s]
+                else _fmt(report["sources"][s]["parity_vs_local"][stat], 6)
+                for s in sources
+            ]
+            table.add_row(f"parity vs local: {stat.replace('_', ' ')}", *cells)
     console.print(table)
     ds = report["dataset"]
     console.print(
@@ -161,6 +170,7 @@ def render_table(report: dict[str, Any], console: Console | None = None) -> None
                 f"{s}: {src['run_conditions']['engine_version']}, embed {src['embed_seconds']}s, "
                 f"cache hits/misses {src['cache']['hits']}/{src['cache']['misses']}, "
                 f"forward passes {src['forward_calls']}"
+                + (f", server log {escape(src['server']['log'])}" if (src.get("server") or {}).get("log") else "")
             )
         elif not src.get("available"):
             console.print(f"{s}: nothing saved/published for this model, task, profile and data variant")

@@ -5,11 +5,15 @@ from sie_evals.lib.errors import InputError, UnknownNameError
 from sie_evals.lib.model_config import ModelConfig, ResolvedProfile
 from sie_evals.lib.sources import ALL_SOURCES, COMPUTE_SOURCES
 
-# Compute sources whose engine is implemented in this version; the rest are declared, not built yet.
-IMPLEMENTED: tuple[str, ...] = ("local",)
+# Compute sources whose engine is implemented in this version.
+IMPLEMENTED: tuple[str, ...] = ("local", "sie", "infinity", "tei")
+LOCAL_OPTIONS = ("batch_size", "threads", "progress")
+SERVER_OPTIONS = ("batch_size", "threads", "progress", "device")
 
 
 def create_engine(source: str, model: ModelConfig, profile: ResolvedProfile, **options) -> Engine:
+    """`options` are EngineOptions.for_engine(): each engine takes the ones that apply to it
+    (`<source>_url` becomes the server engine's `url`)."""
     if source not in ALL_SOURCES:
         raise UnknownNameError("source", source, list(ALL_SOURCES))
     if source not in COMPUTE_SOURCES:
@@ -17,7 +21,21 @@ def create_engine(source: str, model: ModelConfig, profile: ResolvedProfile, **o
     if source == "local":
         from sie_evals.lib.engines.local import LocalEngine
 
-        return LocalEngine(model, profile, **options)
+        return LocalEngine(model, profile, **{k: v for k, v in options.items() if k in LOCAL_OPTIONS})
+    server_opts = {k: v for k, v in options.items() if k in SERVER_OPTIONS}
+    server_opts["url"] = options.get(f"{source}_url")
+    if source == "sie":
+        from sie_evals.lib.engines.sie import SieEngine
+
+        return SieEngine(model, profile, **server_opts)
+    if source == "infinity":
+        from sie_evals.lib.engines.infinity import InfinityEngine
+
+        return InfinityEngine(model, profile, **server_opts)
+    if source == "tei":
+        from sie_evals.lib.engines.tei import TeiEngine
+
+        return TeiEngine(model, profile, **server_opts)
     raise InputError(
         f"source {source!r} is not implemented in this version of sie-evals; implemented: {', '.join(IMPLEMENTED)}"
     )

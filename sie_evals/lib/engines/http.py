@@ -1,0 +1,341 @@
+"""The shared base of engines that embed through an HTTP server (sie, infinity, tei).
+
+Either the harness starts the server itself (a `ManagedServer`: free port on 127.0.0.1, log kept
+with the run, stopped on every exit path) or it talks to a running one (`url=`). Requests are JSON
+over keep-alive connections, one connection per thread, so several threads may call `embed` at once
+(the perf generator does). 5xx replies, timeouts and connection errors are retried a bounded number
+of times with exponential backoff; when a managed server has died, the error says so at once, with
+the tail of its log. Malformed JSON, wrong counts, wrong dimensions and NaN are rejected.
+"""
+
+import http.client
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+from abc import abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from sie_evals.lib import paths
+from sie_evals.lib.engines.base import Engine, EngineInfo, validate_embeddings
+from sie_evals.lib.errors import EngineError, InputError
+from sie_evals.lib.model_config import ModelConfig, ResolvedProfile
+from sie_evals.lib.servers.managed import ManagedServer, ServerCommand
+
+RETRY_STATUS = frozenset({500, 502, 503, 504})
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: Any  # parsed JSON
+
+
+def parse_base_url(url: str, what: str) -> tuple[str, str, int, str]:
+    """scheme, host, port, path prefix of a server URL; a clear InputError for anything else."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InputError(f"{what}: {url!r} is not an http(s)://host[:port] URL")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise InputError(f"{what}: {url!r} has an invalid port") from None
+    return parts.scheme, parts.hostname, port, parts.path.rstrip("/")
+
+
+def server_log_dir() -> Path:
+    """Server logs are kept with the run's results (SIE_EVALS_RESULTS_DIR)."""
+    return paths.results_dir() / "server_logs"
+
+
+class HttpEngine(Engine):
+    """Subclasses define the server command (when managed), the embed request and its parsing."""
+
+    name = "http"
+    url_env: str = ""  # e.g. SIE_EVALS_SIE_URL: a running server to use instead of starting one
+
+    def __init__(
+        self,
+        model: ModelConfig,
+        profile: ResolvedProfile,
+        url: str | None = None,
+        device: str | None = None,
+        batch_size: int | None = None,
+        threads: int | None = None,
+        progress: bool = False,
+        retries: int = 3,
+        backoff_s: float = 0.5,
+        timeout_s: float = 300.0,
+        log_dir: Path | None = None,
+        port: int | None = None,
+        startup_timeout_s: float | None = None,
+    ):
+        super().__init__(model, profile)
+        url = url or (os.environ.get(self.url_env) if self.url_env else None) or None
+        self.url = url.rstrip("/") if url else None
+        if self.url:
+            parse_base_url(self.url, f"--{self.name}-url")
+        self.device = device or "cpu"
+        self.batch_size = batch_size or profile.batch_size
+        self.threads = threads
+        self.progress = progress
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.timeout_s = timeout_s
+        self.log_dir = Path(log_dir) if log_dir else None
+        self.port = port
+        self.startup_timeout_s = startup_timeout_s
+        self.server: ManagedServer | None = None
+        self.run_dir: Path | None = None
+        self.expected_dims: int | None = None
+        self.server_details: dict[str, Any] = {}  # what the server said about itself (e.g. TEI's /info)
+        self._base: tuple[str, str, int, str] | None = None
+        self._local = threading.local()
+        self._conns: list[http.client.HTTPConnection] = []
+        self._count_lock = threading.Lock()
+        self._start_lock = threading.RLock()
+        self.requests_sent = 0
+
+    # ----- what subclasses provide
+    @abstractmethod
+    def server_command(self) -> ServerCommand:
+        """How to start this server for this model (only called when no url was given)."""
+
+    @abstractmethod
+    def _embed_request(self, texts: list[str]) -> tuple[str, dict[str, Any]]:
+        """(path, JSON body) of one embed request."""
+
+    @abstractmethod
+    def _parse_vectors(self, body: Any) -> list[Any]:
+        """The list of vectors in a reply, in input order; raise EngineError for a malformed reply."""
+
+    def software_version(self) -> str:
+        return self.name
+
+    def _timing(self, reply: Reply) -> dict[str, float] | None:
+        return None
+
+    # ----- lifecycle
+    @property
+    def managed(self) -> bool:
+        return self.url is None
+
+    @property
+    def base_url(self) -> str | None:
+        return self.server.base_url if self.server and self.server.port else self.url
+
+    def start(self) -> None:
+        with self._start_lock:  # several threads may race to the first embed: one server only
+            super().start()
+
+    def _start(self) -> None:
+        if self.url:
+            self._base = parse_base_url(self.url, f"--{self.name}-url")
+            return
+        # Private scratch (models dir, IPC socket, HF_HOME): short path, removed on stop. The log is kept.
+        self.run_dir = Path(tempfile.mkdtemp(prefix=f"sie-evals-{self.name}-"))
+        try:
+            command = self.server_command()
+            if self.startup_timeout_s:
+                command.startup_timeout_s = self.startup_timeout_s
+            log_dir = self.log_dir or server_log_dir()
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            log_path = log_dir / f"{self.name}-{stamp}-{os.getpid()}-{id(self) & 0xFFFF:04x}.log"
+            self.server = ManagedServer(command, log_path, port=self.port)
+            base = self.server.start()  # stops the process itself when start-up fails
+            self._base = parse_base_url(base, self.name)
+        except BaseException:
+            self._stop()  # start() did not complete, so stop() would not run: clean up here
+            raise
+
+    def _stop(self) -> None:
+        for conn in self._conns:
+            conn.close()
+        self._conns.clear()
+        self._local = threading.local()
+        if self.server:
+            self.server.stop()
+        if self.run_dir:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+            self.run_dir = None
+
+    def info(self) -> EngineInfo:
+        extra: dict[str, Any] = {"batch_size": self.batch_size, "device": self.device, "url": self.base_url}
+        extra.update(self.server_details)
+        if self.server:
+            extra["server"] = {
+                "managed": True,
+                "url": self.server.base_url if self.server.port else None,
+                "pid": self.server.pid,
+                "log": str(self.server.log_path),
+            }
+        elif self.url:
+            extra["server"] = {"managed": False, "url": self.url}
+        return EngineInfo(
+            engine=self.name,
+            version=self.software_version(),
+            model_id=self.model.model_id,
+            model_revision=self.model.revision,
+            weights=self.weights_id(),
+            extra=extra,
+        )
+
+    def weights_id(self) -> str:
+        w = self.model.weights
+        if self.url:
+            return f"server:{self.model.model_id}"  # whatever the running server loaded under that name
+        from sie_evals.lib.engines.local import _version
+
+        return f"package:{w.package}=={_version(w.package)}" if w.package else (w.path or f"hf:{w.hf_id}")
+
+    # ----- HTTP
+    def _conn(self) -> http.client.HTTPConnection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            assert self._base is not None, "engine not started"
+            scheme, host, port, _ = self._base
+            cls = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
+            conn = cls(host, port, timeout=self.timeout_s)
+            self._local.conn = conn
+            with self._count_lock:
+                self._conns.append(conn)
+        return conn
+
+    def _drop_conn(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def _died(self) -> EngineError | None:
+        if self.server is not None and self.server.proc is not None and not self.server.alive():
+            return self.server.failure(f"the server {self.server.exit_description()} during the run")
+        return None
+
+    def request(self, method: str, path: str, body: Any = None) -> Reply:
+        """One JSON request with bounded retries on 5xx, timeouts and connection errors."""
+        self.start()
+        return self._request(method, path, body)
+
+    def _request(self, method: str, path: str, body: Any = None) -> Reply:
+        assert self._base is not None, "engine not started"
+        url = f"{self.base_url}{path}"
+        payload = None if body is None else json.dumps(body).encode()
+        headers = {"Accept": "application/json"}
+        if payload is not None:
+            headers["Content-Type"] = "application/json"
+        failure = ""
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+            try:
+                conn = self._conn()
+                conn.request(method, self._base[3] + path, body=payload, headers=headers)
+                resp = conn.getresponse()
+                raw = resp.read()
+                status, resp_headers = resp.status, {k.lower(): v for k, v in resp.getheaders()}
+                with self._count_lock:
+                    self.requests_sent += 1
+            except (OSError, http.client.HTTPException) as err:
+                self._drop_conn()
+                failure = f"{type(err).__name__}: {err}"
+                if died := self._died():
+                    raise died from None
+                continue
+            if status in RETRY_STATUS:
+                failure = f"HTTP {status}: {_excerpt(raw)}"
+                if died := self._died():
+                    raise died from None
+                continue
+            if status >= 300:
+                raise EngineError(f"{self.name}: {method} {url} returned HTTP {status}: {_excerpt(raw)}")
+            try:
+                parsed = json.loads(raw)
+            except ValueError as err:
+                raise EngineError(
+                    f"{self.name}: {method} {url} returned malformed JSON ({err}): {_excerpt(raw)}"
+                ) from None
+            return Reply(status, resp_headers, parsed)
+        raise EngineError(
+            f"{self.name}: {method} {url} failed after {self.retries + 1} attempts; last error: {failure}"
+        )
+
+    # ----- embedding
+    @property
+    def last_server_timing(self) -> dict[str, float] | None:
+        """Server-side timing of this thread's last embed call (summed over its requests), if the
+        server reports it (SIE: queue/tokenization/inference ms). Per thread, so concurrent callers
+        each see their own."""
+        return getattr(self._local, "timing", None)
+
+    def _embed_prepared(self, texts: list[str]) -> np.ndarray:
+        # Longest first, like the local engine: similar lengths share a request, so little padding.
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        out: np.ndarray | None = None
+        timing: dict[str, float] | None = None
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            path, body = self._embed_request([texts[i] for i in idx])
+            reply = self._request("POST", path, body)
+            with self._count_lock:
+                self.forward_calls += 1
+            vectors = self._to_array(self._parse_vectors(reply.body), len(idx))
+            if t := self._timing(reply):
+                timing = {k: (timing or {}).get(k, 0.0) + v for k, v in t.items()}
+            if out is None:
+                out = np.empty((len(texts), vectors.shape[1]), dtype=np.float32)
+            out[idx] = vectors
+        self._local.timing = timing
+        assert out is not None
+        return out
+
+    def _to_array(self, vectors: list[Any], expected: int) -> np.ndarray:
+        if not isinstance(vectors, list):
+            raise EngineError(f"{self.name}: expected a list of embeddings in the reply, got {type(vectors).__name__}")
+        if len(vectors) != expected:
+            raise EngineError(f"{self.name}: asked for {expected} embeddings, got {len(vectors)}")
+        lengths = {len(v) if isinstance(v, list) else -1 for v in vectors}
+        if -1 in lengths:
+            raise EngineError(f"{self.name}: an embedding in the reply is not a list of numbers")
+        if len(lengths) > 1:
+            raise EngineError(f"{self.name}: embeddings in one reply have different dimensions {sorted(lengths)}")
+        try:
+            arr = validate_embeddings(vectors, expected, self.name)
+        except (TypeError, ValueError) as err:
+            raise EngineError(f"{self.name}: embeddings in the reply are not numbers ({err})") from None
+        dims = arr.shape[1]
+        if self.expected_dims is None:
+            self.expected_dims = dims
+        elif dims != self.expected_dims:
+            raise EngineError(f"{self.name}: embeddings have {dims} dimensions, expected {self.expected_dims}")
+        return arr
+
+
+def weights_dims(weights_dir: str) -> int | None:
+    """The output width of a sentence-transformers folder: its last Dense layer, else hidden_size."""
+    folder = Path(weights_dir)
+    try:
+        modules = json.loads((folder / "modules.json").read_text())
+        for m in reversed(modules):
+            if m.get("type", "").endswith("Dense"):
+                cfg = json.loads((folder / m["path"] / "config.json").read_text())
+                return int(cfg["out_features"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    try:
+        return int(json.loads((folder / "config.json").read_text())["hidden_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _excerpt(raw: bytes, n: int = 300) -> str:
+    text = raw.decode("utf-8", errors="replace").strip()
+    return text if len(text) <= n else text[:n] + "..."

@@ -1,0 +1,45 @@
+"""The `infinity` engine: infinity-emb 0.0.78, started by the harness or at --infinity-url.
+
+Embeds through its OpenAI-style `POST /embeddings` route."""
+
+from typing import Any
+
+from sie_evals.lib.engines.http import HttpEngine, weights_dims
+from sie_evals.lib.errors import EngineError
+from sie_evals.lib.servers import infinity as infinity_server
+from sie_evals.lib.servers import install
+from sie_evals.lib.servers.managed import ServerCommand
+
+
+class InfinityEngine(HttpEngine):
+    name = "infinity"
+    url_env = "SIE_EVALS_INFINITY_URL"
+
+    def software_version(self) -> str:
+        if self.url:
+            return "infinity-emb (running at --infinity-url)"
+        return f"infinity-emb {install.installed_version('infinity')}"
+
+    def server_command(self) -> ServerCommand:
+        from sie_evals.lib.engines.local import resolve_weights
+
+        weights = resolve_weights(self.model)
+        self.expected_dims = weights_dims(weights)
+        assert self.run_dir is not None
+        return infinity_server.command(self.model, self.profile, weights, self.device, self.batch_size, self.run_dir)
+
+    def _embed_request(self, texts: list[str]) -> tuple[str, dict[str, Any]]:
+        return "/embeddings", {"model": self.model.model_id, "input": texts, "encoding_format": "float"}
+
+    def _parse_vectors(self, body: Any) -> list[Any]:
+        data = body.get("data") if isinstance(body, dict) else None
+        if not isinstance(data, list):
+            raise EngineError(f"infinity: /embeddings reply has no 'data' list: {str(body)[:200]}")
+        try:
+            # OpenAI-style: each item carries its input index; do not trust the order.
+            items = sorted(data, key=lambda d: d["index"])
+            if [d["index"] for d in items] != list(range(len(items))):
+                raise EngineError(f"infinity: reply indices are not 0..{len(items) - 1}")
+            return [d["embedding"] for d in items]
+        except (KeyError, TypeError):
+            raise EngineError("infinity: a reply item lacks 'index' or 'embedding'") from None

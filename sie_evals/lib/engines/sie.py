@@ -1,0 +1,70 @@
+"""The `sie` engine: the real SIE server (`sie-server` 0.10.1), started by the harness or at --sie-url.
+
+Embeds through `POST /v1/encode/{model}` with JSON in and out, and keeps SIE's per-request server
+timing (queue, tokenization, inference ms) as `last_server_timing` for perf evals.
+"""
+
+import contextlib
+from typing import Any
+
+from sie_evals.lib.engines.http import HttpEngine, Reply, weights_dims
+from sie_evals.lib.errors import EngineError
+from sie_evals.lib.servers import install
+from sie_evals.lib.servers import sie as sie_server
+from sie_evals.lib.servers.managed import ServerCommand
+
+TIMING_HEADERS = {
+    "x-queue-time": "queue_ms",
+    "x-tokenization-time": "tokenization_ms",
+    "x-inference-time": "inference_ms",
+    "x-total-time": "total_ms",
+}
+
+
+class SieEngine(HttpEngine):
+    name = "sie"
+    url_env = "SIE_EVALS_SIE_URL"
+
+    def software_version(self) -> str:
+        if self.url:
+            return "sie-server (running at --sie-url)"
+        return f"sie-server {install.installed_version('sie')}"
+
+    def server_command(self) -> ServerCommand:
+        from sie_evals.lib.engines.local import resolve_weights
+
+        weights = resolve_weights(self.model)
+        dims = weights_dims(weights)
+        if dims is None:
+            raise EngineError(f"sie: cannot tell the embedding width of {weights} (no config.json hidden_size)")
+        self.expected_dims = dims
+        assert self.run_dir is not None
+        return sie_server.command(self.model, self.profile, weights, dims, self.device, self.threads, self.run_dir)
+
+    def _embed_request(self, texts: list[str]) -> tuple[str, dict[str, Any]]:
+        body = {"items": [{"text": t} for t in texts], "params": {"output_types": ["dense"]}}
+        return f"/v1/encode/{self.model.model_id}", body
+
+    def _parse_vectors(self, body: Any) -> list[Any]:
+        items = body.get("items") if isinstance(body, dict) else None
+        if not isinstance(items, list):
+            raise EngineError(f"sie: encode reply has no 'items' list: {str(body)[:200]}")
+        vectors = []
+        for i, item in enumerate(items):
+            dense = item.get("dense") if isinstance(item, dict) else None
+            values = dense.get("values") if isinstance(dense, dict) else None
+            if values is None:
+                raise EngineError(f"sie: encode reply item {i} has no dense.values")
+            vectors.append(values)
+        return vectors
+
+    def _timing(self, reply: Reply) -> dict[str, float] | None:
+        timing = reply.body.get("timing") if isinstance(reply.body, dict) else None
+        out: dict[str, float] = {}
+        if isinstance(timing, dict):
+            out = {k: float(v) for k, v in timing.items() if isinstance(v, int | float)}
+        for header, key in TIMING_HEADERS.items():
+            if key not in out and header in reply.headers:
+                with contextlib.suppress(ValueError):
+                    out[key] = float(reply.headers[header])
+        return out or None

@@ -1,0 +1,1 @@
+"""Inference servers the harness provisions, starts and stops itself (sie, infinity, tei)."""
