@@ -8,10 +8,13 @@ from sie_evals.defs.evals.checks import EVAL_CHECKS
 from sie_evals.defs.evals.resources import EvalSettings, JsonIOManager
 from sie_evals.defs.evals.schedules import dataset_job, eval_job, nightly_evals, report_job
 from sie_evals.defs.evals.sensors import evals_after_dataset, report_after_nightly
+from sie_evals.defs.finesse.assets import finesse_embeddings, finesse_scores
+from sie_evals.defs.finesse.checks import finesse_rss_vs_measurement, finesse_rss_vs_target
 from sie_evals.defs.reports.assets import eval_report
 
 ASSETS = [task_dataset, embeddings, quality_scores, perf_scores, target_comparison, eval_report]
-CHECKS = [*EVAL_CHECKS]
+ASSETS += [finesse_embeddings, finesse_scores]
+CHECKS = [*EVAL_CHECKS, finesse_rss_vs_target, finesse_rss_vs_measurement]
 
 
 @dg.definitions

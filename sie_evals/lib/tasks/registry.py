@@ -149,6 +149,28 @@ _REGISTERED: tuple[TaskSpec, ...] = (
 )
 
 
+class FinesseTaskSpec(TaskSpec):
+    """A Finesse long-context task: run by the `finesse` CLI and the Dagster finesse assets, not `sie-bench eval`."""
+
+    @property
+    def default_split(self) -> str:
+        from sie_evals.lib.errors import InputError
+
+        raise InputError(
+            f"{self.task_id} is a Finesse task: run it with the `finesse` CLI (finesse generate --config "
+            f"sie_evals/data/finesse/{self.task_id.split('/', 1)[1]}.yaml, then finesse score) or the Dagster "
+            "finesse assets; sie-bench eval does not run it"
+        )
+
+
+# Finesse tasks: task id -> the config shipped in sie_evals/data/finesse/<name>.yaml.
+FINESSE_RULES = EvalRules(eval_splits=("probes",), main_score="average_rss", target_metrics=("average_rss",))
+_FINESSE: tuple[TaskSpec, ...] = (
+    FinesseTaskSpec(task_id="finesse/rss-default", type="finesse", local_dir="scifact", rules=FINESSE_RULES),
+)
+_REGISTERED = (*_REGISTERED, *_FINESSE)
+
+
 def _index() -> dict[str, TaskSpec]:
     index: dict[str, TaskSpec] = {}
     for spec in _REGISTERED:

@@ -1,0 +1,87 @@
+"""Finesse assets: finesse_embeddings [model:task:source] -> finesse_scores [model:task:source].
+
+Thin wrappers over sie_evals.finesse (the same functions the `finesse` CLI runs)."""
+
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from sie_evals.defs.evals.resources import EvalSettings
+from sie_evals.defs.finesse.partitions import finesse_partitions
+from sie_evals.defs.finesse.resources import FinesseRunConfig
+from sie_evals.finesse.io import file_sha256
+from sie_evals.finesse.probes.generate import generate
+from sie_evals.finesse.results import score_file
+from sie_evals.lib.errors import SieEvalsError
+from sie_evals.lib.keys import EvalKey
+from sie_evals.lib.model_config import find_model_config
+
+GROUP = "finesse"
+
+
+def _run_dir(settings: EvalSettings, key: EvalKey) -> Path:
+    return settings.results_root() / "finesse" / key.path_slug()
+
+
+@dg.asset(
+    partitions_def=finesse_partitions, group_name=GROUP, io_manager_key="json_io", pool="gpu", kinds={"safetensors"}
+)
+def finesse_embeddings(
+    context: dg.AssetExecutionContext, settings: EvalSettings, config: FinesseRunConfig
+) -> dg.Output[dict[str, Any]]:
+    """Seeded probes (chunk texts fixed by the reference tokenizer) embedded by the partition's model."""
+    key = EvalKey.parse(context.partition_key)
+    if key.source != "local":
+        raise dg.Failure(f"{key}: Finesse runs through the local engine only in this version")
+    try:
+        model = find_model_config(key.model, settings.configs_dir())
+        cfg, path = config.task_config(key.task, model.model_id, settings.profile, settings.threads)
+        out = generate(
+            cfg, _run_dir(settings, key), path.parent, output_path=_run_dir(settings, key) / "embeddings.safetensors"
+        )
+    except SieEvalsError as err:
+        raise dg.Failure(str(err), allow_retries=False) from None
+    value = {"key": str(key), "path": str(out), "sha256": file_sha256(out), "config_file": str(path)}
+    return dg.Output(
+        value,
+        metadata={
+            "path": dg.MetadataValue.path(str(out)),
+            "lengths": f"{cfg.lengths()[0]}-{cfg.lengths()[-1]}",
+            "samples_per_length": cfg.probe_config.samples_per_length,
+            "profile": settings.profile,
+        },
+    )
+
+
+@dg.asset(partitions_def=finesse_partitions, group_name=GROUP, io_manager_key="json_io", kinds={"json"})
+def finesse_scores(
+    context: dg.AssetExecutionContext, finesse_embeddings: dict[str, Any], settings: EvalSettings
+) -> dg.Output[dict[str, Any]]:
+    """RSS (0.18.9-exact TD/BU), per-length spread, hashed (and signed when FINESSE_HMAC_KEY is set)."""
+    key = EvalKey.parse(context.partition_key)
+    path = Path(finesse_embeddings["path"])
+    if file_sha256(path) != finesse_embeddings["sha256"]:
+        raise dg.Failure(f"{path} changed since finesse_embeddings wrote it: rematerialize finesse_embeddings")
+    results_path, results = score_file(path, _run_dir(settings, key))
+    value = {
+        "key": str(key),
+        "profile": settings.profile,
+        "metrics": {"average_rss": results["average_rss"]},
+        "results_path": str(results_path),
+        "final_formula": results["final_formula"],
+        "skipped_lengths": results["skipped_lengths"],
+        "content_hash": results["content_hash"],
+    }
+    metadata: dict[str, Any] = {
+        "average_rss": float(results["average_rss"]),
+        "average_total_latency_ms": float(results["average_total_latency"]),
+        "final_formula": results["final_formula"],
+        "complete": results["complete"],
+        "skipped_lengths": dg.MetadataValue.json(results["skipped_lengths"]),
+        "results_path": dg.MetadataValue.path(str(results_path)),
+    }
+    for length, entry in results["length_scores"].items():
+        if entry["stats"]["mean"] is not None:
+            metadata[f"rss_L{length}"] = float(entry["stats"]["mean"])
+    return dg.Output(value, metadata=metadata)

@@ -1,0 +1,56 @@
+"""Drift checks of Finesse average_rss against the model config's targets / measurements, with the same code
+and margins as every other eval (sie_evals/lib/drift.py, lib/thresholds.py). Saved entries live under
+targets[<task>][<profile>]["probes"]."""
+
+from typing import Any
+
+import dagster as dg
+
+from sie_evals.defs.evals.checks import to_check_result
+from sie_evals.defs.evals.resources import EvalSettings
+from sie_evals.defs.finesse.assets import finesse_scores
+from sie_evals.defs.finesse.partitions import finesse_partitions
+from sie_evals.lib.drift import CheckResult, check_source, reference
+from sie_evals.lib.keys import EvalKey
+from sie_evals.lib.model_config import find_model_config
+from sie_evals.lib.tasks import resolve_task
+from sie_evals.lib.thresholds import Against
+
+VARIANT = "probes"
+
+
+def finesse_drift(partition_key: str, scores: dict[str, Any], against: Against, settings: EvalSettings) -> CheckResult:
+    key = EvalKey.parse(partition_key)
+    config = find_model_config(key.model, settings.configs_dir())
+    spec = resolve_task(key.task)
+    ref = reference(against.value, config, spec, scores["profile"], VARIANT, VARIANT)
+    return check_source(
+        key.source, scores["metrics"], None, against, ref, config, spec, False, spec.rules.target_metrics
+    )
+
+
+@dg.asset_check(
+    asset=finesse_scores,
+    partitions_def=finesse_partitions,
+    blocking=True,
+    description="average_rss >= 0.99 x the saved target (margins: lib/thresholds.py). Blocking, ERROR.",
+)
+def finesse_rss_vs_target(
+    context: dg.AssetCheckExecutionContext, finesse_scores: dict[str, Any], settings: EvalSettings
+) -> dg.AssetCheckResult:
+    return to_check_result(
+        finesse_drift(context.partition_key, finesse_scores, Against.targets, settings), dg.AssetCheckSeverity.ERROR
+    )
+
+
+@dg.asset_check(
+    asset=finesse_scores,
+    partitions_def=finesse_partitions,
+    description="average_rss >= 0.98 x the latest saved measurement. WARN.",
+)
+def finesse_rss_vs_measurement(
+    context: dg.AssetCheckExecutionContext, finesse_scores: dict[str, Any], settings: EvalSettings
+) -> dg.AssetCheckResult:
+    return to_check_result(
+        finesse_drift(context.partition_key, finesse_scores, Against.measurements, settings), dg.AssetCheckSeverity.WARN
+    )

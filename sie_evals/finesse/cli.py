@@ -1,0 +1,170 @@
+"""The `finesse` command: init, generate, score, checksum, verify.
+
+Exit codes: 0 ok, 1 a check failed (hash, signature, re-score mismatch) or an engine failed, 2 bad input."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from sie_evals.lib.errors import InputError, SieEvalsError
+
+app = typer.Typer(
+    help="Finesse long-context embedding benchmark (RSS), exact to finesse-benchmark 0.18.9's scoring.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+
+def _handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except SieEvalsError as e:
+            err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(e.exit_code) from None
+
+    return wrapper
+
+
+@app.command("init")
+@_handle_errors
+def init_cmd(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the config.")] = Path("benchmark.yaml"),
+    leaderboard: Annotated[bool, typer.Option("--leaderboard", help="The official leaderboard settings.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write a commented, validated config template (or the leaderboard settings)."""
+    from ruamel.yaml import YAML
+
+    from sie_evals.finesse.config import TEMPLATE, leaderboard_template, parse_config
+    from sie_evals.lib.atomic import atomic_write_text
+
+    text = leaderboard_template() if leaderboard else TEMPLATE
+    parse_config(YAML(typ="safe", pure=True).load(text), "template")  # never write an invalid template
+    if output.exists() and not force:
+        raise InputError(f"{output} exists; pass --force to overwrite")
+    atomic_write_text(output, text)
+    out.print(f"wrote {output}")
+
+
+@app.command("generate")
+@_handle_errors
+def generate_cmd(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Finesse config YAML.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")] = Path("results"),
+    samples: Annotated[int | None, typer.Option("--samples", min=1, help="Override samples_per_length.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Override the seed.")] = None,
+    dataset_path: Annotated[
+        list[Path] | None,
+        typer.Option("--dataset-path", help="Use these local files (jsonl/json/parquet/txt) instead of the datasets."),
+    ] = None,
+    text_column: Annotated[str, typer.Option("--text-column", help="Text field for --dataset-path.")] = "text",
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="Torch threads (local engine).")] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+) -> None:
+    """Draw seeded probes, embed them in the configured mode, write one safetensors file."""
+    from sie_evals.finesse.config import load_config, parse_config
+    from sie_evals.finesse.probes.generate import generate
+
+    cfg = load_config(config)
+    data = cfg.model_dump(mode="json")
+    if samples:
+        data["probe_config"]["samples_per_length"] = samples
+    if seed is not None:
+        data["seed"] = seed
+    if threads:
+        data["advanced"]["threads"] = threads
+    if dataset_path:
+        data["datasets"] = [{"local_files": [str(p.resolve()) for p in dataset_path], "text_column": text_column}]
+    cfg = parse_config(data, str(config))
+    path = generate(cfg, output, config.resolve().parent, progress=progress and sys.stderr.isatty())
+    out.print(f"embeddings written to {path}")
+
+
+@app.command("score")
+@_handle_errors
+def score_cmd(
+    pt_path: Annotated[Path, typer.Option("--pt-path", help="Embeddings file from generate (or a legacy .pt).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")] = Path("results"),
+    final_formula: Annotated[
+        str | None, typer.Option("--final-formula", help="sum | balanced (default: the config's).")
+    ] = None,
+) -> None:
+    """Score an embeddings file; writes benchmark_results.json (hashed, and signed when FINESSE_HMAC_KEY is set)."""
+    from sie_evals.finesse.results import score_file
+
+    if final_formula not in (None, "sum", "balanced"):
+        raise InputError(f"--final-formula must be sum or balanced, got {final_formula!r}")
+    path, results = score_file(pt_path, output, final_formula)
+    out.print(f"results written to {path}")
+    out.print(f"average_rss ({results['final_formula']}, {results['formula']}): {results['average_rss']}")
+    for length, entry in results["length_scores"].items():
+        st = entry["stats"]
+        if st["n"]:
+            ci = f" CI95 [{st['ci95_low']}, {st['ci95_high']}]" if st["ci95_low"] is not None else ""
+            out.print(f"  L={length}: mean {st['mean']} (n={st['n']}, std {st['std']}){ci}")
+    for length, reason in results["skipped_lengths"].items():
+        out.print(f"  L={length}: skipped ({reason})")
+    if not results["signature"]:
+        out.print("unsigned (set FINESSE_HMAC_KEY to sign)")
+
+
+def _print_report(report: Any) -> None:
+    for c in report.checked:
+        out.print(f"checked: {c}")
+    for n in report.notes:
+        out.print(f"note: {n}")
+    for p in report.problems:
+        err.print(f"[bold red]MISMATCH[/] {escape(p)}", highlight=False, soft_wrap=True)
+    if report.ok:
+        out.print("[green]OK[/]")
+    else:
+        raise typer.Exit(1)
+
+
+@app.command("checksum")
+@_handle_errors
+def checksum_cmd(
+    json_path: Annotated[Path, typer.Option("--json-path", help="benchmark_results.json")],
+    model_path: Annotated[
+        Path | None, typer.Option("--model-path", help="Model folder/file to check against the stored model hash.")
+    ] = None,
+) -> None:
+    """Recompute the content hash (and signature, and model hash); exit 1 naming any mismatch."""
+    from sie_evals.finesse.results import checksum, load_results
+
+    _print_report(checksum(load_results(json_path), model_path))
+
+
+@app.command("verify")
+@_handle_errors
+def verify_cmd(
+    json_path: Annotated[Path, typer.Option("--json-path", help="benchmark_results.json")],
+    pt_path: Annotated[Path, typer.Option("--pt-path", help="The embeddings file the results came from.")],
+) -> None:
+    """Checksum, then re-score the embeddings file and compare everything; exit 1 naming what differs."""
+    from sie_evals.finesse.results import load_results, verify
+
+    _print_report(verify(load_results(json_path), pt_path))
+
+
+def main() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    app()
+
+
+if __name__ == "__main__":
+    main()

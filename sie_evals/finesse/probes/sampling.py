@@ -1,0 +1,256 @@
+"""Documents and probe chunks: seeded, deterministic, and independent of the model under test.
+
+Unlike finesse-benchmark 0.18.9 (spec §3), which draws with Python's *global* `random` and cuts chunks with
+each model's own tokenizer (so different models see different texts), here:
+- all documents of all datasets, in config order, are permuted once with `numpy.random.default_rng(seed)`;
+- documents are walked in that order; one with fewer than `token_per_sample` reference-tokenizer tokens is
+  rejected, otherwise its chunk is the original text up to the end of its `token_per_sample`-th token (cut at
+  the character offset, so case and spacing survive; duplicates of an earlier chunk are rejected);
+- lengths min..max, then samples, take consecutive accepted chunks.
+The chunk texts and document ids are stored with the embeddings, so a run can be audited and replayed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sie_evals.finesse.config import DatasetConfig
+from sie_evals.lib import paths
+from sie_evals.lib.errors import ConfigError, DatasetError, InputError
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "special_tokens_map.json",
+    "sentencepiece.bpe.model",
+    "spiece.model",
+    "merges.txt",
+    "vocab.json",
+)
+
+
+@dataclass(frozen=True)
+class Document:
+    doc_id: str
+    text: str
+
+
+@dataclass
+class ReferenceTokenizer:
+    name: str
+    source: str  # folder or hub id it was loaded from
+    tokenizer: Any
+
+    def info(self) -> dict[str, Any]:
+        files = {}
+        folder = Path(self.source)
+        if folder.is_dir():
+            for name in TOKENIZER_FILES:
+                f = folder / name
+                if f.is_file():
+                    files[name] = hashlib.sha256(f.read_bytes()).hexdigest()
+        return {
+            "name": self.name,
+            "source": self.source,
+            "class": type(self.tokenizer).__name__,
+            "files_sha256": files,
+        }
+
+
+def tokenizer_source(name: str) -> str:
+    """A model config name -> its weights folder; an existing folder -> itself; else a hub id."""
+    from sie_evals.lib.engines.local import resolve_weights
+    from sie_evals.lib.errors import UnknownNameError
+    from sie_evals.lib.model_config import find_model_config
+
+    if Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser().resolve())
+    try:
+        return resolve_weights(find_model_config(name))
+    except UnknownNameError:
+        return name
+
+
+def load_tokenizer(name: str) -> ReferenceTokenizer:
+    from transformers import AutoTokenizer
+
+    source = tokenizer_source(name)
+    try:
+        tok = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as err:
+        raise ConfigError(
+            f"reference tokenizer {name!r} (from {source}) cannot be loaded: {err}. Without hub access use a "
+            "model config name (e.g. sentence-transformers/all-MiniLM-L6-v2) or a local tokenizer folder."
+        ) from None
+    if not getattr(tok, "is_fast", False):
+        raise ConfigError(f"reference tokenizer {name!r} must be a fast tokenizer (character offsets are needed)")
+    return ReferenceTokenizer(name, source, tok)
+
+
+def _resolve_local(entry: str, config_dir: Path | None) -> Path:
+    if entry.startswith("data:"):
+        root = paths.data_dir()
+        if root is None:
+            raise ConfigError(f"dataset file {entry!r}: 'data:' paths need ${paths.DATA_DIR_ENV} to be set")
+        return root / entry[len("data:") :]
+    p = Path(entry).expanduser()
+    if not p.is_absolute() and config_dir is not None:
+        p = config_dir / p
+    return p
+
+
+def _iter_local_file(path: Path, ds: DatasetConfig) -> Iterator[Document]:
+    if not path.is_file():
+        raise DatasetError(f"dataset file {path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix == ".txt":
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+            if line.strip():
+                yield Document(f"{path.name}:{n + 1}", line)
+        return
+    if suffix == ".parquet":
+        import pandas as pd
+
+        frame = pd.read_parquet(path)
+        if ds.text_column not in frame.columns:
+            raise DatasetError(f"{path}: no column {ds.text_column!r} (columns: {list(frame.columns)})")
+        ids = frame[ds.id_column] if ds.id_column and ds.id_column in frame.columns else range(len(frame))
+        for doc_id, text in zip(ids, frame[ds.text_column], strict=True):
+            if isinstance(text, str):
+                yield Document(str(doc_id), text)
+        return
+    if suffix in (".jsonl", ".json"):
+        text = path.read_text(encoding="utf-8")
+        if suffix == ".json":
+            try:
+                rows = json.loads(text)
+            except json.JSONDecodeError as err:
+                raise DatasetError(f"{path}: not valid JSON: {err}") from None
+            if not isinstance(rows, list):
+                raise DatasetError(f"{path}: expected a JSON list of records")
+            numbered = list(enumerate(rows, start=1))
+        else:
+            numbered = []
+            for n, line in enumerate(text.splitlines(), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    numbered.append((n, json.loads(line)))
+                except json.JSONDecodeError as err:
+                    raise DatasetError(f"{path}: line {n}: not valid JSON: {err}") from None
+        for n, row in numbered:
+            if not isinstance(row, dict) or ds.text_column not in row:
+                raise DatasetError(f"{path}: record {n}: no field {ds.text_column!r}")
+            value = row[ds.text_column]
+            if not isinstance(value, str):
+                raise DatasetError(f"{path}: record {n}: field {ds.text_column!r} is not a string")
+            doc_id = row.get(ds.id_column) if ds.id_column else None
+            yield Document(str(doc_id) if doc_id is not None else f"{path.name}:{n}", value)
+        return
+    raise DatasetError(f"{path}: unsupported file type {suffix!r} (use .jsonl, .json, .parquet or .txt)")
+
+
+def _iter_hf(ds: DatasetConfig) -> Iterator[Document]:
+    import datasets
+
+    try:
+        data = datasets.load_dataset(
+            ds.path,
+            split=ds.split,
+            data_files=ds.data_files,
+            data_dir=ds.data_dir if ds.data_files is None else None,
+            revision=ds.commit_hash,
+        )
+    except Exception as err:  # datasets raises many types (offline, missing split, bad files)
+        raise DatasetError(f"dataset {ds.path!r} (split {ds.split!r}) cannot be loaded: {err}") from None
+    if ds.text_column not in data.column_names:
+        raise DatasetError(f"dataset {ds.path!r}: no column {ds.text_column!r} (columns: {data.column_names})")
+    has_id = bool(ds.id_column) and ds.id_column in data.column_names
+    for n, row in enumerate(data):
+        text = row[ds.text_column]
+        if isinstance(text, str):
+            yield Document(str(row[ds.id_column]) if has_id else str(n), text)
+
+
+def load_documents(dataset_configs: list[DatasetConfig], config_dir: Path | None) -> list[Document]:
+    docs: list[Document] = []
+    for index, ds in enumerate(dataset_configs):
+        if ds.local_files is not None:
+            for entry in ds.local_files:
+                path = _resolve_local(entry, config_dir)
+                docs.extend(Document(f"{index}/{d.doc_id}", d.text) for d in _iter_local_file(path, ds))
+        else:
+            docs.extend(Document(f"{index}/{d.doc_id}", d.text) for d in _iter_hf(ds))
+    if not docs:
+        raise DatasetError("the configured datasets hold no documents")
+    return docs
+
+
+@dataclass
+class Probe:
+    texts: list[str]
+    doc_ids: list[str]
+
+
+def chunk_stream(
+    docs: list[Document], tokenizer: ReferenceTokenizer, token_per_sample: int, seed: int
+) -> Iterator[tuple[str, str]]:
+    """(doc_id, chunk text) in seeded order; rejected documents are skipped."""
+    order = np.random.default_rng(seed).permutation(len(docs))
+    seen: set[str] = set()
+    # A token is rarely more than 32 characters: tokenising only the opening keeps long documents cheap.
+    max_chars = 32 * token_per_sample
+    batch = 256
+    for start in range(0, len(order), batch):
+        picked = [docs[int(i)] for i in order[start : start + batch]]
+        enc = tokenizer.tokenizer(
+            [d.text[:max_chars] for d in picked], add_special_tokens=False, return_offsets_mapping=True
+        )
+        for doc, offsets in zip(picked, enc["offset_mapping"], strict=True):
+            if len(offsets) < token_per_sample:
+                continue
+            chunk = doc.text[offsets[0][0] : offsets[token_per_sample - 1][1]]
+            if chunk in seen:
+                continue
+            seen.add(chunk)
+            yield doc.doc_id, chunk
+
+
+def draw_probes(
+    docs: list[Document],
+    tokenizer: ReferenceTokenizer,
+    lengths: list[int],
+    samples_per_length: int,
+    token_per_sample: int,
+    seed: int,
+) -> dict[int, list[Probe]]:
+    need = sum(lengths) * samples_per_length
+    stream = chunk_stream(docs, tokenizer, token_per_sample, seed)
+    probes: dict[int, list[Probe]] = {}
+    drawn = 0
+    for length in lengths:
+        probes[length] = []
+        for _ in range(samples_per_length):
+            texts, ids = [], []
+            for _ in range(length):
+                try:
+                    doc_id, chunk = next(stream)
+                except StopIteration:
+                    raise InputError(
+                        f"the datasets ({len(docs)} documents) have only {drawn} usable documents with at least "
+                        f"{token_per_sample} tokens; the probes need {need} (lengths {lengths[0]}-{lengths[-1]} x "
+                        f"{samples_per_length} samples). Lower samples_per_length/token_per_sample or add data."
+                    ) from None
+                drawn += 1
+                ids.append(doc_id)
+                texts.append(chunk)
+            probes[length].append(Probe(texts, ids))
+    return probes
