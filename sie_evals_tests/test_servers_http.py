@@ -436,3 +436,17 @@ def test_listening_sockets_helper():
         assert f"127.0.0.1:{a.getsockname()[1]}" in found
         assert f":::{b.getsockname()[1]}" in found
         assert not is_loopback(f":::{b.getsockname()[1]}")
+
+
+def test_dagster_partitions_gain_server_sources(configs_dir):
+    """Listing sie and infinity in a model config's sources adds their Dagster partitions, no code change."""
+    from sie_evals.defs.evals.partitions import eval_keys
+    from sie_evals.lib.model_config import load_all_model_configs
+
+    before = {str(k) for k in eval_keys(load_all_model_configs(configs_dir))}
+    cfg = configs_dir / "sentence-transformers__all-MiniLM-L6-v2.yaml"
+    cfg.write_text(cfg.read_text().replace("sources:\n  - local\n", "sources:\n  - local\n  - sie\n  - infinity\n"))
+    after = {str(k) for k in eval_keys(load_all_model_configs(configs_dir))}
+    added = after - before
+    assert "all-MiniLM-L6-v2:beir/SciFact:sie" in added and "all-MiniLM-L6-v2:beir/SciFact:infinity" in added
+    assert {k.rsplit(":", 1)[1] for k in added} == {"sie", "infinity"}
