@@ -450,3 +450,34 @@ def test_dagster_partitions_gain_server_sources(configs_dir):
     added = after - before
     assert "all-MiniLM-L6-v2:beir/SciFact:sie" in added and "all-MiniLM-L6-v2:beir/SciFact:infinity" in added
     assert {k.rsplit(":", 1)[1] for k in added} == {"sie", "infinity"}
+
+
+def test_sigterm_to_harness_stops_its_server(tmp_path):
+    """`kill <harness pid>` (SIGTERM): the harness unwinds and stops the server it started."""
+    import subprocess
+
+    harness = f"""
+import sys, time, http.server
+from pathlib import Path
+from sie_evals.lib.servers.managed import ManagedServer, ServerCommand
+from sie_evals_tests.test_servers_http import http_ready
+script = ("import sys, http.server; http.server.ThreadingHTTPServer(('127.0.0.1', int(sys.argv[1])), "
+          "http.server.SimpleHTTPRequestHandler).serve_forever()")
+server = ManagedServer(ServerCommand("toy", lambda p: [sys.executable, "-c", script, str(p)], http_ready),
+                       Path({str(tmp_path / "h.log")!r}))
+try:
+    server.start()
+    print(server.pid, flush=True)
+    time.sleep(120)
+finally:
+    server.stop()
+"""
+    proc = subprocess.Popen([PY, "-c", harness], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[1])
+    try:
+        server_pid = int(proc.stdout.readline())
+        assert alive(server_pid)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 128 + signal.SIGTERM
+    finally:
+        proc.kill()
+    assert not alive(server_pid) and group_members(server_pid) == []

@@ -73,7 +73,7 @@ class HttpEngine(Engine):
         progress: bool = False,
         retries: int = 3,
         backoff_s: float = 0.5,
-        timeout_s: float = 300.0,
+        timeout_s: float = 120.0,
         log_dir: Path | None = None,
         port: int | None = None,
         startup_timeout_s: float | None = None,
