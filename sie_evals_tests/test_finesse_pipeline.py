@@ -232,3 +232,65 @@ def test_byok_against_the_real_sie_server(tmp_path, minilm):
     assert a.texts == b.texts
     cos = (a.synth * b.synth).sum(1) / np.linalg.norm(a.synth, axis=1) / np.linalg.norm(b.synth, axis=1)
     assert cos.min() > 0.999, cos
+
+
+TOY_MERGER_CODE = '''
+import torch
+from transformers import PretrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+
+class ToyMergerConfig(PretrainedConfig):
+    model_type = "toy-sequence-merger"
+
+    def __init__(self, dim=384, **kwargs):
+        self.dim = dim
+        super().__init__(**kwargs)
+
+
+class ToyMerger(PreTrainedModel):
+    """A sequence merger: a linear map of each input embedding; pooler = recency-weighted mean."""
+
+    config_class = ToyMergerConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.proj = torch.nn.Linear(config.dim, config.dim)
+        self.post_init()
+
+    def forward(self, embeddings):
+        hidden = self.proj(embeddings)
+        weights = torch.arange(1, hidden.shape[1] + 1, dtype=hidden.dtype)[None, :, None]
+        pooled = (hidden * weights).sum(1) / weights.sum()
+        return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=pooled)
+'''
+
+
+def test_hf_sequence_merger_checkpoint_from_a_local_folder(tmp_path, monkeypatch):
+    """The HF merger path with a real (tiny, local) trust_remote_code checkpoint: AutoModel + pooler_output."""
+    import sys
+
+    import torch
+
+    folder, code = tmp_path / "toy-merger", tmp_path / "code"
+    code.mkdir()
+    (code / "modeling_toy.py").write_text(TOY_MERGER_CODE)  # save_pretrained copies it into the checkpoint
+    monkeypatch.syspath_prepend(str(code))
+    import modeling_toy
+
+    modeling_toy.ToyMergerConfig.register_for_auto_class()
+    modeling_toy.ToyMerger.register_for_auto_class("AutoModel")
+    torch.manual_seed(0)
+    modeling_toy.ToyMerger(modeling_toy.ToyMergerConfig(dim=384)).save_pretrained(folder)
+    sys.modules.pop("modeling_toy", None)
+    assert "auto_map" in json.loads((folder / "config.json").read_text())
+
+    merger = {"name": str(folder), "pool_type": "pooler", "trust_remote_code": True}
+    data = tiny(samples=1, merger=merger, base_embedder={"name": MODEL_ID}, mode="merger_mode")
+    emb = read_embeddings(generate(parse_config(data), tmp_path / "out"))
+    s = emb.lengths[4].samples[0]
+    assert np.allclose(np.linalg.norm(s.synth, axis=1), 1.0, atol=1e-5)
+    assert np.allclose(s.synth[0], s.chunks[0], atol=1e-5)  # one-chunk merge == the merger's view of chunk 0
+    assert not np.allclose(s.synth[1], s.chunks[1], atol=1e-3)
+    assert emb.metadata["models"]["merger"]["model_hash"]
+    assert score_embeddings(emb)["length_scores"]["4"]["raw_bu"][0] != 0
