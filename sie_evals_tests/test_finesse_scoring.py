@@ -119,3 +119,49 @@ def test_mismatched_shapes_rejected():
         sc.score_length(
             [sc.Sample(np.zeros((4, 8), np.float32), np.zeros((5, 8), np.float32))], "native_mode", "q1q3", "sum"
         )
+
+
+def test_legacy_pt_rescored_and_verified(tmp_path):
+    """A finesse-benchmark-style .pt (read with weights_only=True) re-scores to the package's numbers, and its
+    legacy results JSON verifies; an edited score does not."""
+    from sie_evals.finesse import hashing as hs
+    from sie_evals.finesse.io import read_embeddings
+    from sie_evals.finesse.results import score_embeddings, verify
+
+    agg_case = ORACLE["length_aggregation"]
+    want = agg_case["outputs_q1q3"]["native_mode"]
+    metadata = {"package_versions": {"finesse-benchmark": "0.18.9"}, "scoring_method": "rss"}
+    config = {"mode": "native_mode", "formula": "q1q3", "metric": "rss"}
+    length_results = {
+        int(length): {
+            "sample_results": [
+                {
+                    "chunk_embeddings": list(torch.tensor(x["chunk_embeddings"])),
+                    "synthesis_embeddings": list(torch.tensor(x["synthesis_embeddings"])),
+                    "chunk_times": None,
+                    "synth_times": x["synth_times"],
+                }
+                for x in items
+            ],
+            "num_synth_steps": int(length),
+        }
+        for length, items in agg_case["inputs_per_length"].items()
+    }
+    pt = tmp_path / "embeddings_native_mode_rss_x.pt"
+    torch.save({"config": config, "metadata": metadata, "raw_results": {"length_results": length_results}}, pt)
+    emb = read_embeddings(pt)
+    assert emb.legacy
+    ours = score_embeddings(emb)
+    assert close(ours["average_rss"], want["average_rss_(round(mean(all per-sample scaled),6))"])
+    legacy = {"config": config, "average_rss": ours["average_rss"], "length_scores": want["length_scores"]}
+    legacy.update({"metadata": metadata, "model_hash": None, "content_hash": ""})
+    legacy["content_hash"] = hs.legacy_content_hash(legacy)
+    assert verify(legacy, pt).ok
+    edited = {
+        **legacy,
+        "length_scores": {**want["length_scores"], "4": {**want["length_scores"]["4"], "rss_scores": [1.0, 2.0, 3.0]}},
+    }
+    edited["content_hash"] = ""
+    edited["content_hash"] = hs.legacy_content_hash(edited)  # the legacy hash is unkeyed: anyone can redo it
+    report = verify(edited, pt)
+    assert not report.ok and any("length_scores.4.rss_scores" in p for p in report.problems)
