@@ -281,7 +281,8 @@ def tasks_cmd() -> None:
         aliases = f" (alias {', '.join(spec.aliases)})" if spec.aliases else ""
         typer.echo(
             f"{spec.task_id}{aliases}: {spec.type}, splits {', '.join(spec.rules.eval_splits)}, "
-            f"main score {spec.rules.main_score}, data {spec.local_dir}/ or hf:{spec.hf_dataset}"
+            f"main score {spec.rules.main_score}, data {spec.local_dir}/"
+            + (f" or hf:{spec.hf_dataset}" if spec.hf_dataset else "")
         )
 
 

@@ -188,3 +188,27 @@ def test_duration_mode_stops():
     start = time.perf_counter()
     result = run_load(lambda b: time.sleep(0.01), ["x"], [1], spec)
     assert time.perf_counter() - start < 2 and len(result.trials[0].latencies_ms) > 5
+
+
+def test_server_timing_is_recorded_beside_client_latency():
+    """An engine that reports its own time per request (SIE's `timing`) gets server percentiles and
+    the client's overhead; the per-request frame keeps both, aligned."""
+
+    def send(batch):
+        time.sleep(0.02)
+        return {"total_ms": 15.0, "inference_ms": 10.0}
+
+    spec = LoadSpec(batch_size=2, concurrency=2, requests=10, warmup_requests=2, trials=1)
+    result = run_load(send, ["a", "b", "c"], [3, 4, 5], spec)
+    m = result.metrics()
+    assert m["server_total_p50_ms"] == 15.0 and m["server_inference_p99_ms"] == 10.0
+    assert m["client_overhead_p50_ms"] == pytest.approx(m["latency_p50_ms"] - 15.0)
+    assert m["client_overhead_p50_ms"] > 0
+    frame = result.requests_frame()
+    assert list(frame.columns) == ["trial", "latency_ms", "server_inference_ms", "server_total_ms"]
+    assert len(frame) == 10 and (frame["server_total_ms"] == 15.0).all()
+
+    # an engine that reports nothing adds no server columns
+    plain = run_load(lambda batch: None, ["a"], [1], spec)
+    assert not any(k.startswith("server_") for k in plain.metrics())
+    assert list(plain.requests_frame().columns) == ["trial", "latency_ms"]

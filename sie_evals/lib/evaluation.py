@@ -83,6 +83,11 @@ class SourceResult:
 
 
 def load_data(spec: TaskSpec, split: str | None, data_root: Path | None) -> TaskData:
+    if spec.type == "finesse":  # probes, not a dataset split: a run of its own
+        raise InputError(
+            f"task {spec.task_id} is a Finesse long-context benchmark: run it with the `finesse` CLI "
+            "(finesse generate / finesse score) or the Dagster finesse assets"
+        )
     split = split or spec.default_split
     if spec.type == "retrieval":
         return load_retrieval_data(spec, split, data_root)
@@ -197,6 +202,13 @@ def token_counts(model: ModelConfig, profile: ResolvedProfile, texts: list[str])
     return [len(ids) for ids in enc["input_ids"]]
 
 
+def _send_timed(engine: Engine, batch: list[str], kind: EmbedKind) -> dict[str, float] | None:
+    """One perf request; returns the server's own timing of it when the engine reports one."""
+    engine.embed(batch, kind)
+    timing = getattr(engine, "last_server_timing", None)
+    return timing() if callable(timing) else timing
+
+
 def evaluate_perf_source(
     model: ModelConfig,
     profile: ResolvedProfile,
@@ -226,7 +238,7 @@ def evaluate_perf_source(
     load_before = os.getloadavg()[0]
     with engine:
         engine.start()  # model load / server start is not part of the measurement
-        result = run_load(lambda batch: engine.embed(batch, kind), texts, counts, load)
+        result = run_load(lambda batch: _send_timed(engine, batch, kind), texts, counts, load)
     load_after = os.getloadavg()[0]
     metrics = result.metrics()
     cpus = os.cpu_count() or 1

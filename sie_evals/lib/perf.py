@@ -46,6 +46,9 @@ class Trial:
     errors: int
     duration_s: float  # from the first counted request's start to the last one's end
     error_messages: list[str] = field(default_factory=list)
+    # Per successful request, what the server says it spent (SIE's `timing`: total_ms, queue_ms,
+    # inference_ms, ...), aligned with latencies_ms; empty when the engine reports nothing.
+    server_timing_ms: dict[str, np.ndarray] = field(default_factory=dict)
 
     def metrics(self) -> dict[str, float]:
         lat = self.latencies_ms
@@ -56,6 +59,14 @@ class Trial:
             out["latency_min_ms"] = float(lat.min())
             out["latency_max_ms"] = float(lat.max())
             out["latency_mean_ms"] = float(lat.mean())
+        for key, values in sorted(self.server_timing_ms.items()):
+            name = key.removesuffix("_ms")
+            out[f"server_{name}_p50_ms"] = float(np.percentile(values, 50))
+            out[f"server_{name}_p99_ms"] = float(np.percentile(values, 99))
+        total = self.server_timing_ms.get("total_ms")
+        if total is not None and len(total) == len(lat):
+            # what the client, the network and HTTP add on top of the server's own time
+            out["client_overhead_p50_ms"] = float(np.percentile(lat - total, 50))
         if self.duration_s > 0:
             out["items_per_s"] = self.items / self.duration_s
             out["tokens_per_s"] = self.tokens / self.duration_s
@@ -72,12 +83,13 @@ def request_items(i: int, texts: Sequence[str], batch_size: int) -> list[int]:
 def run_trial(
     send: Callable[[list[str]], Any], texts: Sequence[str], token_counts: Sequence[int], spec: LoadSpec
 ) -> Trial:
-    """One closed-loop trial. `send` raises on failure; a failed request counts as an error."""
+    """One closed-loop trial. `send` raises on failure (a failed request counts as an error) and may
+    return the server's own timing of the request as {name: ms}."""
     lock = threading.Lock()
     counter = {"next": 0}
     warm_end = spec.warmup_requests
     stop_at = None if spec.requests is None else warm_end + spec.requests
-    records: list[tuple[float, float, int, int]] = []  # start, end, items, tokens
+    records: list[tuple[float, float, int, int, dict | None]] = []  # start, end, items, tokens, server timing
     errors: list[str] = []
     deadline: list[float | None] = [None]
 
@@ -93,8 +105,10 @@ def run_trial(
                 counter["next"] += 1
             idx = request_items(i, texts, spec.batch_size)
             t0 = time.perf_counter()
+            timing = None
             try:
-                send([texts[j] for j in idx])
+                reply = send([texts[j] for j in idx])
+                timing = reply if isinstance(reply, dict) else None
                 ok = True
             except Exception as err:  # any failure of the system under test is an error, not a crash
                 ok = False
@@ -105,7 +119,7 @@ def run_trial(
                     if deadline[0] is None and spec.duration_s is not None:
                         deadline[0] = t0 + spec.duration_s
                     if ok:
-                        records.append((t0, t1, len(idx), sum(token_counts[j] for j in idx)))
+                        records.append((t0, t1, len(idx), sum(token_counts[j] for j in idx), timing))
                     else:
                         errors.append(msg)
 
@@ -119,6 +133,11 @@ def run_trial(
         return Trial(np.array([]), 0, 0, len(errors), 0.0, errors[:5])
     starts = np.array([r[0] for r in records])
     ends = np.array([r[1] for r in records])
+    timings = [r[4] for r in records]
+    server: dict[str, np.ndarray] = {}
+    if all(timings):  # only when every counted request reported it: percentiles must cover the same set
+        for key in sorted(set.intersection(*(set(t) for t in timings))):
+            server[key] = np.array([float(t[key]) for t in timings])
     return Trial(
         latencies_ms=(ends - starts) * 1000.0,
         items=sum(r[2] for r in records),
@@ -126,6 +145,7 @@ def run_trial(
         errors=len(errors),
         duration_s=float(ends.max() - starts.min()),
         error_messages=errors[:5],
+        server_timing_ms=server,
     )
 
 
@@ -153,8 +173,15 @@ class PerfResult:
         return sum(t.errors for t in self.trials)
 
     def requests_frame(self) -> pd.DataFrame:
-        rows = [{"trial": i, "latency_ms": float(v)} for i, t in enumerate(self.trials) for v in t.latencies_ms]
-        return pd.DataFrame(rows, columns=["trial", "latency_ms"])
+        """One row per counted request: trial, client latency, and server timings when reported."""
+        frames = []
+        for i, t in enumerate(self.trials):
+            columns = {"trial": np.full(len(t.latencies_ms), i), "latency_ms": t.latencies_ms}
+            columns.update({f"server_{k}": v for k, v in t.server_timing_ms.items()})
+            frames.append(pd.DataFrame(columns))
+        if not frames:
+            return pd.DataFrame(columns=["trial", "latency_ms"])
+        return pd.concat(frames, ignore_index=True)
 
 
 def run_load(

@@ -63,6 +63,11 @@ PERF_TABLE_METRICS = (
     "items_per_s",
     "tokens_per_s",
     "requests_per_s",
+    # where the engine reports its own time (SIE's `timing`): the server's share and the client's
+    "server_total_p50_ms",
+    "server_inference_p50_ms",
+    "server_queue_p50_ms",
+    "client_overhead_p50_ms",
 )
 
 
@@ -135,7 +140,10 @@ def render_table(report: dict[str, Any], console: Console | None = None) -> None
     for s in sources:
         table.add_column(s, justify="right")
     perf = report.get("type") == "perf"
-    for metric in PERF_TABLE_METRICS if perf else TABLE_METRICS_BY_TYPE[report["task_type"]]:
+    rows = TABLE_METRICS_BY_TYPE[report["task_type"]]
+    if perf:  # server-timing rows only when some source reported them
+        rows = [m for m in PERF_TABLE_METRICS if any(m in report["sources"][s]["metrics"] for s in sources)]
+    for metric in rows:
         cells = [_fmt(report["sources"][s]["metrics"].get(metric), 2 if perf else 5) for s in sources]
         name = f"{metric} *" if metric == report["main_score"] else metric
         table.add_row(name, *cells)
