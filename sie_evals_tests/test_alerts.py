@@ -2,9 +2,6 @@
 "planned" before its result exists, and retried after a failed delivery."""
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import ClassVar
 
 import pytest
 
@@ -19,6 +16,7 @@ from sie_evals.lib.alerts import (
     plan_check_alerts,
     sinks_from_env,
 )
+from sie_evals_tests.webhook import WebhookReceiver
 
 
 def rec(i, state):
@@ -53,27 +51,11 @@ def test_sinks_from_env_only():
     assert "xoxb" not in repr(sinks[1])  # the token never shows in logs
 
 
-class _Flaky(BaseHTTPRequestHandler):
-    replies: ClassVar[list[int]] = []
-    bodies: ClassVar[list[dict]] = []
-
-    def do_POST(self):
-        self.bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-        self.send_response(self.replies.pop(0) if self.replies else 200)
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def flaky():
-    _Flaky.replies, _Flaky.bodies = [], []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Flaky)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/hook?token=secret"
-    server.shutdown()
-    server.server_close()
+    receiver = WebhookReceiver("/hook?token=secret")
+    yield receiver
+    receiver.close()
 
 
 ALERT = Alert(
@@ -90,16 +72,16 @@ ALERT = Alert(
 
 
 def test_webhook_retries_5xx_then_delivers(flaky):
-    _Flaky.replies = [503, 200]
-    WebhookSink(flaky).send(ALERT)
-    assert len(_Flaky.bodies) == 2
-    body = _Flaky.bodies[-1]
+    flaky.replies = [503, 200]
+    WebhookSink(flaky.url).send(ALERT)
+    assert len(flaky.bodies) == 2
+    body = flaky.bodies[-1]
     assert body["alert"]["task"] == "beir/SciFact"
     assert "ndcg_at_10: value 0.6 vs target 0.65" in body["text"] and "/runs/abc" in body["text"]
 
 
 def test_webhook_client_error_is_not_retried_and_hides_the_secret(flaky):
-    _Flaky.replies = [404]
+    flaky.replies = [404]
     with pytest.raises(AlertDeliveryError) as err:
-        WebhookSink(flaky).send(ALERT)
-    assert len(_Flaky.bodies) == 1 and "secret" not in str(err.value)
+        WebhookSink(flaky.url).send(ALERT)
+    assert len(flaky.bodies) == 1 and "secret" not in str(err.value)

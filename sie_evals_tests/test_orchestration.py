@@ -2,10 +2,7 @@
 target_comparison, eval_report, the perf checks, blocking behaviour, the nightly chain and the
 alert sensors (with a real HTTP receiver on 127.0.0.1)."""
 
-import json
-import threading
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import dagster as dg
@@ -22,6 +19,7 @@ from sie_evals.defs.reports.assets import eval_report
 from sie_evals.lib.evaluation import perf_variant
 from sie_evals.lib.model_config import find_model_config
 from sie_evals.lib.saved_results import append_measurement, save_target
+from sie_evals_tests.webhook import WebhookReceiver
 
 SCIFACT = "all-MiniLM-L6-v2:beir/SciFact:local"
 STS = "all-MiniLM-L6-v2:mteb/STSBenchmark:local"
@@ -163,35 +161,9 @@ def test_perf_checks_warn_without_blocking(graph):
 # --- alerts ---------------------------------------------------------------------------------
 
 
-class Receiver:
-    """A real webhook receiver on 127.0.0.1 that records every JSON body posted to it."""
-
-    def __init__(self):
-        self.bodies: list[dict] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                length = int(self.headers["Content-Length"])
-                receiver.bodies.append(json.loads(self.rfile.read(length)))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def receiver(monkeypatch):
-    r = Receiver()
+    r = WebhookReceiver("/hook")
     monkeypatch.setenv("SIE_EVALS_ALERT_WEBHOOK_URL", r.url)
     monkeypatch.setenv("SIE_EVALS_DAGSTER_URL", "http://127.0.0.1:3999")
     yield r
