@@ -1,0 +1,240 @@
+"""End to end, as a user drives it: `dagster dev` (webserver + daemon) on a free loopback port, a UI-style
+asset backfill of several partitions launched over GraphQL, alerts from the real sensor daemon to a
+real webhook receiver, and a headless Chromium (the system's, via Playwright) on the asset page.
+
+One partition carries a target above any real result: its blocking quality check fails, its
+target_comparison is skipped, and the other partitions of the same backfill succeed. The screenshot is
+kept under test-artifacts/ for a human to look at; the test asserts on the page's text."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from ruamel.yaml import YAML
+
+from sie_evals.lib.model_config import find_model_config
+from sie_evals.lib.saved_results import save_target
+from sie_evals_tests.conftest import DATA, REPO_ROOT
+from sie_evals_tests.webhook import WebhookReceiver
+
+pytestmark = pytest.mark.slow
+
+ARTIFACTS = REPO_ROOT / "test-artifacts"
+CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser")) if p), None)
+MODEL = "all-MiniLM-L6-v2"
+TWIN = "minilm-twin"  # a second model config (same weights): more partitions, one failing
+TASKS = ["beir/SciFact", "mteb/STSBenchmark"]
+FAILING = f"{TWIN}:beir/SciFact:local"
+PASSING = [f"{MODEL}:beir/SciFact:local", f"{MODEL}:mteb/STSBenchmark:local", f"{TWIN}:mteb/STSBenchmark:local"]
+ASSETS = ["task_dataset", "embeddings", "quality_scores", "perf_scores", "target_comparison"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _reset_signals() -> None:
+    # Some shells start background jobs with SIGINT/SIGTERM ignored; children would inherit that.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _configs(tmp_path: Path) -> Path:
+    """Two model configs (the real one and a twin), two tasks each, local source only."""
+    folder = tmp_path / "model_configs"
+    folder.mkdir()
+    yaml = YAML()
+    source = REPO_ROOT / "model_configs" / "sentence-transformers__all-MiniLM-L6-v2.yaml"
+    for name, filename in ((MODEL, source.name), (TWIN, "minilm-twin.yaml")):
+        tree = yaml.load(source.read_text())
+        tree["name"] = name
+        if name == TWIN:
+            tree["model_id"] = "sie-evals-tests/minilm-twin"  # ids are unique; the weights are the same package
+        tree["tasks"] = TASKS
+        tree["sources"] = ["local"]
+        tree["targets"], tree["measurements"] = {}, {}
+        with open(folder / filename, "w") as fh:
+            yaml.dump(tree, fh)
+    twin = find_model_config(TWIN, folder)
+    save_target(twin, "beir/SciFact", "default", "test@q20-c200", "local", {"ndcg_at_10": 0.999}, {})
+    return folder
+
+
+class Dagster:
+    def __init__(self, url: str):
+        self.url = url
+
+    def gql(self, query: str, **variables) -> dict:
+        reply = requests.post(f"{self.url}/graphql", json={"query": query, "variables": variables}, timeout=60)
+        reply.raise_for_status()
+        body = reply.json()
+        assert "errors" not in body, body["errors"]
+        return body["data"]
+
+    def wait_loaded(self, proc: subprocess.Popen, log: Path, timeout: float = 240) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, f"dagster dev exited: {log.read_text()[-3000:]}"
+            try:
+                data = self.gql("{ workspaceOrError { ... on Workspace { locationEntries { loadStatus } } } }")
+                entries = data["workspaceOrError"]["locationEntries"]
+                if entries and all(e["loadStatus"] == "LOADED" for e in entries):
+                    return
+            except (requests.RequestException, AssertionError, KeyError, TypeError):
+                pass
+            time.sleep(1)
+        raise AssertionError(f"dagster dev not ready in {timeout}s: {log.read_text()[-3000:]}")
+
+    def sensor_ticked(self, name: str) -> bool:
+        data = self.gql(
+            """query($s: SensorSelector!) { sensorOrError(sensorSelector: $s) {
+                 ... on Sensor { sensorState { status ticks(limit: 1) { status } } } } }""",
+            s={"repositoryLocationName": "sie_evals", "repositoryName": "__repository__", "sensorName": name},
+        )
+        state = data["sensorOrError"]["sensorState"]
+        return state["status"] == "RUNNING" and bool(state["ticks"])
+
+    def materialized_partitions(self, asset: str) -> set[str]:
+        data = self.gql(
+            """query($k: AssetKeyInput!) { assetNodeOrError(assetKey: $k) {
+                 ... on AssetNode { assetPartitionStatuses {
+                   ... on DefaultPartitionStatuses { materializedPartitions } } } } }""",
+            k={"path": [asset]},
+        )
+        return set(data["assetNodeOrError"]["assetPartitionStatuses"]["materializedPartitions"])
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no system Chromium (.ci/run installs Debian's chromium)")
+def test_backfill_checks_alerts_and_asset_page(tmp_path, session_cache):
+    from playwright.sync_api import sync_playwright
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
+    port = _free_port()
+    receiver = WebhookReceiver()
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "HF_HUB_OFFLINE": "1",
+        "SIE_EVALS_MODEL_CONFIGS_DIR": str(_configs(tmp_path)),
+        "SIE_EVALS_DATA_DIR": str(DATA),
+        "SIE_EVALS_CACHE_DIR": str(session_cache),
+        "SIE_EVALS_RESULTS_DIR": str(tmp_path / "results"),
+        "SIE_EVALS_LIMIT_QUERIES": "20",
+        "SIE_EVALS_CORPUS_SIZE": "200",
+        "SIE_EVALS_PERF_REQUESTS": "6",
+        "SIE_EVALS_PERF_CONCURRENCY": "2",
+        "SIE_EVALS_PERF_WARMUP_REQUESTS": "2",
+        "SIE_EVALS_PERF_TRIALS": "1",
+        "SIE_EVALS_ALERT_WEBHOOK_URL": receiver.url,
+        "SIE_EVALS_ALERT_INTERVAL_S": "5",
+        "SIE_EVALS_DAGSTER_URL": f"http://127.0.0.1:{port}",
+    }
+    log = tmp_path / "dagster-dev.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dagster", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_reset_signals,
+        )
+    dagster = Dagster(f"http://127.0.0.1:{port}")
+    try:
+        started = time.monotonic()
+        dagster.wait_loaded(proc, log)
+        print(f"dagster dev loaded in {time.monotonic() - started:.0f}s")
+        # alerts start after the history a sensor finds: let the check sensor take its first tick
+        deadline = time.monotonic() + 120
+        while not dagster.sensor_ticked("check_failure_alerts"):
+            assert time.monotonic() < deadline, "check_failure_alerts never ticked"
+            time.sleep(2)
+
+        launched = dagster.gql(
+            """mutation($p: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $p) {
+                 __typename ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message } } }""",
+            p={"assetSelection": [{"path": [a]} for a in ASSETS], "partitionNames": TASKS},
+        )["launchPartitionBackfill"]
+        assert launched["__typename"] == "LaunchBackfillSuccess", launched
+        backfill_id = launched["backfillId"]
+
+        deadline = time.monotonic() + 900
+        while True:
+            status = dagster.gql(
+                """query($id: String!) { partitionBackfillOrError(backfillId: $id) {
+                     ... on PartitionBackfill { status } } }""",
+                id=backfill_id,
+            )["partitionBackfillOrError"]["status"]
+            if status.startswith("COMPLETED") or status in ("FAILED", "CANCELED"):
+                break
+            assert time.monotonic() < deadline, f"backfill still {status}: {log.read_text()[-3000:]}"
+            time.sleep(3)
+        print(f"backfill {status} after {time.monotonic() - started:.0f}s")
+        # completed, with exactly one partition failing its blocking check
+        assert status.startswith("COMPLETED"), status
+        assert dagster.materialized_partitions("task_dataset") == set(TASKS)
+        assert dagster.materialized_partitions("quality_scores") == {FAILING, *PASSING}
+        assert dagster.materialized_partitions("target_comparison") == set(PASSING)  # blocked for FAILING only
+
+        # the daemon's sensors alert once for the failed check and once for its failed run
+        deadline = time.monotonic() + 120
+        while len(receiver.alerts) < 2 and time.monotonic() < deadline:
+            time.sleep(2)
+        time.sleep(12)  # two more sensor intervals: nothing further may arrive
+        kinds = sorted((a["kind"], a["partition"], a["title"]) for a in receiver.alerts)
+        assert kinds == [
+            ("check", FAILING, "quality_scores.quality_vs_target"),
+            ("run", FAILING, "__ASSET_JOB"),
+        ], receiver.alerts
+        assert receiver.alerts[0]["run_url"].startswith(f"http://127.0.0.1:{port}/runs/")
+
+        ARTIFACTS.mkdir(exist_ok=True)
+        shot = ARTIFACTS / "quality_scores_checks.png"
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            # the first-visit "Join the Dagster community" dialog may open at any moment: dismiss it
+            page.add_locator_handler(
+                page.get_by_text("Join the Dagster community"),
+                lambda: page.get_by_role("button", name="Skip").click(),
+            )
+            page.goto(f"{dagster.url}/assets/quality_scores?view=checks", wait_until="networkidle")
+            page.get_by_text("quality_vs_measurement").first.wait_for(timeout=60_000)
+            page.get_by_text("quality_vs_target").first.click()
+            page.get_by_text("This is a blocking asset check").first.wait_for(timeout=60_000)
+            page.get_by_text("Partitions", exact=True).last.click()  # the check's per-partition results
+            # keys are middle-truncated on screen; the full text is in the DOM
+            page.get_by_text(FAILING).first.wait_for(state="attached", timeout=60_000)
+            page.wait_for_load_state("networkidle")
+            text = page.inner_text("body") + page.text_content("body")
+            page.screenshot(path=str(shot), full_page=True)
+            partitions_shot = ARTIFACTS / "quality_scores_partitions.png"
+            page.goto(f"{dagster.url}/assets/quality_scores?view=partitions", wait_until="networkidle")
+            page.get_by_text(FAILING).first.wait_for(state="attached", timeout=60_000)
+            partitions_text = page.text_content("body")
+            page.screenshot(path=str(partitions_shot), full_page=True)
+            browser.close()
+        assert shot.stat().st_size > 20_000 and partitions_shot.stat().st_size > 20_000
+        assert "quality_vs_target" in text and "Failed" in text and FAILING in text, text[:3000]
+        for key in (FAILING, *PASSING):
+            assert key in partitions_text, partitions_text[:2000]
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        receiver.close()
