@@ -13,6 +13,7 @@ from sie_evals.defs.evals.recording import record_quality_report
 from sie_evals.defs.evals.resources import EvalSettings, JsonIOManager
 from sie_evals.lib.keys import EvalKey
 from sie_evals.lib.model_config import load_all_model_configs
+from sie_evals.lib.sources import COMPUTE_SOURCES
 from sie_evals_tests.conftest import REPO_ROOT
 
 KEY = "all-MiniLM-L6-v2:beir/SciFact:local"
@@ -36,10 +37,13 @@ def test_partitions_come_from_model_configs(configs_dir):
     assert KEY in before and "all-MiniLM-L6-v2:mteb/STSBenchmark:local" in before
     cfg = configs_dir / "sentence-transformers__all-MiniLM-L6-v2.yaml"
     cfg.write_text(cfg.read_text().replace("  - beir/SciFact", "  - beir/SciFact\n  - mteb/NFCorpus"))
-    keys = eval_keys(load_all_model_configs(configs_dir))
+    configs = load_all_model_configs(configs_dir)
+    keys = eval_keys(configs)
     added = sorted(set(map(str, keys)) - set(before))
-    assert added == ["all-MiniLM-L6-v2:beir/NFCorpus:local"]  # an alias resolves to the canonical task id
-    assert task_to_eval_keys(keys)["beir/NFCorpus"] == ["all-MiniLM-L6-v2:beir/NFCorpus:local"]
+    # one key per compute source of the config; an alias resolves to the canonical task id
+    expected = sorted(f"all-MiniLM-L6-v2:beir/NFCorpus:{s}" for s in configs[0].sources if s in COMPUTE_SOURCES)
+    assert added == expected and "all-MiniLM-L6-v2:beir/NFCorpus:local" in added
+    assert task_to_eval_keys(keys)["beir/NFCorpus"] == expected
 
 
 def test_key_format_round_trips():
