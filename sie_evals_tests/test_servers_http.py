@@ -440,12 +440,20 @@ def test_listening_sockets_helper():
 
 def test_dagster_partitions_gain_server_sources(configs_dir):
     """Listing sie and infinity in a model config's sources adds their Dagster partitions, no code change."""
+    from ruamel.yaml import YAML
+
     from sie_evals.defs.evals.partitions import eval_keys
     from sie_evals.lib.model_config import load_all_model_configs
 
-    before = {str(k) for k in eval_keys(load_all_model_configs(configs_dir))}
     cfg = configs_dir / "sentence-transformers__all-MiniLM-L6-v2.yaml"
-    cfg.write_text(cfg.read_text().replace("sources:\n  - local\n", "sources:\n  - local\n  - sie\n  - infinity\n"))
+    tree = YAML().load(cfg.read_text())
+    tree["sources"] = ["local"]
+    with open(cfg, "w") as fh:
+        YAML().dump(tree, fh)
+    before = {str(k) for k in eval_keys(load_all_model_configs(configs_dir))}
+    tree["sources"] = ["local", "sie", "infinity"]
+    with open(cfg, "w") as fh:
+        YAML().dump(tree, fh)
     after = {str(k) for k in eval_keys(load_all_model_configs(configs_dir))}
     added = after - before
     assert "all-MiniLM-L6-v2:beir/SciFact:sie" in added and "all-MiniLM-L6-v2:beir/SciFact:infinity" in added

@@ -26,7 +26,9 @@ class InfinityEngine(HttpEngine):
         weights = resolve_weights(self.model)
         self.expected_dims = weights_dims(weights)
         assert self.run_dir is not None
-        return infinity_server.command(self.model, self.profile, weights, self.device, self.batch_size, self.run_dir)
+        return infinity_server.command(
+            self.model, self.profile, weights, self.device, self.batch_size, self.run_dir, self.threads
+        )
 
     def _embed_request(self, texts: list[str]) -> tuple[str, dict[str, Any]]:
         return "/embeddings", {"model": self.model.model_id, "input": texts, "encoding_format": "float"}

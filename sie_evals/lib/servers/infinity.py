@@ -36,7 +36,13 @@ def ready_rule(model_id: str):
 
 
 def command(
-    model: ModelConfig, profile: ResolvedProfile, weights_path: str, device: str, batch_size: int, run_dir: Path
+    model: ModelConfig,
+    profile: ResolvedProfile,
+    weights_path: str,
+    device: str,
+    batch_size: int,
+    run_dir: Path,
+    threads: int | None = None,
 ) -> ServerCommand:
     if profile.pooling not in POOLING:
         raise InputError(f"infinity: profile {profile.name!r} pools by {profile.pooling.value}; infinity has mean|cls")
@@ -53,6 +59,8 @@ def command(
         "PYTHONPATH": "",
         "VIRTUAL_ENV": str(exe.parent.parent),
     }
+    if threads:  # torch's intra-op pool reads these at start: pins the server's threads like --threads does for local
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
 
     def argv(port: int) -> list[str]:
         return [
