@@ -227,7 +227,9 @@ def test_backfill_checks_alerts_and_asset_page(tmp_path, session_cache):
             page.screenshot(path=str(partitions_shot), full_page=True)
             browser.close()
         assert shot.stat().st_size > 20_000 and partitions_shot.stat().st_size > 20_000
-        assert "quality_vs_target" in text and "Failed" in text and FAILING in text, text[:3000]
+        assert "quality_vs_target" in text and FAILING in text, text[:3000]
+        # the check's per-partition view: one failed, the other three passed
+        assert "Failed (1)" in text and f"Passed ({len(PASSING)})" in text, text[:3000]
         for key in (FAILING, *PASSING):
             assert key in partitions_text, partitions_text[:2000]
     finally:
