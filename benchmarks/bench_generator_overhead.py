@@ -10,54 +10,14 @@ overhead stays under 2 ms per request.
 """
 
 import argparse
-import http.client
-import json
 import statistics
-import subprocess
-import sys
 import threading
 import time
 
+from sie_evals.lib import loopback
 from sie_evals.lib.perf import LoadSpec, run_load
 
-SERVER = r"""
-import json, time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-
-    def do_POST(self):
-        start = time.perf_counter()
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        payload = json.dumps({"n": len(json.loads(body)), "handled_ms": (time.perf_counter() - start) * 1000}).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args):
-        pass
-
-server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-server.daemon_threads = True
-print(server.server_address[1], flush=True)
-server.serve_forever()
-"""
 CONCURRENCY = 16
-
-
-def make_send(port: int):
-    local = threading.local()
-
-    def send(batch: list[str]) -> None:
-        if not hasattr(local, "conn"):
-            local.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        local.conn.request("POST", "/", body=json.dumps(batch))
-        json.loads(local.conn.getresponse().read())
-
-    return send
 
 
 def bare(send, per_client: int) -> list[float]:
@@ -85,9 +45,8 @@ def main() -> None:
     parser.add_argument("--requests-per-client", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    proc = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
-    try:
-        send = make_send(int(proc.stdout.readline()))
+    with loopback.delay_server(0.0) as port:  # a trivial server: answers at once
+        send = loopback.http_sender(port)
         bare(send, 10)  # warm the connections
         spec = LoadSpec(
             batch_size=1,
@@ -103,9 +62,6 @@ def main() -> None:
                 f"round {r + 1}: bare client {ref:.3f} ms/request, with generator {gen:.3f} ms/request, "
                 f"overhead {gen - ref:+.3f} ms, ratio {gen / ref:.3f} (goal: overhead <= 2 ms)"
             )
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 if __name__ == "__main__":

@@ -1,14 +1,13 @@
 """The closed-loop load generator against ground truth: a loopback HTTP server with a known delay."""
 
-import http.client
 import json
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 
+from sie_evals.lib import loopback
 from sie_evals.lib.perf import LoadSpec, request_items, run_load
 
 DELAY_S = 0.25
@@ -25,86 +24,23 @@ def awake_cpu():
     proc.wait()
 
 
-DELAY_SERVER = r"""
-import json, sys, time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True  # no delayed-ACK stalls between header and body writes
-
-    def do_POST(self):
-        start = time.perf_counter()
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        time.sleep(float(sys.argv[1]))
-        handled_ms = (time.perf_counter() - start) * 1000
-        payload = json.dumps({"n": len(json.loads(body)), "handled_ms": handled_ms}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args):
-        pass
-
-server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-server.daemon_threads = True
-print(server.server_address[1], flush=True)
-server.serve_forever()
-"""
-
-
 @pytest.fixture(scope="module")
 def delay_server():
-    """A loopback HTTP server in its own process (no GIL shared with the generator) that answers
-    every request after exactly DELAY_S seconds."""
-    proc = subprocess.Popen([sys.executable, "-c", DELAY_SERVER, str(DELAY_S)], stdout=subprocess.PIPE, text=True)
-    port = int(proc.stdout.readline())
-    yield port
-    proc.kill()
-    proc.wait()
-
-
-def _sender(port, handled_ms=None):
-    """One persistent HTTP/1.1 connection per client thread (plain http.client: the lightest client).
-    The server's own time for each request is appended to `handled_ms`."""
-    local = threading.local()
-
-    def send(batch):
-        if not hasattr(local, "conn"):
-            local.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        local.conn.request("POST", "/", body=json.dumps(batch), headers={"Content-Type": "application/json"})
-        reply = local.conn.getresponse()
-        body = reply.read()
-        if reply.status != 200 or json.loads(body)["n"] != len(batch):
-            raise ValueError(f"bad reply {reply.status}")
-        if handled_ms is not None:
-            handled_ms.append(json.loads(body)["handled_ms"])
-
-    return send
+    """A loopback HTTP server in its own process that answers every request after DELAY_S seconds."""
+    with loopback.delay_server(DELAY_S) as port:
+        yield port
 
 
 PROBE = r"""
-import http.client, json, sys, threading
+import json, sys
 import numpy as np
+from sie_evals.lib.loopback import http_sender
 from sie_evals.lib.perf import LoadSpec, run_load
 
 port, concurrency = int(sys.argv[1]), int(sys.argv[2])
-local, handled = threading.local(), []
-
-def send(batch):
-    if not hasattr(local, "conn"):
-        local.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    local.conn.request("POST", "/", body=json.dumps(batch), headers={"Content-Type": "application/json"})
-    reply = json.loads(local.conn.getresponse().read())
-    if reply["n"] != len(batch):
-        raise ValueError("wrong count")
-    handled.append(reply["handled_ms"])
-
 spec = LoadSpec(batch_size=2, concurrency=concurrency, requests=8 * concurrency, warmup_requests=concurrency, trials=1)
-result = run_load(send, [f"text {i}" for i in range(50)], [3] * 50, spec)
-server = handled[concurrency:]
+result = run_load(http_sender(port), [f"text {i}" for i in range(50)], [3] * 50, spec)
+server = result.trials[0].server_timing_ms["total_ms"]  # the server's clock, counted requests only
 print(json.dumps({**result.metrics(), "errors": result.errors,
                   "server_p50": float(np.percentile(server, 50)), "server_p99": float(np.percentile(server, 99))}))
 """
@@ -155,7 +91,7 @@ def test_percentiles_match_a_known_delay(delay_server, awake_cpu, concurrency):
 def test_counts_are_consistent(delay_server):
     texts = [f"t{i}" for i in range(7)]
     spec = LoadSpec(batch_size=3, concurrency=4, requests=20, warmup_requests=4, trials=2)
-    result = run_load(_sender(delay_server), texts, list(range(1, 8)), spec)
+    result = run_load(loopback.http_sender(delay_server), texts, list(range(1, 8)), spec)
     for trial in result.trials:
         assert len(trial.latencies_ms) == 20 and trial.items == 20 * 3
         m = trial.metrics()
