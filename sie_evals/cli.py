@@ -83,7 +83,12 @@ def eval_cmd(
         typer.Option("-b", "--batch-size", min=1, help="Items per forward pass/request (default: profile's)."),
     ] = None,
     threads: Annotated[
-        int | None, typer.Option("--threads", min=1, help="Torch threads for the local engine (and sie's server).")
+        int | None,
+        typer.Option(
+            "--threads",
+            min=1,
+            help="Torch threads for the local engine and the sie/infinity servers the harness starts.",
+        ),
     ] = None,
     device: Annotated[
         str | None,
