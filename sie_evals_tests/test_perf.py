@@ -75,6 +75,9 @@ def test_percentiles_match_a_known_delay(delay_server, awake_cpu, concurrency):
             and abs(m["latency_p50_ms"] - delay_ms) <= 0.05 * delay_ms
             and abs(m["latency_p50_ms"] - m["server_p50"]) <= 0.05 * m["server_p50"]
             and abs(m["latency_p99_ms"] - m["server_p99"]) <= p99_bound * m["server_p99"]
+            # at c=1 the p99 is also within 5% of the nominal delay; at c=16 this VM's server itself
+            # overshoots its sleep at p99 by 4-10% (its own clock says so), so only the above holds there
+            and (concurrency > 1 or abs(m["latency_p99_ms"] - delay_ms) <= 0.05 * delay_ms)
         )
         attempts.append(
             {
