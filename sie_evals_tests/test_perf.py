@@ -10,7 +10,7 @@ import pytest
 from sie_evals.lib import loopback
 from sie_evals.lib.perf import LoadSpec, request_items, run_load
 
-DELAY_S = 0.25
+DELAY_S = 1.0
 
 
 @pytest.fixture(scope="module")
@@ -48,17 +48,17 @@ print(json.dumps({**result.metrics(), "errors": result.errors,
 
 @pytest.mark.parametrize("concurrency", [1, 16])
 def test_percentiles_match_a_known_delay(delay_server, awake_cpu, concurrency):
-    """Ground truth: the server sleeps DELAY_S per request and reports how long it really held each one.
+    """Ground truth: the server holds every request for DELAY_S and reports how long it really held it.
 
     The generator runs in a fresh interpreter (as `sie-bench` would, not inside a test process that
-    has torch's thread pools), and its p50 must be within 5% of the nominal delay, its p50 and p99
-    within 5% of the server's own p50 and p99. On this VM a sleeping thread sometimes wakes tens of ms
-    late, so the nominal delay is not what the server delivers at p99; the server's clock isolates the
-    generator's error. At c=16 the p99 bound is 15%: sixteen replies land together and a threaded
-    Python client on 2 vCPUs takes them one at a time. Up to three attempts, all in the failure message."""
+    has torch's thread pools). Its p50 and p99 must be within 5% of the nominal delay, at c=1 and at
+    c=16, and within 5% of the server's own p50 and p99. The delay is 1 s because this VM wakes sleeping
+    threads up to tens of ms late (16 at once at c=16): with a 250 ms delay that jitter alone put the
+    server's own p99 4-10% over nominal; at 1 s both stay within ~1% on a quiet machine. Up to five
+    attempts, all in the failure message."""
     delay_ms = DELAY_S * 1000
     attempts = []
-    for _ in range(3):
+    for _ in range(5):
         out = subprocess.run(
             [sys.executable, "-c", PROBE, str(delay_server), str(concurrency)],
             capture_output=True,
@@ -68,16 +68,13 @@ def test_percentiles_match_a_known_delay(delay_server, awake_cpu, concurrency):
         )
         m = json.loads(out.stdout)
         assert m["errors"] == 0
-        p99_bound = 0.05 if concurrency == 1 else 0.15
         ok = (
             # closed loop: about `concurrency` requests complete per delay
             abs(m["requests_per_s"] - concurrency / DELAY_S) <= 0.25 * concurrency / DELAY_S
             and abs(m["latency_p50_ms"] - delay_ms) <= 0.05 * delay_ms
+            and abs(m["latency_p99_ms"] - delay_ms) <= 0.05 * delay_ms
             and abs(m["latency_p50_ms"] - m["server_p50"]) <= 0.05 * m["server_p50"]
-            and abs(m["latency_p99_ms"] - m["server_p99"]) <= p99_bound * m["server_p99"]
-            # at c=1 the p99 is also within 5% of the nominal delay; at c=16 this VM's server itself
-            # overshoots its sleep at p99 by 4-10% (its own clock says so), so only the above holds there
-            and (concurrency > 1 or abs(m["latency_p99_ms"] - delay_ms) <= 0.05 * delay_ms)
+            and abs(m["latency_p99_ms"] - m["server_p99"]) <= 0.05 * m["server_p99"]
         )
         attempts.append(
             {
@@ -91,10 +88,11 @@ def test_percentiles_match_a_known_delay(delay_server, awake_cpu, concurrency):
         pytest.fail(f"generator percentiles off by more than the bound: {attempts}")
 
 
-def test_counts_are_consistent(delay_server):
+def test_counts_are_consistent():
     texts = [f"t{i}" for i in range(7)]
     spec = LoadSpec(batch_size=3, concurrency=4, requests=20, warmup_requests=4, trials=2)
-    result = run_load(loopback.http_sender(delay_server), texts, list(range(1, 8)), spec)
+    with loopback.delay_server(0.02) as port:
+        result = run_load(loopback.http_sender(port), texts, list(range(1, 8)), spec)
     for trial in result.trials:
         assert len(trial.latencies_ms) == 20 and trial.items == 20 * 3
         m = trial.metrics()
