@@ -111,7 +111,8 @@ class WebhookSink:
                     break
             except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
                 last = exc
-            time.sleep(0.5 * 2**attempt)
+            if attempt + 1 < self.attempts:
+                time.sleep(0.5 * 2**attempt)
         # the URL may carry a secret token: name the host only
         host = urllib.parse.urlsplit(self.url).netloc
         raise AlertDeliveryError(f"alert webhook at {host} failed: {last}")
@@ -144,8 +145,15 @@ def sinks_from_env(environ: dict[str, str] | None = None) -> list[AlertSink]:
 
 
 def deliver(alert: Alert, sinks: Iterable[AlertSink]) -> None:
+    """Send to every sink (one that is down does not silence the others); raise if any failed."""
+    errors = []
     for sink in sinks:
-        sink.send(alert)
+        try:
+            sink.send(alert)
+        except AlertDeliveryError as exc:
+            errors.append(str(exc))
+    if errors:
+        raise AlertDeliveryError("; ".join(errors))
 
 
 # --- exactly once per failed check evaluation -------------------------------------------------
@@ -188,10 +196,3 @@ def plan_check_alerts(records: Iterable[CheckRecord], cursor: CheckCursor) -> tu
     pending = [r.id for r in records if not r.settled]
     low = max(cursor.low, min(pending) - 1 if pending else max((r.id for r in records), default=0))
     return to_alert, CheckCursor(low, {i for i in seen if i > low})
-
-
-def first_check_cursor(records: Iterable[CheckRecord]) -> CheckCursor:
-    """Where a newly enabled sensor starts: after everything already in the instance, so turning
-    alerts on does not replay history."""
-    ids = [r.id for r in records]
-    return CheckCursor(max(ids, default=0))

@@ -19,7 +19,6 @@ from sie_evals.lib.alerts import (
     CheckRecord,
     FailedMetric,
     deliver,
-    first_check_cursor,
     plan_check_alerts,
     run_url,
     sinks_from_env,
@@ -27,7 +26,7 @@ from sie_evals.lib.alerts import (
 from sie_evals.lib.keys import EvalKey
 
 INTERVAL_ENV = "SIE_EVALS_ALERT_INTERVAL_S"
-HISTORY_LIMIT = 1000  # check records read per check per tick
+PAGE = 500  # check execution records read per query
 
 
 def _interval() -> int:
@@ -69,11 +68,45 @@ def check_alert(record) -> Alert:
     )
 
 
-def _settled(record, instance: dg.DagsterInstance) -> bool:
-    if record.status.value != "PLANNED":
-        return True
-    run = instance.get_run_by_id(record.run_id)
-    return run is None or run.is_finished  # planned in a run that ended without evaluating it
+def _history_since(instance: dg.DagsterInstance, check_key: dg.AssetCheckKey, low: int) -> list:
+    """Every execution record of the check with id > low (paged: none is skipped however many)."""
+    rows: list = []
+    before: int | None = None
+    while True:
+        page = instance.event_log_storage.get_asset_check_execution_history(check_key, limit=PAGE, cursor=before)
+        fresh = [r for r in page if r.id > low]
+        rows.extend(fresh)
+        if len(page) < PAGE or len(fresh) < len(page):
+            return rows
+        before = page[-1].id  # newest first: the next page holds smaller ids
+
+
+def _check_records(
+    instance: dg.DagsterInstance, check_key: dg.AssetCheckKey, low: int, finished: dict[str, bool]
+) -> tuple[list[CheckRecord], dict[int, object]]:
+    """Records above `low`, each settled or not. A record still PLANNED in a run that has ended was never
+    evaluated. The history is read again after looking the runs up: a result written between the two
+    reads would otherwise pass for "never evaluated" and its alert would be lost."""
+
+    def run_ended(run_id: str) -> bool:
+        if run_id not in finished:  # one lookup per run per tick
+            run = instance.get_run_by_id(run_id)
+            finished[run_id] = run is None or run.is_finished
+        return finished[run_id]
+
+    rows = _history_since(instance, check_key, low)
+    planned_in_ended_runs = [r for r in rows if r.status.value == "PLANNED" and run_ended(r.run_id)]
+    if planned_in_ended_runs:
+        rows = _history_since(instance, check_key, low)
+    records = [
+        CheckRecord(
+            r.id,
+            settled=r.status.value != "PLANNED" or run_ended(r.run_id),
+            failed=r.status.value == "FAILED",
+        )
+        for r in rows
+    ]
+    return records, {r.id: r for r in rows}
 
 
 def make_check_failure_sensor(check_keys: Sequence[dg.AssetCheckKey]) -> dg.SensorDefinition:
@@ -87,21 +120,21 @@ def make_check_failure_sensor(check_keys: Sequence[dg.AssetCheckKey]) -> dg.Sens
         instance = context.instance
         state = json.loads(context.cursor) if context.cursor else {}
         sinks = sinks_from_env()
+        finished: dict[str, bool] = {}
         sent = 0
-        errors = []
+        errors: list[str] = []
         for check_key in check_keys:
             name = check_key.to_user_string()
-            rows = instance.event_log_storage.get_asset_check_execution_history(check_key, limit=HISTORY_LIMIT)
-            by_id = {r.id: r for r in rows}
-            records = [CheckRecord(r.id, _settled(r, instance), r.status.value == "FAILED") for r in rows]
             if name not in state:  # a new sensor (or check) starts after the history it finds
-                state[name] = first_check_cursor(records).to_json()
+                latest = instance.event_log_storage.get_asset_check_execution_history(check_key, limit=1)
+                state[name] = CheckCursor(latest[0].id if latest else 0).to_json()
                 continue
             cursor = CheckCursor.from_json(state[name])
+            records, by_id = _check_records(instance, check_key, cursor.low, finished)
             to_alert, next_cursor = plan_check_alerts(records, cursor)
             undelivered: set[int] = set()
             for record_id in to_alert:
-                if undelivered:  # keep order: after one failure, retry the rest next tick
+                if errors:  # a destination is down: keep the rest (of every check) for the next tick
                     undelivered.add(record_id)
                     continue
                 alert = check_alert(by_id[record_id])
@@ -121,7 +154,7 @@ def make_check_failure_sensor(check_keys: Sequence[dg.AssetCheckKey]) -> dg.Sens
         context.update_cursor(json.dumps(state, sort_keys=True))
         if errors:  # not raised: a failed tick would drop the cursor and re-send what was delivered
             context.log.error("alert delivery failed, will retry: " + "; ".join(errors))
-            return dg.SkipReason(f"{sent} alert(s) sent; {len(errors)} delivery failure(s), retried next tick")
+            return dg.SkipReason(f"{sent} alert(s) sent; delivery failed ({errors[0]}), retried next tick")
         return dg.SkipReason(f"{sent} alert(s) sent")
 
     return check_failure_alerts
@@ -152,4 +185,9 @@ def run_failure_alerts(context: dg.RunFailureSensorContext) -> None:
     if not sinks:
         context.log.warning(f"no alert destination configured; not sent: {alert.text()}")
         return
-    deliver(alert, sinks)
+    try:
+        deliver(alert, sinks)
+    except AlertDeliveryError as exc:
+        # Dagster moves a run-status sensor's cursor past the run even when the tick fails, so a retry
+        # cannot be had by raising: say so loudly in the sensor's log instead.
+        context.log.error(f"alert for failed run {run.run_id} not delivered: {exc}")
