@@ -21,10 +21,6 @@ class Comparison:
     rows: list[dict[str, Any]]  # one per metric
     checks: dict[str, CheckResult] = field(default_factory=dict)  # targets / measurements
 
-    @property
-    def failed(self) -> list[dict[str, Any]]:
-        return [v for c in self.checks.values() for v in c.verdicts if not v["passed"]]
-
     def worst_ratio(self, against: str) -> float | None:
         """The ratio closest to failing (lowest for quality/throughput, highest for latency), as a
         number the UI can plot over time."""

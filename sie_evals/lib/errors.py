@@ -32,3 +32,8 @@ class UnknownNameError(InputError):
 
 class EngineError(SieEvalsError):
     """An engine failed to produce embeddings (bad reply, crashed server, wrong shape, NaN)."""
+
+
+class SetupError(EngineError):
+    """Software the engine needs is missing on this machine (a server venv, an executable). Retrying
+    will not help: orchestration treats it as final, unlike a transient EngineError."""

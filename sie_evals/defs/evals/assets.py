@@ -22,7 +22,7 @@ from sie_evals.defs.evals.resources import EvalSettings
 from sie_evals.lib.atomic import atomic_write, atomic_write_text
 from sie_evals.lib.comparison import compare, comparison_markdown
 from sie_evals.lib.engines import EmbedKind, create_engine
-from sie_evals.lib.errors import InputError
+from sie_evals.lib.errors import InputError, SetupError
 from sie_evals.lib.evaluation import embed_task, evaluate_perf_source, load_task, perf_variant
 from sie_evals.lib.keys import EvalKey, path_slug
 from sie_evals.lib.model_config import find_model_config
@@ -42,10 +42,11 @@ TRANSIENT_RETRY = dg.RetryPolicy(max_retries=2, delay=15, backoff=dg.Backoff.EXP
 
 @contextlib.contextmanager
 def _input_errors_final() -> Iterator[None]:
-    """A malformed config or dataset fails the same way on every attempt: do not retry it."""
+    """A malformed config or dataset, or a server that was never installed, fails the same way on
+    every attempt: do not retry it."""
     try:
         yield
-    except InputError as exc:
+    except (InputError, SetupError) as exc:
         raise dg.Failure(description=str(exc), allow_retries=False) from exc
 
 

@@ -31,6 +31,7 @@ class EvalSettings(dg.ConfigurableResource):
     corpus_size: int | None = None
     batch_size: int | None = None
     threads: int | None = None
+    device: str | None = None  # server engines (sie, infinity): cpu, cuda, ... (SIE_EVALS_DEVICE)
     # perf_scores load shape (the CLI's --type perf options)
     perf_workload: str = "corpus"
     perf_batch_size: int = 1
@@ -72,7 +73,7 @@ class EvalSettings(dg.ConfigurableResource):
         )
 
     def engine_options(self) -> EngineOptions:
-        return EngineOptions(batch_size=self.batch_size, threads=self.threads)
+        return EngineOptions(batch_size=self.batch_size, threads=self.threads, device=self.device)
 
     def cache(self) -> EmbeddingCache:
         return EmbeddingCache(Path(self.cache_dir) if self.cache_dir else paths.cache_dir())

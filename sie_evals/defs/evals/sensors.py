@@ -31,7 +31,8 @@ def evals_after_dataset(context: dg.RunStatusSensorContext):
 
 def night_is_done(runs: list[dg.DagsterRun], eval_keys_by_task: dict[str, list[str]]) -> bool:
     """Every run of one night has finished and each successful dataset run has all its eval runs."""
-    if not runs or not all(r.is_finished for r in runs):
+    # a failed run about to be retried looks finished until its retry exists
+    if not runs or not all(r.is_finished and r.tags.get("dagster/will_retry") != "true" for r in runs):
         return False
     expected = {
         key

@@ -2,27 +2,23 @@
 (read from the instance's materialization and check history) as markdown and a PNG."""
 
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import numpy as np
 import pandas as pd
+from dagster._core.event_api import PartitionKeyFilter  # not re-exported; the storage API takes it
 
 from sie_evals.defs.evals.assets import perf_scores, png_metadata, quality_scores, target_comparison
+from sie_evals.defs.evals.checks import EVAL_CHECKS
 from sie_evals.defs.evals.partitions import EVAL_KEYS
 from sie_evals.defs.evals.resources import EvalSettings
 from sie_evals.lib.atomic import atomic_write, atomic_write_text
 from sie_evals.lib.eval_report import PartitionSummary, report_markdown, report_png
 
 HISTORY_LIMIT = 30  # materializations per partition shown in the over-time plot
-REPORTED_CHECKS = (
-    dg.AssetCheckKey(dg.AssetKey("quality_scores"), "quality_vs_target"),
-    dg.AssetCheckKey(dg.AssetKey("quality_scores"), "quality_vs_measurement"),
-    dg.AssetCheckKey(dg.AssetKey("perf_scores"), "latency_vs_target"),
-    dg.AssetCheckKey(dg.AssetKey("perf_scores"), "throughput_vs_target"),
-)
+REPORTED_CHECKS = tuple(key for check in EVAL_CHECKS for key in check.check_keys)
 
 
 def _number(metadata: dict[str, Any], name: str) -> float | None:
@@ -37,29 +33,30 @@ def _text(metadata: dict[str, Any], name: str) -> str | None:
     return str(value) if value is not None else None
 
 
-def _check_states(instance: dg.DagsterInstance) -> dict[str, dict[str, str]]:
-    """partition -> check name -> latest state."""
-    states: dict[str, dict[str, str]] = defaultdict(dict)
+def _check_states(instance: dg.DagsterInstance, partition: str) -> dict[str, str]:
+    """check name -> the latest state of that check for this partition."""
+    states: dict[str, str] = {}
     for check_key in REPORTED_CHECKS:
-        records = instance.event_log_storage.get_asset_check_execution_history(check_key, limit=1000)
-        for record in records:  # newest first: keep the first seen per partition
-            if record.partition is None or check_key.name in states[record.partition]:
-                continue
+        records = instance.event_log_storage.get_asset_check_execution_history(
+            check_key, limit=5, partition_filter=PartitionKeyFilter(key=partition)
+        )
+        for record in records:  # newest first; skip a planned one whose result has not landed
             status = record.status.value
             if status == "FAILED":
                 evaluation = record.event.dagster_event.event_specific_data if record.event else None
                 severity = getattr(getattr(evaluation, "severity", None), "value", "ERROR")
-                states[record.partition][check_key.name] = f"FAIL ({severity})"
-            elif status == "SUCCEEDED":
-                states[record.partition][check_key.name] = "pass"
+                states[check_key.name] = f"FAIL ({severity})"
+                break
+            if status == "SUCCEEDED":
+                states[check_key.name] = "pass"
+                break
     return states
 
 
 def gather_summaries(instance: dg.DagsterInstance, keys: list[str]) -> list[PartitionSummary]:
-    checks = _check_states(instance)
     summaries = []
     for key in keys:
-        summary = PartitionSummary(key, checks=checks.get(key, {}))
+        summary = PartitionSummary(key, checks=_check_states(instance, key))
         quality = instance.fetch_materializations(
             dg.AssetRecordsFilter(asset_key=dg.AssetKey("quality_scores"), asset_partitions=[key]), limit=HISTORY_LIMIT
         ).records

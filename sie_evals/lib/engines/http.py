@@ -191,7 +191,9 @@ class HttpEngine(Engine):
     def weights_id(self) -> str:
         w = self.model.weights
         if self.url:
-            return f"server:{self.model.model_id}"  # whatever the running server loaded under that name
+            # whatever that running server loaded under that name; the URL keeps two servers' vectors
+            # apart in the embedding cache (the server's version cannot be asked for cheaply here)
+            return f"server:{self.url}:{self.model.model_id}"
         from sie_evals.lib.engines.local import _version
 
         return f"package:{w.package}=={_version(w.package)}" if w.package else (w.path or f"hf:{w.hf_id}")

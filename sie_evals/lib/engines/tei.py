@@ -37,7 +37,11 @@ class TeiEngine(HttpEngine):
         if not self.url:
             tei_server.find_executable()  # the how-to-get-it error before anything else
         super()._start()
-        info = self._request("GET", "/info").body
+        try:
+            info = self._request("GET", "/info").body
+        except BaseException:
+            self._stop()  # start() did not complete, so stop() would not run: stop the server here
+            raise
         if isinstance(info, dict):
             self.server_details = {"server_version": info.get("version"), "server_model_id": info.get("model_id")}
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sie_evals.lib.errors import EngineError, InputError
+from sie_evals.lib.errors import EngineError, InputError, SetupError
 
 SERVERS_DIR_ENV = "SIE_EVALS_SERVERS_DIR"
 STAMP = ".sie-evals-installed.json"
@@ -97,7 +97,7 @@ def executable(name: str) -> Path:
     pkg = package(name)
     exe = venv_dir(name) / "bin" / pkg.executable
     if not installed(name) or not exe.is_file():
-        raise EngineError(
+        raise SetupError(
             f"{name}: {pkg.executable} {pkg.version} is not provisioned in {home(name)}; "
             f"run `sie-bench servers install {name}` ({pkg.note}), or set {SERVERS_DIR_ENV} to where it is"
         )

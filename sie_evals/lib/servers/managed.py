@@ -222,12 +222,36 @@ class ManagedServer:
                         proc.wait(10)
                 # The leader is gone; anything it left in its group goes too.
                 _killpg(pgid, signal.SIGKILL)
+                _wait_group_gone(pgid, timeout_s=5.0)
             finally:
                 with contextlib.suppress(OSError), open(self.log_path, "ab") as log:
                     log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} stopped ({proc.returncode})\n".encode())
                 with _LIVE_LOCK:
                     _LIVE.discard(self)
                 self._pgid = None
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a live (non-zombie) process of the group remains, from /proc (Linux)."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(") ", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                return True
+    return False
+
+
+def _wait_group_gone(pgid: int, timeout_s: float) -> None:
+    """SIGKILL is delivered asynchronously: wait (bounded) until the group's processes are gone, so
+    stop() returning means nothing of the server still runs."""
+    if not Path("/proc/self/stat").exists():
+        return
+    deadline = time.monotonic() + timeout_s
+    while _group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 def _killpg(pgid: int, sig: int) -> None:

@@ -11,7 +11,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from sie_evals.lib.errors import EngineError, InputError
+from sie_evals.lib.errors import InputError, SetupError
 from sie_evals.lib.model_config import ModelConfig, Pooling, ResolvedProfile
 from sie_evals.lib.servers.managed import ServerCommand
 
@@ -28,7 +28,7 @@ POOLING = {Pooling.mean: "mean", Pooling.cls: "cls", Pooling.last: "last-token"}
 def find_executable() -> str:
     exe = shutil.which(EXECUTABLE)
     if exe is None:
-        raise EngineError(f"tei: {HOW_TO_GET}")
+        raise SetupError(f"tei: {HOW_TO_GET}")
     return exe
 
 
