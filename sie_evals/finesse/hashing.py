@@ -65,7 +65,7 @@ def seal(results: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -77,7 +77,7 @@ def model_files(path: Path) -> list[list[Any]]:
     """[relative path, size, sha256] of every file under `path` (hidden files and caches skipped)."""
     path = Path(path)
     if path.is_file():
-        return [[path.name, path.stat().st_size, _file_sha256(path)]]
+        return [[path.name, path.stat().st_size, file_sha256(path)]]
     if not path.is_dir():
         raise InputError(f"model path {path} is neither a file nor a folder")
     rows = []
@@ -85,7 +85,7 @@ def model_files(path: Path) -> list[list[Any]]:
         rel = f.relative_to(path)
         if not f.is_file() or any(p.startswith(".") or p == "__pycache__" for p in rel.parts):
             continue
-        rows.append([rel.as_posix(), f.stat().st_size, _file_sha256(f)])
+        rows.append([rel.as_posix(), f.stat().st_size, file_sha256(f)])
     return rows
 
 

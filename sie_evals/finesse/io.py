@@ -11,7 +11,6 @@ Legacy finesse-benchmark .pt files can be read for re-scoring with torch's restr
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from sie_evals.finesse.scoring import Sample
-from sie_evals.lib.atomic import atomic_write
+from sie_evals.lib.atomic import atomic_write_bytes
 from sie_evals.lib.errors import InputError
 
 FORMAT = "sie-evals-finesse-embeddings/1"
@@ -70,14 +69,6 @@ class EmbeddingsFile:
         return {str(k): r.skipped for k, r in sorted(self.lengths.items()) if r.skipped}
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def write_embeddings(path: Path, data: EmbeddingsFile) -> None:
     from safetensors.numpy import save
 
@@ -99,7 +90,7 @@ def write_embeddings(path: Path, data: EmbeddingsFile) -> None:
         lengths_meta[str(length)] = {"skipped": None, "samples": samples}
     header = {"format": FORMAT, "config": data.config, "metadata": data.metadata, "lengths": lengths_meta}
     blob = save(tensors, metadata={"finesse": json.dumps(header, ensure_ascii=False)})
-    atomic_write(Path(path), lambda tmp: tmp.write_bytes(blob))
+    atomic_write_bytes(Path(path), blob)
 
 
 def read_embeddings(path: Path) -> EmbeddingsFile:

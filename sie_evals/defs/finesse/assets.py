@@ -10,7 +10,7 @@ import dagster as dg
 from sie_evals.defs.evals.resources import EvalSettings
 from sie_evals.defs.finesse.partitions import finesse_partitions
 from sie_evals.defs.finesse.resources import FinesseRunConfig
-from sie_evals.finesse.io import file_sha256
+from sie_evals.finesse.hashing import file_sha256
 from sie_evals.finesse.probes.generate import generate
 from sie_evals.finesse.results import score_file
 from sie_evals.lib.errors import SieEvalsError
