@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -194,7 +193,3 @@ def verify(results: dict[str, Any], pt_path: Path) -> Report:
         report.checked.append("embeddings sha256 and re-scored results")
     report.problems.extend(diffs)
     return report
-
-
-def hmac_env_hint() -> str:
-    return "set" if os.environ.get(hs.HMAC_KEY_ENV) else "unset"

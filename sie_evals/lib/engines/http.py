@@ -102,7 +102,6 @@ class HttpEngine(Engine):
         self._conns: list[http.client.HTTPConnection] = []
         self._count_lock = threading.Lock()
         self._start_lock = threading.RLock()
-        self.requests_sent = 0
 
     # ----- what subclasses provide
     @abstractmethod
@@ -244,8 +243,6 @@ class HttpEngine(Engine):
                 resp = conn.getresponse()
                 raw = resp.read()
                 status, resp_headers = resp.status, {k.lower(): v for k, v in resp.getheaders()}
-                with self._count_lock:
-                    self.requests_sent += 1
             except (OSError, http.client.HTTPException) as err:
                 self._drop_conn()
                 failure = f"{type(err).__name__}: {err}"

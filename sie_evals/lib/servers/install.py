@@ -186,7 +186,6 @@ def _run(
     name: str,
     stream: bool = False,
     echo: Callable[[str], None] = print,
-    check: bool = True,
 ) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
@@ -198,5 +197,5 @@ def _run(
         # pip's own progress, minus the noise of index locations that do not exist on this machine
         if stream and line.startswith(("Collecting", "Downloading", "Installing", "Successfully", "ERROR")):
             echo(f"  {line}")
-    if proc.wait() != 0 and check:
+    if proc.wait() != 0:
         raise EngineError(f"{name}: `{' '.join(argv)}` failed (exit {proc.returncode}):\n" + "\n".join(tail))
