@@ -50,14 +50,9 @@ def command(
         raise InputError(f"infinity: profile {profile.name!r} has normalize: false; infinity always L2-normalises")
     exe = install.executable("infinity")
     env = {
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "DO_NOT_TRACK": "1",
+        **install.isolated_env("infinity", run_dir),
         "INFINITY_ANONYMOUS_USAGE_STATS": "0",
-        "HF_HOME": str(run_dir / "hf"),
         "INFINITY_HOME": str(run_dir / "infinity"),
-        "PYTHONPATH": "",
-        "VIRTUAL_ENV": str(exe.parent.parent),
     }
     if threads:  # torch's intra-op pool reads these at start: pins the server's threads like --threads does for local
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)

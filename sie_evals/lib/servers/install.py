@@ -199,3 +199,17 @@ def _run(
             echo(f"  {line}")
     if proc.wait() != 0:
         raise EngineError(f"{name}: `{' '.join(argv)}` failed (exit {proc.returncode}):\n" + "\n".join(tail))
+
+
+def isolated_env(name: str, run_dir: Path) -> dict[str, str]:
+    """Environment every harness-started server shares: offline, no telemetry, its own venv only, and
+    caches inside the instance's private run_dir."""
+    exe = executable(name)
+    return {
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "DO_NOT_TRACK": "1",
+        "HF_HOME": str(run_dir / "hf"),
+        "PYTHONPATH": "",
+        "VIRTUAL_ENV": str(exe.parent.parent),
+    }

@@ -113,15 +113,10 @@ def command(
     exe = install.executable("sie")
     models_dir = write_models_dir(run_dir / "models", model, profile, weights_path, dims)
     env = {
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
+        **install.isolated_env("sie", run_dir),
         "SIE_TELEMETRY_DISABLED": "1",
-        "DO_NOT_TRACK": "1",
         "SIE_IPC_SOCKET_PATH": str(run_dir / "ipc.sock"),
         "SIE_DATA_DIR": str(run_dir / "data"),
-        "HF_HOME": str(run_dir / "hf"),
-        "PYTHONPATH": "",
-        "VIRTUAL_ENV": str(exe.parent.parent),
     }
     if threads:
         env["SIE_TORCH_NUM_THREADS"] = str(threads)
