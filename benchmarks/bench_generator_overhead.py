@@ -4,7 +4,7 @@
 
 The server (its own process) answers at once and reports how long it held each request. The same
 16-thread HTTP client runs twice in this process: bare (threads in a loop, one perf_counter pair per
-request) as the reference, and driven by sie_evals.lib.perf.run_load. The generator's overhead per
+request) as the reference, and driven by sie_evals.lib.perf.load.run_load. The generator's overhead per
 request is the difference of the two mean client latencies; the ratio is generator / bare. Goal: the
 overhead stays under 2 ms per request.
 """
@@ -14,8 +14,8 @@ import statistics
 import threading
 import time
 
-from sie_evals.lib import loopback
-from sie_evals.lib.perf import LoadSpec, run_load
+from sie_evals.lib.perf.load import LoadSpec, run_load
+from sie_evals_tests import loopback
 
 CONCURRENCY = 16
 

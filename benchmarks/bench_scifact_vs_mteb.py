@@ -30,9 +30,9 @@ def timed(fn, *args):
 
 
 def run_ours(data, threads: int, batch_size: int) -> float:
-    from sie_evals.lib.cache import EmbeddingCache
-    from sie_evals.lib.evaluation import EngineOptions, evaluate_source
-    from sie_evals.lib.model_config import find_model_config
+    from sie_evals.lib.config.model_config import find_model_config
+    from sie_evals.lib.engines.cache import EmbeddingCache
+    from sie_evals.lib.harness.evaluation import EngineOptions, evaluate_source
     from sie_evals.lib.tasks import resolve_task
 
     config = find_model_config("sentence-transformers/all-MiniLM-L6-v2")
@@ -55,8 +55,8 @@ def run_mteb(data, threads: int, batch_size: int) -> float:
     from datasets import Dataset
     from sentence_transformers import SentenceTransformer
 
+    from sie_evals.lib.config.model_config import find_model_config
     from sie_evals.lib.engines.local import resolve_weights
-    from sie_evals.lib.model_config import find_model_config
 
     torch.set_num_threads(threads)
     task = mteb.get_task("SciFact")
@@ -101,7 +101,7 @@ def main() -> None:
 
     import torch
 
-    from sie_evals.lib.run_conditions import hardware
+    from sie_evals.lib.core.run_conditions import hardware
     from sie_evals.lib.tasks import load_retrieval_data, resolve_task
 
     torch.set_num_threads(args.threads)

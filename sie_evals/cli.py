@@ -19,10 +19,10 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from sie_evals.lib import model_config as mc
-from sie_evals.lib import paths
-from sie_evals.lib.errors import InputError, SieEvalsError
-from sie_evals.lib.sources import ALL_SOURCES
+from sie_evals.lib.config import model_config as mc
+from sie_evals.lib.core import paths
+from sie_evals.lib.core.errors import InputError, SieEvalsError
+from sie_evals.lib.core.sources import ALL_SOURCES
 
 app = typer.Typer(
     help="Benchmark-driven development for text-embedding models and inference servers.",
@@ -201,13 +201,13 @@ def eval_cmd(
     """Evaluate MODEL on a task with one or more sources and print a metrics table.
 
     Exit codes: 0 pass, 1 drift (a check failed) or an engine failure, 2 usage or input error."""
-    from sie_evals.lib.eval_run import EvalRequest, parse_sources, run_eval
-    from sie_evals.lib.evaluation import DataOptions, EngineOptions
-    from sie_evals.lib.report import render_table, write_report
+    from sie_evals.lib.harness.eval_run import EvalRequest, parse_sources, run_eval
+    from sie_evals.lib.harness.evaluation import DataOptions, EngineOptions
+    from sie_evals.lib.harness.report import render_table, write_report
 
     if corpus_size and not limit_queries:
         raise InputError("--corpus-size only applies together with --limit-queries")
-    from sie_evals.lib.perf import LoadSpec
+    from sie_evals.lib.perf.load import LoadSpec
 
     if workload not in ("corpus", "queries"):
         raise InputError(f"--workload must be corpus or queries, got {workload!r}")
@@ -308,7 +308,7 @@ def schema_cmd(
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Write here instead of stdout.")] = None,
 ) -> None:
     """Print (or write) the JSON schema of model configs."""
-    from sie_evals.lib.atomic import atomic_write_text
+    from sie_evals.lib.core.atomic import atomic_write_text
 
     if output:
         atomic_write_text(output, mc.json_schema_text())

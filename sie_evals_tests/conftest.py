@@ -45,7 +45,7 @@ def scifact_test():
 
 @pytest.fixture(scope="session")
 def minilm():
-    from sie_evals.lib.model_config import find_model_config
+    from sie_evals.lib.config.model_config import find_model_config
 
     return find_model_config(MODEL_ID, REPO_ROOT / "model_configs")
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from sie_evals.lib.alerts import (
+from sie_evals.lib.reporting.alerts import (
     Alert,
     AlertDeliveryError,
     CheckCursor,

@@ -1,6 +1,6 @@
 import pytest
 
-from sie_evals.lib.benchmark_scores import load_published_scores, published_score
+from sie_evals.lib.gates.benchmark_scores import load_published_scores, published_score
 from sie_evals.lib.tasks import resolve_task
 from sie_evals_tests.conftest import SHARED
 

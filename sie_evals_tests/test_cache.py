@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from sie_evals.lib.cache import CacheStats, EmbeddingCache
 from sie_evals.lib.engines import EmbedKind, Engine, EngineInfo
+from sie_evals.lib.engines.cache import CacheStats, EmbeddingCache
 
 
 class CountingEngine(Engine):

@@ -11,9 +11,9 @@ from sie_evals.defs.evals.assets import embeddings, quality_scores, task_dataset
 from sie_evals.defs.evals.partitions import eval_keys, task_to_eval_keys
 from sie_evals.defs.evals.recording import record_quality_report
 from sie_evals.defs.evals.resources import EvalSettings, JsonIOManager
-from sie_evals.lib.keys import EvalKey
-from sie_evals.lib.model_config import load_all_model_configs
-from sie_evals.lib.sources import COMPUTE_SOURCES
+from sie_evals.lib.config.model_config import load_all_model_configs
+from sie_evals.lib.core.sources import COMPUTE_SOURCES
+from sie_evals.lib.gates.keys import EvalKey
 from sie_evals_tests.conftest import REPO_ROOT
 
 KEY = "all-MiniLM-L6-v2:beir/SciFact:local"
@@ -118,7 +118,7 @@ def test_cli_and_asset_agree_and_cli_run_is_recorded(resources, tmp_path):
     report = json.loads(out.read_text())
     assert report["sources"]["local"]["metrics"] == asset_scores
 
-    from sie_evals.lib.model_config import find_model_config
+    from sie_evals.lib.config.model_config import find_model_config
 
     with dg.instance_for_test() as persistent:
         keys = record_quality_report(find_model_config("all-MiniLM-L6-v2"), report, persistent)

@@ -75,8 +75,8 @@ def test_readme_run_end_to_end(tmp_path):
     assert proc.returncode == 1 and "embeddings_file.sha256" in proc.stderr
 
     # checksum --model-path: the model folder the run used hashes to the stored model hash
+    from sie_evals.lib.config.model_config import find_model_config
     from sie_evals.lib.engines.local import resolve_weights
-    from sie_evals.lib.model_config import find_model_config
 
     folder = resolve_weights(find_model_config("all-MiniLM-L6-v2"))
     run("checksum", *js, "--model-path", folder, cwd=tmp_path, env=key)

@@ -11,7 +11,7 @@ from sie_evals.defs.evals.resources import EvalSettings, JsonIOManager
 from sie_evals.defs.finesse.assets import finesse_embeddings, finesse_scores
 from sie_evals.defs.finesse.checks import finesse_rss_vs_measurement, finesse_rss_vs_target
 from sie_evals.defs.finesse.partitions import finesse_keys
-from sie_evals.lib.model_config import load_all_model_configs
+from sie_evals.lib.config.model_config import load_all_model_configs
 from sie_evals_tests.conftest import REPO_ROOT
 
 KEY = "all-MiniLM-L6-v2:finesse/rss-default:local"

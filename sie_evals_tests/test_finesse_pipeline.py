@@ -15,7 +15,7 @@ from sie_evals.finesse.io import read_embeddings
 from sie_evals.finesse.probes.generate import generate
 from sie_evals.finesse.probes.sampling import draw_probes, load_documents, load_tokenizer
 from sie_evals.finesse.results import score_embeddings
-from sie_evals.lib.errors import ConfigError, EngineError, InputError
+from sie_evals.lib.core.errors import ConfigError, EngineError, InputError
 from sie_evals_tests.conftest import MODEL_ID, SCIFACT
 
 CORPUS = str(SCIFACT / "corpus.jsonl")

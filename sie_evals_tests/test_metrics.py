@@ -5,7 +5,7 @@ import random
 import pytest
 import pytrec_eval
 
-from sie_evals.lib.metrics import PYTREC_MEASURES, aggregate, mrr_at_k, retrieval_scores
+from sie_evals.lib.quality.metrics import PYTREC_MEASURES, aggregate, mrr_at_k, retrieval_scores
 from sie_evals.lib.tasks.registry import MTEB_K_VALUES
 from sie_evals_tests.conftest import SCIFACT
 

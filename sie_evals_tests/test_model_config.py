@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from sie_evals.lib import model_config as mc
-from sie_evals.lib.errors import ConfigError, UnknownNameError
+from sie_evals.lib.config import model_config as mc
+from sie_evals.lib.core.errors import ConfigError, UnknownNameError
 from sie_evals_tests.conftest import MODEL_ID, REPO_ROOT
 
 CONFIG = REPO_ROOT / "model_configs" / "sentence-transformers__all-MiniLM-L6-v2.yaml"

@@ -16,9 +16,9 @@ from sie_evals.defs.evals.resources import EvalSettings, JsonIOManager
 from sie_evals.defs.evals.schedules import NIGHTLY_TAG, nightly_evals
 from sie_evals.defs.evals.sensors import evals_after_dataset, night_is_done
 from sie_evals.defs.reports.assets import eval_report
-from sie_evals.lib.evaluation import perf_variant
-from sie_evals.lib.model_config import find_model_config
-from sie_evals.lib.saved_results import append_measurement, save_target
+from sie_evals.lib.config.model_config import find_model_config
+from sie_evals.lib.gates.saved_results import append_measurement, save_target
+from sie_evals.lib.harness.evaluation import perf_variant
 from sie_evals_tests.webhook import WebhookReceiver
 
 SCIFACT = "all-MiniLM-L6-v2:beir/SciFact:local"
@@ -267,7 +267,7 @@ def test_evals_after_dataset_and_report_readiness():
 
 
 def test_settings_from_env(monkeypatch):
-    from sie_evals.lib.errors import InputError
+    from sie_evals.lib.core.errors import InputError
 
     monkeypatch.setenv("SIE_EVALS_LIMIT_QUERIES", "50")
     monkeypatch.setenv("SIE_EVALS_PERF_CONCURRENCY", "4")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from sie_evals.lib.engines import EmbedKind
-from sie_evals.lib.parity import parity, parity_against, per_item_cosine
+from sie_evals.lib.quality.parity import parity, parity_against, per_item_cosine
 
 
 def test_per_item_cosine_known_values():

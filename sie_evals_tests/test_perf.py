@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from sie_evals.lib import loopback
-from sie_evals.lib.perf import LoadSpec, request_items, run_load
+from sie_evals.lib.perf.load import LoadSpec, request_items, run_load
+from sie_evals_tests import loopback
 
 DELAY_S = 1.0
 
@@ -34,8 +34,8 @@ def delay_server():
 PROBE = r"""
 import json, sys
 import numpy as np
-from sie_evals.lib.loopback import http_sender
-from sie_evals.lib.perf import LoadSpec, run_load
+from sie_evals_tests.loopback import http_sender
+from sie_evals.lib.perf.load import LoadSpec, run_load
 
 port, concurrency = int(sys.argv[1]), int(sys.argv[2])
 spec = LoadSpec(batch_size=2, concurrency=concurrency, requests=8 * concurrency, warmup_requests=concurrency, trials=1)

@@ -9,8 +9,8 @@ from ruamel.yaml import YAML
 from typer.testing import CliRunner
 
 from sie_evals.cli import app
-from sie_evals.lib.evaluation import EngineOptions, evaluate_perf_source
-from sie_evals.lib.perf import LoadSpec
+from sie_evals.lib.harness.evaluation import EngineOptions, evaluate_perf_source
+from sie_evals.lib.perf.load import LoadSpec
 from sie_evals.lib.tasks import resolve_task
 from sie_evals_tests.conftest import MODEL_ID
 from sie_evals_tests.test_servers_sie import require_server

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from sie_evals.lib.search import exact_top_k, to_run
+from sie_evals.lib.quality.search import exact_top_k, to_run
 
 
 @pytest.mark.parametrize("doc_chunk", [7, 64, 50_000])

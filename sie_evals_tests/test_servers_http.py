@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sie_evals.lib.core.errors import EngineError, InputError
 from sie_evals.lib.engines import EmbedKind, create_engine
 from sie_evals.lib.engines.infinity import InfinityEngine
 from sie_evals.lib.engines.sie import SieEngine
 from sie_evals.lib.engines.tei import TeiEngine
-from sie_evals.lib.errors import EngineError, InputError
 from sie_evals.lib.servers.managed import ManagedServer, ServerCommand, free_port
 
 DIMS = 8
@@ -443,7 +443,7 @@ def test_dagster_partitions_gain_server_sources(configs_dir):
     from ruamel.yaml import YAML
 
     from sie_evals.defs.evals.partitions import eval_keys
-    from sie_evals.lib.model_config import load_all_model_configs
+    from sie_evals.lib.config.model_config import load_all_model_configs
 
     cfg = configs_dir / "sentence-transformers__all-MiniLM-L6-v2.yaml"
     tree = YAML().load(cfg.read_text())

@@ -7,7 +7,7 @@ import pytest
 
 from sie_evals.lib.engines import EmbedKind, create_engine
 from sie_evals.lib.engines.infinity import InfinityEngine
-from sie_evals.lib.parity import per_item_cosine
+from sie_evals.lib.quality.parity import per_item_cosine
 from sie_evals.lib.servers import managed
 from sie_evals_tests.conftest import MODEL_ID
 from sie_evals_tests.test_servers_http import alive, group_members, is_loopback, listening_sockets
@@ -45,8 +45,8 @@ def test_infinity_listens_only_on_loopback(infinity_engine):
 
 def test_infinity_quality_eval_with_parity_via_url(infinity_engine, tmp_path):
     """--infinity-url: the eval uses the running server; scores and parity as with local."""
-    from sie_evals.lib.eval_run import EvalRequest, run_eval
-    from sie_evals.lib.evaluation import DataOptions, EngineOptions
+    from sie_evals.lib.harness.eval_run import EvalRequest, run_eval
+    from sie_evals.lib.harness.evaluation import DataOptions, EngineOptions
 
     req = EvalRequest(
         model=MODEL_ID,

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from sie_evals.lib.errors import EngineError, InputError
+from sie_evals.lib.core.errors import EngineError, InputError
 from sie_evals.lib.servers import install
 
 

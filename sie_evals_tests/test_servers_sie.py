@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sie_evals.lib.cache import EmbeddingCache, engine_identity
+from sie_evals.lib.core.errors import EngineError
 from sie_evals.lib.engines import EmbedKind, create_engine
+from sie_evals.lib.engines.cache import EmbeddingCache, engine_identity
 from sie_evals.lib.engines.sie import SieEngine
-from sie_evals.lib.errors import EngineError
-from sie_evals.lib.parity import per_item_cosine
+from sie_evals.lib.quality.parity import per_item_cosine
 from sie_evals.lib.servers import install
 from sie_evals_tests.conftest import MODEL_ID, REPO_ROOT
 from sie_evals_tests.test_servers_http import alive, children, group_members, is_loopback, listening_sockets
@@ -97,8 +97,8 @@ def test_sie_url_uses_running_server(sie_engine, minilm, scifact_test):
 def test_sie_quality_eval_with_parity(minilm, tmp_path):
     """A managed run through run_eval: same scores as local, parity in the report, server gone after."""
     require_server("sie")
-    from sie_evals.lib.eval_run import EvalRequest, run_eval
-    from sie_evals.lib.evaluation import DataOptions
+    from sie_evals.lib.harness.eval_run import EvalRequest, run_eval
+    from sie_evals.lib.harness.evaluation import DataOptions
 
     req = EvalRequest(
         model=MODEL_ID,

@@ -5,7 +5,7 @@ container registries are unreachable), so these tests skip there, saying how to 
 import pytest
 
 from sie_evals.lib.engines import EmbedKind, create_engine
-from sie_evals.lib.parity import per_item_cosine
+from sie_evals.lib.quality.parity import per_item_cosine
 from sie_evals.lib.servers import tei
 from sie_evals_tests.test_servers_http import alive, group_members, is_loopback, listening_sockets
 

@@ -10,7 +10,7 @@ from ruamel.yaml import YAML
 from typer.testing import CliRunner
 
 from sie_evals.cli import app
-from sie_evals.lib.model_config import load_model_config
+from sie_evals.lib.config.model_config import load_model_config
 from sie_evals_tests.conftest import MODEL_ID, REPO_ROOT
 
 runner = CliRunner()

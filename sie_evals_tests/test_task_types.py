@@ -10,10 +10,10 @@ from sklearn.metrics import accuracy_score, average_precision_score, f1_score, p
 from typer.testing import CliRunner
 
 from sie_evals.cli import app
+from sie_evals.lib.core.errors import DatasetError
 from sie_evals.lib.engines import EmbedKind
-from sie_evals.lib.errors import DatasetError
-from sie_evals.lib.evaluation import load_data
-from sie_evals.lib.scoring import (
+from sie_evals.lib.harness.evaluation import load_data
+from sie_evals.lib.quality.scoring import (
     _best_accuracy,
     _best_f1,
     classification_metrics,

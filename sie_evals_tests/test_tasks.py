@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from sie_evals.lib.errors import DatasetError, UnknownNameError
+from sie_evals.lib.core.errors import DatasetError, UnknownNameError
 from sie_evals.lib.tasks import load_retrieval_data, resolve_task
 from sie_evals.lib.tasks.retrieval import document_text
 from sie_evals.lib.tasks.snapshot import read_snapshot, write_snapshot

@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sie_evals.lib.bootstrap import paired_bootstrap
-from sie_evals.lib.thresholds import Against, MetricKind, check_against, check_value, metric_kind, resolve_margin
+from sie_evals.lib.gates.bootstrap import paired_bootstrap
+from sie_evals.lib.gates.thresholds import Against, MetricKind, check_against, check_value, metric_kind, resolve_margin
 
 
 @pytest.mark.parametrize(

@@ -19,8 +19,8 @@ import pytest
 import requests
 from ruamel.yaml import YAML
 
-from sie_evals.lib.model_config import find_model_config
-from sie_evals.lib.saved_results import save_target
+from sie_evals.lib.config.model_config import find_model_config
+from sie_evals.lib.gates.saved_results import save_target
 from sie_evals_tests.conftest import DATA, REPO_ROOT
 from sie_evals_tests.webhook import WebhookReceiver
 

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from sie_evals.lib.errors import InputError, SieEvalsError
+from sie_evals.lib.core.errors import InputError, SieEvalsError
 
 app = typer.Typer(
     help="Finesse long-context embedding benchmark (RSS), exact to finesse-benchmark 0.18.9's scoring.",
@@ -50,7 +50,7 @@ def init_cmd(
     from ruamel.yaml import YAML
 
     from sie_evals.finesse.config import TEMPLATE, leaderboard_template, parse_config
-    from sie_evals.lib.atomic import atomic_write_text
+    from sie_evals.lib.core.atomic import atomic_write_text
 
     text = leaderboard_template() if leaderboard else TEMPLATE
     parse_config(YAML(typ="safe", pure=True).load(text), "template")  # never write an invalid template

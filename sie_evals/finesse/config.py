@@ -18,7 +18,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
 from sie_evals.finesse.scoring import FinalFormula, Gap, Mode
-from sie_evals.lib.errors import ConfigError
+from sie_evals.lib.core.errors import ConfigError
 
 DEFAULT_REFERENCE_TOKENIZER = "sentence-transformers/all-MiniLM-L6-v2"
 # Hugging Face `datasets` builders that read local/explicit files; anything else is a hub dataset.

@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from sie_evals.lib.errors import InputError
+from sie_evals.lib.core.errors import InputError
 
 HASH_SCHEME = "sie-evals-finesse/1"
 MODEL_HASH_SCHEME = "sie-evals-finesse-model/1"

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from sie_evals.finesse.scoring import Sample
-from sie_evals.lib.atomic import atomic_write_bytes
-from sie_evals.lib.errors import InputError
+from sie_evals.lib.core.atomic import atomic_write_bytes
+from sie_evals.lib.core.errors import InputError
 
 FORMAT = "sie-evals-finesse-embeddings/1"
 

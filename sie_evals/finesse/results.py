@@ -12,8 +12,8 @@ from sie_evals.finesse import hashing as hs
 from sie_evals.finesse.hashing import file_sha256
 from sie_evals.finesse.io import EmbeddingsFile, read_embeddings
 from sie_evals.finesse.scoring import FinalFormula, Gap, Mode, aggregate
-from sie_evals.lib.atomic import atomic_write_text
-from sie_evals.lib.errors import InputError
+from sie_evals.lib.core.atomic import atomic_write_text
+from sie_evals.lib.core.errors import InputError
 
 RESULTS_NAME = "benchmark_results.json"
 

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 
 import dagster as dg
 
-from sie_evals.lib.alerts import (
+from sie_evals.lib.gates.keys import EvalKey
+from sie_evals.lib.reporting.alerts import (
     Alert,
     AlertDeliveryError,
     CheckCursor,
@@ -23,7 +24,6 @@ from sie_evals.lib.alerts import (
     run_url,
     sinks_from_env,
 )
-from sie_evals.lib.keys import EvalKey
 
 INTERVAL_ENV = "SIE_EVALS_ALERT_INTERVAL_S"
 PAGE = 500  # check execution records read per query

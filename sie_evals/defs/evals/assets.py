@@ -19,17 +19,17 @@ import pandas as pd
 
 from sie_evals.defs.evals.partitions import eval_partitions, task_partitions, task_to_evals
 from sie_evals.defs.evals.resources import EvalSettings
-from sie_evals.lib.atomic import atomic_write, atomic_write_text
-from sie_evals.lib.comparison import compare, comparison_markdown
+from sie_evals.lib.config.model_config import find_model_config
+from sie_evals.lib.core.atomic import atomic_write, atomic_write_text
+from sie_evals.lib.core.errors import InputError, SetupError
+from sie_evals.lib.core.run_conditions import hardware
 from sie_evals.lib.engines import EmbedKind, create_engine
-from sie_evals.lib.errors import InputError, SetupError
-from sie_evals.lib.evaluation import embed_task, evaluate_perf_source, load_task, perf_variant
-from sie_evals.lib.keys import EvalKey, path_slug
-from sie_evals.lib.model_config import find_model_config
-from sie_evals.lib.perf import PERF_TARGET_METRICS, latency_histogram_png
-from sie_evals.lib.report import PERF_TABLE_METRICS, TABLE_METRICS_BY_TYPE
-from sie_evals.lib.run_conditions import hardware
-from sie_evals.lib.scoring import score_task
+from sie_evals.lib.gates.comparison import compare, comparison_markdown
+from sie_evals.lib.gates.keys import EvalKey, path_slug
+from sie_evals.lib.harness.evaluation import embed_task, evaluate_perf_source, load_task, perf_variant
+from sie_evals.lib.harness.report import PERF_TABLE_METRICS, TABLE_METRICS_BY_TYPE
+from sie_evals.lib.perf.load import PERF_TARGET_METRICS, latency_histogram_png
+from sie_evals.lib.quality.scoring import score_task
 from sie_evals.lib.tasks import resolve_task
 from sie_evals.lib.tasks.snapshot import read_snapshot, write_snapshot
 

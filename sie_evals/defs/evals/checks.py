@@ -1,5 +1,5 @@
 """Per-partition drift checks on quality_scores, using the same code as --check-targets and
---check-measurements (sie_evals/lib/drift.py, margins in lib/thresholds.py).
+--check-measurements (sie_evals/lib/gates/drift.py, margins in lib/thresholds.py).
 
 - quality_vs_target: blocking, ERROR. A failure fails the run, so nothing downstream of the scores
   runs on a drifted model.
@@ -17,12 +17,12 @@ import pandas as pd
 from sie_evals.defs.evals.assets import perf_scores, quality_scores
 from sie_evals.defs.evals.partitions import eval_partitions
 from sie_evals.defs.evals.resources import EvalSettings
-from sie_evals.lib.drift import CheckResult, ReferenceColumn, check_source, reference
-from sie_evals.lib.keys import EvalKey
-from sie_evals.lib.model_config import find_model_config
-from sie_evals.lib.perf import PERF_TARGET_METRICS
+from sie_evals.lib.config.model_config import find_model_config
+from sie_evals.lib.gates.drift import CheckResult, ReferenceColumn, check_source, reference
+from sie_evals.lib.gates.keys import EvalKey
+from sie_evals.lib.gates.thresholds import Against, MetricKind, metric_kind
+from sie_evals.lib.perf.load import PERF_TARGET_METRICS
 from sie_evals.lib.tasks import resolve_task
-from sie_evals.lib.thresholds import Against, MetricKind, metric_kind
 
 
 def drift_check(

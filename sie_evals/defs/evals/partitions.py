@@ -5,9 +5,9 @@ from collections import defaultdict
 
 import dagster as dg
 
-from sie_evals.lib.keys import EvalKey
-from sie_evals.lib.model_config import ModelConfig, load_all_model_configs
-from sie_evals.lib.sources import COMPUTE_SOURCES
+from sie_evals.lib.config.model_config import ModelConfig, load_all_model_configs
+from sie_evals.lib.core.sources import COMPUTE_SOURCES
+from sie_evals.lib.gates.keys import EvalKey
 from sie_evals.lib.tasks import resolve_task
 
 

@@ -2,9 +2,9 @@
 
 import dagster as dg
 
-from sie_evals.lib.keys import EvalKey
-from sie_evals.lib.model_config import ModelConfig
-from sie_evals.lib.report import TABLE_METRICS_BY_TYPE
+from sie_evals.lib.config.model_config import ModelConfig
+from sie_evals.lib.gates.keys import EvalKey
+from sie_evals.lib.harness.report import TABLE_METRICS_BY_TYPE
 
 
 def record_quality_report(config: ModelConfig, report: dict, instance: dg.DagsterInstance | None = None) -> list[str]:

@@ -7,13 +7,13 @@ from typing import Any
 
 import dagster as dg
 
-from sie_evals.lib import paths
-from sie_evals.lib.atomic import atomic_write_json
-from sie_evals.lib.cache import EmbeddingCache
-from sie_evals.lib.errors import InputError
-from sie_evals.lib.evaluation import DataOptions, EngineOptions
-from sie_evals.lib.keys import path_slug
-from sie_evals.lib.perf import LoadSpec
+from sie_evals.lib.core import paths
+from sie_evals.lib.core.atomic import atomic_write_json
+from sie_evals.lib.core.errors import InputError
+from sie_evals.lib.engines.cache import EmbeddingCache
+from sie_evals.lib.gates.keys import path_slug
+from sie_evals.lib.harness.evaluation import DataOptions, EngineOptions
+from sie_evals.lib.perf.load import LoadSpec
 
 _PATH_FIELDS = ("data_dir", "cache_dir", "results_dir", "model_configs_dir")
 

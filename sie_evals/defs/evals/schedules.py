@@ -15,7 +15,6 @@ import dagster as dg
 
 from sie_evals.defs.evals.assets import embeddings, perf_scores, quality_scores, target_comparison, task_dataset
 from sie_evals.defs.evals.partitions import task_partitions
-from sie_evals.defs.reports.assets import eval_report
 
 NIGHTLY_TAG = "sie/nightly"  # value: the schedule tick (ISO time); links a night's runs together
 CRON_ENV, TIMEZONE_ENV = "SIE_EVALS_NIGHTLY_CRON", "SIE_EVALS_NIGHTLY_TIMEZONE"
@@ -31,7 +30,6 @@ eval_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets(embeddings, quality_scores, perf_scores, target_comparison),
     description="Embed, score, measure and compare one model:task:source (with its checks).",
 )
-report_job = dg.define_asset_job("report_job", selection=dg.AssetSelection.assets(eval_report))
 
 
 def nightly_cron() -> str:

@@ -13,9 +13,9 @@ from sie_evals.defs.finesse.resources import FinesseRunConfig
 from sie_evals.finesse.hashing import file_sha256
 from sie_evals.finesse.probes.generate import generate
 from sie_evals.finesse.results import score_file
-from sie_evals.lib.errors import SieEvalsError
-from sie_evals.lib.keys import EvalKey
-from sie_evals.lib.model_config import find_model_config
+from sie_evals.lib.config.model_config import find_model_config
+from sie_evals.lib.core.errors import SieEvalsError
+from sie_evals.lib.gates.keys import EvalKey
 
 GROUP = "finesse"
 

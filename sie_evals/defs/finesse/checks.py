@@ -1,5 +1,5 @@
 """Drift checks of Finesse average_rss against the model config's targets / measurements, with the same code
-and margins as every other eval (sie_evals/lib/drift.py, lib/thresholds.py). Saved entries live under
+and margins as every other eval (sie_evals/lib/gates/drift.py, lib/thresholds.py). Saved entries live under
 targets[<task>][<profile>]["probes"]."""
 
 from typing import Any
@@ -10,11 +10,11 @@ from sie_evals.defs.evals.checks import to_check_result
 from sie_evals.defs.evals.resources import EvalSettings
 from sie_evals.defs.finesse.assets import finesse_scores
 from sie_evals.defs.finesse.partitions import finesse_partitions
-from sie_evals.lib.drift import CheckResult, check_source, reference
-from sie_evals.lib.keys import EvalKey
-from sie_evals.lib.model_config import find_model_config
+from sie_evals.lib.config.model_config import find_model_config
+from sie_evals.lib.gates.drift import CheckResult, check_source, reference
+from sie_evals.lib.gates.keys import EvalKey
+from sie_evals.lib.gates.thresholds import Against
 from sie_evals.lib.tasks import resolve_task
-from sie_evals.lib.thresholds import Against
 
 VARIANT = "probes"
 

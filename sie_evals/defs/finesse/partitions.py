@@ -2,8 +2,8 @@
 
 import dagster as dg
 
-from sie_evals.lib.keys import EvalKey
-from sie_evals.lib.model_config import ModelConfig, load_all_model_configs
+from sie_evals.lib.config.model_config import ModelConfig, load_all_model_configs
+from sie_evals.lib.gates.keys import EvalKey
 from sie_evals.lib.tasks import resolve_task
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import dagster as dg
 
 from sie_evals.finesse.config import FinesseConfig, load_config, packaged_config_path, parse_config
-from sie_evals.lib.errors import InputError
+from sie_evals.lib.core.errors import InputError
 
 
 class FinesseRunConfig(dg.Config):

@@ -14,8 +14,8 @@ from sie_evals.defs.evals.assets import perf_scores, png_metadata, quality_score
 from sie_evals.defs.evals.checks import EVAL_CHECKS
 from sie_evals.defs.evals.partitions import EVAL_KEYS
 from sie_evals.defs.evals.resources import EvalSettings
-from sie_evals.lib.atomic import atomic_write, atomic_write_text
-from sie_evals.lib.eval_report import PartitionSummary, report_markdown, report_png
+from sie_evals.lib.core.atomic import atomic_write, atomic_write_text
+from sie_evals.lib.reporting.eval_report import PartitionSummary, report_markdown, report_png
 
 HISTORY_LIMIT = 30  # materializations per partition shown in the over-time plot
 REPORTED_CHECKS = tuple(key for check in EVAL_CHECKS for key in check.check_keys)

@@ -14,10 +14,10 @@ import numpy as np
 
 from sie_evals.finesse.config import Advanced, ByokEmbedder, EmbedderSelector, MergerSelector
 from sie_evals.finesse.hashing import identity_hash, model_hash
+from sie_evals.lib.config.model_config import ModelConfig, ResolvedProfile, find_model_config, parse_model_config
+from sie_evals.lib.core.errors import ConfigError, EngineError, InputError, UnknownNameError
 from sie_evals.lib.engines import EmbedKind, Engine, create_engine
 from sie_evals.lib.engines.base import validate_embeddings
-from sie_evals.lib.errors import ConfigError, EngineError, InputError, UnknownNameError
-from sie_evals.lib.model_config import ModelConfig, ResolvedProfile, find_model_config, parse_model_config
 
 
 def resolve_model(sel: EmbedderSelector, advanced: Advanced) -> tuple[ModelConfig, ResolvedProfile]:
@@ -27,7 +27,7 @@ def resolve_model(sel: EmbedderSelector, advanced: Advanced) -> tuple[ModelConfi
     except UnknownNameError:
         p = Path(sel.name).expanduser()
         if p.suffix in (".yaml", ".yml") and p.is_file():
-            from sie_evals.lib.model_config import load_model_config
+            from sie_evals.lib.config.model_config import load_model_config
 
             config = load_model_config(p)
         else:

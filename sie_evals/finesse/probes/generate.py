@@ -23,7 +23,7 @@ from sie_evals.finesse.io import EmbeddingsFile, LengthRun, ProbeSample, write_e
 from sie_evals.finesse.probes.embedders import ByokClient, EngineEmbedder, make_merger
 from sie_evals.finesse.probes.sampling import Probe, ReferenceTokenizer, draw_probes, load_documents, load_tokenizer
 from sie_evals.finesse.scoring import Mode
-from sie_evals.lib.run_conditions import hardware, now_iso, software
+from sie_evals.lib.core.run_conditions import hardware, now_iso, software
 
 WARMUP_TEXTS = ["Finesse warm-up sentence one.", "A second, slightly longer warm-up sentence for the model."]
 

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from sie_evals.finesse.config import DatasetConfig
-from sie_evals.lib import paths
-from sie_evals.lib.errors import ConfigError, DatasetError, InputError
+from sie_evals.lib.core import paths
+from sie_evals.lib.core.errors import ConfigError, DatasetError, InputError
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -67,9 +67,9 @@ class ReferenceTokenizer:
 
 def tokenizer_source(name: str) -> str:
     """A model config name -> its weights folder; an existing folder -> itself; else a hub id."""
+    from sie_evals.lib.config.model_config import find_model_config
+    from sie_evals.lib.core.errors import UnknownNameError
     from sie_evals.lib.engines.local import resolve_weights
-    from sie_evals.lib.errors import UnknownNameError
-    from sie_evals.lib.model_config import find_model_config
 
     if Path(name).expanduser().is_dir():
         return str(Path(name).expanduser().resolve())

@@ -13,8 +13,8 @@ from typing import Any, Self
 
 import numpy as np
 
-from sie_evals.lib.errors import EngineError
-from sie_evals.lib.model_config import ModelConfig, ResolvedProfile
+from sie_evals.lib.config.model_config import ModelConfig, ResolvedProfile
+from sie_evals.lib.core.errors import EngineError
 
 
 class EmbedKind(StrEnum):

@@ -23,10 +23,10 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from sie_evals.lib import paths
+from sie_evals.lib.config.model_config import ModelConfig, ResolvedProfile
+from sie_evals.lib.core import paths
+from sie_evals.lib.core.errors import EngineError, InputError
 from sie_evals.lib.engines.base import Engine, EngineInfo, validate_embeddings
-from sie_evals.lib.errors import EngineError, InputError
-from sie_evals.lib.model_config import ModelConfig, ResolvedProfile
 from sie_evals.lib.servers.managed import ManagedServer, ServerCommand
 
 RETRY_STATUS = frozenset({500, 502, 503, 504})

@@ -4,8 +4,8 @@ Embeds through its OpenAI-style `POST /embeddings` route."""
 
 from typing import Any
 
+from sie_evals.lib.core.errors import EngineError
 from sie_evals.lib.engines.http import HttpEngine, weights_dims
-from sie_evals.lib.errors import EngineError
 from sie_evals.lib.servers import infinity as infinity_server
 from sie_evals.lib.servers import install
 from sie_evals.lib.servers.managed import ServerCommand

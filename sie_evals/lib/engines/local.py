@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from sie_evals.lib.config.model_config import ModelConfig, Pooling, ResolvedProfile
+from sie_evals.lib.core.errors import ConfigError, EngineError
 from sie_evals.lib.engines.base import Engine, EngineInfo
-from sie_evals.lib.errors import ConfigError, EngineError
-from sie_evals.lib.model_config import ModelConfig, Pooling, ResolvedProfile
 
 
 def _version(dist: str) -> str:

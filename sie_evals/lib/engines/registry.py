@@ -1,9 +1,9 @@
 """Which engine serves which source."""
 
+from sie_evals.lib.config.model_config import ModelConfig, ResolvedProfile
+from sie_evals.lib.core.errors import InputError, UnknownNameError
+from sie_evals.lib.core.sources import ALL_SOURCES, COMPUTE_SOURCES
 from sie_evals.lib.engines.base import Engine
-from sie_evals.lib.errors import InputError, UnknownNameError
-from sie_evals.lib.model_config import ModelConfig, ResolvedProfile
-from sie_evals.lib.sources import ALL_SOURCES, COMPUTE_SOURCES
 
 # Compute sources whose engine is implemented in this version.
 IMPLEMENTED: tuple[str, ...] = ("local", "sie", "infinity", "tei")

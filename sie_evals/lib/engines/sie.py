@@ -7,8 +7,8 @@ timing (queue, tokenization, inference ms) as `last_server_timing` for perf eval
 import contextlib
 from typing import Any
 
+from sie_evals.lib.core.errors import EngineError
 from sie_evals.lib.engines.http import HttpEngine, Reply, weights_dims
-from sie_evals.lib.errors import EngineError
 from sie_evals.lib.servers import install
 from sie_evals.lib.servers import sie as sie_server
 from sie_evals.lib.servers.managed import ServerCommand

@@ -10,8 +10,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from sie_evals.lib.errors import InputError
-from sie_evals.lib.model_config import ModelConfig, Pooling, ResolvedProfile
+from sie_evals.lib.config.model_config import ModelConfig, Pooling, ResolvedProfile
+from sie_evals.lib.core.errors import InputError
 from sie_evals.lib.servers import install
 from sie_evals.lib.servers.managed import ServerCommand
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sie_evals.lib.errors import EngineError, InputError, SetupError
+from sie_evals.lib.core.errors import EngineError, InputError, SetupError
 
 SERVERS_DIR_ENV = "SIE_EVALS_SERVERS_DIR"
 STAMP = ".sie-evals-installed.json"

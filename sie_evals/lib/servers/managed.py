@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sie_evals.lib.errors import EngineError
+from sie_evals.lib.core.errors import EngineError
 
 LOG_TAIL_LINES = 40
 ADDRESS_IN_USE = ("address already in use", "errno 98", "eaddrinuse")

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from sie_evals.lib.model_config import ModelConfig, Pooling, ResolvedProfile
+from sie_evals.lib.config.model_config import ModelConfig, Pooling, ResolvedProfile
 from sie_evals.lib.servers import install
 from sie_evals.lib.servers.managed import ServerCommand, ServerStartError
 

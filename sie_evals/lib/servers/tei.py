@@ -11,8 +11,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from sie_evals.lib.errors import InputError, SetupError
-from sie_evals.lib.model_config import ModelConfig, Pooling, ResolvedProfile
+from sie_evals.lib.config.model_config import ModelConfig, Pooling, ResolvedProfile
+from sie_evals.lib.core.errors import InputError, SetupError
 from sie_evals.lib.servers.managed import ServerCommand
 
 EXECUTABLE = "text-embeddings-router"

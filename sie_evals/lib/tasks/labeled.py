@@ -9,8 +9,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from sie_evals.lib.core.errors import DatasetError
 from sie_evals.lib.engines.base import EmbedKind
-from sie_evals.lib.errors import DatasetError
 from sie_evals.lib.tasks.base import TaskDataBase
 from sie_evals.lib.tasks.registry import TaskSpec
 

@@ -8,7 +8,7 @@ skip_first_result) are applied, as listed in `MTEB_RETRIEVAL_RULES`.
 
 from dataclasses import dataclass, field
 
-from sie_evals.lib.errors import UnknownNameError
+from sie_evals.lib.core.errors import UnknownNameError
 
 # MTEB's retrieval defaults (mteb.abstasks.retrieval.AbsTaskRetrieval).
 MTEB_K_VALUES: tuple[int, ...] = (1, 3, 5, 10, 20, 100, 1000)
@@ -154,7 +154,7 @@ class FinesseTaskSpec(TaskSpec):
 
     @property
     def default_split(self) -> str:
-        from sie_evals.lib.errors import InputError
+        from sie_evals.lib.core.errors import InputError
 
         raise InputError(
             f"{self.task_id} is a Finesse task: run it with the `finesse` CLI (finesse generate --config "

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from sie_evals.lib import paths
-from sie_evals.lib.errors import DatasetError
+from sie_evals.lib.core import paths
+from sie_evals.lib.core.errors import DatasetError
 from sie_evals.lib.tasks.base import TaskDataBase
 from sie_evals.lib.tasks.registry import TaskSpec
 

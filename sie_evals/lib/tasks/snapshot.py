@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from sie_evals.lib.atomic import atomic_write, atomic_write_json
-from sie_evals.lib.errors import DatasetError
+from sie_evals.lib.core.atomic import atomic_write, atomic_write_json
+from sie_evals.lib.core.errors import DatasetError
 from sie_evals.lib.tasks.labeled import ClassificationData, PairData
 from sie_evals.lib.tasks.retrieval import RetrievalData
 

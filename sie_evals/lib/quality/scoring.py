@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 
 from sie_evals.lib.engines.base import EmbedKind
-from sie_evals.lib.metrics import retrieval_scores
-from sie_evals.lib.search import exact_top_k, to_run
+from sie_evals.lib.quality.metrics import retrieval_scores
+from sie_evals.lib.quality.search import exact_top_k, to_run
 from sie_evals.lib.tasks.labeled import ClassificationData, PairData
 from sie_evals.lib.tasks.registry import EvalRules, TaskSpec
 from sie_evals.lib.tasks.retrieval import RetrievalData

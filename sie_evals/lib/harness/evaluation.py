@@ -9,13 +9,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sie_evals.lib import paths
-from sie_evals.lib.cache import CacheStats, EmbeddingCache
+from sie_evals.lib.config.model_config import ModelConfig, ResolvedProfile
+from sie_evals.lib.core import paths
+from sie_evals.lib.core.errors import InputError
+from sie_evals.lib.core.run_conditions import hardware, now_iso, software
 from sie_evals.lib.engines import EmbedKind, Engine, create_engine
-from sie_evals.lib.errors import InputError
-from sie_evals.lib.model_config import ModelConfig, ResolvedProfile
-from sie_evals.lib.run_conditions import hardware, now_iso, software
-from sie_evals.lib.scoring import TaskData, score_task, task_inputs
+from sie_evals.lib.engines.cache import CacheStats, EmbeddingCache
+from sie_evals.lib.quality.scoring import TaskData, score_task, task_inputs
 from sie_evals.lib.tasks import RetrievalData, TaskSpec, load_retrieval_data, resolve_task
 from sie_evals.lib.tasks.labeled import LOCAL_LOADERS
 
@@ -222,7 +222,7 @@ def evaluate_perf_source(
     """Closed-loop load against one source (the engine directly: the cache is bypassed)."""
     import os
 
-    from sie_evals.lib.perf import run_load
+    from sie_evals.lib.perf.load import run_load
 
     if workload not in PERF_WORKLOADS:
         raise ValueError(f"workload must be one of {PERF_WORKLOADS}")

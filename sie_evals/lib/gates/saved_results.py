@@ -19,11 +19,11 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import YAMLError
 
-from sie_evals.lib.atomic import atomic_write, atomic_write_text
-from sie_evals.lib.errors import ConfigError
-from sie_evals.lib.keys import path_slug
-from sie_evals.lib.model_config import ModelConfig, SavedResult, parse_model_config
-from sie_evals.lib.run_conditions import now_iso
+from sie_evals.lib.config.model_config import ModelConfig, SavedResult, parse_model_config
+from sie_evals.lib.core.atomic import atomic_write, atomic_write_text
+from sie_evals.lib.core.errors import ConfigError
+from sie_evals.lib.core.run_conditions import now_iso
+from sie_evals.lib.gates.keys import path_slug
 
 PER_QUERY_DIR = "per_query"
 

@@ -8,12 +8,12 @@ from typing import Any
 
 import pandas as pd
 
-from sie_evals.lib.benchmark_scores import published_score
-from sie_evals.lib.bootstrap import paired_bootstrap
-from sie_evals.lib.model_config import ModelConfig
-from sie_evals.lib.saved_results import load_per_query
+from sie_evals.lib.config.model_config import ModelConfig
+from sie_evals.lib.gates.benchmark_scores import published_score
+from sie_evals.lib.gates.bootstrap import paired_bootstrap
+from sie_evals.lib.gates.saved_results import load_per_query
+from sie_evals.lib.gates.thresholds import Against, MetricKind, check_against
 from sie_evals.lib.tasks import TaskSpec
-from sie_evals.lib.thresholds import Against, MetricKind, check_against
 
 
 @dataclass

@@ -9,16 +9,11 @@ Margins (defaults; overridable per model, task or metric in the model config's `
 """
 
 import math
-import re
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any
 
-
-class MetricKind(StrEnum):
-    quality = "quality"  # higher is better, margin is a fraction (value >= margin x reference)
-    latency = "latency"  # lower is better, margin is a factor (value <= margin x reference)
-    throughput = "throughput"  # higher is better, margin is a factor (value >= reference / margin)
+from sie_evals.lib.core.metric_names import MetricKind, metric_kind
 
 
 class Against(StrEnum):
@@ -30,27 +25,6 @@ DEFAULT_MARGINS: dict[Against, dict[MetricKind, float]] = {
     Against.targets: {MetricKind.quality: 0.99, MetricKind.latency: 2.5, MetricKind.throughput: 2.5},
     Against.measurements: {MetricKind.quality: 0.98, MetricKind.latency: 1.5, MetricKind.throughput: 1.5},
 }
-
-_QUALITY_PATTERNS = (
-    re.compile(r"^(ndcg|map|recall|precision|hit_rate|mrr)_at_\d+$"),
-    re.compile(r"^(accuracy|f1|precision|recall|ap)(_weighted)?$"),
-    re.compile(r"^(cosine|euclidean|manhattan|dot|similarity|max)_(accuracy|f1|precision|recall|ap|pearson|spearman)$"),
-    re.compile(r"^(pearson|spearman)$"),
-    re.compile(r"^average_rss$"),  # Finesse (sie_evals/finesse)
-)
-_LATENCY = re.compile(r"^latency_(p50|p90|p95|p99|min|max|mean)_ms$")
-_THROUGHPUT = re.compile(r"^(items|tokens|requests)_per_s$")
-
-
-def metric_kind(name: str) -> MetricKind | None:
-    """The kind of a metric name, or None when sie-evals produces no metric of that name."""
-    if any(p.match(name) for p in _QUALITY_PATTERNS):
-        return MetricKind.quality
-    if _LATENCY.match(name):
-        return MetricKind.latency
-    if _THROUGHPUT.match(name):
-        return MetricKind.throughput
-    return None
 
 
 def resolve_margin(

@@ -8,10 +8,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from ruamel.yaml import YAML
 
-from sie_evals.lib.errors import ConfigError
-from sie_evals.lib.thresholds import metric_kind
+from sie_evals.lib.core.errors import ConfigError
+from sie_evals.lib.gates.thresholds import metric_kind
 
-PUBLISHED_SCORES_FILE = Path(__file__).resolve().parents[1] / "data" / "published_scores.yaml"
+PUBLISHED_SCORES_FILE = Path(__file__).resolve().parents[2] / "data" / "published_scores.yaml"
 
 
 class PublishedScore(BaseModel):

@@ -7,10 +7,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from sie_evals.lib.atomic import atomic_write, atomic_write_json
-from sie_evals.lib.evaluation import SourceResult
-from sie_evals.lib.run_conditions import now_iso
-from sie_evals.lib.scoring import TaskData
+from sie_evals.lib.core.atomic import atomic_write, atomic_write_json
+from sie_evals.lib.core.run_conditions import now_iso
+from sie_evals.lib.harness.evaluation import SourceResult
+from sie_evals.lib.quality.scoring import TaskData
 from sie_evals.lib.tasks import TaskSpec
 
 REPORT_FORMAT = 1
@@ -118,7 +118,7 @@ def write_report(path: Path, report: dict[str, Any], results: list[SourceResult]
         report["sources"][r.source]["per_query_file"] = pq.name
         perf_result = r.extra.get("perf_result")
         if perf_result is not None:
-            from sie_evals.lib.perf import latency_histogram_png
+            from sie_evals.lib.perf.load import latency_histogram_png
 
             png = path.with_name(f"{path.stem}.{r.source}.latency.png")
             title = f"{report['model']} via {r.source}: {report.get('variant', '')}"

@@ -9,10 +9,10 @@ from typing import Any
 
 import pandas as pd
 
-from sie_evals.lib.drift import CheckResult, check_source, reference
-from sie_evals.lib.model_config import ModelConfig
+from sie_evals.lib.config.model_config import ModelConfig
+from sie_evals.lib.gates.drift import CheckResult, check_source, reference
+from sie_evals.lib.gates.thresholds import Against, metric_kind
 from sie_evals.lib.tasks import TaskSpec
-from sie_evals.lib.thresholds import Against, metric_kind
 
 
 @dataclass

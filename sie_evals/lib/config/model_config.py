@@ -15,10 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
-from sie_evals.lib import paths
-from sie_evals.lib.errors import ConfigError, UnknownNameError
-from sie_evals.lib.sources import ALL_SOURCES
-from sie_evals.lib.thresholds import metric_kind
+from sie_evals.lib.core import paths
+from sie_evals.lib.core.errors import ConfigError, UnknownNameError
+from sie_evals.lib.core.metric_names import metric_kind
+from sie_evals.lib.core.sources import ALL_SOURCES
 
 DEFAULT_PROFILE = "default"
 SCHEMA_FILENAME = "model_config.schema.json"
@@ -152,7 +152,7 @@ class MetricMargins(_Strict):
 
 
 class MarginOverrides(_Strict):
-    """Overrides of the default drift margins (sie_evals/lib/thresholds.py); most specific wins."""
+    """Overrides of the default drift margins (sie_evals/lib/gates/thresholds.py); most specific wins."""
 
     targets: MarginSet | None = None
     measurements: MarginSet | None = None

@@ -3,7 +3,7 @@
 import os
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 DATA_DIR_ENV = "SIE_EVALS_DATA_DIR"
 CACHE_DIR_ENV = "SIE_EVALS_CACHE_DIR"

@@ -7,11 +7,15 @@ from typing import Any
 
 import pandas as pd
 
-from sie_evals.lib import paths
-from sie_evals.lib.cache import EmbeddingCache
-from sie_evals.lib.drift import CheckResult, ReferenceColumn, check_source, reference
-from sie_evals.lib.errors import InputError, UnknownNameError
-from sie_evals.lib.evaluation import (
+from sie_evals.lib.config.model_config import ModelConfig, find_model_config
+from sie_evals.lib.core import paths
+from sie_evals.lib.core.errors import InputError, UnknownNameError
+from sie_evals.lib.core.sources import ALL_SOURCES, COMPUTE_SOURCES, REFERENCE_SOURCES
+from sie_evals.lib.engines.cache import EmbeddingCache
+from sie_evals.lib.gates.drift import CheckResult, ReferenceColumn, check_source, reference
+from sie_evals.lib.gates.saved_results import append_measurement, save_target
+from sie_evals.lib.gates.thresholds import Against
+from sie_evals.lib.harness.evaluation import (
     DataOptions,
     EngineOptions,
     SourceResult,
@@ -20,15 +24,11 @@ from sie_evals.lib.evaluation import (
     load_task,
     perf_variant,
 )
-from sie_evals.lib.model_config import ModelConfig, find_model_config
-from sie_evals.lib.parity import parity_against
-from sie_evals.lib.perf import PERF_TARGET_METRICS, LoadSpec
-from sie_evals.lib.report import build_report
-from sie_evals.lib.saved_results import append_measurement, save_target
-from sie_evals.lib.scoring import TaskData
-from sie_evals.lib.sources import ALL_SOURCES, COMPUTE_SOURCES, REFERENCE_SOURCES
+from sie_evals.lib.harness.report import build_report
+from sie_evals.lib.perf.load import PERF_TARGET_METRICS, LoadSpec
+from sie_evals.lib.quality.parity import parity_against
+from sie_evals.lib.quality.scoring import TaskData
 from sie_evals.lib.tasks import TaskSpec
-from sie_evals.lib.thresholds import Against
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from sie_evals.lib.atomic import atomic_write_bytes, atomic_write_json
+from sie_evals.lib.core.atomic import atomic_write_bytes, atomic_write_json
 from sie_evals.lib.engines.base import EmbedKind, Engine
 
 log = logging.getLogger(__name__)
