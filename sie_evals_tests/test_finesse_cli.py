@@ -106,3 +106,36 @@ def test_legacy_results_checksum(tmp_path):
     assert "legacy" in run("checksum", "--json-path", str(path), cwd=tmp_path).stdout
     path.write_text(json.dumps({**legacy, "average_rss": 13.0}))
     assert run("checksum", "--json-path", str(path), cwd=tmp_path, ok=False).returncode == 1
+
+
+def test_signature_cannot_be_removed_with_a_key_set(tmp_path, monkeypatch):
+    """Signature downgrade: delete hash_scheme + signature, edit the score, recompute the unkeyed legacy hash.
+    With FINESSE_HMAC_KEY set that must fail; a legacy file is only accepted with an explicit --legacy."""
+    from sie_evals.finesse import hashing as hs
+
+    key = {"FINESSE_HMAC_KEY": "test-key-2"}
+    monkeypatch.setenv("FINESSE_HMAC_KEY", key["FINESSE_HMAC_KEY"])
+    signed = hs.seal({"config": {"mode": "native_mode"}, "average_rss": 12.5, "length_scores": {"4": {}}})
+    assert signed["signature"]
+    good = tmp_path / "signed.json"
+    good.write_text(json.dumps(signed))
+    run("checksum", "--json-path", str(good), cwd=tmp_path, env=key)
+
+    downgraded = {k: v for k, v in signed.items() if k not in ("hash_scheme", "signature")}
+    downgraded["average_rss"] = 999.0
+    downgraded["content_hash"] = ""
+    downgraded["content_hash"] = hs.legacy_content_hash(downgraded)
+    bad = tmp_path / "downgraded.json"
+    bad.write_text(json.dumps(downgraded))
+    proc = run("checksum", "--json-path", str(bad), cwd=tmp_path, env=key, ok=False)
+    assert proc.returncode == 1 and "signature" in proc.stderr and "--legacy" in proc.stderr
+    # explicitly a legacy file: its (unkeyed) legacy hash is what is checked, and the output says so
+    out = run("checksum", "--json-path", str(bad), "--legacy", cwd=tmp_path, env=key).stdout
+    assert "legacy" in out
+
+
+def test_checksum_of_a_non_utf8_file_is_bad_input(tmp_path):
+    path = tmp_path / "r.json"
+    path.write_bytes(b'{"content_hash": "\xff\xfe"}')
+    proc = run("checksum", "--json-path", str(path), cwd=tmp_path, ok=False)
+    assert proc.returncode == 2 and "UTF-8" in proc.stderr and str(path) in proc.stderr

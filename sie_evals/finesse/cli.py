@@ -122,6 +122,11 @@ def score_cmd(
         out.print("unsigned (set FINESSE_HMAC_KEY to sign)")
 
 
+LEGACY_HELP = (
+    "Accept a finesse-benchmark results file (unkeyed legacy hash, no signature) even when FINESSE_HMAC_KEY is set."
+)
+
+
 def _print_report(report: Any) -> None:
     for c in report.checked:
         out.print(f"checked: {c}")
@@ -142,11 +147,12 @@ def checksum_cmd(
     model_path: Annotated[
         Path | None, typer.Option("--model-path", help="Model folder/file to check against the stored model hash.")
     ] = None,
+    legacy: Annotated[bool, typer.Option("--legacy", help=LEGACY_HELP)] = False,
 ) -> None:
     """Recompute the content hash (and signature, and model hash); exit 1 naming any mismatch."""
     from sie_evals.finesse.results import checksum, load_results
 
-    _print_report(checksum(load_results(json_path), model_path))
+    _print_report(checksum(load_results(json_path), model_path, allow_legacy=legacy))
 
 
 @app.command("verify")
@@ -154,11 +160,12 @@ def checksum_cmd(
 def verify_cmd(
     json_path: Annotated[Path, typer.Option("--json-path", help="benchmark_results.json")],
     pt_path: Annotated[Path, typer.Option("--pt-path", help="The embeddings file the results came from.")],
+    legacy: Annotated[bool, typer.Option("--legacy", help=LEGACY_HELP)] = False,
 ) -> None:
     """Checksum, then re-score the embeddings file and compare everything; exit 1 naming what differs."""
     from sie_evals.finesse.results import load_results, verify
 
-    _print_report(verify(load_results(json_path), pt_path))
+    _print_report(verify(load_results(json_path), pt_path, allow_legacy=legacy))
 
 
 def main() -> None:

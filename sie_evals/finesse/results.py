@@ -71,6 +71,8 @@ def load_results(path: Path) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except OSError as err:
         raise InputError(f"{path}: cannot read results: {err.strerror}") from None
+    except UnicodeDecodeError as err:  # bad input (exit 2), not a tampered file (exit 1)
+        raise InputError(f"{path}: not UTF-8 text (byte {err.start}): not a Finesse results file") from None
     except json.JSONDecodeError as err:
         raise InputError(f"{path}: not valid JSON: {err}") from None
     if not isinstance(data, dict) or "content_hash" not in data:
@@ -93,9 +95,20 @@ class Report:
         return not self.problems
 
 
-def checksum(results: dict[str, Any], model_path: Path | None = None, report: Report | None = None) -> Report:
+def checksum(
+    results: dict[str, Any], model_path: Path | None = None, report: Report | None = None, allow_legacy: bool = False
+) -> Report:
+    """With FINESSE_HMAC_KEY set, a file must carry a valid signature: deleting `hash_scheme` and `signature` and
+    recomputing the unkeyed legacy hash (a signature downgrade) fails unless legacy files are explicitly allowed."""
     report = report or Report()
     if is_legacy(results):
+        if hs.hmac_key() is not None and not allow_legacy:
+            report.problems.append(
+                f"signature: missing (no hash_scheme: a finesse-benchmark legacy file, or one whose signature was "
+                f"removed) but {hs.HMAC_KEY_ENV} is set; pass --legacy to check a legacy file's unkeyed hash"
+            )
+            report.checked.append("signature")
+            return report
         report.notes.append("finesse-benchmark results: legacy (unkeyed, collision-prone) content hash")
         frame = {**results, "content_hash": ""}
         if hs.legacy_content_hash(frame) != results["content_hash"]:
@@ -164,9 +177,9 @@ def _diff(path: str, a: Any, b: Any, out: list[str], limit: int = 12) -> None:
         out.append(f"{path}: stored {a!r}, recomputed {b!r}")
 
 
-def verify(results: dict[str, Any], pt_path: Path) -> Report:
+def verify(results: dict[str, Any], pt_path: Path, allow_legacy: bool = False) -> Report:
     """Checksum, then bind the results to the embeddings: same file, same metadata, same scores when re-scored."""
-    report = checksum(results)
+    report = checksum(results, allow_legacy=allow_legacy)
     emb = read_embeddings(pt_path)
     diffs: list[str] = []
     if is_legacy(results):
