@@ -140,12 +140,28 @@ def read_embeddings(path: Path) -> EmbeddingsFile:
     return EmbeddingsFile(header["config"], header["metadata"], lengths)
 
 
+def _plain_strings(obj: Any) -> Any:
+    """str subclasses (TorchVersion) as plain str, so metadata compares and serialises like the JSON copy."""
+    if isinstance(obj, dict):
+        return {k: _plain_strings(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_plain_strings(v) for v in obj]
+    if isinstance(obj, str) and type(obj) is not str:
+        return str(obj)
+    return obj
+
+
 def _read_legacy_pt(path: Path) -> EmbeddingsFile:
     """A finesse-benchmark .pt, through torch's restricted unpickler (weights_only=True)."""
     import torch
+    from torch.torch_version import TorchVersion
 
     try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
+        # Every 0.18.9 .pt stores metadata.device_info.torch_version as torch.__version__, a TorchVersion (a str
+        # subclass with comparison methods only): allowlisting it keeps the loader restricted.
+        with torch.serialization.safe_globals([TorchVersion]):
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+        raw = _plain_strings(raw)
     except Exception as err:
         raise InputError(f"{path}: cannot load as a finesse-benchmark .pt with weights_only=True: {err}") from None
     try:
