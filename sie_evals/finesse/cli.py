@@ -18,7 +18,7 @@ from rich.markup import escape
 from sie_evals.lib.core.errors import InputError, SieEvalsError
 
 app = typer.Typer(
-    help="Finesse long-context embedding benchmark (RSS), exact to finesse-benchmark 0.18.9's scoring.",
+    help="Finesse long-context embedding benchmark (RSS and SRS), exact to finesse-benchmark 0.18.9's scoring.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -110,7 +110,10 @@ def score_cmd(
         raise InputError(f"--final-formula must be sum or balanced, got {final_formula!r}")
     path, results = score_file(pt_path, output, final_formula)
     out.print(f"results written to {path}")
-    out.print(f"average_rss ({results['final_formula']}, {results['formula']}): {results['average_rss']}")
+    if results["metric"] == "srs":
+        out.print(f"average_srs ({results['formula']}): {results['average_srs']}, average_pbi {results['average_pbi']}")
+    else:
+        out.print(f"average_rss ({results['final_formula']}, {results['formula']}): {results['average_rss']}")
     for length, entry in results["length_scores"].items():
         st = entry["stats"]
         if st["n"]:

@@ -5,11 +5,15 @@ Differences from finesse-benchmark 0.18.9 (spec §2, §14), on purpose:
 - `sequence_length.min <= max`, positive counts, and a fixed integer seed are enforced;
 - `probe_config.reference_tokenizer` names the ONE tokenizer that selects and cuts chunks, so every model
   sees identical chunk texts;
-- `final_formula` (sum | balanced) is explicit and recorded with the results.
+- `final_formula` (sum | balanced) is explicit and recorded with the results;
+- `sampler` picks how chunks are drawn: `sie-evals` (default: one reference tokenizer, identical texts for
+  every model) or `finesse-0.18.9` (the package's own lottery box and the model's tokenizer, for numbers
+  comparable with the leaderboard).
 """
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,6 +27,16 @@ from sie_evals.lib.core.errors import ConfigError
 DEFAULT_REFERENCE_TOKENIZER = "sentence-transformers/all-MiniLM-L6-v2"
 # Hugging Face `datasets` builders that read local/explicit files; anything else is a hub dataset.
 FILE_BUILDERS = ("json", "csv", "parquet", "text", "arrow")
+
+
+class Sampler(StrEnum):
+    sie_evals = "sie-evals"  # reference tokenizer, seeded numpy order: identical texts for every model
+    finesse_0_18_9 = "finesse-0.18.9"  # the package's lottery box with the model's own tokenizer (leaderboard)
+
+
+class Metric(StrEnum):
+    rss = "rss"  # Robust Separation Score (TD + BU)
+    srs = "srs"  # Sequence Recognition Sensitivity (+ position bias index)
 
 
 class _Strict(BaseModel):
@@ -110,7 +124,7 @@ class DatasetConfig(_Strict):
 
 
 class SequenceLength(_Strict):
-    min: int = Field(4, ge=4, description="Shortest probe (chunks); 4 as in 0.18.9's generate.")
+    min: int = Field(4, ge=4, description="Shortest probe (chunks); 4 as in 0.18.9's generate (RSS and SRS).")
     max: int = Field(16, ge=4)
 
     @model_validator(mode="after")
@@ -124,6 +138,9 @@ class ProbeConfig(_Strict):
     sequence_length: SequenceLength = Field(default_factory=SequenceLength)
     samples_per_length: int = Field(10, gt=0)
     token_per_sample: int = Field(256, gt=0)
+    group_amount: int = Field(
+        50, gt=0, description="SRS only: context n-grams per probe position (positive and negative groups)."
+    )
     reference_tokenizer: str = Field(
         DEFAULT_REFERENCE_TOKENIZER,
         description="Tokenizer that selects and cuts chunks for every model: a model config name or tokenizer folder.",
@@ -137,7 +154,12 @@ class Advanced(_Strict):
 
 
 class FinesseConfig(_Strict):
-    metric: Literal["rss"] = Field("rss", description="Only RSS is implemented (SRS is not).")
+    metric: Metric = Field(Metric.rss, description="rss (TD/BU separation) or srs (order sensitivity + PBI).")
+    sampler: Sampler = Field(
+        Sampler.sie_evals,
+        description="sie-evals: identical chunk texts for every model (reference tokenizer); finesse-0.18.9: "
+        "the package's own draws with the model's tokenizer (leaderboard-comparable).",
+    )
     formula: Gap = Gap.q1q3
     final_formula: FinalFormula = Field(
         FinalFormula.sum, description="sum = 500(TD+BU) (0.18.9, leaderboard); balanced = 500((TD+BU)/2-|TD-BU|)."
@@ -165,6 +187,15 @@ class FinesseConfig(_Strict):
     def lengths(self) -> list[int]:
         s = self.probe_config.sequence_length
         return list(range(s.min, s.max + 1))
+
+    def chunks_needed(self) -> int:
+        """Chunks one run draws: L per RSS probe; (L-1) probe + group_amount*(L-2) context chunks per SRS one."""
+        pc = self.probe_config
+        if self.metric == Metric.srs:
+            per = [(n - 1) + pc.group_amount * (n - 2) for n in self.lengths()]
+        else:
+            per = self.lengths()
+        return sum(per) * pc.samples_per_length
 
     def model_name(self) -> str:
         m = self.models
@@ -219,7 +250,8 @@ def packaged_config_path(name: str) -> Path:
 
 TEMPLATE = """\
 # Finesse benchmark config (sie-evals). Unknown keys are errors. Docs: README "Finesse (long-context benchmark)".
-metric: rss                 # Robust Separation Score (SRS is not implemented)
+metric: rss                 # rss = Robust Separation Score; srs = Sequence Recognition Sensitivity (+ PBI)
+sampler: sie-evals          # sie-evals: same chunk texts for every model; finesse-0.18.9: leaderboard draws
 formula: q1q3               # gap per row: q1q3 = Q1(memory) - Q3(noise); q2q2 = median - median
 final_formula: sum          # sum = 500*(TD+BU) (0.18.9, leaderboard); balanced = 500*((TD+BU)/2 - |TD-BU|)
 mode: native_mode           # native_mode | merger_mode | byok_mode
@@ -258,7 +290,8 @@ probe_config:
   sequence_length: {min: 4, max: 8}
   samples_per_length: 10
   token_per_sample: 32
-  reference_tokenizer: sentence-transformers/all-MiniLM-L6-v2   # cuts chunks for every model
+  group_amount: 50          # srs only: context n-grams per probe position
+  reference_tokenizer: sentence-transformers/all-MiniLM-L6-v2   # cuts chunks for every model (sampler sie-evals)
 
 advanced:
   batch_size: 32
@@ -275,7 +308,8 @@ CULTURAX_REVISION = "6a8734bc69fefcbb7735f4f9250f43e4cd7a442e"
 
 def leaderboard_template() -> str:
     """The official leaderboard settings in this schema: seed 42, lengths 4-32, 25 samples per length,
-    256 tokens per chunk (what 0.18.9 effectively used; its YAML's `tokper_sample: 500` was a typo it ignored)."""
+    256 tokens per chunk (what 0.18.9 effectively used; its YAML's `tokper_sample: 500` was a typo it ignored),
+    group_amount 100, and 0.18.9's own sampler so every submission sees the leaderboard's draws."""
     datasets = "\n".join(
         f"  - {{path: uonlp/CulturaX, split: train, data_files: {lang}/{lang}_part_00000.parquet, "
         f"commit_hash: {CULTURAX_REVISION}, text_column: text}}"
@@ -283,9 +317,11 @@ def leaderboard_template() -> str:
     )
     return f"""\
 # Finesse leaderboard settings (finesse-benchmark 0.18.9's benchmark.leaderboard.yaml in sie-evals' schema).
-# Chunks are cut with ONE reference tokenizer (below) so every model sees the same texts; 0.18.9 used each
-# model's own tokenizer, so scores are comparable to the leaderboard's only approximately.
+# sampler finesse-0.18.9 reproduces the package's draws exactly (its lottery box over the datasets, seed 42, and
+# the model's OWN tokenizer to select and cut chunks), so the probes are the leaderboard's. Offline: download
+# uonlp/CulturaX's parquet shards once and pass the folder with `finesse generate --dataset-path`.
 metric: rss
+sampler: finesse-0.18.9
 formula: q1q3
 final_formula: sum          # 0.18.9 computes 500*(TD+BU): keep `sum` to compare with leaderboard numbers
 mode: merger_mode
@@ -305,7 +341,8 @@ probe_config:
   sequence_length: {{min: 4, max: 32}}
   samples_per_length: 25
   token_per_sample: 256
-  reference_tokenizer: intfloat/multilingual-e5-base
+  group_amount: 100
+  reference_tokenizer: intfloat/multilingual-e5-base   # unused by sampler finesse-0.18.9
 advanced:
   batch_size: 8
   device: cpu

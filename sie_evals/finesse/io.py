@@ -1,6 +1,7 @@
 """The probe/embedding file `finesse generate` writes and `finesse score` reads: one safetensors file (no pickle).
 
-Tensors: `L{length}.s{sample}.chunks` and `L{length}.s{sample}.synth`, each (L, D).
+Tensors: RSS `L{length}.s{sample}.chunks` and `L{length}.s{sample}.synth`, each (L, D); SRS, per probe prefix
+length p, `L{length}.s{sample}.p{p}.probe` (D,) and `.pos` / `.neg` (positions, groups, D).
 Header metadata `finesse` (JSON): format, config, metadata (versions, datasets, reference tokenizer, model
 identity and hash, device), and per length either `skipped` with the reason or the samples' chunk texts,
 document ids and timings (ms).
@@ -26,6 +27,15 @@ FORMAT = "sie-evals-finesse-embeddings/1"
 
 
 @dataclass
+class SrsProbeEmbeddings:
+    """One SRS probe prefix length p: the probe's embedding and the crafted sequences' (positions x groups)."""
+
+    probe: Any  # (D,)
+    positives: Any  # (L-p+1, G, D)
+    negatives: Any  # (L-p+1, G, D)
+
+
+@dataclass
 class ProbeSample:
     texts: list[str]
     doc_ids: list[str]
@@ -33,6 +43,10 @@ class ProbeSample:
     synth: np.ndarray | None = None  # (L, D)
     chunk_times: list[float] | None = None
     synth_times: list[float] = field(default_factory=list)
+    # SRS: texts holds the L-1 probe chunks; the context n-grams and the per-p embeddings are here
+    context_texts: list[list[str]] | None = None
+    context_ids: list[list[str]] | None = None
+    srs: dict[int, SrsProbeEmbeddings] | None = None
 
 
 @dataclass
@@ -65,6 +79,13 @@ class EmbeddingsFile:
             )
         return out
 
+    def srs_input(self) -> list[tuple[int, list[dict[int, SrsProbeEmbeddings]]]]:
+        return [
+            (length, [s.srs or {} for s in run.samples])
+            for length, run in sorted(self.lengths.items())
+            if not run.skipped
+        ]
+
     def skipped(self) -> dict[str, str]:
         return {str(k): r.skipped for k, r in sorted(self.lengths.items()) if r.skipped}
 
@@ -81,6 +102,21 @@ def write_embeddings(path: Path, data: EmbeddingsFile) -> None:
             continue
         samples = []
         for k, s in enumerate(run.samples):
+            if s.srs is not None:
+                for p, e in sorted(s.srs.items()):
+                    tensors[f"L{length}.s{k}.p{p}.probe"] = np.ascontiguousarray(e.probe)
+                    tensors[f"L{length}.s{k}.p{p}.pos"] = np.ascontiguousarray(e.positives)
+                    tensors[f"L{length}.s{k}.p{p}.neg"] = np.ascontiguousarray(e.negatives)
+                samples.append(
+                    {
+                        "texts": s.texts,
+                        "doc_ids": s.doc_ids,
+                        "context_texts": s.context_texts,
+                        "context_ids": s.context_ids,
+                        "probe_lengths": sorted(s.srs),
+                    }
+                )
+                continue
             assert s.chunks is not None and s.synth is not None
             tensors[f"L{length}.s{k}.chunks"] = np.ascontiguousarray(s.chunks)
             tensors[f"L{length}.s{k}.synth"] = np.ascontiguousarray(s.synth)
@@ -122,6 +158,9 @@ def read_embeddings(path: Path) -> EmbeddingsFile:
             continue
         samples = []
         for k, s in enumerate(entry["samples"]):
+            if "probe_lengths" in s:
+                samples.append(_read_srs_sample(path, tensors, length, k, s))
+                continue
             names = (f"L{length}.s{k}.chunks", f"L{length}.s{k}.synth")
             missing = [n for n in names if n not in tensors]
             if missing:
@@ -140,6 +179,19 @@ def read_embeddings(path: Path) -> EmbeddingsFile:
     return EmbeddingsFile(header["config"], header["metadata"], lengths)
 
 
+def _read_srs_sample(path: Path, tensors: dict[str, np.ndarray], length: int, k: int, s: dict) -> ProbeSample:
+    srs: dict[int, SrsProbeEmbeddings] = {}
+    for p in s["probe_lengths"]:
+        names = [f"L{length}.s{k}.p{p}.{part}" for part in ("probe", "pos", "neg")]
+        missing = [n for n in names if n not in tensors]
+        if missing:
+            raise InputError(f"{path}: tensor(s) {missing} missing for length {length} sample {k}")
+        srs[int(p)] = SrsProbeEmbeddings(*(tensors[n] for n in names))
+    return ProbeSample(
+        texts=s["texts"], doc_ids=s["doc_ids"], context_texts=s["context_texts"], context_ids=s["context_ids"], srs=srs
+    )
+
+
 def _plain_strings(obj: Any) -> Any:
     """str subclasses (TorchVersion) as plain str, so metadata compares and serialises like the JSON copy."""
     if isinstance(obj, dict):
@@ -149,6 +201,23 @@ def _plain_strings(obj: Any) -> Any:
     if isinstance(obj, str) and type(obj) is not str:
         return str(obj)
     return obj
+
+
+def _legacy_srs_sample(path: Path, length: int, sample: Any) -> ProbeSample:
+    """{str(p): {probe_embedding, probe_pos_embeddings: {str(pos): {positive_embeddings, negative_embeddings}}}}
+    (spec §8) as stacked tensors in the stored dtype. Positions keep the file's order, as 0.18.9 scores them."""
+    import torch
+
+    srs: dict[int, SrsProbeEmbeddings] = {}
+    try:
+        for p_key, data in sample.items():
+            by_pos = data["probe_pos_embeddings"]
+            pos = [torch.stack(list(v["positive_embeddings"])) for v in by_pos.values()]
+            neg = [torch.stack(list(v["negative_embeddings"])) for v in by_pos.values()]
+            srs[int(p_key)] = SrsProbeEmbeddings(data["probe_embedding"], torch.stack(pos), torch.stack(neg))
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as err:
+        raise InputError(f"{path}: length {length}: malformed SRS sample ({type(err).__name__}: {err})") from None
+    return ProbeSample(texts=[], doc_ids=[], srs=srs)
 
 
 def _read_legacy_pt(path: Path) -> EmbeddingsFile:
@@ -174,6 +243,10 @@ def _read_legacy_pt(path: Path) -> EmbeddingsFile:
         length = int(key)
         if entry.get("skipped"):
             lengths[length] = LengthRun(length, [], "skipped by finesse-benchmark (over the context length)")
+            continue
+        if (metadata or {}).get("scoring_method") == "srs":
+            samples = [_legacy_srs_sample(path, length, s) for s in entry.get("sample_results", [])]
+            lengths[length] = LengthRun(length, samples)
             continue
         samples = []
         for s in entry.get("sample_results", []):

@@ -11,7 +11,7 @@ from typing import Any
 from sie_evals.finesse import hashing as hs
 from sie_evals.finesse.hashing import file_sha256
 from sie_evals.finesse.io import EmbeddingsFile, read_embeddings
-from sie_evals.finesse.scoring import FinalFormula, Gap, Mode, aggregate
+from sie_evals.finesse.scoring import FinalFormula, Gap, Mode, aggregate, aggregate_srs
 from sie_evals.lib.core.atomic import atomic_write_text
 from sie_evals.lib.core.errors import InputError
 
@@ -28,8 +28,10 @@ def score_embeddings(
     source_sha256: str | None = None,
     name: str = "",
 ) -> dict[str, Any]:
-    """The results dict (unsealed) for an embeddings file."""
+    """The results dict (unsealed) for an embeddings file: RSS or SRS, whichever the file was generated for."""
     cfg = emb.config
+    if metric_of(emb) == "srs":
+        return _score_srs(emb, source_sha256, name)
     gap = Gap(cfg.get("formula", "q1q3"))
     formula = FinalFormula(final_formula or cfg.get("final_formula") or FinalFormula.sum)
     mode = Mode(cfg.get("mode", "native_mode"))
@@ -41,6 +43,8 @@ def score_embeddings(
     skipped = emb.skipped()
     return {
         "config": cfg,
+        "metric": "rss",
+        "sampler": sampler_of(emb),
         "formula": gap.value,
         "final_formula": formula.value,
         "final_formula_definition": "500*(TD+BU)" if formula == FinalFormula.sum else "500*((TD+BU)/2-|TD-BU|)",
@@ -49,6 +53,40 @@ def score_embeddings(
         "average_synthesis_latency": agg.average_synthesis_latency,
         "mean_of_length_means": agg.mean_of_length_means,
         "length_scores": length_scores,
+        "skipped_lengths": skipped,
+        "complete": not skipped,
+        "metadata": emb.metadata,
+        "model_hash": None if emb.legacy else _model_hashes(emb.metadata),
+        "embeddings_file": {"name": name, "sha256": source_sha256, "legacy_pt": emb.legacy},
+    }
+
+
+def metric_of(emb: EmbeddingsFile) -> str:
+    """rss | srs: the config's metric (ours), or the .pt metadata's scoring_method (finesse-benchmark's)."""
+    if emb.legacy:
+        return str((emb.metadata or {}).get("scoring_method") or "rss")
+    return str(emb.config.get("metric", "rss"))
+
+
+def sampler_of(emb: EmbeddingsFile) -> str:
+    return "finesse-0.18.9" if emb.legacy else str(emb.config.get("sampler", "sie-evals"))
+
+
+def _score_srs(emb: EmbeddingsFile, source_sha256: str | None, name: str) -> dict[str, Any]:
+    gap = Gap(emb.config.get("formula", "q1q3"))
+    agg = aggregate_srs(emb.srs_input(), gap)
+    skipped = emb.skipped()
+    return {
+        "config": emb.config,
+        "metric": "srs",
+        "sampler": sampler_of(emb),
+        "formula": gap.value,
+        "average_srs": agg.average_srs,
+        "average_pbi": agg.average_pbi,
+        "length_scores": {
+            str(length): {"sample_results": rows, "stats": agg.per_length[length]}
+            for length, rows in sorted(agg.length_scores.items())
+        },
         "skipped_lengths": skipped,
         "complete": not skipped,
         "metadata": emb.metadata,
@@ -187,12 +225,20 @@ def verify(results: dict[str, Any], pt_path: Path, allow_legacy: bool = False) -
             diffs.append("metadata: differs between the .pt and the results JSON")
         mode = Mode((results.get("config") or {}).get("mode", "merger_mode"))
         gap = Gap((results.get("config") or {}).get("formula", "q1q3"))
-        agg = aggregate(emb.scoring_input(), mode, gap, FinalFormula.sum)
         stored = results.get("length_scores") or {}
-        for length, scores in agg.length_scores.items():
-            entry = stored.get(str(length)) or {}
-            _diff(f"length_scores.{length}.rss_scores", entry.get("rss_scores"), scores.rss_scores, diffs)
-        _diff("average_rss", results.get("average_rss"), agg.average_rss, diffs)
+        if metric_of(emb) == "srs":
+            srs = aggregate_srs(emb.srs_input(), gap)
+            for length, rows in srs.length_scores.items():
+                entry = stored.get(str(length)) or {}
+                _diff(f"length_scores.{length}.sample_results", entry.get("sample_results"), rows, diffs)
+            _diff("average_srs", results.get("average_srs"), srs.average_srs, diffs)
+            _diff("average_pbi", results.get("average_pbi"), srs.average_pbi, diffs)
+        else:
+            agg = aggregate(emb.scoring_input(), mode, gap, FinalFormula.sum)
+            for length, scores in agg.length_scores.items():
+                entry = stored.get(str(length)) or {}
+                _diff(f"length_scores.{length}.rss_scores", entry.get("rss_scores"), scores.rss_scores, diffs)
+            _diff("average_rss", results.get("average_rss"), agg.average_rss, diffs)
         report.checked.append("re-scored .pt (legacy)")
     else:
         stored_file = (results.get("embeddings_file") or {}).get("sha256")

@@ -277,3 +277,66 @@ def aggregate(
         average_synthesis_latency=_mean(all_synth),
         per_length={length: length_stats(s.rss_scores) for length, s in length_scores.items()},
     )
+
+
+# ------------------------------------------------------------------------------------------------ SRS (spec §8)
+def srs_gaps(probe: Any, positives: Any, negatives: Any, gap: Gap | str) -> list[float]:
+    """0.18.9's `calculate_srs_score` for every insertion position at once, x1000 and rounded to 6 places.
+
+    probe (D,); positives / negatives (positions, groups, D). Per position: cos(probe, each group member) with
+    F.cosine_similarity in the stored dtype, then Q.25(pos) - Q.75(neg) (q1q3) or median - median (q2q2) with
+    torch.quantile on float32, `.item()`, *1000, round(.., 6) — the package's operations, row-batched."""
+    gap = Gap(gap)
+    probe_t, pos_t, neg_t = (
+        _as_tensor(np.asarray(x)) if not isinstance(x, torch.Tensor) else x for x in (probe, positives, negatives)
+    )
+    if pos_t.shape[1] == 0 or neg_t.shape[1] == 0:
+        return [0.0] * int(pos_t.shape[0])  # 0.18.9: empty groups raise ValueError, scored 0.0
+    q_pos, q_neg = _QUANTILES[gap]
+    sims_pos = torch.nn.functional.cosine_similarity(probe_t[None, None, :], pos_t, dim=-1)
+    sims_neg = torch.nn.functional.cosine_similarity(probe_t[None, None, :], neg_t, dim=-1)
+    values = torch.quantile(sims_pos.float(), q_pos, dim=-1) - torch.quantile(sims_neg.float(), q_neg, dim=-1)
+    return [round(v * 1000, 6) for v in values.tolist()]
+
+
+@dataclass
+class SrsAggregate:
+    length_scores: dict[int, list[dict[str, list[float]]]]  # L -> per sample {str(p): [score per position]}
+    average_srs: float
+    average_pbi: float
+    per_length: dict[int, dict[str, float | int | None]]
+
+
+def position_bias_index(length_scores: dict[int, list[dict[str, list[float]]]]) -> float:
+    """0.18.9's average_pbi: per L and probe length p <= L//2, np.std (ddof 0) of all scores pooled over samples
+    and positions (when more than one), then the rounded mean of those."""
+    stds: list[float] = []
+    for length, samples in length_scores.items():
+        pooled: dict[int, list[float]] = {}
+        for sample in samples:
+            for p_key, scores in sample.items():
+                if int(p_key) <= int(length) // 2:
+                    pooled.setdefault(int(p_key), []).extend(scores)
+        stds.extend(float(np.std(v)) for v in pooled.values() if len(v) > 1)
+    return round(float(np.mean(stds)), 6) if stds else 0.0
+
+
+def aggregate_srs(lengths: Iterable[tuple[int, Sequence[dict[int, Any]]]], gap: Gap | str) -> SrsAggregate:
+    """Score every length's samples; average_srs is the flat mean over every (sample, p, position) score."""
+    length_scores: dict[int, list[dict[str, list[float]]]] = {}
+    for length, samples in lengths:
+        rows = []
+        for sample in samples:
+            rows.append({str(p): srs_gaps(e.probe, e.positives, e.negatives, gap) for p, e in sample.items()})
+        length_scores[int(length)] = rows
+    flat_by_length = {
+        length: [x for sample in rows for scores in sample.values() for x in scores]
+        for length, rows in length_scores.items()
+    }
+    everything = [x for v in flat_by_length.values() for x in v]
+    return SrsAggregate(
+        length_scores=length_scores,
+        average_srs=_mean(everything),
+        average_pbi=position_bias_index(length_scores),
+        per_length={length: length_stats(v) for length, v in flat_by_length.items()},
+    )

@@ -95,3 +95,35 @@ def fake_merge(batch: np.ndarray) -> np.ndarray:
     w = np.arange(1, x.shape[1] + 1, dtype=np.float64)[None, :, None]
     v = (x * w).sum(axis=1)
     return (v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+class SieFakeEmbedder:
+    """FakeEmbedder behind sie-evals' embedder interface (generate(..., embedder=...))."""
+
+    def __init__(self, fake: FakeEmbedder, max_context_length: int):
+        self.fake = fake
+        self.max_context_length = max_context_length
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        return self.fake.encode_np(list(texts))
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.fake.tokenizer(self.fake.prefix + text)["input_ids"])
+
+    def chunker(self) -> Any:
+        from sie_evals.finesse.probes.sampling import ModelChunker
+
+        return ModelChunker(self.fake.tokenizer)
+
+    def identity(self) -> dict[str, Any]:
+        return {"engine": "fake", "model_hash": None}
+
+
+class SieFakeMerger:
+    name = "fake-merger"
+
+    def merge(self, seq: np.ndarray) -> np.ndarray:
+        return fake_merge(np.asarray(seq)[None])[0]
+
+    def identity(self) -> dict[str, Any]:
+        return {"merger": self.name, "model_hash": None}

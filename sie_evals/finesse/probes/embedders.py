@@ -14,6 +14,7 @@ import numpy as np
 
 from sie_evals.finesse.config import Advanced, ByokEmbedder, EmbedderSelector, MergerSelector
 from sie_evals.finesse.hashing import identity_hash, model_hash
+from sie_evals.finesse.probes.sampling import ModelChunker
 from sie_evals.lib.config.model_config import ModelConfig, ResolvedProfile, find_model_config, parse_model_config
 from sie_evals.lib.core.errors import ConfigError, EngineError, InputError, UnknownNameError
 from sie_evals.lib.engines import EmbedKind, Engine, create_engine
@@ -68,6 +69,10 @@ class EngineEmbedder:
         """Tokens the model would see for `text`: prefix and special tokens included, no truncation."""
         tok = self.engine.tokenizer()  # type: ignore[attr-defined]
         return len(tok(self.profile.document_prefix + text, truncation=False)["input_ids"])
+
+    def chunker(self) -> ModelChunker:
+        """0.18.9's count_tokens/chunk_text with this model's own tokenizer (sampler finesse-0.18.9)."""
+        return ModelChunker(self.engine.tokenizer())  # type: ignore[attr-defined]
 
     def identity(self) -> dict[str, Any]:
         from sie_evals.lib.engines.local import resolve_weights
@@ -143,6 +148,9 @@ class ByokClient:
 
     def count_tokens(self, text: str) -> int:
         return len(self._tok(self.cfg.prefix + text, truncation=False)["input_ids"])
+
+    def chunker(self) -> ModelChunker:
+        return ModelChunker(self._tok)
 
     def identity(self) -> dict[str, Any]:
         ident = f"byok:{self.cfg.provider}:{self.cfg.name}@{self.url}"

@@ -254,3 +254,233 @@ def draw_probes(
                 texts.append(chunk)
             probes[length].append(Probe(texts, ids))
     return probes
+
+
+# ------------------------------------------------------------------------------------ probe plans (both samplers)
+@dataclass
+class SrsDraw:
+    """One SRS sample's texts: L-1 probe chunks, then group_amount n-grams of L-2 context chunks."""
+
+    probe: Probe
+    context: list[Probe]  # group_amount n-grams
+
+
+def srs_sequences(probe: list[Any], ngram: list[Any], length: int, p: int, pos: int) -> tuple[list[Any], list[Any]]:
+    """The crafted sequences of 0.18.9's SRS (spec §8) for probe prefix length p at insertion position pos:
+    the n-gram cut to L-p items with P_0..P_{p-1} inserted in order (positive) or reversed (negative)."""
+    head, tail = ngram[:pos], ngram[pos : length - p]
+    prefix = probe[:p]
+    return head + prefix + tail, head + prefix[::-1] + tail
+
+
+def srs_texts_fit(draw: SrsDraw, length: int, count_tokens: Any, max_ctx: int) -> bool:
+    """Native SRS keeps a sample only if every crafted text (each partial insertion included, as 0.18.9 checks)
+    has at most max_ctx tokens; otherwise the sample is dropped and its chunks stay consumed."""
+    probe = draw.probe.texts
+    for p in range(2, length):
+        for pos in range(length - p + 1):
+            for ngram in (g.texts[: length - p] for g in draw.context):
+                for forward in (True, False):
+                    crafted = list(ngram)
+                    for chunk in reversed(probe[:p]) if forward else probe[:p]:
+                        crafted.insert(pos, chunk)
+                        if count_tokens(" ".join(crafted)) > max_ctx:
+                            return False
+    return True
+
+
+def srs_probes_from_stream(
+    stream: Iterator[tuple[str, str]], lengths: list[int], samples: int, groups: int, short: Any
+) -> dict[int, list[SrsDraw]]:
+    """SRS draws from a chunk stream (sampler sie-evals): per sample L-1 probe chunks, then the context."""
+
+    def take(n: int) -> Probe:
+        texts, ids = [], []
+        for _ in range(n):
+            try:
+                doc_id, chunk = next(stream)
+            except StopIteration:
+                raise short() from None
+            ids.append(doc_id)
+            texts.append(chunk)
+        return Probe(texts, ids)
+
+    out: dict[int, list[SrsDraw]] = {}
+    for length in lengths:
+        out[length] = []
+        for _ in range(samples):
+            probe = take(length - 1)
+            context = [take(length - 2) for _ in range(groups)]
+            out[length].append(SrsDraw(probe, context))
+    return out
+
+
+# -------------------------------------------------------------------------- sampler finesse-0.18.9 (spec §3-4)
+class ModelChunker:
+    """0.18.9's HuggingFaceEmbedder.count_tokens / chunk_text with the model's own tokenizer: tokens without
+    special tokens or prefix; a chunk is the decoded first N token ids (decode, not a character cut)."""
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def chunk_text(self, text: str, max_tokens: int) -> str:
+        return self.tokenizer.decode(self.tokenizer.encode(text, add_special_tokens=False)[:max_tokens])
+
+
+def load_dataset_rows(ds: DatasetConfig, config_dir: Path | None, index: int) -> list[Document | None]:
+    """Every row of one configured dataset in its stored order (None where the text is missing or not a string:
+    0.18.9 loses that ticket). Local files and hub datasets alike."""
+    rows: list[Document | None] = []
+    if ds.local_files is not None:
+        for entry in ds.local_files:
+            path = _resolve_local(entry, config_dir)
+            rows.extend(Document(f"{index}/{d.doc_id}", d.text) for d in _iter_local_file(path, ds))
+        return rows
+    import datasets
+
+    try:
+        data = datasets.load_dataset(
+            ds.path,
+            split=ds.split,
+            data_files=ds.data_files,
+            data_dir=ds.data_dir if ds.data_files is None else None,
+            revision=ds.commit_hash or None,
+        )
+    except Exception as err:  # datasets raises many types (offline, missing split, bad files)
+        raise DatasetError(f"dataset {ds.path!r} (split {ds.split!r}) cannot be loaded: {err}") from None
+    if ds.text_column not in data.column_names:
+        raise DatasetError(
+            f"dataset {ds.path!r}: field text_column {ds.text_column!r} is not a column (columns: {data.column_names})"
+        )
+    texts = data[ds.text_column]
+    return [Document(f"{index}/{n}", t) if isinstance(t, str) else None for n, t in enumerate(texts)]
+
+
+class LotteryBox:
+    """0.18.9's "Unified Lottery Box" (spec §3): each dataset permuted with numpy default_rng(seed) (what
+    `datasets.Dataset.shuffle(seed)` does; the same seed for every dataset), then tickets drawn with Python's
+    Mersenne Twister seeded with `seed`. A ticket picks a DATASET (weighted by its remaining rows); the row is
+    that dataset's next shuffled row. Short documents (< token_per_sample model tokens) consume their ticket.
+    A private random.Random(seed) gives the same draws as 0.18.9's reseeded global `random`, without other code
+    being able to shift them."""
+
+    def __init__(self, datasets_rows: list[list[Document | None]], seed: int, chunker: ModelChunker, tps: int):
+        import random
+
+        self.rows = [
+            [rows[int(i)] for i in np.random.default_rng(seed).permutation(len(rows))] for rows in datasets_rows
+        ]
+        self.next_row = [0] * len(self.rows)
+        self.remaining = [len(r) for r in self.rows]
+        self.total = sum(self.remaining)
+        self.rng = random.Random(seed)
+        self.chunker = chunker
+        self.tps = tps
+
+    def draw(self, count: int) -> Probe:
+        texts: list[str] = []
+        ids: list[str] = []
+        while len(texts) < count:
+            if self.total == 0:
+                raise InputError(
+                    "finesse-0.18.9 sampler: the lottery box is exhausted (every row of every dataset drawn); "
+                    "too few documents with at least token_per_sample model tokens for these lengths and samples"
+                )
+            ticket = self.rng.randint(0, self.total - 1)
+            cumulative = 0
+            chosen = 0
+            for d, count_d in enumerate(self.remaining):
+                cumulative += count_d
+                if ticket < cumulative:
+                    chosen = d
+                    break
+            self.total -= 1
+            self.remaining[chosen] -= 1
+            if self.next_row[chosen] >= len(self.rows[chosen]):
+                continue
+            doc = self.rows[chosen][self.next_row[chosen]]
+            self.next_row[chosen] += 1
+            if doc is None or self.chunker.count_tokens(doc.text) < self.tps:
+                continue
+            texts.append(self.chunker.chunk_text(doc.text, self.tps))
+            ids.append(doc.doc_id)
+        return Probe(texts, ids)
+
+
+def finesse_0189_box(
+    dataset_configs: list[DatasetConfig], config_dir: Path | None, seed: int, chunker: ModelChunker, tps: int, need: int
+) -> LotteryBox:
+    rows = [load_dataset_rows(ds, config_dir, i) for i, ds in enumerate(dataset_configs)]
+    total = sum(len(r) for r in rows)
+    if total < need:
+        raise InputError(
+            f"finesse-0.18.9 sampler: the datasets hold {total} rows, fewer than the {need} chunks the probes need "
+            "(0.18.9's own up-front check)"
+        )
+    return LotteryBox(rows, seed, chunker, tps)
+
+
+def _attempts(box: LotteryBox, length: int, kept: list[Any], samples: int) -> Iterator[None]:
+    """0.18.9 gives up on a length after as many sample attempts as there were tickets when it started."""
+    limit = box.total
+    attempts = 0
+    while len(kept) < samples:
+        attempts += 1
+        if attempts > limit:
+            raise InputError(
+                f"finesse-0.18.9 sampler: length {length}: only {len(kept)}/{samples} samples fit the context"
+            )
+        yield
+
+
+def finesse_0189_rss(
+    box: LotteryBox, lengths: list[int], samples: int, native_ctx: int | None
+) -> tuple[dict[int, list[Probe]], dict[int, str]]:
+    """RSS draws in 0.18.9's order. Native mode (native_ctx set): a length with L*tps + 100 > ctx is skipped
+    before drawing; a sample whose joined text has more than ctx model tokens is dropped (chunks consumed)."""
+    probes: dict[int, list[Probe]] = {}
+    skipped: dict[int, str] = {}
+    for length in lengths:
+        if native_ctx is not None and length * box.tps + 100 > native_ctx:
+            skipped[length] = (
+                f"0.18.9 estimate {length}x{box.tps}+100 = {length * box.tps + 100} tokens > max_context_length "
+                f"{native_ctx} (skipped before drawing)"
+            )
+            continue
+        kept: list[Probe] = []
+        for _ in _attempts(box, length, kept, samples):
+            probe = box.draw(length)
+            if native_ctx is None or box.chunker.count_tokens(" ".join(probe.texts)) <= native_ctx:
+                kept.append(probe)
+        probes[length] = kept
+    return probes, skipped
+
+
+def finesse_0189_srs(
+    box: LotteryBox, lengths: list[int], samples: int, groups: int, native_ctx: int | None
+) -> tuple[dict[int, list[SrsDraw]], dict[int, str]]:
+    """SRS draws in 0.18.9's order: per sample L-1 probe chunks, then groups*(L-2) context chunks; native mode
+    skips lengths by the same estimate and drops samples whose crafted texts do not fit."""
+    out: dict[int, list[SrsDraw]] = {}
+    skipped: dict[int, str] = {}
+    for length in lengths:
+        if native_ctx is not None and length * box.tps + 100 > native_ctx:
+            skipped[length] = (
+                f"0.18.9 estimate {length}x{box.tps}+100 = {length * box.tps + 100} tokens > max_context_length "
+                f"{native_ctx} (skipped before drawing)"
+            )
+            continue
+        kept: list[SrsDraw] = []
+        for _ in _attempts(box, length, kept, samples):
+            probe = box.draw(length - 1)
+            flat = box.draw(groups * (length - 2))
+            n = length - 2
+            context = [Probe(flat.texts[g * n : (g + 1) * n], flat.doc_ids[g * n : (g + 1) * n]) for g in range(groups)]
+            draw = SrsDraw(probe, context)
+            if native_ctx is None or srs_texts_fit(draw, length, box.chunker.count_tokens, native_ctx):
+                kept.append(draw)
+        out[length] = kept
+    return out, skipped
