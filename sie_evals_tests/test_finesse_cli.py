@@ -139,3 +139,67 @@ def test_checksum_of_a_non_utf8_file_is_bad_input(tmp_path):
     path.write_bytes(b'{"content_hash": "\xff\xfe"}')
     proc = run("checksum", "--json-path", str(path), cwd=tmp_path, ok=False)
     assert proc.returncode == 2 and "UTF-8" in proc.stderr and str(path) in proc.stderr
+
+
+def _srs_yaml(tmp_path, **probe) -> str:
+    from ruamel.yaml import YAML
+
+    from sie_evals_tests.test_finesse_oracle import LEADERBOARD_LIKE
+
+    cfg = {
+        "metric": "srs",
+        "formula": "q2q2",
+        "mode": "native_mode",
+        "models": {"native_embedder": {"name": "sentence-transformers/all-MiniLM-L6-v2"}},
+        "datasets": LEADERBOARD_LIKE,
+        "probe_config": {"sequence_length": {"min": 4, "max": 4}, "samples_per_length": 1, "token_per_sample": 16,
+                         "group_amount": 2, **probe},
+        "advanced": {"threads": 1},
+    }  # fmt: skip
+    path = tmp_path / "srs.yaml"
+    with open(path, "w") as fh:
+        YAML(typ="safe", pure=True).dump(cfg, fh)
+    return str(path)
+
+
+@pytest.mark.slow
+def test_srs_leaderboard_sampler_offline_end_to_end(tmp_path):
+    """The leaderboard-style config (hub dataset, data_files wildcard + data_dir) run offline from a local copy
+    of the repo layout, with 0.18.9's sampler and the real model: SRS generate -> score -> checksum -> verify."""
+    from sie_evals_tests.test_finesse_oracle import _hf_layout
+
+    _hf_layout(tmp_path / "CulturaX")
+    key = {"FINESSE_HMAC_KEY": "k3"}
+    run("generate", "--config", _srs_yaml(tmp_path), "--dataset-path", str(tmp_path / "CulturaX"),
+        "--sampler", "finesse-0.18.9", "--output", "res", "--no-progress", cwd=tmp_path)  # fmt: skip
+    (pt,) = (tmp_path / "res").glob("embeddings_native_mode_srs_*.safetensors")
+    out = run("score", "--pt-path", str(pt), "--output", "res", cwd=tmp_path, env=key).stdout
+    assert "average_srs (q2q2)" in out and "average_pbi" in out
+    results = json.loads((tmp_path / "res" / "benchmark_results.json").read_text())
+    assert results["sampler"] == "finesse-0.18.9" and results["metric"] == "srs" and results["signature"]
+    assert results["metadata"]["sampler"]["name"] == "finesse-0.18.9"
+    assert [len(s) for s in results["length_scores"]["4"]["sample_results"][0].values()] == [3, 2]  # p=2, 3
+    js = ["--json-path", str(tmp_path / "res" / "benchmark_results.json")]
+    run("checksum", *js, cwd=tmp_path, env=key)
+    run("verify", *js, "--pt-path", str(pt), cwd=tmp_path, env=key)
+
+
+def test_srs_and_dataset_path_bad_inputs_exit_2(tmp_path):
+    from typer.testing import CliRunner
+
+    from sie_evals.finesse.cli import app
+    from sie_evals_tests.test_finesse_oracle import _hf_layout
+
+    def gen(*args):  # in-process: the same command and exit codes, without a fresh interpreter per case
+        result = CliRunner().invoke(app, ["generate", *args, "--output", str(tmp_path / "res"), "--no-progress"])
+        assert result.exit_code == 2, result.output
+        return result.output
+
+    short = _srs_yaml(tmp_path, sequence_length={"min": 2, "max": 4})
+    assert "sequence_length.min" in gen("--config", short)
+    (tmp_path / "empty").mkdir()
+    assert "datasets[0].data_files" in gen("--config", _srs_yaml(tmp_path), "--dataset-path", str(tmp_path / "empty"))
+    _hf_layout(tmp_path / "other", column="content")
+    err = gen("--config", _srs_yaml(tmp_path), "--dataset-path", str(tmp_path / "other"))
+    assert "text_column 'text'" in err and "en_part_00000.parquet" in err
+    assert "sampler" in gen("--config", _srs_yaml(tmp_path), "--sampler", "finesse-0.17")

@@ -198,3 +198,72 @@ def test_order_invariant_merger_gives_srs_near_zero(corpus, tokenizer, tmp_path)
     # the order-sensitive fake merger on the same probes does separate AB from BA
     average, _ = scores("q2q2", SieFakeMerger(), tmp_path / "ordered")
     assert average > 1.0
+
+
+def _hf_layout(root: Path, column: str = "text") -> list[Path]:
+    """A local copy of a Hugging Face dataset repo layout (CulturaX-like shards) written from real SciFact text."""
+    import pandas as pd
+
+    rows = [json.loads(x) for x in (DATA / "scifact" / "corpus.jsonl").read_text().splitlines()[:90]]
+    shards = {"en/en_part_00000.parquet": rows[:40], "la/la_part_00000.parquet": rows[40:65],
+              "la/la_part_00001.parquet": rows[65:90]}  # fmt: skip
+    paths = []
+    for rel, part in shards.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame({"string_id": [r["_id"] for r in part], column: [r["text"] for r in part]}).to_parquet(path)
+        paths.append(path)
+    (root / "README.md").write_text("not data\n")
+    return paths
+
+
+LEADERBOARD_LIKE = [
+    {"path": "uonlp/CulturaX", "split": "train", "data_files": "en/en_part_0000*.parquet", "commit_hash": "abc",
+     "text_column": "text"},
+    {"path": "uonlp/CulturaX", "split": "train", "data_dir": "la", "commit_hash": "abc", "text_column": "text"},
+]  # fmt: skip
+
+
+def test_dataset_path_reads_a_local_copy_of_the_hub_layout(tokenizer, tmp_path):
+    """--dataset-path <folder>: the config's data_files wildcards / data_dir resolve inside the folder and give the
+    same rows, in the same order, as Hugging Face `datasets` reading those parquet files (so the same draws)."""
+    from sie_evals.finesse.probes.sampling import local_dataset_copy
+
+    shards = _hf_layout(tmp_path / "CulturaX")
+    local = local_dataset_copy([parse_config(_srs_cfg(LEADERBOARD_LIKE), "x").datasets[i] for i in (0, 1)],
+                               tmp_path / "CulturaX", None)  # fmt: skip
+    assert [d["local_files"] for d in local] == [[str(shards[0])], [str(shards[1]), str(shards[2])]]
+    via_hf = [{"path": "parquet", "split": "train", "data_files": [str(p) for p in ps], "text_column": "text"}
+              for ps in ([shards[0]], shards[1:])]  # fmt: skip
+    embedder = SieFakeEmbedder(FakeEmbedder(tokenizer), 512)
+    a = read_embeddings(generate(parse_config(_srs_cfg(local), "a"), tmp_path / "a", embedder=embedder))
+    b = read_embeddings(generate(parse_config(_srs_cfg(via_hf), "b"), tmp_path / "b", embedder=embedder))
+    assert our_draws(a) == our_draws(b) and our_draws(a)
+    ids = {i.split("/")[0] for run in a.lengths.values() for s in run.samples for i in s.doc_ids}
+    assert ids == {"0", "1"}  # both datasets drawn from; ids come from the string_id column
+
+
+def _srs_cfg(datasets: list[dict]) -> dict:
+    return {
+        "metric": "srs",
+        "sampler": "finesse-0.18.9",
+        "mode": "native_mode",
+        "models": {"native_embedder": {"name": "fake", "max_context_length": 512}},
+        "datasets": datasets,
+        "probe_config": {"sequence_length": {"min": 4, "max": 4}, "samples_per_length": 2, "token_per_sample": 16,
+                         "group_amount": 2},
+    }  # fmt: skip
+
+
+def test_default_sampler_srs_skips_lengths_over_the_context(tokenizer, tmp_path):
+    """sie-evals sampler, native SRS: a length whose crafted sequences exceed the context is listed as skipped
+    (with the reason), never truncated; the other lengths are scored."""
+    data = {**_srs_cfg([{"local_files": [str(DATA / "scifact" / "corpus.jsonl")]}]), "sampler": "sie-evals"}
+    data["probe_config"] = {**data["probe_config"], "sequence_length": {"min": 4, "max": 5},
+                            "reference_tokenizer": str(Path(tokenizer.name_or_path))}  # fmt: skip
+    cfg = parse_config(data, "srs")
+    embedder = SieFakeEmbedder(FakeEmbedder(tokenizer), 100)  # these 4-chunk sequences are <= 82 tokens, 5-chunk 114
+    got = score_embeddings(read_embeddings(generate(cfg, tmp_path, embedder=embedder)))
+    assert got["sampler"] == "sie-evals" and list(got["skipped_lengths"]) == ["5"] and not got["complete"]
+    assert "max_context_length 100" in got["skipped_lengths"]["5"]
+    assert len(got["length_scores"]["4"]["sample_results"]) == 2

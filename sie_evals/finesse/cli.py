@@ -69,15 +69,27 @@ def generate_cmd(
     seed: Annotated[int | None, typer.Option("--seed", help="Override the seed.")] = None,
     dataset_path: Annotated[
         list[Path] | None,
-        typer.Option("--dataset-path", help="Use these local files (jsonl/json/parquet/txt) instead of the datasets."),
+        typer.Option(
+            "--dataset-path",
+            help="Local files (jsonl/json/parquet/txt) to use instead of the datasets, or ONE folder holding a local "
+            "copy of the Hugging Face dataset the config names (its data_files / data_dir resolved inside it).",
+        ),
     ] = None,
-    text_column: Annotated[str, typer.Option("--text-column", help="Text field for --dataset-path.")] = "text",
+    text_column: Annotated[
+        str | None,
+        typer.Option("--text-column", help="Text field (default: 'text' for files, the config's for a folder)."),
+    ] = None,
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="Torch threads (local engine).")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+    sampler: Annotated[
+        str | None,
+        typer.Option("--sampler", help="sie-evals (same texts for every model) | finesse-0.18.9 (leaderboard draws)."),
+    ] = None,
 ) -> None:
     """Draw seeded probes, embed them in the configured mode, write one safetensors file."""
     from sie_evals.finesse.config import load_config, parse_config
     from sie_evals.finesse.probes.generate import generate
+    from sie_evals.finesse.probes.sampling import local_dataset_copy
 
     cfg = load_config(config)
     data = cfg.model_dump(mode="json")
@@ -87,8 +99,13 @@ def generate_cmd(
         data["seed"] = seed
     if threads:
         data["advanced"]["threads"] = threads
-    if dataset_path:
-        data["datasets"] = [{"local_files": [str(p.resolve()) for p in dataset_path], "text_column": text_column}]
+    if sampler is not None:
+        data["sampler"] = sampler
+    if dataset_path and len(dataset_path) == 1 and dataset_path[0].is_dir():
+        data["datasets"] = local_dataset_copy(cfg.datasets, dataset_path[0], text_column)
+    elif dataset_path:
+        files = [str(p.resolve()) for p in dataset_path]
+        data["datasets"] = [{"local_files": files, "text_column": text_column or "text"}]
     cfg = parse_config(data, str(config))
     path = generate(cfg, output, config.resolve().parent, progress=progress and sys.stderr.isatty())
     out.print(f"embeddings written to {path}")

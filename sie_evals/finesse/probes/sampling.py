@@ -117,15 +117,9 @@ def _iter_local_file(path: Path, ds: DatasetConfig) -> Iterator[Document]:
                 yield Document(f"{path.name}:{n + 1}", line)
         return
     if suffix == ".parquet":
-        import pandas as pd
-
-        frame = pd.read_parquet(path)
-        if ds.text_column not in frame.columns:
-            raise DatasetError(f"{path}: no column {ds.text_column!r} (columns: {list(frame.columns)})")
-        ids = frame[ds.id_column] if ds.id_column and ds.id_column in frame.columns else range(len(frame))
-        for doc_id, text in zip(ids, frame[ds.text_column], strict=True):
-            if isinstance(text, str):
-                yield Document(str(doc_id), text)
+        for doc in _parquet_rows(path, ds):
+            if doc is not None:
+                yield doc
         return
     if suffix in (".jsonl", ".json"):
         text = path.read_text(encoding="utf-8")
@@ -156,6 +150,65 @@ def _iter_local_file(path: Path, ds: DatasetConfig) -> Iterator[Document]:
             yield Document(str(doc_id) if doc_id is not None else f"{path.name}:{n}", value)
         return
     raise DatasetError(f"{path}: unsupported file type {suffix!r} (use .jsonl, .json, .parquet or .txt)")
+
+
+ID_FALLBACK = "string_id"  # finesse-benchmark-database's row id
+
+
+def _parquet_rows(path: Path, ds: DatasetConfig) -> list[Document | None]:
+    """Every row of a parquet file in order; None where the text is missing or not a string."""
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as err:  # pyarrow raises ArrowInvalid / OSError for non-parquet bytes
+        raise DatasetError(f"{path}: not a readable parquet file: {err}") from None
+    columns = table.column_names
+    if ds.text_column not in columns:
+        raise DatasetError(f"{path}: field text_column {ds.text_column!r} is not a column (columns: {columns})")
+    id_col = next((c for c in (ds.id_column, ID_FALLBACK) if c and c in columns), None)
+    texts = table.column(ds.text_column).to_pylist()
+    ids = table.column(id_col).to_pylist() if id_col else range(len(texts))
+    return [Document(str(i), t) if isinstance(t, str) else None for i, t in zip(ids, texts, strict=True)]
+
+
+def local_dataset_copy(dataset_configs: list[DatasetConfig], root: Path, text_column: str | None) -> list[dict]:
+    """The configured Hugging Face datasets read from a local copy of their repository layout under `root`
+    (e.g. the leaderboard's uonlp/CulturaX shards downloaded once): `data_files` patterns (wildcards allowed) or
+    `data_dir` resolved inside `root`, parquet files in sorted order (as `datasets` resolves them), with the
+    config's text_column. Datasets that already name local files are kept."""
+    import glob
+
+    root = Path(root).expanduser().resolve()
+    if not root.is_dir():
+        raise DatasetError(f"--dataset-path {root}: not a folder")
+    out = []
+    for index, ds in enumerate(dataset_configs):
+        data = ds.model_dump(mode="json")
+        if text_column:
+            data["text_column"] = text_column
+        if ds.local_files is not None:
+            out.append(data)
+            continue
+        if ds.data_files is not None:
+            field = f"datasets[{index}].data_files"
+            patterns = [ds.data_files] if isinstance(ds.data_files, str) else list(ds.data_files)
+        elif ds.data_dir is not None:
+            field = f"datasets[{index}].data_dir"
+            patterns = [f"{ds.data_dir.rstrip('/')}/**/*.parquet"]
+        else:
+            field = f"datasets[{index}].path"
+            patterns = ["**/*.parquet"]
+        files = sorted({f for pat in patterns for f in glob.glob(str(root / pat), recursive=True) if Path(f).is_file()})
+        parquet = [f for f in files if f.endswith(".parquet")]
+        if not parquet:
+            shown = patterns[0] if len(patterns) == 1 else patterns
+            raise DatasetError(
+                f"--dataset-path {root}: no parquet files match field {field} = {shown!r} (dataset {ds.path!r})"
+            )
+        data.update({"path": None, "data_files": None, "data_dir": None, "commit_hash": None, "local_files": parquet})
+        out.append(data)
+    return out
 
 
 def _iter_hf(ds: DatasetConfig) -> Iterator[Document]:
@@ -337,7 +390,11 @@ def load_dataset_rows(ds: DatasetConfig, config_dir: Path | None, index: int) ->
     if ds.local_files is not None:
         for entry in ds.local_files:
             path = _resolve_local(entry, config_dir)
-            rows.extend(Document(f"{index}/{d.doc_id}", d.text) for d in _iter_local_file(path, ds))
+            if path.suffix.lower() == ".parquet" and path.is_file():
+                found = _parquet_rows(path, ds)
+            else:
+                found = list(_iter_local_file(path, ds))
+            rows.extend(Document(f"{index}/{d.doc_id}", d.text) if d else None for d in found)
         return rows
     import datasets
 
