@@ -88,3 +88,45 @@ def test_materialize_and_drift_check(finesse_configs, tmp_path):
     assert {e.check_name: e.passed for e in res.get_asset_check_evaluations()} == {"finesse_rss_vs_target": True}
     again = instance.get_latest_materialization_event(dg.AssetKey("finesse_scores")).asset_materialization
     assert again.metadata["average_rss"].value == rss
+
+
+def test_srs_task_materializes_with_its_own_main_score(finesse_configs, tmp_path):
+    """finesse/srs-default: the same assets score SRS (average_srs, average_pbi, per-length means), and the drift
+    checks gate the task's own main score, average_srs."""
+    folder, data = finesse_configs
+    data["tasks"] = ["finesse/srs-default"]
+    srs_key = "all-MiniLM-L6-v2:finesse/srs-default:local"
+    data["targets"] = {
+        "finesse/srs-default": {
+            "default": {"probes": {"source": "local", "saved": "2026-01-01T00:00:00Z", "metrics": {"average_srs": 1e6}}}
+        }
+    }
+    (path,) = folder.glob("*.yaml")
+    with open(path, "w") as fh:
+        YAML().dump(data, fh)
+    assert [str(k) for k in finesse_keys(load_all_model_configs(folder))] == [srs_key]
+    resources = {
+        "settings": EvalSettings(model_configs_dir=str(folder), results_dir=str(tmp_path / "results"), threads=1),
+        "json_io": JsonIOManager(base_dir=str(tmp_path / "io")),
+    }
+    run_config = {
+        "ops": {
+            "finesse_embeddings": {
+                "config": {"samples_per_length": 1, "min_length": 4, "max_length": 4, "group_amount": 2}
+            }
+        }
+    }
+    instance = dg.DagsterInstance.ephemeral()
+    res = dg.materialize(
+        [finesse_embeddings, finesse_scores, finesse_rss_vs_target],
+        partition_key=srs_key,
+        instance=instance,
+        resources=resources,
+        run_config=run_config,
+        raise_on_error=False,
+    )
+    mat = instance.get_latest_materialization_event(dg.AssetKey("finesse_scores")).asset_materialization
+    assert {"average_srs", "average_pbi", "srs_L4", "sampler"} <= set(mat.metadata)
+    assert mat.metadata["sampler"].value == "sie-evals"
+    evaluation = {e.check_name: e for e in res.get_asset_check_evaluations()}["finesse_rss_vs_target"]
+    assert evaluation.passed is False and "average_srs" in str(evaluation.metadata)

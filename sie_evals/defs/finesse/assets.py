@@ -30,7 +30,7 @@ def _run_dir(settings: EvalSettings, key: EvalKey) -> Path:
 def finesse_embeddings(
     context: dg.AssetExecutionContext, settings: EvalSettings, config: FinesseRunConfig
 ) -> dg.Output[dict[str, Any]]:
-    """Seeded probes (chunk texts fixed by the reference tokenizer) embedded by the partition's model."""
+    """Seeded probes (the task config's sampler) embedded by the partition's model (RSS or SRS)."""
     key = EvalKey.parse(context.partition_key)
     if key.source != "local":
         raise dg.Failure(f"{key}: Finesse runs through the local engine only in this version")
@@ -58,30 +58,39 @@ def finesse_embeddings(
 def finesse_scores(
     context: dg.AssetExecutionContext, finesse_embeddings: dict[str, Any], settings: EvalSettings
 ) -> dg.Output[dict[str, Any]]:
-    """RSS (0.18.9-exact TD/BU), per-length spread, hashed (and signed when FINESSE_HMAC_KEY is set)."""
+    """RSS (0.18.9-exact TD/BU) or SRS (0.18.9-exact average_srs / average_pbi), whichever the task's config
+    names; per-length spread, hashed (and signed when FINESSE_HMAC_KEY is set)."""
     key = EvalKey.parse(context.partition_key)
     path = Path(finesse_embeddings["path"])
     if file_sha256(path) != finesse_embeddings["sha256"]:
         raise dg.Failure(f"{path} changed since finesse_embeddings wrote it: rematerialize finesse_embeddings")
     results_path, results = score_file(path, _run_dir(settings, key))
+    metric = results["metric"]  # rss | srs
+    main = f"average_{metric}"
     value = {
         "key": str(key),
         "profile": settings.profile,
-        "metrics": {"average_rss": results["average_rss"]},
+        "metrics": {main: results[main]},
         "results_path": str(results_path),
-        "final_formula": results["final_formula"],
+        "metric": metric,
+        "sampler": results["sampler"],
         "skipped_lengths": results["skipped_lengths"],
         "content_hash": results["content_hash"],
     }
     metadata: dict[str, Any] = {
-        "average_rss": float(results["average_rss"]),
-        "average_total_latency_ms": float(results["average_total_latency"]),
-        "final_formula": results["final_formula"],
+        main: float(results[main]),
+        "sampler": results["sampler"],
         "complete": results["complete"],
         "skipped_lengths": dg.MetadataValue.json(results["skipped_lengths"]),
         "results_path": dg.MetadataValue.path(str(results_path)),
     }
+    if metric == "srs":
+        metadata["average_pbi"] = float(results["average_pbi"])
+    else:
+        value["final_formula"] = results["final_formula"]
+        metadata["final_formula"] = results["final_formula"]
+        metadata["average_total_latency_ms"] = float(results["average_total_latency"])
     for length, entry in results["length_scores"].items():
         if entry["stats"]["mean"] is not None:
-            metadata[f"rss_L{length}"] = float(entry["stats"]["mean"])
+            metadata[f"{metric}_L{length}"] = float(entry["stats"]["mean"])
     return dg.Output(value, metadata=metadata)

@@ -1,4 +1,5 @@
-"""Drift checks of Finesse average_rss against the model config's targets / measurements, with the same code
+"""Drift checks of a Finesse task's main score (average_rss for RSS tasks, average_srs for SRS tasks: the task's
+target_metrics) against the model config's targets / measurements, with the same code
 and margins as every other eval (sie_evals/lib/gates/drift.py, lib/thresholds.py). Saved entries live under
 targets[<task>][<profile>]["probes"]."""
 
@@ -33,7 +34,8 @@ def finesse_drift(partition_key: str, scores: dict[str, Any], against: Against, 
     asset=finesse_scores,
     partitions_def=finesse_partitions,
     blocking=True,
-    description="average_rss >= 0.99 x the saved target (margins: lib/thresholds.py). Blocking, ERROR.",
+    description="The task's main score (average_rss, or average_srs for SRS tasks) >= 0.99 x the saved target "
+    "(margins: lib/thresholds.py). Blocking, ERROR.",
 )
 def finesse_rss_vs_target(
     context: dg.AssetCheckExecutionContext, finesse_scores: dict[str, Any], settings: EvalSettings
@@ -46,7 +48,7 @@ def finesse_rss_vs_target(
 @dg.asset_check(
     asset=finesse_scores,
     partitions_def=finesse_partitions,
-    description="average_rss >= 0.98 x the latest saved measurement. WARN.",
+    description="The task's main score (average_rss / average_srs) >= 0.98 x the latest saved measurement. WARN.",
 )
 def finesse_rss_vs_measurement(
     context: dg.AssetCheckExecutionContext, finesse_scores: dict[str, Any], settings: EvalSettings

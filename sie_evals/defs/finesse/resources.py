@@ -15,6 +15,7 @@ class FinesseRunConfig(dg.Config):
     samples_per_length: int | None = None
     min_length: int | None = None
     max_length: int | None = None
+    group_amount: int | None = None  # SRS tasks: context n-grams per probe position
 
     def task_config(self, task_id: str, model: str, profile: str, threads: int | None) -> tuple[FinesseConfig, Path]:
         namespace, _, name = task_id.partition("/")
@@ -31,6 +32,8 @@ class FinesseRunConfig(dg.Config):
             data["probe_config"]["sequence_length"]["min"] = self.min_length
         if self.max_length:
             data["probe_config"]["sequence_length"]["max"] = self.max_length
+        if self.group_amount:
+            data["probe_config"]["group_amount"] = self.group_amount
         if threads:
             data["advanced"]["threads"] = threads
         return parse_config(data, str(path)), path

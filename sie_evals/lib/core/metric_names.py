@@ -16,7 +16,7 @@ _QUALITY_PATTERNS = (
     re.compile(r"^(accuracy|f1|precision|recall|ap)(_weighted)?$"),
     re.compile(r"^(cosine|euclidean|manhattan|dot|similarity|max)_(accuracy|f1|precision|recall|ap|pearson|spearman)$"),
     re.compile(r"^(pearson|spearman)$"),
-    re.compile(r"^average_rss$"),  # Finesse (sie_evals/finesse)
+    re.compile(r"^average_(rss|srs)$"),  # Finesse (sie_evals/finesse)
 )
 _LATENCY = re.compile(r"^latency_(p50|p90|p95|p99|min|max|mean)_ms$")
 _THROUGHPUT = re.compile(r"^(items|tokens|requests)_per_s$")

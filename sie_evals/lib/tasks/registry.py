@@ -165,8 +165,10 @@ class FinesseTaskSpec(TaskSpec):
 
 # Finesse tasks: task id -> the config shipped in sie_evals/data/finesse/<name>.yaml.
 FINESSE_RULES = EvalRules(eval_splits=("probes",), main_score="average_rss", target_metrics=("average_rss",))
+FINESSE_SRS_RULES = EvalRules(eval_splits=("probes",), main_score="average_srs", target_metrics=("average_srs",))
 _FINESSE: tuple[TaskSpec, ...] = (
     FinesseTaskSpec(task_id="finesse/rss-default", type="finesse", local_dir="scifact", rules=FINESSE_RULES),
+    FinesseTaskSpec(task_id="finesse/srs-default", type="finesse", local_dir="scifact", rules=FINESSE_SRS_RULES),
 )
 _REGISTERED = (*_REGISTERED, *_FINESSE)
 
