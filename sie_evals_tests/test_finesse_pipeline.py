@@ -43,6 +43,8 @@ def test_templates_validate_and_leaderboard_settings():
     assert lb.seed == 42 and lb.lengths() == list(range(4, 33))
     assert lb.probe_config.samples_per_length == 25 and lb.probe_config.token_per_sample == 256
     assert len(lb.datasets) == 32 and all(d.commit_hash for d in lb.datasets)
+    assert lb.sampler == "finesse-0.18.9" and lb.probe_config.group_amount == 100  # the leaderboard's own draws
+    assert parse_config(YAML(typ="safe", pure=True).load(TEMPLATE)).sampler == "sie-evals"  # default
 
 
 @pytest.mark.parametrize(

@@ -125,5 +125,8 @@ class SieFakeMerger:
     def merge(self, seq: np.ndarray) -> np.ndarray:
         return fake_merge(np.asarray(seq)[None])[0]
 
+    def merge_batch(self, seqs: np.ndarray) -> np.ndarray:
+        return fake_merge(seqs)
+
     def identity(self) -> dict[str, Any]:
         return {"merger": self.name, "model_hash": None}

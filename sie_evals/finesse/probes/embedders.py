@@ -167,6 +167,11 @@ class MeanMerger:
         n = float(np.linalg.norm(v))
         return v / max(n, 1e-12)
 
+    def merge_batch(self, seqs: np.ndarray) -> np.ndarray:
+        """(B, S, D) -> (B, D)."""
+        v = seqs.astype(np.float32).mean(axis=1)
+        return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
+
     def identity(self) -> dict[str, Any]:
         return {"merger": "mean", "model_hash": identity_hash("merger:mean")}
 
@@ -205,17 +210,21 @@ class HFSequenceMerger:
         self.name = sel.name
 
     def merge(self, seq: np.ndarray) -> np.ndarray:
+        return self.merge_batch(np.asarray(seq)[None])[0]
+
+    def merge_batch(self, seqs: np.ndarray) -> np.ndarray:
+        """(B, S, D) -> (B, D): one forward pass over equal-length sequences (SRS batches them as 0.18.9 does)."""
         import torch
 
         with torch.inference_mode():
-            out = self.model(torch.from_numpy(np.ascontiguousarray(seq, dtype=np.float32))[None])
+            out = self.model(torch.from_numpy(np.ascontiguousarray(seqs, dtype=np.float32)))
             if self.sel.pool_type == "pooler":
                 pooled = out.pooler_output
             else:
                 hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out
                 pooled = {"cls": hidden[:, 0], "mean": hidden.mean(dim=1), "last": hidden[:, -1]}[self.sel.pool_type]
             pooled = torch.nn.functional.normalize(pooled.float(), p=2, dim=-1)
-        return pooled[0].numpy()
+        return pooled.numpy()
 
     def identity(self) -> dict[str, Any]:
         folder = Path(self.sel.name).expanduser()

@@ -137,25 +137,32 @@ def _srs_native_sample(embedder: Any, length: int, draw: SrsDraw) -> dict[int, S
     return out
 
 
-def _srs_merger_sample(base: Any, merger: Any, length: int, draw: SrsDraw) -> dict[int, SrsProbeEmbeddings]:
+def _merge_many(merger: Any, seqs: list[np.ndarray], batch_size: int) -> np.ndarray:
+    """(N, S, D) sequences merged in batches (merge_batch when the merger has it, as 0.18.9 batches them)."""
+    if hasattr(merger, "merge_batch"):
+        parts = [merger.merge_batch(np.stack(seqs[i : i + batch_size])) for i in range(0, len(seqs), batch_size)]
+        return np.concatenate(parts)
+    return np.stack([merger.merge(s) for s in seqs])
+
+
+def _srs_merger_sample(
+    base: Any, merger: Any, length: int, draw: SrsDraw, batch_size: int
+) -> dict[int, SrsProbeEmbeddings]:
     probe = list(base.embed(draw.probe.texts))
     flat = base.embed([t for g in draw.context for t in g.texts])
-    ngrams = [list(flat[g * (length - 2) : (g + 1) * (length - 2)]) for g in range(len(draw.context))]
+    groups = len(draw.context)
+    ngrams = [list(flat[g * (length - 2) : (g + 1) * (length - 2)]) for g in range(groups)]
     out: dict[int, SrsProbeEmbeddings] = {}
     for p in range(2, length):
-        grid = np.stack(
-            [
-                np.stack(
-                    [
-                        np.stack([merger.merge(np.stack(seq)) for seq in sp.srs_sequences(probe, ng, length, p, pos)])
-                        for ng in ngrams
-                    ]
-                )
-                for pos in range(length - p + 1)
-            ]
-        )  # (positions, groups, 2, D)
+        positions = length - p + 1
+        seqs = []
+        for pos in range(positions):
+            crafted = [sp.srs_sequences(probe, ng, length, p, pos) for ng in ngrams]
+            seqs.extend(np.stack(c[0]) for c in crafted)
+            seqs.extend(np.stack(c[1]) for c in crafted)
+        grid = _merge_many(merger, seqs, batch_size).reshape(positions, 2, groups, -1)
         probe_vec = merger.merge(np.stack(probe[:p]))
-        out[p] = SrsProbeEmbeddings(probe_vec, np.ascontiguousarray(grid[:, :, 0]), np.ascontiguousarray(grid[:, :, 1]))
+        out[p] = SrsProbeEmbeddings(probe_vec, np.ascontiguousarray(grid[:, 0]), np.ascontiguousarray(grid[:, 1]))
     return out
 
 
@@ -169,7 +176,7 @@ def _srs_run(
         samples = []
         for d in items:
             srs = (
-                _srs_merger_sample(embedder, merger, length, d)
+                _srs_merger_sample(embedder, merger, length, d, config.advanced.batch_size)
                 if config.mode == Mode.merger_mode
                 else _srs_native_sample(embedder, length, d)
             )
@@ -213,6 +220,11 @@ def _draw(
     pc = config.probe_config
     lengths, samples = config.lengths(), pc.samples_per_length
     if config.sampler == Sampler.finesse_0_18_9:
+        if config.mode == Mode.merger_mode and pc.token_per_sample > embedder.max_context_length:
+            raise InputError(  # 0.18.9's pre-flight check: a chunk must fit the base embedder
+                f"probe_config.token_per_sample ({pc.token_per_sample}) exceeds the base embedder's "
+                f"max_context_length ({embedder.max_context_length})"
+            )
         chunker = embedder.chunker()
         box = sp.finesse_0189_box(
             config.datasets, config_dir, config.seed, chunker, pc.token_per_sample, config.chunks_needed()
