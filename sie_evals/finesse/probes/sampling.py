@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from sie_evals.finesse.config import DatasetConfig
+from sie_evals.finesse.config import FILE_BUILDERS, DatasetConfig
 from sie_evals.lib.core import paths
 from sie_evals.lib.core.errors import ConfigError, DatasetError, InputError
 
@@ -176,7 +176,7 @@ def local_dataset_copy(dataset_configs: list[DatasetConfig], root: Path, text_co
     """The configured Hugging Face datasets read from a local copy of their repository layout under `root`
     (e.g. the leaderboard's uonlp/CulturaX shards downloaded once): `data_files` patterns (wildcards allowed) or
     `data_dir` resolved inside `root`, parquet files in sorted order (as `datasets` resolves them), with the
-    config's text_column. Datasets that already name local files are kept."""
+    config's text_column. Datasets that already name local files (or a file builder such as `json`) are kept."""
     import glob
 
     root = Path(root).expanduser().resolve()
@@ -187,7 +187,7 @@ def local_dataset_copy(dataset_configs: list[DatasetConfig], root: Path, text_co
         data = ds.model_dump(mode="json")
         if text_column:
             data["text_column"] = text_column
-        if ds.local_files is not None:
+        if ds.local_files is not None or ds.path in FILE_BUILDERS:
             out.append(data)
             continue
         if ds.data_files is not None:
