@@ -16,7 +16,7 @@ from sie_evals.finesse.io import read_embeddings
 from sie_evals.finesse.probes.embedders import MeanMerger
 from sie_evals.finesse.probes.generate import generate
 from sie_evals.finesse.results import score_embeddings, verify
-from sie_evals_tests.conftest import DATA
+from sie_evals_tests.conftest import DATA, MODEL_ID
 from sie_evals_tests.tools.finesse_fakes import (
     FakeEmbedder,
     SieFakeEmbedder,
@@ -26,7 +26,7 @@ from sie_evals_tests.tools.finesse_fakes import (
 )
 
 ORACLE = Path(__file__).parent / "data" / "finesse_oracle"
-RUNS = ["rss_merger", "rss_native", "srs_merger", "srs_native"]
+RUNS = ["rss_merger", "rss_native", "srs_merger", "srs_native"]  # fake models: everything bit for bit
 
 
 @pytest.fixture(scope="module")
@@ -267,3 +267,23 @@ def test_default_sampler_srs_skips_lengths_over_the_context(tokenizer, tmp_path)
     assert got["sampler"] == "sie-evals" and list(got["skipped_lengths"]) == ["5"] and not got["complete"]
     assert "max_context_length 100" in got["skipped_lengths"]["5"]
     assert len(got["length_scores"]["4"]["sample_results"]) == 2
+
+
+def test_sampler_finesse_0189_with_the_real_model_matches_the_package(corpus, tmp_path):
+    """all-MiniLM-L6-v2 through sie-evals' own engine vs the package's HuggingFaceEmbedder on the same weights:
+    the model's tokenizer selects and cuts the same chunk texts; embeddings and scores agree to float32
+    rounding (two implementations of the same mean-pooled forward pass)."""
+    package_cfg, draws, want = oracle("rss_native_minilm")
+    data = our_config(package_cfg, corpus)
+    data["models"]["native_embedder"] = {"name": MODEL_ID, "max_context_length": 256, "pool_type": "mean",
+                                         "prefix": ""}  # fmt: skip
+    data["advanced"] = {"threads": 1}
+    emb = read_embeddings(generate(parse_config(data, "minilm"), tmp_path))
+    assert our_draws(emb) == draws
+    legacy = read_embeddings(ORACLE / "rss_native_minilm.pt")
+    for length, run in legacy.lengths.items():
+        for mine, theirs in zip(emb.lengths[length].samples, run.samples, strict=True):
+            np.testing.assert_allclose(mine.chunks, theirs.chunks.numpy(), atol=2e-5)
+            np.testing.assert_allclose(mine.synth, theirs.synth.numpy(), atol=2e-5)
+    got = score_embeddings(emb)
+    assert got["average_rss"] == pytest.approx(want["average_rss"], abs=1e-3)  # spec §6's RSS tolerance

