@@ -317,13 +317,13 @@ def generate(
         "package_versions": {"sie-evals-finesse": "1", **software()},
         "dataset": [d.model_dump(mode="json") for d in config.datasets],
         "documents": documents,
-        "sampler": sampler_info,
+        "sampler": {k: v for k, v in sampler_info.items() if k != "reference_tokenizer"},
         "models": identity,
         "device_info": hardware(),
         "scoring_method": config.metric.value,
         "created": now_iso(),
     }
-    if "reference_tokenizer" in sampler_info:
+    if "reference_tokenizer" in sampler_info:  # sampler sie-evals: the tokenizer that cut every chunk
         metadata["reference_tokenizer"] = sampler_info["reference_tokenizer"]
     path = output_path or (Path(output_dir) / output_name(config))
     write_embeddings(path, EmbeddingsFile(config.model_dump(mode="json"), metadata, dict(sorted(runs.items()))))
