@@ -108,18 +108,26 @@ def test_legacy_results_checksum(tmp_path):
     assert run("checksum", "--json-path", str(path), cwd=tmp_path, ok=False).returncode == 1
 
 
+def _invoke(*args: str):
+    """The finesse command in-process (same exit codes and messages, no fresh interpreter per call)."""
+    from typer.testing import CliRunner
+
+    from sie_evals.finesse.cli import app
+
+    return CliRunner().invoke(app, list(args))
+
+
 def test_signature_cannot_be_removed_with_a_key_set(tmp_path, monkeypatch):
     """Signature downgrade: delete hash_scheme + signature, edit the score, recompute the unkeyed legacy hash.
     With FINESSE_HMAC_KEY set that must fail; a legacy file is only accepted with an explicit --legacy."""
     from sie_evals.finesse import hashing as hs
 
-    key = {"FINESSE_HMAC_KEY": "test-key-2"}
-    monkeypatch.setenv("FINESSE_HMAC_KEY", key["FINESSE_HMAC_KEY"])
+    monkeypatch.setenv("FINESSE_HMAC_KEY", "test-key-2")
     signed = hs.seal({"config": {"mode": "native_mode"}, "average_rss": 12.5, "length_scores": {"4": {}}})
     assert signed["signature"]
     good = tmp_path / "signed.json"
     good.write_text(json.dumps(signed))
-    run("checksum", "--json-path", str(good), cwd=tmp_path, env=key)
+    assert _invoke("checksum", "--json-path", str(good)).exit_code == 0
 
     downgraded = {k: v for k, v in signed.items() if k not in ("hash_scheme", "signature")}
     downgraded["average_rss"] = 999.0
@@ -127,18 +135,18 @@ def test_signature_cannot_be_removed_with_a_key_set(tmp_path, monkeypatch):
     downgraded["content_hash"] = hs.legacy_content_hash(downgraded)
     bad = tmp_path / "downgraded.json"
     bad.write_text(json.dumps(downgraded))
-    proc = run("checksum", "--json-path", str(bad), cwd=tmp_path, env=key, ok=False)
-    assert proc.returncode == 1 and "signature" in proc.stderr and "--legacy" in proc.stderr
+    result = _invoke("checksum", "--json-path", str(bad))
+    assert result.exit_code == 1 and "signature" in result.output and "--legacy" in result.output
     # explicitly a legacy file: its (unkeyed) legacy hash is what is checked, and the output says so
-    out = run("checksum", "--json-path", str(bad), "--legacy", cwd=tmp_path, env=key).stdout
-    assert "legacy" in out
+    result = _invoke("checksum", "--json-path", str(bad), "--legacy")
+    assert result.exit_code == 0 and "legacy" in result.output
 
 
 def test_checksum_of_a_non_utf8_file_is_bad_input(tmp_path):
     path = tmp_path / "r.json"
     path.write_bytes(b'{"content_hash": "\xff\xfe"}')
-    proc = run("checksum", "--json-path", str(path), cwd=tmp_path, ok=False)
-    assert proc.returncode == 2 and "UTF-8" in proc.stderr and str(path) in proc.stderr
+    result = _invoke("checksum", "--json-path", str(path))
+    assert result.exit_code == 2 and "UTF-8" in result.output and path.name in result.output
 
 
 def _srs_yaml(tmp_path, **probe) -> str:
