@@ -179,3 +179,61 @@ def test_load_shape_describes_the_load():
     shape = opened.load_shape()
     assert shape["mode"] == "open" and shape["rate"] == 25.0 and shape["burstiness"] == 0.5 and shape["tokens"] == 128
     assert opened.variant() == "perf@tokens128-b1-gamma0.5-r25-m256"
+
+
+def test_slo_search_finds_the_knee_between_sweep_points():
+    """A synthetic server whose p99 is 10 ms below 37 req/s and 1 s above: the sweep 10,20,40,80
+    brackets the knee between 20 and 40, bisection narrows it, and the probes are reported."""
+    from sie_evals.lib.perf.sweep import parse_slo, search_max_at_slo
+
+    def metrics(rate: float) -> dict[str, float]:
+        return {"latency_p99_ms": 10.0 if rate <= 37 else 1000.0, "requests_per_s": rate}
+
+    slo = (parse_slo("p99_ms<=250"),)
+    out = search_max_at_slo([(r, metrics(r)) for r in (10, 20, 40, 80)], slo, metrics, "rate", steps=4)
+    assert 35 <= out["value"] <= 37 and out["bracketed"] and len(out["probes"]) == 4
+    assert out["upper"] > 37
+    # concurrency: integer bisection, stops when adjacent
+    out = search_max_at_slo(
+        [(c, metrics(c * 5)) for c in (1, 2, 4, 8, 16)], slo, lambda c: metrics(c * 5), "concurrency"
+    )
+    assert out["value"] == 7 and out["upper"] == 8
+    # every point passes: a lower bound, not bracketed; none passes: no value
+    assert not search_max_at_slo([(1, metrics(1))], slo, metrics, "rate")["bracketed"]
+    assert search_max_at_slo([(50, metrics(50))], slo, metrics, "rate")["value"] is None
+
+
+def test_goodput_counts_requests_within_every_latency_slo():
+    from sie_evals.lib.perf.sweep import goodput, parse_slo
+
+    lat = np.array([10.0, 20.0, 300.0, 40.0])
+    assert goodput(lat, 2.0, (parse_slo("p99_ms<=250"),)) == 1.5
+    assert goodput(lat, 2.0, (parse_slo("p50_ms<=250"), parse_slo("max_ms<30"))) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--rate", "0"], "--rate"),
+        (["--rate", "-3"], "--rate"),
+        (["--rate", "5", "--arrival", "weibull"], "--arrival"),
+        (["--rate", "5", "--arrival", "gamma", "--burstiness", "0"], "--burstiness"),
+        (["--slo", "p99<=250"], "--slo"),
+        (["--slo", "p99_ms<=fast"], "--slo"),
+        (["--slo", "p99_ms>=250"], "--slo"),
+        (["--sweep", "threads=1,2"], "--sweep"),
+        (["--sweep", "concurrency=1,x"], "--sweep"),
+        (["--tokens", "32,abc"], "--tokens"),
+        (["--max-concurrency", "0", "--rate", "5"], "--max-concurrency"),
+    ],
+)
+def test_bad_perf_options_exit_2_naming_the_option(args, named):
+    from typer.testing import CliRunner
+
+    from sie_evals.cli import app
+
+    result = CliRunner().invoke(
+        app, ["eval", "sentence-transformers/all-MiniLM-L6-v2", "-t", "beir/SciFact", "--type", "perf", *args]
+    )
+    assert result.exit_code == 2, result.output
+    assert named in result.output
