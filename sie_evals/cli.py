@@ -488,6 +488,15 @@ def servers_status_cmd() -> None:
     typer.echo(f"tei: {tei.EXECUTABLE} {'on PATH' if tei.available() else 'not on PATH (not installable here)'}")
 
 
+def _register_loadtest() -> None:
+    from sie_evals.loadtest_cli import loadtest_cmd
+
+    app.command("loadtest")(_handle_errors(loadtest_cmd))
+
+
+_register_loadtest()
+
+
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     app()

@@ -213,7 +213,7 @@ def token_counts(model: ModelConfig, profile: ResolvedProfile, texts: list[str])
     return [len(ids) for ids in enc["input_ids"]]
 
 
-def _send_timed(engine: Engine, batch: list[str], kind: EmbedKind) -> dict[str, float] | None:
+def send_timed(engine: Engine, batch: list[str], kind: EmbedKind) -> dict[str, float] | None:
     """One perf request; returns the server's own timing of it when the engine reports one."""
     engine.embed(batch, kind)
     timing = getattr(engine, "last_server_timing", None)
@@ -303,7 +303,7 @@ def evaluate_perf_source(
 
     def run_point(value, point, search: bool = False) -> dict[str, float]:
         texts, counts = work.texts_and_counts(point.tokens)
-        result = run_load(lambda batch: _send_timed(engine, batch, work.kind), texts, counts, point, stop)
+        result = run_load(lambda batch: send_timed(engine, batch, work.kind), texts, counts, point, stop)
         metrics = _point_metrics(result, slos)
         results.append((value, result))
         rows.append(

@@ -130,11 +130,8 @@ SWEEP_COLUMNS = (
     ("offered/s", "offered_rate_per_s"),
     ("achieved/s", "requests_per_s"),
     ("p50 ms", "latency_p50_ms"),
-    ("p90 ms", "latency_p90_ms"),
     ("p99 ms", "latency_p99_ms"),
-    ("p99.9 ms", "latency_p99.9_ms"),
     ("mean ms", "latency_mean_ms"),
-    ("items/s", "items_per_s"),
     ("tok/s", "tokens_per_s"),
     ("errors", "errors"),
     ("late", "late"),
@@ -149,14 +146,14 @@ def render_sweep(source: str, src: dict[str, Any], console: Console) -> None:
     rows = sorted(sweep["rows"], key=lambda r: r["value"])
     columns = [(h, k) for h, k in SWEEP_COLUMNS if any(k in r["metrics"] for r in rows)]
     table = Table(title=f"{source}: sweep over {sweep['param']}")
-    table.add_column(sweep["param"], justify="right")
+    table.add_column(sweep["param"], justify="right", no_wrap=True)
     for header, _ in columns:
-        table.add_column(header, justify="right")
+        table.add_column(header, justify="right", no_wrap=True)
     if slo:
         table.add_column("SLO", justify="left")
     for r in rows:
         m = r["metrics"]
-        cells = [_fmt(m.get(k), 0 if k in ("errors", "late", "dropped") else 2) for _, k in columns]
+        cells = [_fmt(m.get(k), 0 if k in ("errors", "late", "dropped") else 1) for _, k in columns]
         verdict = [("met" if m.get("slo_met") else "missed")] if slo else []
         table.add_row(f"{r['value']:g}" + (" (search)" if r.get("search") else ""), *cells, *verdict)
     console.print(table)
@@ -171,7 +168,7 @@ def render_slo(source: str, slo: dict[str, Any], console: Console) -> None:
             line += f" (max_concurrency_at_slo {slo['max_concurrency_at_slo']:g})"
         if rate is not None and not slo.get("bracketed"):
             line += " - a lower bound: the highest sweep point still meets the SLO"
-        elif slo.get("first_failing") is not None:
+        elif rate is not None and slo.get("first_failing") is not None:
             line += f"; first failing {slo['param']} {slo['first_failing']:g}"
     else:
         line += "; " + ", ".join(f"{k} {'met' if v else 'missed'}" for k, v in slo["met"].items())

@@ -322,8 +322,14 @@ def run_open_trial(
         stop,
         on_done,
     )
-    idx = np.arange(warm, len(offsets))
-    idx = idx[~np.isnan(rec.scheduled[idx])]  # a stopped run: only what was scheduled before the stop
+    return trial_from_records(rec, warm, batches, token_counts)
+
+
+def trial_from_records(rec, first_counted: int, batches: list[list[int]], token_counts: Sequence[int]) -> Trial:
+    """An open-loop Trial from run_schedule's records, counting requests first_counted.. that were
+    scheduled (a stopped run counts only what was scheduled before the stop)."""
+    idx = np.arange(first_counted, len(rec.scheduled))
+    idx = idx[~np.isnan(rec.scheduled[idx])]
     good = idx[rec.ok[idx]]
     sched, sent, ended = rec.scheduled[good], rec.sent[good], rec.ended[good]
     timings = [rec.timings[i] for i in good]

@@ -61,6 +61,31 @@ def arrival_schedule(
     return offsets
 
 
+def schedule_for_rate_curve(
+    times_s: np.ndarray, rates: np.ndarray, arrival: str, *, burstiness: float = 1.0, seed: int = 0
+) -> np.ndarray:
+    """Send offsets for a rate that changes over time (a ramp, steps): rates[k] requests/s holds from
+    times_s[k] to times_s[k + 1] (the last entry ends the curve). The arrivals of a unit-rate process
+    (constant, Poisson or gamma gaps of mean 1) are mapped through the inverse of the cumulative rate
+    curve: the time-change construction of a non-homogeneous process."""
+    if arrival not in ARRIVALS:
+        raise ValueError(f"arrival must be one of {', '.join(ARRIVALS)}, got {arrival!r}")
+    times_s, rates = np.asarray(times_s, dtype=float), np.asarray(rates, dtype=float)
+    cumulative = np.concatenate([[0.0], np.cumsum(np.diff(times_s) * rates[:-1])])
+    total = cumulative[-1]
+    if total <= 0:
+        return np.zeros(0)
+    rng = np.random.default_rng(seed)
+    n = int(total * 1.5 + 10 * math.sqrt(total) + 10)
+    if arrival == "constant":
+        unit = np.arange(n, dtype=float)
+    else:
+        gaps = rng.exponential(1.0, n - 1) if arrival == "poisson" else rng.gamma(burstiness, 1 / burstiness, n - 1)
+        unit = np.concatenate([[0.0], np.cumsum(gaps)])
+    unit = unit[unit < total]
+    return np.interp(unit, cumulative, times_s)
+
+
 @dataclass
 class OpenLoopRecords:
     """Per scheduled request (index = schedule position), perf_counter seconds; NaN when never sent."""
