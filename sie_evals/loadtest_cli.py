@@ -156,7 +156,7 @@ def loadtest_cmd(
     slos = tuple(parse_slo(s) for s in sc.slos)
     output = output or Path(f"loadtest-{sc.name}.json")
     opts = EngineOptions(threads=threads, device=device, sie_url=sie_url, infinity_url=infinity_url, tei_url=tei_url)
-    console = Console(stderr=True)
+    console = Console(stderr=True, width=max(Console(stderr=True).width, 140))
     # Validate every model, profile and workload before any server starts.
     prepared = []
     for entry in sc.models:
@@ -240,7 +240,7 @@ def loadtest_cmd(
         "results": results,
     }
     atomic_write_json(output, report)
-    out = Console()
+    out = Console(width=max(Console().width, 140))
     summary = Table(title=f"loadtest {sc.name}" + (" (interrupted)" if interrupted else ""))
     for h in (
         "model",

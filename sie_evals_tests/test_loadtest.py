@@ -69,6 +69,7 @@ def test_rate_curves_ramp_and_step():
     assert np.all(np.diff(offsets) >= 0)
 
 
+@pytest.mark.slow
 def test_loadtest_runs_two_profiles_and_ctrl_c_writes_what_ran(tmp_path):
     """A real run (local engine, tiny slice): both profiles report; then the same scenario made long
     is interrupted with SIGINT and still writes a valid result with interrupted=true, exit 130."""
