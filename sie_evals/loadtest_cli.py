@@ -103,14 +103,17 @@ def _run_profile(
     records: dict[str, Any] = {}
 
     def dispatch() -> None:
-        records["rec"] = run_schedule(
-            lambda i: send_timed(engine, [texts[j] for j in batches[i]], kind),
-            offsets,
-            profile.concurrency,
-            profile.on_cap,
-            stop,
-            stats.on_done,
-        )
+        try:
+            records["rec"] = run_schedule(
+                lambda i: send_timed(engine, [texts[j] for j in batches[i]], kind),
+                offsets,
+                profile.concurrency,
+                profile.on_cap,
+                stop,
+                stats.on_done,
+            )
+        except BaseException as err:  # re-raised in the main thread below
+            records["error"] = err
 
     thread = threading.Thread(target=dispatch, daemon=True)
     t0 = time.perf_counter()
@@ -124,6 +127,8 @@ def _run_profile(
         except KeyboardInterrupt:
             interrupted = True
             stop.set()  # the dispatcher stops sending; in-flight requests finish
+    if "error" in records:
+        raise records["error"]
     return trial_from_records(records["rec"], len(warm), batches, counts), interrupted
 
 

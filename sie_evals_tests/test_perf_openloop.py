@@ -123,7 +123,8 @@ def test_a_stall_shows_in_open_loop_p99_and_hides_in_closed_loop(awake_cpu):  # 
     assert om["latency_p99_ms"] >= 0.8 * stall_s * 1000, om
     # closed loop: the stall happened (max) but p99 hides it
     assert cm["latency_max_ms"] >= stall_s * 1000, cm
-    assert cm["latency_p99_ms"] < 2 * SERVICE_S * 1000, cm
+    # (bound: a quarter of the stall; one VM hiccup of tens of ms can land on the p99 rank)
+    assert cm["latency_p99_ms"] < 0.25 * stall_s * 1000, cm
 
 
 def test_schedules_are_seeded_and_have_the_asked_rate():
@@ -181,6 +182,9 @@ def test_load_shape_describes_the_load():
     shape = opened.load_shape()
     assert shape["mode"] == "open" and shape["rate"] == 25.0 and shape["burstiness"] == 0.5 and shape["tokens"] == 128
     assert opened.variant() == "perf@tokens128-b1-gamma0.5-r25-m256"
+    assert closed.variant("corpus", swept="concurrency") == "perf@corpus-b4-sweep-concurrency"
+    assert opened.variant("corpus", swept="rate") == "perf@tokens128-b1-gamma0.5-m256-sweep-rate"
+    assert opened.variant("corpus", swept="tokens") == "perf@corpus-b1-gamma0.5-r25-m256-sweep-tokens"
 
 
 def test_slo_search_finds_the_knee_between_sweep_points():

@@ -189,8 +189,9 @@ FIXED_TOKEN_TEXTS = 256  # distinct texts per --tokens length
 
 def perf_variant(workload: str, batch_size: int, concurrency: int, load=None, sweep=None) -> str:
     """Perf targets/measurements are keyed by the load shape: latency depends on it."""
-    base = load.variant(workload) if load is not None else f"perf@{workload}-b{batch_size}-c{concurrency}"
-    return f"{base}-sweep-{sweep.param}" if sweep is not None else base
+    if load is None:
+        return f"perf@{workload}-b{batch_size}-c{concurrency}"
+    return load.variant(workload, sweep.param if sweep is not None else None)
 
 
 def _tokenizer(model: ModelConfig):
@@ -336,9 +337,7 @@ def evaluate_perf_source(
     rows.sort(key=lambda r: r["value"] if r["value"] is not None else 0)
     main = results[0][1]
     metrics = rows[0]["metrics"] if sweep is None else rows[-1]["metrics"]
-    slo_summary: dict[str, Any] | None = None
-    if slos:
-        slo_summary = {"slos": [str(s) for s in slos], "met": {str(s): s.met(metrics) for s in slos}}
+    slo_summary: dict[str, Any] | None = {"slos": [str(s) for s in slos]} if slos else None
     if search is not None:
         knee = search["value"]
         if knee is not None:
@@ -355,6 +354,8 @@ def evaluate_perf_source(
         metrics = {**metrics, **({"max_rate_at_slo": float(rate_at)} if rate_at is not None else {})}
         if sweep.param == "concurrency" and knee is not None:
             metrics["max_concurrency_at_slo"] = float(knee)
+    if slo_summary is not None:  # of the reported point: the knee after a search, else the (top) point
+        slo_summary["met"] = {str(s): s.met(metrics) for s in slos}
     cpus = os.cpu_count() or 1
     conditions = {
         **_conditions_base(data, profile, engine.info().as_dict(), engine_opts),

@@ -94,15 +94,20 @@ class LoadSpec:
             shape["concurrency"] = self.concurrency
         return shape
 
-    def variant(self, workload: str = "corpus") -> str:
+    def variant(self, workload: str = "corpus", swept: str | None = None) -> str:
         """The load shape as the short key saved targets and measurements are filed under (closed loop
-        keeps its historical form perf@corpus-b1-c16)."""
-        what = f"tokens{self.tokens}" if self.tokens is not None else workload
-        if self.mode == "closed":
-            return f"perf@{what}-b{self.batch_size}-c{self.concurrency}"
-        arrival = f"gamma{self.burstiness:g}" if self.arrival == "gamma" else self.arrival
-        cap = f"-m{self.max_concurrency}" + ("-drop" if self.on_cap == "drop" else "")
-        return f"perf@{what}-b{self.batch_size}-{arrival}-r{self.rate:g}{cap}"
+        keeps its historical form perf@corpus-b1-c16). `swept`: the parameter a sweep varies, left out
+        and named at the end instead (perf@corpus-b1-sweep-concurrency)."""
+        what = f"tokens{self.tokens}" if self.tokens is not None and swept != "tokens" else workload
+        batch = "" if swept == "batch" else f"-b{self.batch_size}"
+        if self.mode == "closed" or swept == "concurrency":
+            parts = f"perf@{what}{batch}" + ("" if swept == "concurrency" else f"-c{self.concurrency}")
+        else:
+            arrival = f"gamma{self.burstiness:g}" if self.arrival == "gamma" else self.arrival
+            rate = "" if swept == "rate" else f"-r{self.rate:g}"
+            cap = f"-m{self.max_concurrency}" + ("-drop" if self.on_cap == "drop" else "")
+            parts = f"perf@{what}{batch}-{arrival}{rate}{cap}"
+        return parts + (f"-sweep-{swept}" if swept else "")
 
 
 @dataclass

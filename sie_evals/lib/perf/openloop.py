@@ -183,7 +183,7 @@ def run_schedule(
     for i in range(n):
         t = start + offsets[i]
         while not stop.is_set() and time.perf_counter() < t - 0.1:
-            stop.wait(min(0.1, t - 0.1 - time.perf_counter()))  # long gaps: stay responsive to stop
+            stop.wait(max(0.0, min(0.1, t - 0.1 - time.perf_counter())))  # long gaps: stay responsive to stop
         if stop.is_set():
             stopped_early = True
             break
