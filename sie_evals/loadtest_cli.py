@@ -101,6 +101,7 @@ def _run_profile(
     stats.warmup = len(warm)
     batches = [request_items(i, texts, profile.batch_size) for i in range(len(offsets))]
     records: dict[str, Any] = {}
+    finished = threading.Event()  # waited on instead of Thread.join: a Ctrl-C inside join() can break it
 
     def dispatch() -> None:
         try:
@@ -114,16 +115,18 @@ def _run_profile(
             )
         except BaseException as err:  # re-raised in the main thread below
             records["error"] = err
+        finally:
+            finished.set()
 
     thread = threading.Thread(target=dispatch, daemon=True)
     t0 = time.perf_counter()
     stats.counted_start = t0 + 0.05 + profile.warmup_s  # run_schedule's lead-in, then the warm-up
     thread.start()
     interrupted = False
-    while thread.is_alive():
+    while not finished.is_set():
         try:
             live.update(_live_table([*done_rows, stats.row(time.perf_counter())], _note(stop)))
-            thread.join(0.25)
+            finished.wait(0.25)
         except KeyboardInterrupt:
             interrupted = True
             stop.set()  # the dispatcher stops sending; in-flight requests finish
