@@ -264,8 +264,12 @@ def loadtest_cmd(
         "dropped",
     ):
         summary.add_column(h, justify="left" if h in ("model", "source", "profile") else "right")
+    if slos:
+        summary.add_column("goodput/s", justify="right")
+        summary.add_column(Text(f"SLO {', '.join(sc.slos)}"))
     for r in results:
         m = r["metrics"]
+        verdict = [f"{m['goodput_per_s']:.1f}", "met" if m.get("slo_met") else "missed"] if slos else []
         summary.add_row(
             Text(r["model"]),
             Text(r["source"]),
@@ -283,6 +287,7 @@ def loadtest_cmd(
                     "dropped",
                 )
             ),
+            *verdict,
         )
     out.print(summary)
     out.print(Text(f"results written to {output}"))

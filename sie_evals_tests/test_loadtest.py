@@ -26,6 +26,7 @@ workload: queries
 data: {limit_queries: 20, corpus_size: 50}
 models: [{model: sentence-transformers/all-MiniLM-L6-v2}]
 sources: [local]
+slos: ["p99_ms<=600000"]
 profiles:
   - {name: a, pattern: constant, rps: 4, duration_s: 3, warmup_s: 1, concurrency: 8}
   - {name: b, pattern: step, rps: 4, steps: [2, 6], duration_s: 3, concurrency: 8}
@@ -40,7 +41,7 @@ profiles:
         (GOOD.replace("steps: [2, 6], ", ""), "profiles.1"),
         (GOOD.replace("sources: [local]", "sources: [nope]"), "sources"),
         (GOOD.replace("concurrency: 8}\n  - {name: b", "concurency: 8}\n  - {name: b"), "profiles.0.concurency"),
-        (GOOD + "slos: ['p99<=3']\n", "slos"),
+        (GOOD.replace('slos: ["p99_ms<=600000"]', "slos: ['p99<=3']"), "slos"),
         (GOOD.replace("models: [{model", "models: [{model: x"), "line"),
         ("- just a list\n", "mapping"),
     ],
@@ -88,6 +89,7 @@ def test_loadtest_runs_two_profiles_and_ctrl_c_writes_what_ran(tmp_path):
         m = r["metrics"]
         assert m["completed"] + m["errors"] + m["dropped"] == m["scheduled"] and m["completed"] > 0
         assert r["latency_histogram_hdr"].startswith("HIST")
+        assert m["slo_met"] == 1.0 and m["goodput_per_s"] > 0
     out.unlink()
     path.write_text(GOOD.replace("duration_s: 3, warmup_s: 1", "duration_s: 600, warmup_s: 0"))
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
