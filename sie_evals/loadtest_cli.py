@@ -135,6 +135,24 @@ def _run_profile(
     return trial_from_records(records["rec"], len(warm), batches, counts), interrupted
 
 
+def _write(output: Path, sc: Scenario, scenario: Path, started: str, interrupted: bool, results, complete: bool):
+    report = {
+        "format": 1,
+        "type": "loadtest",
+        "scenario": sc.model_dump(),
+        "scenario_file": str(scenario),
+        "started": started,
+        "finished": now_iso(),
+        "complete": complete,  # false while profiles remain (a file written after each profile)
+        "interrupted": interrupted,
+        "hardware": hardware(),
+        "software": software(),
+        "results": results,
+    }
+    atomic_write_json(output, report)
+    return report
+
+
 def _note(stop) -> str:
     return "stopping: waiting for in-flight requests" if stop.is_set() else "Ctrl-C stops and writes what ran"
 
@@ -232,22 +250,12 @@ def loadtest_cmd(
                                 "latency_histogram_hdr": histogram.encode(trial.histogram()),
                             }
                         )
+                        # after every profile: what ran so far is on disk, whatever happens next
+                        _write(output, sc, scenario, started, interrupted, results, complete=False)
                         if interrupted:
                             break
         live.update(_live_table(done_rows, "interrupted" if interrupted else "done"))
-    report = {
-        "format": 1,
-        "type": "loadtest",
-        "scenario": sc.model_dump(),
-        "scenario_file": str(scenario),
-        "started": started,
-        "finished": now_iso(),
-        "interrupted": interrupted,
-        "hardware": hardware(),
-        "software": software(),
-        "results": results,
-    }
-    atomic_write_json(output, report)
+    _write(output, sc, scenario, started, interrupted, results, complete=True)
     out = Console(width=max(Console().width, 140))
     summary = Table(title=f"loadtest {sc.name}" + (" (interrupted)" if interrupted else ""))
     for h in (

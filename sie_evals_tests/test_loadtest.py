@@ -28,7 +28,7 @@ models: [{model: sentence-transformers/all-MiniLM-L6-v2}]
 sources: [local]
 slos: ["p99_ms<=600000"]
 profiles:
-  - {name: a, pattern: constant, rps: 4, duration_s: 3, warmup_s: 1, concurrency: 8}
+  - {name: a, pattern: constant, arrival: constant, rps: 4, duration_s: 3, warmup_s: 1, concurrency: 8}
   - {name: b, pattern: step, rps: 4, steps: [2, 6], duration_s: 3, concurrency: 8}
 """
 
@@ -71,30 +71,24 @@ def test_rate_curves_ramp_and_step():
 
 
 @pytest.mark.slow
-def test_loadtest_runs_two_profiles_and_ctrl_c_writes_what_ran(tmp_path):
-    """A real run (local engine, tiny slice): both profiles report; then the same scenario made long
-    is interrupted with SIGINT and still writes a valid result with interrupted=true, exit 130."""
+def test_loadtest_runs_profiles_and_ctrl_c_writes_what_ran(tmp_path):
+    """A real run (local engine, tiny slice): profile a (constant) completes and is on disk; profile b
+    (steps, made long) is interrupted with SIGINT, which still writes a valid result with both
+    profiles, b stopped early, interrupted=true, exit 130."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "SIE_EVALS_DATA_DIR": str(REPO.parent / "shared" / "data")}
     path = tmp_path / "s.yaml"
-    path.write_text(GOOD)
+    path.write_text(GOOD.replace("steps: [2, 6], duration_s: 3", "steps: [2, 6], duration_s: 600"))
     out = tmp_path / "out.json"
     cmd = [sys.executable, "-m", "sie_evals.cli", "loadtest", str(path), "-o", str(out), "--threads", "1"]
-    began = time.monotonic()
-    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
-    startup_s = time.monotonic() - began - 8  # minus the two profiles' 1 + 3 + 3 s and lead-ins
-    assert run.returncode == 0, run.stderr[-2000:]
-    report = json.loads(out.read_text())
-    assert [r["profile"]["name"] for r in report["results"]] == ["a", "b"] and not report["interrupted"]
-    for r in report["results"]:
-        m = r["metrics"]
-        assert m["completed"] + m["errors"] + m["dropped"] == m["scheduled"] and m["completed"] > 0
-        assert r["latency_histogram_hdr"].startswith("HIST")
-        assert m["slo_met"] == 1.0 and m["goodput_per_s"] > 0
-    out.unlink()
-    path.write_text(GOOD.replace("duration_s: 3, warmup_s: 1", "duration_s: 600, warmup_s: 0"))
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(max(startup_s, 5) + 6)  # well into the first profile
+        deadline = time.monotonic() + 180
+        while not out.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)  # the file appears when profile a is done
+        assert out.exists(), "profile a never finished"
+        partial = json.loads(out.read_text())
+        assert not partial["complete"] and [r["profile"]["name"] for r in partial["results"]] == ["a"]
+        time.sleep(4)  # into profile b
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=120)
     finally:
@@ -102,6 +96,14 @@ def test_loadtest_runs_two_profiles_and_ctrl_c_writes_what_ran(tmp_path):
             proc.kill()
     assert proc.returncode == 130, stderr[-2000:]
     report = json.loads(out.read_text())
-    assert report["interrupted"] is True
-    assert len(report["results"]) == 1 and report["results"][0]["stopped_early"]
-    assert report["results"][0]["metrics"]["completed"] > 0
+    assert report["interrupted"] is True and report["complete"] is True
+    assert [r["profile"]["name"] for r in report["results"]] == ["a", "b"]
+    a, b = report["results"]
+    assert not a["stopped_early"] and b["stopped_early"]
+    for r in (a, b):
+        m = r["metrics"]
+        assert m["completed"] + m["errors"] + m["dropped"] == m["scheduled"] and m["completed"] > 0
+        assert r["latency_histogram_hdr"].startswith("HIST")
+        assert m["slo_met"] == 1.0 and m["goodput_per_s"] > 0
+    # profile a: a constant 4 req/s for 3 s after a 1 s warm-up that is not counted
+    assert a["metrics"]["scheduled"] == 12
