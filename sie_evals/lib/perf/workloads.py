@@ -22,7 +22,7 @@ def fixed_token_texts(
         raise InputError(f"--tokens {n_tokens}: the prefix and special tokens alone take {overhead} tokens")
     stream: list[int] = []
     for text in source_texts:
-        stream.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
+        stream.extend(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
         if len(stream) >= body * count * 2:
             break
     out: list[str] = []
