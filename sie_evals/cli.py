@@ -197,6 +197,39 @@ def eval_cmd(
             "--record/--no-record", help="Record the result in the Dagster instance when DAGSTER_HOME is set."
         ),
     ] = True,
+    rate: Annotated[
+        float | None,
+        typer.Option("--rate", help="perf: open loop at this many requests/s (latency from the scheduled send)."),
+    ] = None,
+    arrival: Annotated[
+        str, typer.Option("--arrival", help="perf, open loop: constant, poisson or gamma arrivals.")
+    ] = "poisson",
+    burstiness: Annotated[
+        float, typer.Option("--burstiness", help="perf, gamma arrivals: shape (<1 burstier, 1 = Poisson).")
+    ] = 1.0,
+    max_concurrency: Annotated[
+        int, typer.Option("--max-concurrency", help="perf, open loop: in-flight cap (late/dropped when reached).")
+    ] = 256,
+    on_cap: Annotated[
+        str,
+        typer.Option("--on-cap", help="perf, open loop, cap reached: late (send when a slot frees) or drop."),
+    ] = "late",
+    seed: Annotated[int, typer.Option("--seed", help="perf, open loop: arrival schedule seed.")] = 0,
+    sweep: Annotated[
+        str | None,
+        typer.Option(
+            "--sweep",
+            help="perf: one load point per value: concurrency=1,2,4 | rate=5,10,20 | batch=1,8 | tokens=32,128.",
+        ),
+    ] = None,
+    slo: Annotated[
+        list[str] | None,
+        typer.Option("--slo", help="perf: e.g. p99_ms<=250 (repeatable): goodput and max_rate_at_slo."),
+    ] = None,
+    tokens: Annotated[
+        str | None,
+        typer.Option("--tokens", help="perf: texts of exactly N tokens cut from the corpus; several = a sweep."),
+    ] = None,
 ) -> None:
     """Evaluate MODEL on a task with one or more sources and print a metrics table.
 
@@ -207,20 +240,31 @@ def eval_cmd(
 
     if corpus_size and not limit_queries:
         raise InputError("--corpus-size only applies together with --limit-queries")
-    from sie_evals.lib.perf.load import LoadSpec
 
     if workload not in ("corpus", "queries"):
         raise InputError(f"--workload must be corpus or queries, got {workload!r}")
     if requests and duration:
         raise InputError("give --requests or --duration, not both")
-    load = LoadSpec(
-        batch_size=batch_size or 1,
-        concurrency=concurrency,
-        requests=None if duration else (requests or 200),
-        duration_s=duration,
-        warmup_requests=warmup,
-        trials=trials,
+    load, perf_sweep, slos = _perf_load(
+        batch_size,
+        concurrency,
+        requests,
+        duration,
+        warmup,
+        trials,
+        rate,
+        arrival,
+        burstiness,
+        max_concurrency,
+        on_cap,
+        seed,
+        sweep,
+        slo,
+        tokens,
+        eval_type == EvalType.perf,
     )
+    if perf_sweep is not None and (save_targets or save_measurements or check_targets or check_measurements):
+        raise InputError("--sweep: saving or checking targets applies to one load shape, not a sweep")
     request = EvalRequest(
         model=model,
         task=task,
@@ -245,6 +289,8 @@ def eval_cmd(
         eval_type=eval_type.value,
         load=load,
         workload=workload,
+        sweep=perf_sweep,
+        slos=slos,
     )
     outcome = run_eval(request)
     if output:
@@ -263,6 +309,71 @@ def eval_cmd(
         ]
         err_console.print(f"[bold red]drift:[/] {escape(', '.join(failed))}", soft_wrap=True)
         raise typer.Exit(1)
+
+
+_LOAD_OPTIONS = {
+    "rate": "--rate",
+    "arrival": "--arrival",
+    "burstiness": "--burstiness",
+    "max_concurrency": "--max-concurrency",
+    "on_cap": "--on-cap",
+    "tokens": "--tokens",
+    "batch_size": "--batch-size",
+    "concurrency": "--concurrency",
+    "duration_s": "--duration",
+    "requests": "--requests",
+}
+
+
+def _perf_load(
+    batch_size, concurrency, requests, duration, warmup, trials, rate, arrival, burstiness, max_concurrency,
+    on_cap, seed, sweep, slo, tokens, perf: bool,
+):  # fmt: skip
+    """The perf options as a LoadSpec, a Sweep and SLOs; exit 2 naming the option on bad input."""
+    from sie_evals.lib.perf.load import LoadSpec, LoadSpecError
+    from sie_evals.lib.perf.sweep import parse_slo, parse_sweep
+
+    perf_only = {"--rate": rate, "--sweep": sweep, "--slo": slo, "--tokens": tokens}
+    if not perf and any(v is not None for v in perf_only.values()):
+        used = [k for k, v in perf_only.items() if v is not None]
+        raise InputError(f"{', '.join(used)}: perf options; add --type perf")
+    perf_sweep = parse_sweep(sweep) if sweep else None
+    token_values: list[int] = []
+    if tokens:
+        try:
+            token_values = [int(t) for t in tokens.split(",")]
+        except ValueError:
+            raise InputError(f"--tokens {tokens!r}: expected N or N1,N2,... (integers)") from None
+        if any(t < 1 for t in token_values):
+            raise InputError(f"--tokens {tokens!r}: token counts must be >= 1")
+        if len(token_values) > 1:
+            if perf_sweep is not None:
+                raise InputError("--tokens with several values is a sweep: it cannot be combined with --sweep")
+            perf_sweep = parse_sweep(f"tokens={tokens}")
+    try:
+        load = LoadSpec(
+            batch_size=batch_size or 1,
+            concurrency=concurrency,
+            requests=None if duration else (requests or 200),
+            duration_s=duration,
+            warmup_requests=warmup,
+            trials=trials,
+            rate=rate,
+            arrival=arrival,
+            burstiness=burstiness,
+            max_concurrency=max_concurrency,
+            on_cap=on_cap,
+            seed=seed,
+            tokens=token_values[0] if len(token_values) == 1 else None,
+        )
+    except LoadSpecError as err:
+        field_name = str(err).split(":")[0]
+        raise InputError(f"{_LOAD_OPTIONS.get(field_name, field_name)}{str(err)[len(field_name) :]}") from None
+    if perf_sweep is not None:
+        for v in perf_sweep.values:
+            perf_sweep.spec_at(load, v)  # every point valid before anything starts
+    slos = tuple(parse_slo(s) for s in slo or ())
+    return load, perf_sweep, slos
 
 
 @app.command("models")
@@ -375,6 +486,15 @@ def servers_status_cmd() -> None:
         state = "provisioned" if install.installed(name) else "not provisioned"
         typer.echo(f"{name}: {pkg.executable} {pkg.version} in {install.home(name)}: {state}")
     typer.echo(f"tei: {tei.EXECUTABLE} {'on PATH' if tei.available() else 'not on PATH (not installable here)'}")
+
+
+def _register_loadtest() -> None:
+    from sie_evals.loadtest_cli import loadtest_cmd
+
+    app.command("loadtest")(_handle_errors(loadtest_cmd))
+
+
+_register_loadtest()
 
 
 def main() -> None:

@@ -29,6 +29,7 @@ from sie_evals.lib.gates.keys import EvalKey, path_slug
 from sie_evals.lib.harness.evaluation import embed_task, evaluate_perf_source, load_task, perf_variant
 from sie_evals.lib.harness.report import PERF_TABLE_METRICS, TABLE_METRICS_BY_TYPE
 from sie_evals.lib.perf.load import PERF_TARGET_METRICS, latency_histogram_png
+from sie_evals.lib.perf.plots import saturation_png
 from sie_evals.lib.quality.scoring import score_task
 from sie_evals.lib.tasks import resolve_task
 from sie_evals.lib.tasks.snapshot import read_snapshot, write_snapshot
@@ -215,23 +216,42 @@ def perf_scores(
     """Closed-loop latency and throughput (the CLI's --type perf) on the task's texts, with a
     latency histogram."""
     key = EvalKey.parse(context.partition_key)
-    load = settings.load_spec()
     with _input_errors_final():
+        load = settings.load_spec()
+        sweep, slos = settings.perf_sweep_and_slos()
         config = find_model_config(key.model, settings.configs_dir())
         profile = config.resolve_profile(settings.profile)
         spec = resolve_task(key.task)
         data = read_snapshot(Path(task_dataset["snapshot_dir"]))
         result = evaluate_perf_source(
-            config, profile, spec, data, key.source, settings.engine_options(), load, settings.perf_workload
+            config,
+            profile,
+            spec,
+            data,
+            key.source,
+            settings.engine_options(),
+            load,
+            settings.perf_workload,
+            sweep,
+            slos,
         )
     for warning in result.extra["warnings"]:
         context.log.warning(warning)
-    variant = perf_variant(settings.perf_workload, load.batch_size, load.concurrency)
+    variant = perf_variant(settings.perf_workload, load.batch_size, load.concurrency, load, sweep)
     folder = settings.results_root() / "perf_scores"
     requests_path = folder / f"{key.path_slug()}.requests.parquet"
     atomic_write(requests_path, lambda tmp: result.per_query.to_parquet(tmp, index=False))
     png_path = folder / f"{key.path_slug()}.latency.png"
-    atomic_write(png_path, lambda tmp: latency_histogram_png(result.extra["perf_result"], tmp, f"{key} ({variant})"))
+    if result.extra.get("sweep"):  # a sweep: the saturation plot (throughput and p50/p99 vs offered load)
+        png_path = folder / f"{key.path_slug()}.saturation.png"
+        atomic_write(
+            png_path,
+            lambda tmp: saturation_png(result.extra["sweep"], tmp, f"{key} ({variant})", result.extra.get("slo")),
+        )
+    else:
+        atomic_write(
+            png_path, lambda tmp: latency_histogram_png(result.extra["perf_result"], tmp, f"{key} ({variant})")
+        )
     metrics = result.metrics
     value = {
         "key": str(key),
@@ -245,6 +265,9 @@ def perf_scores(
         "spread": result.extra["spread"],
         "warnings": result.extra["warnings"],
         "run_conditions": result.run_conditions,
+        "load_shape": result.extra["load_shape"],
+        "sweep": result.extra.get("sweep"),
+        "slo": result.extra.get("slo"),
         "dataset": data.describe(),
         "profile": profile.name,
     }
@@ -258,7 +281,10 @@ def perf_scores(
             "trials": load.trials,
             "load_avg_before": float(result.run_conditions["load_avg_before"]),
             "load_avg_after": float(result.run_conditions["load_avg_after"]),
-            "latency_histogram": png_metadata(png_path, f"latency histogram {key}"),
+            ("saturation_plot" if result.extra.get("sweep") else "latency_histogram"): png_metadata(
+                png_path, f"{'saturation plot' if result.extra.get('sweep') else 'latency histogram'} {key}"
+            ),
+            "load_shape": dg.MetadataValue.json(result.extra["load_shape"]),
             "histogram_path": dg.MetadataValue.path(str(png_path)),
             "requests_path": dg.MetadataValue.path(str(requests_path)),
             **_conditions_metadata(result.run_conditions["engine_version"], profile.name),

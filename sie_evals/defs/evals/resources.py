@@ -39,6 +39,10 @@ class EvalSettings(dg.ConfigurableResource):
     perf_requests: int = 200
     perf_warmup_requests: int = 16
     perf_trials: int = 3
+    perf_rate: float | None = None  # open loop at this many requests/s (--rate)
+    perf_arrival: str = "poisson"
+    perf_sweep: str | None = None  # e.g. concurrency=1,2,4,8 (--sweep)
+    perf_slos: str | None = None  # comma-separated, e.g. p99_ms<=250,error_rate<=0.01 (--slo)
 
     @classmethod
     def from_env(cls) -> "EvalSettings":
@@ -65,7 +69,15 @@ class EvalSettings(dg.ConfigurableResource):
             requests=self.perf_requests,
             warmup_requests=self.perf_warmup_requests,
             trials=self.perf_trials,
+            rate=self.perf_rate,
+            arrival=self.perf_arrival,
         )
+
+    def perf_sweep_and_slos(self) -> tuple[Any, tuple[Any, ...]]:
+        from sie_evals.lib.perf.sweep import parse_slo, parse_sweep
+
+        sweep = parse_sweep(self.perf_sweep) if self.perf_sweep else None
+        return sweep, tuple(parse_slo(s) for s in (self.perf_slos or "").split(",") if s.strip())
 
     def data_options(self) -> DataOptions:
         return DataOptions(

@@ -26,6 +26,7 @@ from sie_evals.lib.harness.evaluation import (
 )
 from sie_evals.lib.harness.report import build_report
 from sie_evals.lib.perf.load import PERF_TARGET_METRICS, LoadSpec
+from sie_evals.lib.perf.sweep import Slo, Sweep
 from sie_evals.lib.quality.parity import parity_against
 from sie_evals.lib.quality.scoring import TaskData
 from sie_evals.lib.tasks import TaskSpec
@@ -48,6 +49,8 @@ class EvalRequest:
     eval_type: str = "quality"  # quality | perf
     load: LoadSpec = field(default_factory=LoadSpec)
     workload: str = "corpus"
+    sweep: Sweep | None = None  # perf: one load point per value
+    slos: tuple[Slo, ...] = ()  # perf: goodput and max_rate_at_slo
 
 
 @dataclass
@@ -147,10 +150,13 @@ def run_eval(req: EvalRequest) -> EvalOutcome:
     spec, data = load_task(req.task, req.data)
     compute = [s for s in req.sources if s in COMPUTE_SOURCES]
     if req.eval_type == "perf":
-        variant = perf_variant(req.workload, req.load.batch_size, req.load.concurrency)
+        variant = perf_variant(req.workload, req.load.batch_size, req.load.concurrency, req.load, req.sweep)
         target_metrics: tuple[str, ...] = PERF_TARGET_METRICS
         results = [
-            evaluate_perf_source(config, profile, spec, data, s, req.engine, req.load, req.workload) for s in compute
+            evaluate_perf_source(
+                config, profile, spec, data, s, req.engine, req.load, req.workload, req.sweep, req.slos
+            )
+            for s in compute
         ]
     else:
         variant = data.variant

@@ -1,6 +1,7 @@
 """A quality eval as composable steps. The CLI runs them in one go; the Dagster assets run the same
 functions one asset at a time (dataset -> embeddings -> scores)."""
 
+import functools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,30 +184,91 @@ def evaluate_source(
 
 
 PERF_WORKLOADS = ("corpus", "queries")
+FIXED_TOKEN_TEXTS = 256  # distinct texts per --tokens length
 
 
-def perf_variant(workload: str, batch_size: int, concurrency: int) -> str:
+def perf_variant(workload: str, batch_size: int, concurrency: int, load=None, sweep=None) -> str:
     """Perf targets/measurements are keyed by the load shape: latency depends on it."""
-    return f"perf@{workload}-b{batch_size}-c{concurrency}"
+    if load is None:
+        return f"perf@{workload}-b{batch_size}-c{concurrency}"
+    return load.variant(workload, sweep.param if sweep is not None else None)
+
+
+def _tokenizer(model: ModelConfig):
+    from sie_evals.lib.engines.local import resolve_weights
+
+    return _load_tokenizer(str(resolve_weights(model)))
+
+
+@functools.cache
+def _load_tokenizer(weights: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(weights)
 
 
 def token_counts(model: ModelConfig, profile: ResolvedProfile, texts: list[str]) -> list[int]:
     """Tokens per text by the model's own tokenizer, truncated like the model input (special tokens
     included): the one counting rule for tok/s, whatever engine serves the model."""
-    from transformers import AutoTokenizer
-
-    from sie_evals.lib.engines.local import resolve_weights
-
-    tok = AutoTokenizer.from_pretrained(resolve_weights(model))
-    enc = tok(texts, truncation=True, max_length=profile.max_seq_length)
+    enc = _tokenizer(model)(texts, truncation=True, max_length=profile.max_seq_length)
     return [len(ids) for ids in enc["input_ids"]]
 
 
-def _send_timed(engine: Engine, batch: list[str], kind: EmbedKind) -> dict[str, float] | None:
+def send_timed(engine: Engine, batch: list[str], kind: EmbedKind) -> dict[str, float] | None:
     """One perf request; returns the server's own timing of it when the engine reports one."""
     engine.embed(batch, kind)
     timing = getattr(engine, "last_server_timing", None)
     return timing() if callable(timing) else timing
+
+
+class PerfWorkload:
+    """The texts a perf run sends and their token counts: the task's corpus or queries as they are, or
+    (tokens=N) texts of exactly N tokens cut from them."""
+
+    def __init__(self, model: ModelConfig, profile: ResolvedProfile, spec: TaskSpec, data: TaskData, workload: str):
+        if workload not in PERF_WORKLOADS:
+            raise InputError(f"--workload must be one of {', '.join(PERF_WORKLOADS)}, got {workload!r}")
+        if isinstance(data, RetrievalData):
+            self.kind = EmbedKind.document if workload == "corpus" else EmbedKind.query
+            self.texts = list(data.corpus_texts if workload == "corpus" else data.query_texts)
+        else:  # symmetric tasks: every text is encoded the same way, whatever the workload name
+            self.kind = EmbedKind.query
+            self.texts = task_inputs(spec, data)[EmbedKind.query]
+        self.model, self.profile = model, profile
+        self.prefix = profile.document_prefix if self.kind == EmbedKind.document else profile.query_prefix
+        self._cache: dict[int | None, tuple[list[str], list[int]]] = {}
+
+    def texts_and_counts(self, tokens: int | None) -> tuple[list[str], list[int]]:
+        if tokens not in self._cache:
+            if tokens is None:
+                texts = self.texts
+                counts = token_counts(self.model, self.profile, [self.prefix + t for t in texts])
+            else:
+                if tokens > self.profile.max_seq_length:
+                    raise InputError(
+                        f"--tokens {tokens}: longer than the profile's max_seq_length "
+                        f"{self.profile.max_seq_length} (the model would truncate it)"
+                    )
+                from sie_evals.lib.perf.workloads import fixed_token_texts
+
+                texts = fixed_token_texts(_tokenizer(self.model), self.texts, tokens, FIXED_TOKEN_TEXTS, self.prefix)
+                counts = [tokens] * len(texts)
+            self._cache[tokens] = (texts, counts)
+        return self._cache[tokens]
+
+
+def _point_metrics(result, slos) -> dict[str, float]:
+    from sie_evals.lib.perf.sweep import goodput, with_error_rate
+
+    metrics = with_error_rate(result.metrics())
+    if slos:
+        import statistics
+
+        metrics["goodput_per_s"] = float(
+            statistics.median(goodput(t.latencies_ms, t.duration_s, slos) for t in result.trials)
+        )
+        metrics["slo_met"] = float(all(s.met(metrics) for s in slos))
+    return metrics
 
 
 def evaluate_perf_source(
@@ -218,40 +280,96 @@ def evaluate_perf_source(
     engine_opts: EngineOptions,
     load,
     workload: str = "corpus",
+    sweep=None,
+    slos: tuple = (),
+    slo_search_steps: int = 3,
+    stop=None,
 ) -> SourceResult:
-    """Closed-loop load against one source (the engine directly: the cache is bypassed)."""
+    """Closed- or open-loop load against one source (the engine directly: the cache is bypassed); with
+    a sweep, one load point per value on the same started engine, and with SLOs the highest rate or
+    concurrency meeting them (sweep.search_max_at_slo)."""
     import os
 
     from sie_evals.lib.perf.load import run_load
+    from sie_evals.lib.perf.sweep import search_max_at_slo
 
-    if workload not in PERF_WORKLOADS:
-        raise ValueError(f"workload must be one of {PERF_WORKLOADS}")
-    if isinstance(data, RetrievalData):
-        kind = EmbedKind.document if workload == "corpus" else EmbedKind.query
-        texts = list(data.corpus_texts if workload == "corpus" else data.query_texts)
-    else:  # symmetric tasks: every text is encoded the same way, whatever the workload name
-        kind = EmbedKind.query
-        texts = task_inputs(spec, data)[EmbedKind.query]
-    prefix = profile.document_prefix if kind == EmbedKind.document else profile.query_prefix
-    counts = token_counts(model, profile, [prefix + t for t in texts])
+    work = PerfWorkload(model, profile, spec, data, workload)
+    points = [(None, load)] if sweep is None else [(v, sweep.spec_at(load, v)) for v in sweep.values]
+    for _, point in points:
+        work.texts_and_counts(point.tokens)  # bad --tokens fails before a server starts
     engine = create_engine(source, model, profile, **engine_opts.for_engine())
     load_before = os.getloadavg()[0]
+    rows: list[dict[str, Any]] = []
+    results = []
+
+    def run_point(value, point, search: bool = False) -> dict[str, float]:
+        texts, counts = work.texts_and_counts(point.tokens)
+        result = run_load(lambda batch: send_timed(engine, batch, work.kind), texts, counts, point, stop)
+        metrics = _point_metrics(result, slos)
+        results.append((value, result))
+        rows.append(
+            {
+                "value": value,
+                "search": search,
+                "load_shape": point.load_shape(workload),
+                "metrics": metrics,
+                "latency_histogram_hdr": result.histograms()["latency_all"],
+            }
+        )
+        return metrics
+
+    search = None
     with engine:
         engine.start()  # model load / server start is not part of the measurement
-        result = run_load(lambda batch: _send_timed(engine, batch, kind), texts, counts, load)
+        for value, point in points:
+            run_point(value, point)
+            if stop is not None and stop.is_set():
+                break
+        if sweep is not None and slos and sweep.searchable and not (stop is not None and stop.is_set()):
+            search = search_max_at_slo(
+                [(r["value"], r["metrics"]) for r in rows],
+                slos,
+                lambda v: run_point(v, sweep.spec_at(load, v), search=True),
+                sweep.param,
+                slo_search_steps,
+            )
     load_after = os.getloadavg()[0]
-    metrics = result.metrics()
+    rows.sort(key=lambda r: r["value"] if r["value"] is not None else 0)
+    main = results[0][1]
+    metrics = rows[0]["metrics"] if sweep is None else rows[-1]["metrics"]
+    slo_summary: dict[str, Any] | None = {"slos": [str(s) for s in slos]} if slos else None
+    if search is not None:
+        knee = search["value"]
+        if knee is not None:
+            metrics = search["metrics"]
+        rate_at = None if knee is None else (knee if sweep.param == "rate" else metrics.get("requests_per_s"))
+        slo_summary.update(
+            param=sweep.param,
+            max_rate_at_slo=rate_at,
+            max_concurrency_at_slo=knee if sweep.param == "concurrency" else None,
+            bracketed=search["bracketed"],
+            first_failing=search.get("upper"),
+            probes=[v for v, _ in search["probes"]],
+        )
+        metrics = {**metrics, **({"max_rate_at_slo": float(rate_at)} if rate_at is not None else {})}
+        if sweep.param == "concurrency" and knee is not None:
+            metrics["max_concurrency_at_slo"] = float(knee)
+    if slo_summary is not None:  # of the reported point: the knee after a search, else the (top) point
+        slo_summary["met"] = {str(s): s.met(metrics) for s in slos}
     cpus = os.cpu_count() or 1
     conditions = {
         **_conditions_base(data, profile, engine.info().as_dict(), engine_opts),
         "batch_size": load.batch_size,
-        "concurrency": load.concurrency,
+        "concurrency": load.concurrency if load.mode == "closed" else None,
         "workload": workload,
+        "load_shape": load.load_shape(workload),
+        "sweep": None if sweep is None else {"param": sweep.param, "values": list(sweep.values)},
         "trials": load.trials,
         "requests_per_trial": load.requests,
         "duration_s_per_trial": load.duration_s,
         "warmup_requests": load.warmup_requests,
-        "client_threads": load.concurrency,
+        "client_threads": load.concurrency if load.mode == "closed" else load.max_concurrency,
+        "seed": load.seed if load.mode == "open" else None,
         "load_avg_before": round(load_before, 2),
         "load_avg_after": round(load_after, 2),
     }
@@ -261,19 +379,47 @@ def evaluate_perf_source(
             f"machine was busy before the run (load average {load_before:.2f} on {cpus} CPUs): "
             "latencies may be inflated"
         )
-    if result.errors:
-        warnings.append(f"{result.errors} request(s) failed, e.g. {result.trials[0].error_messages[:1]}")
+    errors = sum(r.errors for _, r in results)
+    if errors:
+        first = next(r for _, r in results if r.errors)
+        warnings.append(f"{errors} request(s) failed, e.g. {first.trials[0].error_messages[:1]}")
+    for value, r in results:
+        late = sum(t.late for t in r.trials)
+        dropped = sum(t.dropped for t in r.trials)
+        if late or dropped:
+            where = "" if value is None else f" at {sweep.param}={value:g}"
+            warnings.append(
+                f"in-flight cap {r.spec.max_concurrency} reached{where}: {late} request(s) sent late, "
+                f"{dropped} dropped (the server did not keep up with the offered rate)"
+            )
+        if any(t.stopped_early for t in r.trials):
+            warnings.append("stopped early: the results cover what ran before the stop")
+    import pandas as pd
+
+    frames = []
+    for value, r in results:
+        frame = r.requests_frame()
+        if sweep is not None:
+            frame.insert(0, sweep.param, value)
+        frames.append(frame)
+    extra: dict[str, Any] = {
+        "errors": errors,
+        "spread": main.spread() if sweep is None else {},
+        "warnings": warnings,
+        "trials": [t.metrics() for t in main.trials] if sweep is None else [],
+        "load_shape": load.load_shape(workload),
+        "histograms": main.histograms() if sweep is None else None,
+        "perf_result": main if sweep is None else None,
+    }
+    if sweep is not None:
+        extra["sweep"] = {"param": sweep.param, "rows": rows}
+    if slo_summary is not None:
+        extra["slo"] = slo_summary
     return SourceResult(
         source=source,
         metrics=metrics,
         main_score_name="latency_p50_ms",
-        per_query=result.requests_frame(),
+        per_query=pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0],
         run_conditions=conditions,
-        extra={
-            "errors": result.errors,
-            "spread": result.spread(),
-            "warnings": warnings,
-            "trials": [t.metrics() for t in result.trials],
-            "perf_result": result,
-        },
+        extra=extra,
     )

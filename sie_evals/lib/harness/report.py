@@ -58,11 +58,25 @@ PERF_TABLE_METRICS = (
     "latency_p90_ms",
     "latency_p95_ms",
     "latency_p99_ms",
+    "latency_p99.9_ms",
     "latency_min_ms",
     "latency_max_ms",
+    "latency_mean_ms",
     "items_per_s",
     "tokens_per_s",
     "requests_per_s",
+    # open loop: the offered rate, what came back, and the time from the actual send
+    "offered_rate_per_s",
+    "completed",
+    "errors",
+    "late",
+    "dropped",
+    "service_p50_ms",
+    "service_p99_ms",
+    "send_lag_p99_ms",
+    "goodput_per_s",
+    "max_rate_at_slo",
+    "max_concurrency_at_slo",
     # where the engine reports its own time (SIE's `timing`): the server's share and the client's
     "server_total_p50_ms",
     "server_inference_p50_ms",
@@ -108,6 +122,59 @@ def per_query_path(report_path: Path, source: str) -> Path:
     return report_path.with_name(f"{report_path.stem}.{source}.per_query.parquet")
 
 
+def saturation_png_path(report_path: Path, source: str) -> Path:
+    return report_path.with_name(f"{report_path.stem}.{source}.saturation.png")
+
+
+SWEEP_COLUMNS = (
+    ("offered/s", "offered_rate_per_s"),
+    ("achieved/s", "requests_per_s"),
+    ("p50 ms", "latency_p50_ms"),
+    ("p99 ms", "latency_p99_ms"),
+    ("mean ms", "latency_mean_ms"),
+    ("tok/s", "tokens_per_s"),
+    ("errors", "errors"),
+    ("late", "late"),
+    ("dropped", "dropped"),
+    ("goodput/s", "goodput_per_s"),
+)
+
+
+def render_sweep(source: str, src: dict[str, Any], console: Console) -> None:
+    """One row per sweep point (search probes marked), then the SLO verdict."""
+    sweep, slo = src["sweep"], src.get("slo")
+    rows = sorted(sweep["rows"], key=lambda r: r["value"])
+    columns = [(h, k) for h, k in SWEEP_COLUMNS if any(k in r["metrics"] for r in rows)]
+    table = Table(title=f"{source}: sweep over {sweep['param']}")
+    table.add_column(sweep["param"], justify="right", no_wrap=True)
+    for header, _ in columns:
+        table.add_column(header, justify="right", no_wrap=True)
+    if slo:
+        table.add_column("SLO", justify="left")
+    for r in rows:
+        m = r["metrics"]
+        cells = [_fmt(m.get(k), 0 if k in ("errors", "late", "dropped") else 1) for _, k in columns]
+        verdict = [("met" if m.get("slo_met") else "missed")] if slo else []
+        table.add_row(f"{r['value']:g}" + (" (search)" if r.get("search") else ""), *cells, *verdict)
+    console.print(table)
+
+
+def render_slo(source: str, slo: dict[str, Any], console: Console) -> None:
+    line = f"{source}: SLO {', '.join(slo['slos'])}"
+    if "max_rate_at_slo" in slo:
+        rate = slo["max_rate_at_slo"]
+        line += f"; max_rate_at_slo {'none (the lightest point misses it)' if rate is None else f'{rate:.2f} req/s'}"
+        if slo.get("max_concurrency_at_slo") is not None:
+            line += f" (max_concurrency_at_slo {slo['max_concurrency_at_slo']:g})"
+        if rate is not None and not slo.get("bracketed"):
+            line += " - a lower bound: the highest sweep point still meets the SLO"
+        elif rate is not None and slo.get("first_failing") is not None:
+            line += f"; first failing {slo['param']} {slo['first_failing']:g}"
+    else:
+        line += "; " + ", ".join(f"{k} {'met' if v else 'missed'}" for k, v in slo["met"].items())
+    console.print(escape(line), highlight=False)
+
+
 def write_report(path: Path, report: dict[str, Any], results: list[SourceResult]) -> None:
     """Per-query (or per-request) Parquet and latency PNGs first, then the JSON that points at them,
     each written atomically."""
@@ -124,6 +191,16 @@ def write_report(path: Path, report: dict[str, Any], results: list[SourceResult]
             title = f"{report['model']} via {r.source}: {report.get('variant', '')}"
             atomic_write(png, lambda tmp, pr=perf_result, t=title: latency_histogram_png(pr, tmp, t))
             report["sources"][r.source]["latency_histogram_file"] = png.name
+        if r.extra.get("sweep"):
+            from sie_evals.lib.perf.plots import saturation_png
+
+            png = saturation_png_path(path, r.source)
+            title = f"{report['model']} via {r.source}: {report.get('variant', '')}"
+            atomic_write(
+                png,
+                lambda tmp, sw=r.extra["sweep"], t=title, slo=r.extra.get("slo"): saturation_png(sw, tmp, t, slo),
+            )
+            report["sources"][r.source]["saturation_plot_file"] = png.name
     atomic_write_json(path, report)
 
 
@@ -167,10 +244,25 @@ def render_table(report: dict[str, Any], console: Console | None = None) -> None
         src = report["sources"][s]
         if src.get("kind") == "computed" and perf:
             c = src["run_conditions"]
+            shape = c.get("load_shape") or {}
+            if shape.get("mode") == "open":
+                how = (
+                    f"open loop {shape['rate']:g} req/s {shape['arrival']} arrivals, "
+                    f"max in flight {shape['max_concurrency']} ({shape['on_cap']} when full), seed {c.get('seed')}"
+                )
+            else:
+                how = f"concurrency {c['concurrency']}"
             console.print(
-                f"{s}: {c['engine_version']}; batch {c['batch_size']}, concurrency {c['concurrency']}, "
-                f"{c['trials']} trials (median shown), errors {src['errors']}, load avg {c['load_avg_before']}"
+                escape(
+                    f"{s}: {c['engine_version']}; batch {c['batch_size']}, {how}, "
+                    f"{c['trials']} trials (median shown), errors {src['errors']}, load avg {c['load_avg_before']}"
+                ),
+                highlight=False,
             )
+            if src.get("sweep"):
+                render_sweep(s, src, console)
+            if src.get("slo"):
+                render_slo(s, src["slo"], console)
             for w in src.get("warnings", []):
                 console.print(f"[yellow]warning:[/] {s}: {w}")
         elif src.get("kind") == "computed":

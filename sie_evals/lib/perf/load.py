@@ -1,12 +1,15 @@
-"""Perf evals: a closed-loop load generator with latency percentiles and throughput.
+"""Perf evals: a closed-loop or open-loop load generator with latency percentiles and throughput.
 
-C client threads each send a request of B items, wait for the reply, and send the next, until the
-run's request budget (or duration) is spent; warm-up requests come first and are not counted.
+Closed loop (the default): C client threads each send a request of B items, wait for the reply, and
+send the next, until the run's request budget (or duration) is spent; warm-up requests come first and are not counted.
 Request i always carries the same texts (drawn in order from the workload, wrapping around), so a
 run is repeatable. Tokens are counted once per text with the model's own tokenizer (truncated at
 the profile's max_seq_length, special tokens included): the same rule for every engine.
-Percentiles use linear interpolation over all counted requests of a trial (numpy's default)."""
+Open loop (LoadSpec.rate set): requests leave on a seeded arrival schedule (openloop.py) and latency
+runs from each request's scheduled send time. Latency percentiles, min, max and mean come from an
+HdrHistogram of every counted request (histogram.py), kept encoded in the report."""
 
+import math
 import statistics
 import threading
 import time
@@ -17,56 +20,153 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-PERCENTILES = {"p50": 50, "p90": 90, "p95": 95, "p99": 99}
+from sie_evals.lib.core.errors import InputError
+from sie_evals.lib.perf import histogram
+from sie_evals.lib.perf.openloop import ARRIVALS, CAP_POLICIES, arrival_schedule, run_schedule
+
+PERCENTILES = {"p50": 50, "p90": 90, "p95": 95, "p99": 99}  # numpy percentiles of server timings
 # What --save-targets stores for perf and --check-targets gates on.
 PERF_TARGET_METRICS = ("latency_p50_ms", "latency_p99_ms", "items_per_s", "tokens_per_s")
+
+
+class LoadSpecError(InputError, ValueError):
+    """An invalid load shape; the message names the field (exit 2)."""
 
 
 @dataclass(frozen=True)
 class LoadSpec:
     batch_size: int = 1
-    concurrency: int = 16
+    concurrency: int = 16  # closed loop: clients
     requests: int | None = 200  # per trial; or set duration_s
     duration_s: float | None = None
     warmup_requests: int = 16
     trials: int = 3
+    # Open loop: a target rate (requests/s) switches it on.
+    rate: float | None = None
+    arrival: str = "poisson"
+    burstiness: float = 1.0  # gamma shape (1 = Poisson)
+    max_concurrency: int = 256  # open loop: in-flight cap
+    on_cap: str = "late"  # open loop, cap reached: send when a slot frees (late) or drop
+    seed: int = 0
+    tokens: int | None = None  # workload of texts cut to exactly this many tokens
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.concurrency < 1 or self.trials < 1 or self.warmup_requests < 0:
-            raise ValueError("batch size, concurrency and trials must be >= 1, warm-up >= 0")
+        def bad(field_name: str, why: str) -> None:
+            raise LoadSpecError(f"{field_name}: {why}, got {getattr(self, field_name)!r}")
+
+        for name in ("batch_size", "concurrency", "trials", "max_concurrency"):
+            if getattr(self, name) < 1:
+                bad(name, "must be >= 1")
+        if self.warmup_requests < 0:
+            bad("warmup_requests", "must be >= 0")
         if (self.requests is None) == (self.duration_s is None):
-            raise ValueError("set exactly one of requests or duration_s")
+            raise LoadSpecError("requests/duration_s: set exactly one of them")
+        if self.requests is not None and self.requests < 1:
+            bad("requests", "must be >= 1")
+        if self.duration_s is not None and not (self.duration_s > 0 and math.isfinite(self.duration_s)):
+            bad("duration_s", "must be > 0")
+        if self.rate is not None and not (self.rate > 0 and math.isfinite(self.rate)):
+            bad("rate", "must be > 0 requests/s")
+        if self.arrival not in ARRIVALS:
+            bad("arrival", f"must be one of {', '.join(ARRIVALS)}")
+        if not (self.burstiness > 0 and math.isfinite(self.burstiness)):
+            bad("burstiness", "must be > 0")
+        if self.on_cap not in CAP_POLICIES:
+            bad("on_cap", f"must be one of {', '.join(CAP_POLICIES)}")
+        if self.tokens is not None and self.tokens < 1:
+            bad("tokens", "must be >= 1")
+
+    @property
+    def mode(self) -> str:
+        return "open" if self.rate is not None else "closed"
+
+    def load_shape(self, workload: str = "corpus") -> dict[str, Any]:
+        """Everything that makes two perf results comparable as a load (the perf result key uses it):
+        mode, rate or concurrency, arrival, batch, workload, tokens."""
+        shape: dict[str, Any] = {"mode": self.mode, "batch_size": self.batch_size, "workload": workload}
+        if self.tokens is not None:
+            shape["tokens"] = self.tokens
+        if self.mode == "open":
+            shape.update(rate=self.rate, arrival=self.arrival, max_concurrency=self.max_concurrency, on_cap=self.on_cap)
+            if self.arrival == "gamma":
+                shape["burstiness"] = self.burstiness
+        else:
+            shape["concurrency"] = self.concurrency
+        return shape
+
+    def variant(self, workload: str = "corpus", swept: str | None = None) -> str:
+        """The load shape as the short key saved targets and measurements are filed under (closed loop
+        keeps its historical form perf@corpus-b1-c16). `swept`: the parameter a sweep varies, left out
+        and named at the end instead (perf@corpus-b1-sweep-concurrency)."""
+        what = f"tokens{self.tokens}" if self.tokens is not None and swept != "tokens" else workload
+        batch = "" if swept == "batch" else f"-b{self.batch_size}"
+        if self.mode == "closed" or swept == "concurrency":
+            parts = f"perf@{what}{batch}" + ("" if swept == "concurrency" else f"-c{self.concurrency}")
+        else:
+            arrival = f"gamma{self.burstiness:g}" if self.arrival == "gamma" else self.arrival
+            rate = "" if swept == "rate" else f"-r{self.rate:g}"
+            cap = f"-m{self.max_concurrency}" + ("-drop" if self.on_cap == "drop" else "")
+            parts = f"perf@{what}{batch}-{arrival}{rate}{cap}"
+        return parts + (f"-sweep-{swept}" if swept else "")
 
 
 @dataclass
 class Trial:
-    latencies_ms: np.ndarray  # successful requests only
+    latencies_ms: np.ndarray  # successful requests only (open loop: from the scheduled send time)
     items: int
     tokens: int
     errors: int
-    duration_s: float  # from the first counted request's start to the last one's end
+    duration_s: float  # from the first counted request's start (open loop: scheduled start) to the last end
     error_messages: list[str] = field(default_factory=list)
     # Per successful request, what the server says it spent (SIE's `timing`: total_ms, queue_ms,
     # inference_ms, ...), aligned with latencies_ms; empty when the engine reports nothing.
     server_timing_ms: dict[str, np.ndarray] = field(default_factory=dict)
+    # Open loop only: service time from the actual send and send lag (actual - scheduled), aligned with
+    # latencies_ms; how many were scheduled, sent late (in-flight cap), dropped; the schedule's own rate.
+    service_ms: np.ndarray | None = None
+    scheduled_at_s: np.ndarray | None = None  # from the first counted scheduled send
+    send_lag_ms: np.ndarray | None = None
+    scheduled: int = 0
+    late: int = 0
+    dropped: int = 0
+    offered_rate: float | None = None
+    stopped_early: bool = False
+
+    @property
+    def open_loop(self) -> bool:
+        return self.service_ms is not None
+
+    def histogram(self):
+        return histogram.histogram_of(self.latencies_ms)
 
     def metrics(self) -> dict[str, float]:
         lat = self.latencies_ms
         out: dict[str, float] = {}
         if len(lat):
-            for name, q in PERCENTILES.items():
-                out[f"latency_{name}_ms"] = float(np.percentile(lat, q))
-            out["latency_min_ms"] = float(lat.min())
-            out["latency_max_ms"] = float(lat.max())
-            out["latency_mean_ms"] = float(lat.mean())
+            out.update(histogram.summary(self.histogram(), "latency"))
+            out["latency_mean_ms"] = float(lat.mean())  # exact (the histogram's is within 0.1%)
+        if self.open_loop and len(lat):
+            out.update(histogram.summary(histogram.histogram_of(self.service_ms), "service"))
+            out["service_mean_ms"] = float(self.service_ms.mean())
+            out["send_lag_p50_ms"] = float(np.percentile(self.send_lag_ms, 50))
+            out["send_lag_p99_ms"] = float(np.percentile(self.send_lag_ms, 99))
         for key, values in sorted(self.server_timing_ms.items()):
             name = key.removesuffix("_ms")
             out[f"server_{name}_p50_ms"] = float(np.percentile(values, 50))
             out[f"server_{name}_p99_ms"] = float(np.percentile(values, 99))
         total = self.server_timing_ms.get("total_ms")
+        base = self.service_ms if self.open_loop else lat
         if total is not None and len(total) == len(lat):
             # what the client, the network and HTTP add on top of the server's own time
-            out["client_overhead_p50_ms"] = float(np.percentile(lat - total, 50))
+            out["client_overhead_p50_ms"] = float(np.percentile(base - total, 50))
+        out["completed"] = float(len(lat))
+        out["errors"] = float(self.errors)
+        if self.open_loop:
+            out["scheduled"] = float(self.scheduled)
+            out["late"] = float(self.late)
+            out["dropped"] = float(self.dropped)
+            if self.offered_rate is not None:
+                out["offered_rate_per_s"] = self.offered_rate
         if self.duration_s > 0:
             out["items_per_s"] = self.items / self.duration_s
             out["tokens_per_s"] = self.tokens / self.duration_s
@@ -172,11 +272,24 @@ class PerfResult:
     def errors(self) -> int:
         return sum(t.errors for t in self.trials)
 
+    def histograms(self) -> dict[str, Any]:
+        """The HdrHistograms of latency (us, encoded), per trial and merged over trials: any percentile
+        can be recomputed from the report."""
+        hists = [t.histogram() for t in self.trials]
+        return {
+            "unit": "us",
+            "significant_digits": histogram.SIGNIFICANT_DIGITS,
+            "latency_trials": [histogram.encode(h) for h in hists],
+            "latency_all": histogram.encode(histogram.merged(hists)),
+        }
+
     def requests_frame(self) -> pd.DataFrame:
         """One row per counted request: trial, client latency, and server timings when reported."""
         frames = []
         for i, t in enumerate(self.trials):
             columns = {"trial": np.full(len(t.latencies_ms), i), "latency_ms": t.latencies_ms}
+            if t.open_loop:
+                columns.update(scheduled_at_s=t.scheduled_at_s, service_ms=t.service_ms, send_lag_ms=t.send_lag_ms)
             columns.update({f"server_{k}": v for k, v in t.server_timing_ms.items()})
             frames.append(pd.DataFrame(columns))
         if not frames:
@@ -184,13 +297,95 @@ class PerfResult:
         return pd.concat(frames, ignore_index=True)
 
 
+def run_open_trial(
+    send: Callable[[list[str]], Any],
+    texts: Sequence[str],
+    token_counts: Sequence[int],
+    spec: LoadSpec,
+    stop: threading.Event | None = None,
+    on_done: Callable[[int, float, float, float, bool], None] | None = None,
+) -> Trial:
+    """One open-loop trial: warm-up requests at the same rate first (not counted), then the counted
+    ones (spec.requests, or all scheduled within spec.duration_s)."""
+    rate = float(spec.rate)  # type: ignore[arg-type]
+    warm = spec.warmup_requests
+    counted = arrival_schedule(
+        rate,
+        spec.arrival,
+        requests=spec.requests,
+        duration_s=spec.duration_s,
+        burstiness=spec.burstiness,
+        seed=spec.seed,
+    )
+    offsets = np.concatenate([np.arange(warm) / rate, counted + warm / rate])
+    batches = [request_items(i, texts, spec.batch_size) for i in range(len(offsets))]
+    rec = run_schedule(
+        lambda i: send([texts[j] for j in batches[i]]),
+        offsets,
+        spec.max_concurrency,
+        spec.on_cap,
+        stop,
+        on_done,
+    )
+    return trial_from_records(rec, warm, batches, token_counts)
+
+
+def trial_from_records(rec, first_counted: int, batches: list[list[int]], token_counts: Sequence[int]) -> Trial:
+    """An open-loop Trial from run_schedule's records, counting requests first_counted.. that were
+    scheduled (a stopped run counts only what was scheduled before the stop)."""
+    idx = np.arange(first_counted, len(rec.scheduled))
+    idx = idx[~np.isnan(rec.scheduled[idx])]
+    good = idx[rec.ok[idx]]
+    sched, sent, ended = rec.scheduled[good], rec.sent[good], rec.ended[good]
+    timings = [rec.timings[i] for i in good]
+    server: dict[str, np.ndarray] = {}
+    if len(good) and all(timings):
+        for key in sorted(set.intersection(*(set(t) for t in timings))):
+            server[key] = np.array([float(t[key]) for t in timings])
+    n_errors = int(len(idx) - len(good) - rec.dropped[idx].sum())
+    first = rec.scheduled[idx].min() if len(idx) else 0.0
+    last_end = np.nanmax(rec.ended[idx]) if len(idx) and not np.isnan(rec.ended[idx]).all() else first
+    window = max(last_end, rec.scheduled[idx].max() if len(idx) else first) - first
+    span = (rec.scheduled[idx].max() - first) if len(idx) > 1 else 0.0
+    return Trial(
+        latencies_ms=(ended - sched) * 1000.0,
+        items=sum(len(batches[i]) for i in good),
+        tokens=sum(token_counts[j] for i in good for j in batches[i]),
+        errors=n_errors,
+        duration_s=float(window),
+        error_messages=rec.errors[:5],
+        server_timing_ms=server,
+        service_ms=(ended - sent) * 1000.0,
+        scheduled_at_s=sched - first,
+        send_lag_ms=(sent - sched) * 1000.0,
+        scheduled=len(idx),
+        late=int(rec.late[idx].sum()),
+        dropped=int(rec.dropped[idx].sum()),
+        offered_rate=float((len(idx) - 1) / span) if span > 0 else None,
+        stopped_early=rec.stopped_early,
+    )
+
+
 def run_load(
-    send: Callable[[list[str]], Any], texts: Sequence[str], token_counts: Sequence[int], spec: LoadSpec
+    send: Callable[[list[str]], Any],
+    texts: Sequence[str],
+    token_counts: Sequence[int],
+    spec: LoadSpec,
+    stop: threading.Event | None = None,
 ) -> PerfResult:
     if not texts:
         raise ValueError("no texts to send")
-    # Every trial replays the same request sequence, so trials differ only by noise.
-    return PerfResult([run_trial(send, texts, token_counts, spec) for _ in range(spec.trials)], spec)
+    # Every trial replays the same request sequence (and open loop the same schedule), so trials
+    # differ only by noise.
+    trials = []
+    for _ in range(spec.trials):
+        if spec.mode == "open":
+            trials.append(run_open_trial(send, texts, token_counts, spec, stop))
+        else:
+            trials.append(run_trial(send, texts, token_counts, spec))
+        if stop is not None and stop.is_set():
+            break
+    return PerfResult(trials, spec)
 
 
 def latency_histogram_png(result: PerfResult, path, title: str) -> None:

@@ -1,0 +1,40 @@
+"""perf_scores in Dagster with a sweep and an SLO (settings perf_sweep / perf_slos): the saturation
+plot is attached as metadata, the sweep rows and the SLO verdict are in the asset value."""
+
+import dagster as dg
+import pytest
+
+from sie_evals.defs.evals.assets import perf_scores, task_dataset
+from sie_evals.defs.evals.resources import EvalSettings, JsonIOManager
+
+
+@pytest.mark.slow
+def test_perf_scores_sweep_attaches_the_saturation_plot(tmp_path, session_cache, configs_dir, monkeypatch):
+    monkeypatch.setenv("SIE_EVALS_MODEL_CONFIGS_DIR", str(configs_dir))
+    settings = EvalSettings(
+        results_dir=str(tmp_path / "results"),
+        cache_dir=str(session_cache),
+        model_configs_dir=str(configs_dir),
+        limit_queries=10,
+        corpus_size=50,
+        perf_requests=4,
+        perf_warmup_requests=1,
+        perf_trials=1,
+        perf_sweep="concurrency=1,2",
+        perf_slos="p99_ms<=600000",
+    )
+    resources = {"settings": settings, "json_io": JsonIOManager(base_dir=str(tmp_path / "io"))}
+    instance = dg.DagsterInstance.ephemeral()
+    assets = [task_dataset, perf_scores]
+    assert dg.materialize(
+        assets, selection=[task_dataset], partition_key="beir/SciFact", instance=instance, resources=resources
+    ).success
+    key = "all-MiniLM-L6-v2:beir/SciFact:local"
+    res = dg.materialize(assets, selection=[perf_scores], partition_key=key, instance=instance, resources=resources)
+    assert res.success
+    value = res.output_for_node("perf_scores")
+    assert [r["value"] for r in value["sweep"]["rows"]] == [1, 2]
+    assert value["variant"].endswith("-sweep-concurrency") and value["slo"]["max_concurrency_at_slo"] == 2
+    mat = res.get_asset_materialization_events()[0].materialization
+    assert "saturation_plot" in mat.metadata and mat.metadata["load_shape"].value["mode"] == "closed"
+    assert value["histogram_path"].endswith(".saturation.png")
