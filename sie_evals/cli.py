@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.markup import escape
+from rich.text import Text
 
 from sie_evals.lib.config import model_config as mc
 from sie_evals.lib.core import paths
@@ -30,7 +30,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-err_console = Console(stderr=True)
+# Paths and user text print literally: no markup, no emoji codes (`corpus.jsonl:100:` is not 💯).
+PLAIN = {"emoji": False, "markup": False, "highlight": False}
+err_console = Console(stderr=True, **PLAIN)
 
 
 class EvalType(StrEnum):
@@ -44,7 +46,7 @@ def _handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except SieEvalsError as err:
-            err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
+            err_console.print(Text.assemble(("error:", "bold red"), f" {err}"), soft_wrap=True)
             raise typer.Exit(err.exit_code) from None
         except KeyboardInterrupt:
             err_console.print("interrupted")
@@ -249,19 +251,20 @@ def eval_cmd(
     outcome = run_eval(request)
     if output:
         write_report(output, outcome.report, outcome.results)
-    render_table(outcome.report, Console(width=max(Console().width, 110)))
+    out_console = Console(width=max(Console().width, 110), **PLAIN)
+    render_table(outcome.report, out_console)
     if output:
-        Console().print(f"report written to {output}")
+        out_console.print(f"report written to {output}")
     if record and outcome.results and os.environ.get("DAGSTER_HOME"):
         from sie_evals.defs.evals.recording import record_quality_report
 
         keys = record_quality_report(outcome.config, outcome.report)
-        Console().print(f"recorded in Dagster instance at $DAGSTER_HOME: {', '.join(keys)}")
+        out_console.print(f"recorded in Dagster instance at $DAGSTER_HOME: {', '.join(keys)}")
     if outcome.drift:
         failed = [
             f"{c.source}/{v['metric']} ({c.against})" for c in outcome.checks for v in c.verdicts if not v["passed"]
         ]
-        err_console.print(f"[bold red]drift:[/] {escape(', '.join(failed))}", soft_wrap=True)
+        err_console.print(Text.assemble(("drift:", "bold red"), f" {', '.join(failed)}"), soft_wrap=True)
         raise typer.Exit(1)
 
 
