@@ -72,11 +72,15 @@ def eval_cmd(
         EvalType, typer.Option("--type", help="quality (retrieval metrics) or perf.")
     ] = EvalType.quality,
     sources: Annotated[
-        str,
+        str | None,
         typer.Option(
-            "-s", "--sources", help="Comma-separated sources, one report column each: " + ", ".join(ALL_SOURCES) + "."
+            "-s",
+            "--sources",
+            help="Comma-separated sources, one report column each: " + ", ".join(ALL_SOURCES) + ". "
+            "Default: the first source listed in the model config's `sources` (local in the shipped config).",
+            show_default=False,
         ),
-    ] = "local",
+    ] = None,
     profile: Annotated[
         str, typer.Option("-p", "--profile", help="Profile from the model config.")
     ] = mc.DEFAULT_PROFILE,

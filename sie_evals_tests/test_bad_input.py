@@ -228,3 +228,12 @@ def test_webhook_delivery_errors_never_contain_the_password(url):
 def test_run_links_drop_user_info(monkeypatch):
     monkeypatch.setenv("SIE_EVALS_DAGSTER_URL", f"https://admin:{SECRET}@dagster.example/")
     assert run_url("r1") == "https://***@dagster.example/runs/r1"
+
+
+def test_server_urls_with_user_info_are_redacted_in_errors():
+    from sie_evals.lib.core.errors import InputError
+    from sie_evals.lib.engines.http import parse_base_url
+
+    with pytest.raises(InputError) as err:
+        parse_base_url(f"http://bob:{SECRET}@127.0.0.1:notaport", "--sie-url")
+    assert SECRET not in str(err.value) and "***@127.0.0.1:notaport" in str(err.value)
