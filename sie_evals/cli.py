@@ -326,26 +326,17 @@ def schema_cmd(
 @app.command("ui")
 @_handle_errors
 def ui_cmd(port: Annotated[int, typer.Option("--port")] = 3000) -> None:
-    """Start the Dagster UI (dagster dev) on 127.0.0.1 with DAGSTER_HOME (default ./.dagster_home)."""
-    home = Path(os.environ.get("DAGSTER_HOME") or paths.REPO_ROOT / ".dagster_home").resolve()
+    """Start the Dagster UI (dagster dev) on 127.0.0.1 with DAGSTER_HOME (default $SIE_EVALS_HOME/.dagster_home:
+    ./.dagster_home in a checkout)."""
+    home = paths.dagster_home()
     home.mkdir(parents=True, exist_ok=True)
     if not (home / "dagster.yaml").exists():
-        shutil.copyfile(paths.REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
+        shutil.copyfile(paths.instance_template(), home / "dagster.yaml")
     env = {**os.environ, "DAGSTER_HOME": str(home)}
-    cmd = [
-        sys.executable,
-        "-m",
-        "dagster",
-        "dev",
-        "-w",
-        str(paths.REPO_ROOT / "workspace.yaml"),
-        "-h",
-        "127.0.0.1",
-        "-p",
-        str(port),
-    ]
+    workspace = str(paths.workspace_file())  # shipped in the package: an installed one needs no checkout
+    cmd = [sys.executable, "-m", "dagster", "dev", "-w", workspace, "-h", "127.0.0.1", "-p", str(port)]
     typer.echo(f"DAGSTER_HOME={home}\n{' '.join(cmd)}")
-    raise typer.Exit(subprocess.call(cmd, env=env, cwd=paths.REPO_ROOT))
+    raise typer.Exit(subprocess.call(cmd, env=env, cwd=home))
 
 
 servers_app = typer.Typer(help="Inference servers the harness starts itself (sie, infinity).", no_args_is_help=True)
