@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import sysconfig
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -91,20 +92,26 @@ def test_wheel_installed_outside_the_repo_validates_and_evaluates(tmp_path, sess
         timeout=300,
     )
     (wheel,) = wheels.glob("sie_evals-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "sie_evals/model_configs/model_config.schema.json" in names and "sie_evals/data/instance/dagster.yaml" in names
+    assert not [n for n in names if n.startswith("sie_evals_tests/")]  # test helpers are not shipped
+    # nothing of the checkout may leak in: no PYTHONPATH, no SIE_EVALS_*/DAGSTER_* settings
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("SIE_EVALS_", "PYTHON", "DAGSTER_"))}
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300, env=clean, cwd=tmp_path)
     py = venv / "bin" / "python"
     purelib = subprocess.run(
         [py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], capture_output=True, text=True
     ).stdout.strip()
-    # dependencies from the running environment, after the venv's own packages (sie_evals from the wheel)
+    pip = [py, "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)]
+    subprocess.run(pip, check=True, timeout=300, env=clean, cwd=tmp_path)
+    # then the dependencies, from the running environment, after the venv's own packages (sie_evals from
+    # the wheel; the running environment's editable sie_evals is never imported: its .pth is not processed)
     Path(purelib, "zz_sie_evals_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    subprocess.run([py, "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], check=True, timeout=300)
 
     work = tmp_path / "work"  # the cwd: no checkout, no model_configs/ here
     work.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SIE_EVALS_", "PYTHON", "DAGSTER_"))}
-    env |= {
+    env = clean | {
         "HF_HUB_OFFLINE": "1",
         "SIE_EVALS_HOME": str(tmp_path / "home"),
         "SIE_EVALS_DATA_DIR": str(DATA),
