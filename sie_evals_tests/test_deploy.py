@@ -93,7 +93,8 @@ def test_wheel_installed_outside_the_repo_validates_and_evaluates(tmp_path, sess
     )
     (wheel,) = wheels.glob("sie_evals-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert "sie_evals/model_configs/model_config.schema.json" in names and "sie_evals/data/instance/dagster.yaml" in names
+    assert "sie_evals/model_configs/model_config.schema.json" in names
+    assert "sie_evals/data/instance/dagster.yaml" in names and "sie_evals/data/instance/workspace.yaml" in names
     assert not [n for n in names if n.startswith("sie_evals_tests/")]  # test helpers are not shipped
     # nothing of the checkout may leak in: no PYTHONPATH, no SIE_EVALS_*/DAGSTER_* settings
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("SIE_EVALS_", "PYTHON", "DAGSTER_"))}
