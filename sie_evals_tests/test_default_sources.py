@@ -40,7 +40,7 @@ def test_without_s_the_first_listed_source_is_used(configs_dir, monkeypatch, tmp
     cfg.write_text(text.replace(_sources_block(text), "sources:\n  - benchmark\n  - local\n"))
     monkeypatch.setenv("SIE_EVALS_MODEL_CONFIGS_DIR", str(configs_dir))
     assert _eval(tmp_path)["source_order"] == ["benchmark"]
-    assert _eval(tmp_path, "-s", "local,benchmark")["source_order"] == ["local", "benchmark"]  # -s still wins
+    assert _eval(tmp_path, "-s", "targets,benchmark")["source_order"] == ["targets", "benchmark"]  # -s wins
 
 
 def test_help_says_what_the_default_is():
