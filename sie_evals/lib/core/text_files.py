@@ -2,6 +2,7 @@
 naming the file, line and column, not a UnicodeDecodeError traceback."""
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from sie_evals.lib.core.errors import InputError
@@ -46,3 +47,16 @@ def utf8_lines(path: Path, error: type[InputError] = InputError, translate_newli
             if translate_newlines and text.endswith("\r\n"):
                 text = text[:-2] + "\n"
             yield text
+
+
+@contextmanager
+def open_utf8(
+    path: Path, error: type[InputError] = InputError, translate_newlines: bool = True
+) -> Iterator[Iterator[str]]:
+    """`with open_utf8(path, DatasetError) as fh: for line in fh: ...`: open() in text mode, but a
+    non-UTF-8 byte is `error` naming its line and column."""
+    lines = utf8_lines(path, error, translate_newlines)
+    try:
+        yield lines
+    finally:
+        lines.close()

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from sie_evals.lib.core.errors import DatasetError
-from sie_evals.lib.core.text_files import read_utf8, utf8_lines
+from sie_evals.lib.core.text_files import open_utf8, read_utf8
 from sie_evals.lib.engines.base import EmbedKind
 from sie_evals.lib.tasks.base import TaskDataBase
 from sie_evals.lib.tasks.registry import TaskSpec
@@ -148,18 +148,19 @@ def load_banking77_layout(spec: TaskSpec, split: str, data_root: Path) -> Classi
 
     def read(path: Path) -> tuple[list[str], list[int]]:
         texts, labels = [], []
-        reader = csv.DictReader(utf8_lines(path, DatasetError, translate_newlines=False))
-        for column in ("text", "category"):
-            if column not in (reader.fieldnames or []):
-                raise DatasetError(f"{path}: missing column '{column}' (header: {reader.fieldnames})")
-        for row in reader:
-            line = reader.line_num
-            if not (row["text"] or "").strip():
-                raise DatasetError(f"{path}:{line}: empty text")
-            if row["category"] not in label_id:
-                raise DatasetError(f"{path}:{line}: label {row['category']!r} is not in {names_path.name}")
-            texts.append(row["text"])
-            labels.append(label_id[row["category"]])
+        with open_utf8(path, DatasetError, translate_newlines=False) as fh:
+            reader = csv.DictReader(fh)
+            for column in ("text", "category"):
+                if column not in (reader.fieldnames or []):
+                    raise DatasetError(f"{path}: missing column '{column}' (header: {reader.fieldnames})")
+            for row in reader:
+                line = reader.line_num
+                if not (row["text"] or "").strip():
+                    raise DatasetError(f"{path}:{line}: empty text")
+                if row["category"] not in label_id:
+                    raise DatasetError(f"{path}:{line}: label {row['category']!r} is not in {names_path.name}")
+                texts.append(row["text"])
+                labels.append(label_id[row["category"]])
         if not texts:
             raise DatasetError(f"{path}: the split is empty")
         return texts, labels
@@ -177,15 +178,16 @@ def load_twitter_layout(spec: TaskSpec, split: str, data_root: Path) -> PairData
     """`mteb_<split>.tsv`: sentence1 \\t sentence2 \\t label (0/1), no header."""
     path = _split_file(_folder(spec, data_root), split, "mteb_{split}.tsv", spec)
     s1, s2, gold = [], [], []
-    for lineno, line in enumerate(utf8_lines(path, DatasetError, translate_newlines=False), start=1):
-        cols = line.rstrip("\n").split("\t")
-        if len(cols) != 3:
-            raise DatasetError(f"{path}:{lineno}: expected 3 tab-separated columns, got {len(cols)}")
-        if cols[2] not in ("0", "1"):
-            raise DatasetError(f"{path}:{lineno}: label {cols[2]!r} is not 0 or 1")
-        s1.append(cols[0])
-        s2.append(cols[1])
-        gold.append(float(cols[2]))
+    with open_utf8(path, DatasetError, translate_newlines=False) as fh:
+        for lineno, line in enumerate(fh, start=1):
+            cols = line.rstrip("\n").split("\t")
+            if len(cols) != 3:
+                raise DatasetError(f"{path}:{lineno}: expected 3 tab-separated columns, got {len(cols)}")
+            if cols[2] not in ("0", "1"):
+                raise DatasetError(f"{path}:{lineno}: label {cols[2]!r} is not 0 or 1")
+            s1.append(cols[0])
+            s2.append(cols[1])
+            gold.append(float(cols[2]))
     if not gold:
         raise DatasetError(f"{path}: the split is empty")
     return PairData(spec.task_id, split, s1, s2, gold, str(path.parent))
@@ -197,19 +199,20 @@ def load_sts_layout(spec: TaskSpec, split: str, data_root: Path) -> PairData:
     path = _split_file(_folder(spec, data_root), split, "sts-{split}.csv", spec)
     lo, hi = spec.rules.min_score, spec.rules.max_score
     s1, s2, gold = [], [], []
-    for lineno, line in enumerate(utf8_lines(path, DatasetError), start=1):
-        cols = line.rstrip("\n").split("\t")
-        if len(cols) < 7:
-            raise DatasetError(f"{path}:{lineno}: expected at least 7 tab-separated columns, got {len(cols)}")
-        try:
-            score = float(cols[4])
-        except ValueError:
-            raise DatasetError(f"{path}:{lineno}: score {cols[4]!r} is not a number") from None
-        if not lo <= score <= hi:
-            raise DatasetError(f"{path}:{lineno}: score {score} is outside {lo:g}-{hi:g}")
-        s1.append(cols[5])
-        s2.append(cols[6])
-        gold.append(score)
+    with open_utf8(path, DatasetError) as fh:
+        for lineno, line in enumerate(fh, start=1):
+            cols = line.rstrip("\n").split("\t")
+            if len(cols) < 7:
+                raise DatasetError(f"{path}:{lineno}: expected at least 7 tab-separated columns, got {len(cols)}")
+            try:
+                score = float(cols[4])
+            except ValueError:
+                raise DatasetError(f"{path}:{lineno}: score {cols[4]!r} is not a number") from None
+            if not lo <= score <= hi:
+                raise DatasetError(f"{path}:{lineno}: score {score} is outside {lo:g}-{hi:g}")
+            s1.append(cols[5])
+            s2.append(cols[6])
+            gold.append(score)
     if not gold:
         raise DatasetError(f"{path}: the split is empty")
     return PairData(spec.task_id, split, s1, s2, gold, str(path.parent))

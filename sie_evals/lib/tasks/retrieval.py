@@ -14,7 +14,7 @@ from typing import Any
 
 from sie_evals.lib.core import paths
 from sie_evals.lib.core.errors import DatasetError
-from sie_evals.lib.core.text_files import utf8_lines
+from sie_evals.lib.core.text_files import open_utf8
 from sie_evals.lib.tasks.base import TaskDataBase
 from sie_evals.lib.tasks.registry import TaskSpec
 
@@ -111,27 +111,28 @@ def _read_jsonl(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict[s
     if not path.is_file():
         raise DatasetError(f"{path}: file not found")
     rows: list[tuple[int, dict[str, Any]]] = []
-    for lineno, line in enumerate(utf8_lines(path, DatasetError), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DatasetError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
-        if not isinstance(row, dict):
-            raise DatasetError(f"{path}:{lineno}: expected a JSON object")
-        for key in required:
-            if key not in row:
-                raise DatasetError(f"{path}:{lineno}: missing field '{key}'")
-        if not isinstance(row["_id"], str | int):
-            raise DatasetError(f"{path}:{lineno}: field '_id' must be a string")
-        # A null text is not an empty one: it is a broken row (title may be null: many corpora omit it).
-        if "text" in row and not isinstance(row["text"], str):
-            got = "null" if row["text"] is None else type(row["text"]).__name__
-            raise DatasetError(f"{path}:{lineno}: field 'text' must be a string, got {got}")
-        if row.get("title") is not None and not isinstance(row["title"], str):
-            raise DatasetError(f"{path}:{lineno}: field 'title' must be a string")
-        rows.append((lineno, row))
+    with open_utf8(path, DatasetError) as fh:  # a non-UTF-8 byte is a DatasetError naming its line
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DatasetError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
+            if not isinstance(row, dict):
+                raise DatasetError(f"{path}:{lineno}: expected a JSON object")
+            for key in required:
+                if key not in row:
+                    raise DatasetError(f"{path}:{lineno}: missing field '{key}'")
+            if not isinstance(row["_id"], str | int):
+                raise DatasetError(f"{path}:{lineno}: field '_id' must be a string")
+            # A null text is not an empty one: it is a broken row (title may be null: many corpora omit it).
+            if "text" in row and not isinstance(row["text"], str):
+                got = "null" if row["text"] is None else type(row["text"]).__name__
+                raise DatasetError(f"{path}:{lineno}: field 'text' must be a string, got {got}")
+            if row.get("title") is not None and not isinstance(row["title"], str):
+                raise DatasetError(f"{path}:{lineno}: field 'title' must be a string")
+            rows.append((lineno, row))
     return rows
 
 
@@ -146,22 +147,23 @@ def _unique(path: Path, rows: list[tuple[int, dict[str, Any]]]) -> None:
 
 def _read_qrels(path: Path) -> list[tuple[int, str, str, int]]:
     rows: list[tuple[int, str, str, int]] = []
-    reader = csv.reader(utf8_lines(path, DatasetError, False), delimiter="\t", quoting=csv.QUOTE_NONE)
-    for lineno, cols in enumerate(reader, start=1):
-        if not cols or not "".join(cols).strip():
-            continue
-        if lineno == 1 and cols[0].strip().lower() in ("query-id", "query_id", "qid"):
-            continue  # header
-        if len(cols) != 3:
-            raise DatasetError(
-                f"{path}:{lineno}: expected 3 tab-separated columns (query-id, corpus-id, score), got {len(cols)}"
-            )
-        qid, did, score = (c.strip() for c in cols)
-        try:
-            rel = int(score)
-        except ValueError:
-            raise DatasetError(f"{path}:{lineno}: score {score!r} is not an integer") from None
-        rows.append((lineno, qid, did, rel))
+    with open_utf8(path, DatasetError, translate_newlines=False) as fh:
+        reader = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
+        for lineno, cols in enumerate(reader, start=1):
+            if not cols or not "".join(cols).strip():
+                continue
+            if lineno == 1 and cols[0].strip().lower() in ("query-id", "query_id", "qid"):
+                continue  # header
+            if len(cols) != 3:
+                raise DatasetError(
+                    f"{path}:{lineno}: expected 3 tab-separated columns (query-id, corpus-id, score), got {len(cols)}"
+                )
+            qid, did, score = (c.strip() for c in cols)
+            try:
+                rel = int(score)
+            except ValueError:
+                raise DatasetError(f"{path}:{lineno}: score {score!r} is not an integer") from None
+            rows.append((lineno, qid, did, rel))
     return rows
 
 
