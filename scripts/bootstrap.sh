@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Create/refresh .venv with everything sie-evals needs (idempotent: skips pip when nothing changed).
+# Create/refresh .venv with everything sie-evals needs (idempotent: skips pip when nothing changed),
+# and install mise (the task runner of `mise run eval ...`) from npm when it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+MISE_NPM_PACKAGE="@jdxcode/mise@${SIE_EVALS_MISE_VERSION:-2026.9.15}"
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3
 if [ ! -x .venv/bin/python ]; then
@@ -15,4 +17,23 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/pip install --quiet "torch==2.13.0"
   .venv/bin/pip install --quiet -e ".[test]"
   echo "$want" > "$stamp"
+fi
+
+# mise: from the npm registry (@jdxcode/mise ships the native binary), globally when npm may write
+# there, else under ~/.local (add ~/.local/bin to PATH). SIE_EVALS_INSTALL_MISE=0 skips it.
+if ! command -v mise >/dev/null && [ "${SIE_EVALS_INSTALL_MISE:-1}" != 0 ]; then
+  if ! command -v npm >/dev/null; then
+    echo "bootstrap: mise not found and npm is missing; install Node.js/npm, or mise itself (https://mise.jdx.dev)" >&2
+  elif npm install --global --silent --no-fund --no-audit "$MISE_NPM_PACKAGE" >/dev/null 2>&1; then
+    echo "bootstrap: installed mise $(mise --version 2>/dev/null | cut -d' ' -f1) from npm ($MISE_NPM_PACKAGE)" >&2
+  elif npm install --global --prefix "$HOME/.local" --silent --no-fund --no-audit "$MISE_NPM_PACKAGE" >/dev/null; then
+    echo "bootstrap: installed mise into $HOME/.local/bin; add it to PATH: export PATH=\"\$HOME/.local/bin:\$PATH\"" >&2
+    PATH="$HOME/.local/bin:$PATH"
+  else
+    echo "bootstrap: could not install mise from npm ($MISE_NPM_PACKAGE); the scripts/ work without it" >&2
+  fi
+fi
+# This checkout's mise.toml is the one its owner just bootstrapped: trust it so `mise run` does not ask.
+if command -v mise >/dev/null; then
+  mise trust --quiet "$PWD/mise.toml" >/dev/null 2>&1 || true
 fi

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.markup import escape
+from rich.text import Text
 
 from sie_evals.lib.config import model_config as mc
 from sie_evals.lib.core import paths
@@ -30,7 +30,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-err_console = Console(stderr=True)
+# Paths and user text print literally: no markup, no emoji codes (`corpus.jsonl:100:` is not 💯).
+PLAIN = {"emoji": False, "markup": False, "highlight": False}
+err_console = Console(stderr=True, **PLAIN)
 
 
 class EvalType(StrEnum):
@@ -44,7 +46,7 @@ def _handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except SieEvalsError as err:
-            err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
+            err_console.print(Text.assemble(("error:", "bold red"), f" {err}"), soft_wrap=True)
             raise typer.Exit(err.exit_code) from None
         except KeyboardInterrupt:
             err_console.print("interrupted")
@@ -70,11 +72,15 @@ def eval_cmd(
         EvalType, typer.Option("--type", help="quality (retrieval metrics) or perf.")
     ] = EvalType.quality,
     sources: Annotated[
-        str,
+        str | None,
         typer.Option(
-            "-s", "--sources", help="Comma-separated sources, one report column each: " + ", ".join(ALL_SOURCES) + "."
+            "-s",
+            "--sources",
+            help="Comma-separated sources, one report column each: " + ", ".join(ALL_SOURCES) + ". "
+            "Default: the first source listed in the model config's `sources` (local in the shipped config).",
+            show_default=False,
         ),
-    ] = "local",
+    ] = None,
     profile: Annotated[
         str, typer.Option("-p", "--profile", help="Profile from the model config.")
     ] = mc.DEFAULT_PROFILE,
@@ -295,19 +301,20 @@ def eval_cmd(
     outcome = run_eval(request)
     if output:
         write_report(output, outcome.report, outcome.results)
-    render_table(outcome.report, Console(width=max(Console().width, 110)))
+    out_console = Console(width=max(Console().width, 110), **PLAIN)
+    render_table(outcome.report, out_console)
     if output:
-        Console().print(f"report written to {output}")
+        out_console.print(f"report written to {output}")
     if record and outcome.results and os.environ.get("DAGSTER_HOME"):
         from sie_evals.defs.evals.recording import record_quality_report
 
         keys = record_quality_report(outcome.config, outcome.report)
-        Console().print(f"recorded in Dagster instance at $DAGSTER_HOME: {', '.join(keys)}")
+        out_console.print(f"recorded in Dagster instance at $DAGSTER_HOME: {', '.join(keys)}")
     if outcome.drift:
         failed = [
             f"{c.source}/{v['metric']} ({c.against})" for c in outcome.checks for v in c.verdicts if not v["passed"]
         ]
-        err_console.print(f"[bold red]drift:[/] {escape(', '.join(failed))}", soft_wrap=True)
+        err_console.print(Text.assemble(("drift:", "bold red"), f" {', '.join(failed)}"), soft_wrap=True)
         raise typer.Exit(1)
 
 
@@ -430,26 +437,17 @@ def schema_cmd(
 @app.command("ui")
 @_handle_errors
 def ui_cmd(port: Annotated[int, typer.Option("--port")] = 3000) -> None:
-    """Start the Dagster UI (dagster dev) on 127.0.0.1 with DAGSTER_HOME (default ./.dagster_home)."""
-    home = Path(os.environ.get("DAGSTER_HOME") or paths.REPO_ROOT / ".dagster_home").resolve()
+    """Start the Dagster UI (dagster dev) on 127.0.0.1 with DAGSTER_HOME (default $SIE_EVALS_HOME/.dagster_home:
+    ./.dagster_home in a checkout)."""
+    home = paths.dagster_home()
     home.mkdir(parents=True, exist_ok=True)
     if not (home / "dagster.yaml").exists():
-        shutil.copyfile(paths.REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
+        shutil.copyfile(paths.instance_template(), home / "dagster.yaml")
     env = {**os.environ, "DAGSTER_HOME": str(home)}
-    cmd = [
-        sys.executable,
-        "-m",
-        "dagster",
-        "dev",
-        "-w",
-        str(paths.REPO_ROOT / "workspace.yaml"),
-        "-h",
-        "127.0.0.1",
-        "-p",
-        str(port),
-    ]
+    workspace = str(paths.workspace_file())  # shipped in the package: an installed one needs no checkout
+    cmd = [sys.executable, "-m", "dagster", "dev", "-w", workspace, "-h", "127.0.0.1", "-p", str(port)]
     typer.echo(f"DAGSTER_HOME={home}\n{' '.join(cmd)}")
-    raise typer.Exit(subprocess.call(cmd, env=env, cwd=paths.REPO_ROOT))
+    raise typer.Exit(subprocess.call(cmd, env=env, cwd=home))
 
 
 servers_app = typer.Typer(help="Inference servers the harness starts itself (sie, infinity).", no_args_is_help=True)

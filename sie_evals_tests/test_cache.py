@@ -47,7 +47,16 @@ def test_key_depends_on_kind_texts_and_profile(tmp_path, engine, minilm):
     assert s.misses == 1  # another dtype is another cache entry
 
 
-@pytest.mark.parametrize("damage", ["flip", "truncate", "sidecar"])
+# sidecars that are valid JSON but not the object the cache writes, or not text at all
+BAD_SIDECARS = {
+    "sidecar-list": b"[]",
+    "sidecar-null": b"null",
+    "sidecar-sha-null": b'{"sha256": null}',
+    "sidecar-latin1": b'{"sha256": "\xe9"}',
+}
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "sidecar", *BAD_SIDECARS])
 def test_corrupt_entry_is_detected_and_recomputed(tmp_path, engine, damage):
     cache = EmbeddingCache(tmp_path)
     texts = ["alpha", "beta"]
@@ -60,6 +69,8 @@ def test_corrupt_entry_is_detected_and_recomputed(tmp_path, engine, damage):
         npy.write_bytes(bytes(raw))
     elif damage == "truncate":
         npy.write_bytes(npy.read_bytes()[:40])
+    elif damage in BAD_SIDECARS:
+        meta.write_bytes(BAD_SIDECARS[damage])
     else:
         meta.write_text("{broken")
     again = cache.embed(engine, texts, EmbedKind.document, s := CacheStats())

@@ -9,11 +9,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class WebhookReceiver:
     def __init__(self, path: str = "/alerts"):
         self.bodies: list[dict] = []
+        self.headers: list[dict[str, str]] = []  # request headers, in order
         self.replies: list[int] = []  # status codes to answer with, in order
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
+                receiver.headers.append(dict(self.headers))
                 receiver.bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
                 self.send_response(receiver.replies.pop(0) if receiver.replies else 200)
                 self.end_headers()

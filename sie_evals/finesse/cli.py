@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.markup import escape
+from rich.text import Text
 
 from sie_evals.lib.core.errors import InputError, SieEvalsError
 
@@ -23,8 +23,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console()
-err = Console(stderr=True)
+# Paths and user text print literally: no markup, no emoji codes (`corpus.jsonl:100:` is not 💯).
+out = Console(emoji=False, markup=False, highlight=False)
+err = Console(stderr=True, emoji=False, markup=False, highlight=False)
 
 
 def _handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -33,7 +34,7 @@ def _handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except SieEvalsError as e:
-            err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+            err.print(Text.assemble(("error:", "bold red"), f" {e}"), soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
 
     return wrapper
@@ -153,9 +154,9 @@ def _print_report(report: Any) -> None:
     for n in report.notes:
         out.print(f"note: {n}")
     for p in report.problems:
-        err.print(f"[bold red]MISMATCH[/] {escape(p)}", highlight=False, soft_wrap=True)
+        err.print(Text.assemble(("MISMATCH", "bold red"), f" {p}"), soft_wrap=True)
     if report.ok:
-        out.print("[green]OK[/]")
+        out.print(Text("OK", "green"))
     else:
         raise typer.Exit(1)
 

@@ -17,6 +17,7 @@ from sie_evals.finesse.hashing import identity_hash, model_hash
 from sie_evals.finesse.probes.sampling import ModelChunker
 from sie_evals.lib.config.model_config import ModelConfig, ResolvedProfile, find_model_config, parse_model_config
 from sie_evals.lib.core.errors import ConfigError, EngineError, InputError, UnknownNameError
+from sie_evals.lib.core.urls import redact_url
 from sie_evals.lib.engines import EmbedKind, Engine, create_engine
 from sie_evals.lib.engines.base import validate_embeddings
 
@@ -124,9 +125,9 @@ class ByokClient:
                 raw = resp.read()
         except urllib.error.HTTPError as err:
             detail = err.read()[:300].decode("utf-8", "replace")
-            raise EngineError(f"byok: {self.url} answered HTTP {err.code}: {detail}") from None
+            raise EngineError(f"byok: {redact_url(self.url)} answered HTTP {err.code}: {detail}") from None
         except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
-            raise EngineError(f"byok: cannot reach {self.url}: {getattr(err, 'reason', err)}") from None
+            raise EngineError(f"byok: cannot reach {redact_url(self.url)}: {getattr(err, 'reason', err)}") from None
         try:
             reply = json.loads(raw)
             items = reply["data"]
@@ -137,9 +138,9 @@ class ByokClient:
             vectors = [x["embedding"] for x in items]
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise EngineError(
-                f"byok: malformed reply from {self.url} ({type(err).__name__}: {err}): {raw[:200]!r}"
+                f"byok: malformed reply from {redact_url(self.url)} ({type(err).__name__}: {err}): {raw[:200]!r}"
             ) from None
-        return validate_embeddings(vectors, len(texts), f"byok ({self.url})")
+        return validate_embeddings(vectors, len(texts), f"byok ({redact_url(self.url)})")
 
     def embed(self, texts: list[str]) -> np.ndarray:
         texts = [self.cfg.prefix + t for t in texts]
@@ -153,7 +154,7 @@ class ByokClient:
         return ModelChunker(self._tok)
 
     def identity(self) -> dict[str, Any]:
-        ident = f"byok:{self.cfg.provider}:{self.cfg.name}@{self.url}"
+        ident = f"byok:{self.cfg.provider}:{self.cfg.name}@{redact_url(self.url)}"
         return {"engine": "byok", "identity": ident, "model_hash": identity_hash(ident)}
 
 

@@ -19,6 +19,7 @@ from sie_evals.lib.core import paths
 from sie_evals.lib.core.errors import ConfigError, UnknownNameError
 from sie_evals.lib.core.metric_names import metric_kind
 from sie_evals.lib.core.sources import ALL_SOURCES
+from sie_evals.lib.core.text_files import read_utf8
 
 DEFAULT_PROFILE = "default"
 SCHEMA_FILENAME = "model_config.schema.json"
@@ -270,7 +271,7 @@ def parse_model_config(data: Any, path: Path) -> ModelConfig:
 def load_model_config(path: Path) -> ModelConfig:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_utf8(path, ConfigError)
     except OSError as err:
         raise ConfigError(f"{path}: cannot read model config: {err.strerror}") from None
     try:

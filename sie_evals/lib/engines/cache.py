@@ -77,7 +77,9 @@ class EmbeddingCache:
         if not meta_path.exists():
             return None
         try:
-            meta = json.loads(meta_path.read_text())
+            meta = json.loads(meta_path.read_bytes())
+            if not isinstance(meta, dict) or not isinstance(meta.get("sha256"), str):
+                raise ValueError(f"sidecar is not an object with a sha256 string: {type(meta).__name__}")
             raw = data_path.read_bytes()
             if hashlib.sha256(raw).hexdigest() != meta["sha256"]:
                 raise ValueError("checksum mismatch")
@@ -86,7 +88,7 @@ class EmbeddingCache:
                 raise ValueError(f"unexpected array {arr.dtype} {arr.shape}, expected {rows} float32 rows")
             if not np.isfinite(arr).all():
                 raise ValueError("non-finite values")
-        except (OSError, ValueError, KeyError, json.JSONDecodeError) as err:
+        except (OSError, ValueError, KeyError, TypeError) as err:  # JSON and UTF-8 errors are ValueErrors
             log.warning("embedding cache entry %s is corrupt (%s); recomputing", meta_path, err)
             meta_path.unlink(missing_ok=True)
             data_path.unlink(missing_ok=True)

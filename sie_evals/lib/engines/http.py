@@ -26,6 +26,7 @@ import numpy as np
 from sie_evals.lib.config.model_config import ModelConfig, ResolvedProfile
 from sie_evals.lib.core import paths
 from sie_evals.lib.core.errors import EngineError, InputError
+from sie_evals.lib.core.urls import redact_url
 from sie_evals.lib.engines.base import Engine, EngineInfo, validate_embeddings
 from sie_evals.lib.servers.managed import ManagedServer, ServerCommand
 
@@ -43,11 +44,11 @@ def parse_base_url(url: str, what: str) -> tuple[str, str, int, str]:
     """scheme, host, port, path prefix of a server URL; a clear InputError for anything else."""
     parts = urlsplit(url.strip())
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InputError(f"{what}: {url!r} is not an http(s)://host[:port] URL")
+        raise InputError(f"{what}: {redact_url(url)!r} is not an http(s)://host[:port] URL")
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
-        raise InputError(f"{what}: {url!r} has an invalid port") from None
+        raise InputError(f"{what}: {redact_url(url)!r} has an invalid port") from None
     return parts.scheme, parts.hostname, port, parts.path.rstrip("/")
 
 
@@ -129,7 +130,9 @@ class HttpEngine(Engine):
 
     @property
     def base_url(self) -> str | None:
-        return self.server.base_url if self.server and self.server.port else self.url
+        # for messages and reports only (requests use self._base): user info never shows
+        url = self.server.base_url if self.server and self.server.port else self.url
+        return redact_url(url) if url else url
 
     def start(self) -> None:
         with self._start_lock:  # several threads may race to the first embed: one server only
@@ -177,7 +180,7 @@ class HttpEngine(Engine):
                 "log": str(self.server.log_path),
             }
         elif self.url:
-            extra["server"] = {"managed": False, "url": self.url}
+            extra["server"] = {"managed": False, "url": redact_url(self.url)}
         return EngineInfo(
             engine=self.name,
             version=self.software_version(),
@@ -192,7 +195,7 @@ class HttpEngine(Engine):
         if self.url:
             # whatever that running server loaded under that name; the URL keeps two servers' vectors
             # apart in the embedding cache (the server's version cannot be asked for cheaply here)
-            return f"server:{self.url}:{self.model.model_id}"
+            return f"server:{redact_url(self.url)}:{self.model.model_id}"
         from sie_evals.lib.engines.local import _version
 
         return f"package:{w.package}=={_version(w.package)}" if w.package else (w.path or f"hf:{w.hf_id}")

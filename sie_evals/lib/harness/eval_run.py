@@ -1,7 +1,7 @@
 """One `sie-bench eval` invocation as a function: compute sources, reference sources, drift checks
 and saves. Returns everything the CLI prints; prints nothing itself."""
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from sie_evals.lib.tasks import TaskSpec
 class EvalRequest:
     model: str
     task: str
-    sources: tuple[str, ...] = ("local",)
+    sources: tuple[str, ...] = ()  # empty: the model config's first listed source
     profile: str = "default"
     data: DataOptions = field(default_factory=DataOptions)
     engine: EngineOptions = field(default_factory=EngineOptions)
@@ -70,7 +70,10 @@ class EvalOutcome:
         return not all(c.passed for c in self.checks)
 
 
-def parse_sources(sources: str) -> tuple[str, ...]:
+def parse_sources(sources: str | None) -> tuple[str, ...]:
+    """-s as given; None (not given) is () and means the model config's first listed source."""
+    if sources is None:
+        return ()
     names = [s.strip() for s in sources.split(",") if s.strip()]
     if not names:
         raise InputError("--sources is empty")
@@ -143,9 +146,18 @@ def _to_save(
     raise InputError(f"cannot save source {source!r}")
 
 
+def default_sources(config: ModelConfig) -> tuple[str, ...]:
+    """What `-s` means when not given: the first source the model config lists."""
+    if not config.sources:
+        raise InputError(f"{config.path}: field 'sources' is empty, so there is no default source; pass -s")
+    return (config.sources[0],)
+
+
 def run_eval(req: EvalRequest) -> EvalOutcome:
-    _validate(req)
     config = find_model_config(req.model, paths.model_configs_dir())
+    if not req.sources:
+        req = replace(req, sources=default_sources(config))
+    _validate(req)
     profile = config.resolve_profile(req.profile)
     spec, data = load_task(req.task, req.data)
     compute = [s for s in req.sources if s in COMPUTE_SOURCES]

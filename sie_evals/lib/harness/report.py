@@ -4,8 +4,8 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from sie_evals.lib.core.atomic import atomic_write, atomic_write_json
 from sie_evals.lib.core.run_conditions import now_iso
@@ -172,7 +172,7 @@ def render_slo(source: str, slo: dict[str, Any], console: Console) -> None:
             line += f"; first failing {slo['param']} {slo['first_failing']:g}"
     else:
         line += "; " + ", ".join(f"{k} {'met' if v else 'missed'}" for k, v in slo["met"].items())
-    console.print(escape(line), highlight=False)
+    console.print(Text(line))
 
 
 def write_report(path: Path, report: dict[str, Any], results: list[SourceResult]) -> None:
@@ -209,9 +209,11 @@ def _fmt(v: float | None, digits: int = 5) -> str:
 
 
 def render_table(report: dict[str, Any], console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or Console(emoji=False, markup=False, highlight=False)
     sources = report.get("source_order") or list(report["sources"])
-    console.print(f"[bold]{report['model']} on {report['task']} ({report['split']}, profile {report['profile']})[/]")
+    console.print(
+        Text(f"{report['model']} on {report['task']} ({report['split']}, profile {report['profile']})", "bold")
+    )
     table = Table()
     table.add_column("metric")
     for s in sources:
@@ -223,7 +225,7 @@ def render_table(report: dict[str, Any], console: Console | None = None) -> None
     for metric in rows:
         cells = [_fmt(report["sources"][s]["metrics"].get(metric), 2 if perf else 5) for s in sources]
         name = f"{metric} *" if metric == report["main_score"] else metric
-        table.add_row(name, *cells)
+        table.add_row(Text(name), *cells)
     if any("parity_vs_local" in report["sources"][s] for s in sources):
         for stat in ("mean_cosine", "min_cosine"):
             cells = [
@@ -236,9 +238,11 @@ def render_table(report: dict[str, Any], console: Console | None = None) -> None
     console.print(table)
     ds = report["dataset"]
     console.print(
-        f"dataset: {', '.join(f'{v} {k}' for k, v in ds['counts'].items())}, "
-        f"variant {report.get('variant', ds['variant'])}, "
-        f"sha256 {ds['content_hash'][:12]}  (* = main score)"
+        Text(
+            f"dataset: {', '.join(f'{v} {k}' for k, v in ds['counts'].items())}, "
+            f"variant {report.get('variant', ds['variant'])}, "
+            f"sha256 {ds['content_hash'][:12]}  (* = main score)"
+        )
     )
     for s in sources:
         src = report["sources"][s]
@@ -253,53 +257,54 @@ def render_table(report: dict[str, Any], console: Console | None = None) -> None
             else:
                 how = f"concurrency {c['concurrency']}"
             console.print(
-                escape(
+                Text(
                     f"{s}: {c['engine_version']}; batch {c['batch_size']}, {how}, "
                     f"{c['trials']} trials (median shown), errors {src['errors']}, load avg {c['load_avg_before']}"
-                ),
-                highlight=False,
+                )
             )
             if src.get("sweep"):
                 render_sweep(s, src, console)
             if src.get("slo"):
                 render_slo(s, src["slo"], console)
             for w in src.get("warnings", []):
-                console.print(f"[yellow]warning:[/] {s}: {w}")
+                console.print(Text.assemble(("warning:", "yellow"), f" {s}: {w}"))
         elif src.get("kind") == "computed":
             console.print(
-                f"{s}: {src['run_conditions']['engine_version']}, embed {src['embed_seconds']}s, "
-                f"cache hits/misses {src['cache']['hits']}/{src['cache']['misses']}, "
-                f"forward passes {src['forward_calls']}"
-                + (f", server log {escape(src['server']['log'])}" if (src.get("server") or {}).get("log") else "")
+                Text(
+                    f"{s}: {src['run_conditions']['engine_version']}, embed {src['embed_seconds']}s, "
+                    f"cache hits/misses {src['cache']['hits']}/{src['cache']['misses']}, "
+                    f"forward passes {src['forward_calls']}"
+                    + (f", server log {src['server']['log']}" if (src.get("server") or {}).get("log") else "")
+                )
             )
         elif not src.get("available"):
-            console.print(f"{s}: nothing saved/published for this model, task, profile and data variant")
+            console.print(Text(f"{s}: nothing saved/published for this model, task, profile and data variant"))
         elif (src.get("info") or {}).get("note"):
-            console.print(f"{s}: {src['info']['note']}")
+            console.print(Text(f"{s}: {src['info']['note']}"))
     for check in report.get("checks", []):
         render_verdicts(check, console)
     for line in report.get("saved", []):
-        console.print(f"saved {escape(line)}")
+        console.print(Text(f"saved {line}"))
 
 
 def render_verdicts(check: dict[str, Any], console: Console) -> None:
     ref = check["reference"]
     what = f"{check['against']} ({ref['source']}, saved {ref['saved']})" if ref else f"{check['against']} (none saved)"
-    table = Table(title=f"{check['source']} vs {what}: {'PASS' if check['passed'] else 'FAIL'}")
+    table = Table(title=Text(f"{check['source']} vs {what}: {'PASS' if check['passed'] else 'FAIL'}"))
     for col in ("metric", "value", "target", "ratio", "margin", "verdict", "delta 95% CI", "beyond noise"):
         table.add_column(col, justify="left" if col in ("metric", "verdict") else "right")
     for v in check["verdicts"]:
         ci = v.get("delta_interval")
         digits = 5 if v["kind"] == "quality" else 2
-        status = {"pass": "[green]pass[/]", "fail": "[bold red]FAIL[/]"}.get(v["status"], v["status"])
+        status = {"pass": Text("pass", "green"), "fail": Text("FAIL", "bold red")}.get(v["status"], Text(v["status"]))
         table.add_row(
-            v["metric"],
+            Text(v["metric"]),
             _fmt(v["value"], digits),
             _fmt(v["reference"], digits),
             _fmt(v["ratio"], 4),
             f"{v['margin']:g}",
             status,
-            f"[{ci['low']:+.4f}, {ci['high']:+.4f}]" if ci else "-",
+            Text(f"[{ci['low']:+.4f}, {ci['high']:+.4f}]") if ci else "-",
             ("yes" if ci["beyond_noise"] else "no") if ci else "-",
         )
     console.print(table)

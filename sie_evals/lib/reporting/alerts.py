@@ -8,6 +8,8 @@ Destinations are configured only through the environment (secrets are never writ
 - SIE_EVALS_DAGSTER_URL: base URL of the Dagster UI for run links (default http://127.0.0.1:3000).
 """
 
+import base64
+import http.client
 import json
 import os
 import time
@@ -17,6 +19,8 @@ import urllib.request
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
+
+from sie_evals.lib.core.urls import redact_text, redact_url, split_credentials
 
 WEBHOOK_ENV = "SIE_EVALS_ALERT_WEBHOOK_URL"
 SLACK_TOKEN_ENVS = ("SIE_EVALS_SLACK_TOKEN", "SLACK_BOT_TOKEN")
@@ -72,7 +76,7 @@ def _num(x: float | None) -> str:
 
 
 def run_url(run_id: str) -> str:
-    base = os.environ.get(DAGSTER_URL_ENV, DEFAULT_DAGSTER_URL).rstrip("/")
+    base = redact_url(os.environ.get(DAGSTER_URL_ENV, DEFAULT_DAGSTER_URL).rstrip("/"))
     return f"{base}/runs/{run_id}"
 
 
@@ -88,18 +92,39 @@ class AlertDeliveryError(RuntimeError):
 
 @dataclass
 class WebhookSink:
-    url: str
+    url: str = field(repr=False)  # may carry a token in its path or user:password: never printed whole
     timeout_s: float = 10.0
     attempts: int = 3
     name: str = "webhook"
 
     def send(self, alert: Alert) -> None:
+        try:
+            self._send(alert)
+        except AlertDeliveryError:
+            raise
+        except (ValueError, http.client.HTTPException, OSError) as exc:  # a malformed URL, a broken reply
+            raise AlertDeliveryError(
+                f"alert webhook at {self._where()} failed: {redact_text(f'{type(exc).__name__}: {exc}', self.url)}"
+            ) from None
+
+    def _where(self) -> str:
+        # the path may be the secret (Slack webhooks), the user info is one: name the host only
+        try:
+            return urllib.parse.urlsplit(self.url).netloc.rpartition("@")[2] or "(no host)"
+        except ValueError:
+            return "(malformed URL)"
+
+    def _send(self, alert: Alert) -> None:
         body = json.dumps(alert.payload()).encode()
+        # urllib does not understand user:password@ in a URL: send it as Basic auth, as curl does
+        url, credentials = split_credentials(self.url)
+        headers = {"Content-Type": "application/json"}
+        if credentials:
+            token = base64.b64encode(":".join(credentials).encode()).decode()
+            headers["Authorization"] = f"Basic {token}"
         last: Exception | None = None
         for attempt in range(self.attempts):
-            request = urllib.request.Request(
-                self.url, data=body, method="POST", headers={"Content-Type": "application/json"}
-            )
+            request = urllib.request.Request(url, data=body, method="POST", headers=headers)
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout_s) as reply:
                     if 200 <= reply.status < 300:
@@ -113,9 +138,7 @@ class WebhookSink:
                 last = exc
             if attempt + 1 < self.attempts:
                 time.sleep(0.5 * 2**attempt)
-        # the URL may carry a secret token: name the host only
-        host = urllib.parse.urlsplit(self.url).netloc
-        raise AlertDeliveryError(f"alert webhook at {host} failed: {last}")
+        raise AlertDeliveryError(f"alert webhook at {self._where()} failed: {redact_text(str(last), self.url)}")
 
 
 @dataclass

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from sie_evals.lib.core.errors import DatasetError
+from sie_evals.lib.core.text_files import open_utf8, read_utf8
 from sie_evals.lib.engines.base import EmbedKind
 from sie_evals.lib.tasks.base import TaskDataBase
 from sie_evals.lib.tasks.registry import TaskSpec
@@ -138,7 +139,7 @@ def load_banking77_layout(spec: TaskSpec, split: str, data_root: Path) -> Classi
     folder = _folder(spec, data_root)
     names_path = folder / "label_names.json"
     try:
-        label_names = json.loads(names_path.read_text())
+        label_names = json.loads(read_utf8(names_path, DatasetError))
     except (OSError, json.JSONDecodeError) as err:
         raise DatasetError(f"{names_path}: cannot read the label list ({err})") from None
     if not isinstance(label_names, list) or not all(isinstance(n, str) for n in label_names):
@@ -147,7 +148,7 @@ def load_banking77_layout(spec: TaskSpec, split: str, data_root: Path) -> Classi
 
     def read(path: Path) -> tuple[list[str], list[int]]:
         texts, labels = [], []
-        with open(path, encoding="utf-8", newline="") as fh:
+        with open_utf8(path, DatasetError, translate_newlines=False) as fh:
             reader = csv.DictReader(fh)
             for column in ("text", "category"):
                 if column not in (reader.fieldnames or []):
@@ -177,7 +178,7 @@ def load_twitter_layout(spec: TaskSpec, split: str, data_root: Path) -> PairData
     """`mteb_<split>.tsv`: sentence1 \\t sentence2 \\t label (0/1), no header."""
     path = _split_file(_folder(spec, data_root), split, "mteb_{split}.tsv", spec)
     s1, s2, gold = [], [], []
-    with open(path, encoding="utf-8", newline="") as fh:
+    with open_utf8(path, DatasetError, translate_newlines=False) as fh:
         for lineno, line in enumerate(fh, start=1):
             cols = line.rstrip("\n").split("\t")
             if len(cols) != 3:
@@ -198,7 +199,7 @@ def load_sts_layout(spec: TaskSpec, split: str, data_root: Path) -> PairData:
     path = _split_file(_folder(spec, data_root), split, "sts-{split}.csv", spec)
     lo, hi = spec.rules.min_score, spec.rules.max_score
     s1, s2, gold = [], [], []
-    with open(path, encoding="utf-8") as fh:
+    with open_utf8(path, DatasetError) as fh:
         for lineno, line in enumerate(fh, start=1):
             cols = line.rstrip("\n").split("\t")
             if len(cols) < 7:

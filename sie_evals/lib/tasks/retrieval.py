@@ -14,6 +14,7 @@ from typing import Any
 
 from sie_evals.lib.core import paths
 from sie_evals.lib.core.errors import DatasetError
+from sie_evals.lib.core.text_files import open_utf8
 from sie_evals.lib.tasks.base import TaskDataBase
 from sie_evals.lib.tasks.registry import TaskSpec
 
@@ -110,7 +111,7 @@ def _read_jsonl(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict[s
     if not path.is_file():
         raise DatasetError(f"{path}: file not found")
     rows: list[tuple[int, dict[str, Any]]] = []
-    with open(path, encoding="utf-8") as fh:
+    with open_utf8(path, DatasetError) as fh:  # a non-UTF-8 byte is a DatasetError naming its line
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
@@ -125,9 +126,12 @@ def _read_jsonl(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict[s
                     raise DatasetError(f"{path}:{lineno}: missing field '{key}'")
             if not isinstance(row["_id"], str | int):
                 raise DatasetError(f"{path}:{lineno}: field '_id' must be a string")
-            for key in ("title", "text"):
-                if row.get(key) is not None and not isinstance(row[key], str):
-                    raise DatasetError(f"{path}:{lineno}: field '{key}' must be a string")
+            # A null text is not an empty one: it is a broken row (title may be null: many corpora omit it).
+            if "text" in row and not isinstance(row["text"], str):
+                got = "null" if row["text"] is None else type(row["text"]).__name__
+                raise DatasetError(f"{path}:{lineno}: field 'text' must be a string, got {got}")
+            if row.get("title") is not None and not isinstance(row["title"], str):
+                raise DatasetError(f"{path}:{lineno}: field 'title' must be a string")
             rows.append((lineno, row))
     return rows
 
@@ -143,7 +147,7 @@ def _unique(path: Path, rows: list[tuple[int, dict[str, Any]]]) -> None:
 
 def _read_qrels(path: Path) -> list[tuple[int, str, str, int]]:
     rows: list[tuple[int, str, str, int]] = []
-    with open(path, encoding="utf-8", newline="") as fh:
+    with open_utf8(path, DatasetError, translate_newlines=False) as fh:
         reader = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
         for lineno, cols in enumerate(reader, start=1):
             if not cols or not "".join(cols).strip():
@@ -242,6 +246,8 @@ def load_hf_beir(spec: TaskSpec, split: str) -> RetrievalData:
     for row in qrels_ds:
         qrels.setdefault(str(row["query-id"]), {})[str(row["corpus-id"])] = int(row["score"])
     qtext = {str(r["_id"]): r["text"] for r in queries}
+    if bad := next((q for q, t in qtext.items() if not isinstance(t, str)), None):
+        raise DatasetError(f"{origin}: queries: _id {bad!r}: field 'text' must be a string, got {qtext[bad]!r}")
     query_ids = [q for q in qtext if q in qrels]
     return RetrievalData(
         task_id=spec.task_id,
