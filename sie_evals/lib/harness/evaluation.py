@@ -13,7 +13,7 @@ from sie_evals.lib.config.model_config import ModelConfig, ResolvedProfile
 from sie_evals.lib.core import paths
 from sie_evals.lib.core.errors import InputError
 from sie_evals.lib.core.run_conditions import hardware, now_iso, software
-from sie_evals.lib.engines import EmbedKind, Engine, create_engine
+from sie_evals.lib.engines import EmbedKind, Engine, create_engine, outputs
 from sie_evals.lib.engines.cache import CacheStats, EmbeddingCache
 from sie_evals.lib.quality.scoring import TaskData, score_task, task_inputs
 from sie_evals.lib.tasks import RetrievalData, TaskSpec, load_retrieval_data, resolve_task
@@ -111,7 +111,11 @@ def load_task(task: str, opts: DataOptions) -> tuple[TaskSpec, TaskData]:
 def embed_task(engine: Engine, spec: TaskSpec, data: TaskData, cache: EmbeddingCache) -> Embeddings:
     stats = CacheStats()
     start = time.perf_counter()
-    vectors = {kind: cache.embed(engine, texts, kind, stats) for kind, texts in task_inputs(spec, data).items()}
+    vectors = {
+        # MUVERA profiles: the cache holds the token vectors, the FDE is computed from them (outputs.py)
+        kind: outputs.postprocess(engine.profile, kind == EmbedKind.query, cache.embed(engine, texts, kind, stats))
+        for kind, texts in task_inputs(spec, data).items()
+    }
     return Embeddings(
         vectors, engine.info().as_dict(), stats, engine.forward_calls, engine.started, time.perf_counter() - start
     )
@@ -159,7 +163,7 @@ def evaluate_source(
     with engine:
         emb = embed_task(engine, spec, data, cache)
     start = time.perf_counter()
-    metrics, per_query = score_task(spec, data, emb.vectors)
+    metrics, per_query = score_task(spec, data, emb.vectors, outputs.similarity(profile))
     score_seconds = time.perf_counter() - start
     return SourceResult(
         source=source,
@@ -174,6 +178,7 @@ def evaluate_source(
             "engine_started": emb.engine_started,
             "embed_seconds": round(emb.seconds, 3),
             "score_seconds": round(score_seconds, 3),
+            **outputs.describe(profile, emb.vectors),
             **(
                 {"server": emb.engine_info["extra"]["server"]} if emb.engine_info.get("extra", {}).get("server") else {}
             ),
@@ -204,7 +209,7 @@ def token_counts(model: ModelConfig, profile: ResolvedProfile, texts: list[str])
 
 def _send_timed(engine: Engine, batch: list[str], kind: EmbedKind) -> dict[str, float] | None:
     """One perf request; returns the server's own timing of it when the engine reports one."""
-    engine.embed(batch, kind)
+    outputs.postprocess(engine.profile, kind == EmbedKind.query, engine.embed(batch, kind))  # MUVERA FDE included
     timing = getattr(engine, "last_server_timing", None)
     return timing() if callable(timing) else timing
 
