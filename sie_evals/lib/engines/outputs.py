@@ -136,6 +136,18 @@ def similarity(profile: ResolvedProfile) -> str:
     return {OutputType.dense: "cosine", OutputType.sparse: "dot", OutputType.multivector: "maxsim"}[profile.output]
 
 
+def partition_profiles(config: ModelConfig) -> list[str]:
+    """Profiles evaluated as Dagster partitions of their own: every non-default profile whose output is
+    not plain dense (a regression can hit one output type and not the others). The default profile is
+    the bare model key, whatever its output."""
+    return [
+        name
+        for name in config.profile_names
+        if name != "default"
+        and (config.resolve_profile(name).output != OutputType.dense or config.resolve_profile(name).muvera)
+    ]
+
+
 # ---------------------------------------------------------------- validation
 
 
@@ -215,6 +227,56 @@ def sparse_from_items(items: Sequence[tuple[Any, Any]], vocab: int, engine: str)
     return SparseVectors(matrix)
 
 
+def vocab_size(weights_dir: str) -> int | None:
+    """The vocabulary of a checkpoint folder (config.json vocab_size): the width of its sparse vectors."""
+    import json
+
+    try:
+        return int(json.loads((Path(weights_dir) / "config.json").read_text())["vocab_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def parse_sie_items(items: list[Any], output: OutputType, vocab: int | None, engine: str = "sie") -> Output:
+    """SIE encode reply items (JSON): `sparse: {dims, dtype, indices, values}` or
+    `multivector: {token_dims, num_tokens, dtype, values}` (values nested per token, or flat)."""
+    key = output.value
+    found = []
+    for i, item in enumerate(items):
+        block = item.get(key) if isinstance(item, dict) else None
+        if not isinstance(block, dict) or "values" not in block:
+            have = sorted(k for k in item if k in ("dense", "sparse", "multivector")) if isinstance(item, dict) else []
+            raise EngineError(
+                f"{engine}: encode reply item {i} has no {key} output (it has: {', '.join(have) or 'none'}); "
+                f"the served model does not produce {key} vectors"
+            )
+        found.append(block)
+    if output == OutputType.sparse:
+        dims = {b.get("dims") for b in found} - {None}
+        if vocab is None:
+            if len(dims) != 1:
+                raise EngineError(f"{engine}: sparse replies must state one vocabulary size (dims), got {dims}")
+            vocab = int(dims.pop())
+        elif dims and dims != {vocab}:
+            raise EngineError(f"{engine}: sparse dims {sorted(dims)} differ from the model's vocabulary ({vocab})")
+        return sparse_from_items([(b.get("indices"), b.get("values")) for b in found], vocab, engine)
+    vectors = []
+    for i, b in enumerate(found):
+        try:
+            values = np.asarray(b["values"], dtype=np.float32)
+            tokens, dims = int(b.get("num_tokens", -1)), int(b.get("token_dims", -1))
+        except (TypeError, ValueError) as err:
+            raise EngineError(f"{engine}: multivector item {i}: values are not numbers ({err})") from None
+        if values.ndim == 1 and tokens > 0 and dims > 0 and values.size == tokens * dims:
+            values = values.reshape(tokens, dims)
+        if values.ndim != 2 or values.shape[0] == 0 or (tokens > 0 and values.shape[0] != tokens):
+            raise EngineError(f"{engine}: multivector item {i}: expected (num_tokens, token_dims), got {values.shape}")
+        vectors.append(values)
+    if len({v.shape[1] for v in vectors}) > 1:
+        raise EngineError(f"{engine}: multivector items have different token dims")
+    return MultiVectors.from_list(vectors)
+
+
 # ---------------------------------------------------------------- cache format (no pickle)
 
 
@@ -252,11 +314,12 @@ def dump(out: Output) -> bytes:
     return buf.getvalue()
 
 
-def load(raw: bytes, rows: int) -> Output:
-    """Inverse of `dump`, verified: wrong dtype, rank, row count, offsets or indices raise ValueError."""
+def load(raw: bytes, rows: int | None = None) -> Output:
+    """Inverse of `dump`, verified: wrong dtype, rank, row count (when given), offsets or indices raise
+    ValueError."""
     if not raw.startswith(b"PK"):  # .npy
         arr = np.load(io.BytesIO(raw), allow_pickle=False)
-        if arr.dtype != np.float32 or arr.ndim != 2 or arr.shape[0] != rows:
+        if arr.dtype != np.float32 or arr.ndim != 2 or (rows is not None and arr.shape[0] != rows):
             raise ValueError(f"unexpected array {arr.dtype} {arr.shape}, expected {rows} float32 rows")
         if not np.isfinite(arr).all():
             raise ValueError("non-finite values")
@@ -270,6 +333,7 @@ def load(raw: bytes, rows: int) -> Output:
         if "sparse_indptr" in arrays:
             dims = int(arrays["sparse_dims"][0])
             indptr, indices, values = arrays["sparse_indptr"], arrays["sparse_indices"], arrays["sparse_values"]
+            rows = len(indptr) - 1 if rows is None else rows
             if len(indptr) != rows + 1 or values.dtype != np.float32 or len(indices) != len(values):
                 raise ValueError("sparse arrays do not match the expected rows")
             out: Output = SparseVectors(sp.csr_matrix((values, indices, indptr), shape=(rows, dims), dtype=np.float32))
@@ -280,7 +344,7 @@ def load(raw: bytes, rows: int) -> Output:
         raise ValueError(f"missing array {err}") from None
     except EngineError as err:
         raise ValueError(str(err)) from None
-    if len(out) != rows:
+    if rows is not None and len(out) != rows:
         raise ValueError(f"{len(out)} multivector rows, expected {rows}")
     try:
         check_multivector(out, "cache")

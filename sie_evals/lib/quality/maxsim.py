@@ -34,9 +34,9 @@ def maxsim_scores(queries: MultiVectors, docs: MultiVectors, max_block: int = DE
             limit = docs.offsets[start] + doc_tokens_per_block
             end = max(start + 1, int(np.searchsorted(docs.offsets, limit, side="right")) - 1)
             d = torch.from_numpy(np.ascontiguousarray(docs.values[docs.offsets[start] : docs.offsets[end]]))
-            sim = q @ d.T  # (query tokens, doc tokens in chunk)
-            best = torch.segment_reduce(sim, "max", lengths=torch.from_numpy(lengths[start:end]), axis=1)
-            scores = torch.zeros((n_q, end - start), dtype=torch.float32).index_add_(0, q_owner, best)
+            sim = d @ q.T  # (doc tokens in chunk, query tokens)
+            best = torch.segment_reduce(sim, "max", lengths=torch.from_numpy(lengths[start:end]), axis=0)
+            scores = torch.zeros((n_q, end - start), dtype=torch.float32).index_add_(0, q_owner, best.T)
             yield start, scores
             start = end
 
