@@ -140,12 +140,24 @@ def partition_profiles(config: ModelConfig) -> list[str]:
     """Profiles evaluated as Dagster partitions of their own: every non-default profile whose output is
     not plain dense (a regression can hit one output type and not the others). The default profile is
     the bare model key, whatever its output."""
-    return [
-        name
-        for name in config.profile_names
-        if name != "default"
-        and (config.resolve_profile(name).output != OutputType.dense or config.resolve_profile(name).muvera)
-    ]
+    default = config.resolve_profile("default").model_dump(exclude={"name"})
+    out = []
+    for name in config.profile_names:
+        profile = config.resolve_profile(name)
+        same_as_default = profile.model_dump(exclude={"name"}) == default  # e.g. `sparse` naming the default
+        if name != "default" and not same_as_default and (profile.output != OutputType.dense or profile.muvera):
+            out.append(name)
+    return out
+
+
+def check_task_type(task_id: str, task_type: str, profile: ResolvedProfile) -> None:
+    """Sparse, multivector and MUVERA outputs are scored by retrieval only (classification, pairs and STS
+    use dense vectors with cosine): refuse before anything is embedded."""
+    if task_type != "retrieval" and similarity(profile) != "cosine":
+        raise InputError(
+            f"{task_id}: {task_type} tasks are scored on dense vectors with cosine; profile {profile.name!r} "
+            f"({profile.output.value}{', MUVERA' if profile.muvera else ''}) is evaluated on retrieval tasks only"
+        )
 
 
 # ---------------------------------------------------------------- validation

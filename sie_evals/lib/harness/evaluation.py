@@ -109,6 +109,7 @@ def load_task(task: str, opts: DataOptions) -> tuple[TaskSpec, TaskData]:
 
 
 def embed_task(engine: Engine, spec: TaskSpec, data: TaskData, cache: EmbeddingCache) -> Embeddings:
+    outputs.check_task_type(spec.task_id, spec.type, engine.profile)
     stats = CacheStats()
     start = time.perf_counter()
     vectors = {
