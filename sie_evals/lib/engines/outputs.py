@@ -16,6 +16,7 @@ plus MUVERA's fixed-dimensional encoding (FDE) that turns a multivector output i
 Everything here is plain arrays: the embedding cache stores outputs as `.npy`/`.npz` without pickle.
 """
 
+import functools
 import importlib.metadata as md
 import io
 import zipfile
@@ -420,6 +421,11 @@ def encode_local(engine: "LocalEngine", texts: list[str]) -> Output:
 # ---------------------------------------------------------------- MUVERA
 
 
+@functools.lru_cache(maxsize=8)
+def _muvera_tables(settings: MuveraSettings, dims: int) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    return [_muvera_randomness(settings, dims, r) for r in range(settings.num_repetitions)]
+
+
 def _muvera_randomness(settings: MuveraSettings, dims: int, rep: int) -> tuple[np.ndarray, np.ndarray | None]:
     """Hyperplanes (dims x k) and the count sketch (dims x projection_dim, or None for identity) of one
     repetition; a function of (seed, repetition) only, so queries and documents share them."""
@@ -437,7 +443,7 @@ def muvera_fde(mv: MultiVectors, settings: MuveraSettings, is_query: bool, block
     n, dims = mv.shape
     k, proj = settings.num_simhash_projections, settings.projection_dim
     buckets = 2**k
-    randomness = [_muvera_randomness(settings, dims, r) for r in range(settings.num_repetitions)]
+    randomness = _muvera_tables(settings, dims)
     out = np.zeros((n, settings.num_repetitions, buckets, proj), dtype=np.float32)
     bucket_bits = (np.arange(buckets)[:, None] >> np.arange(k)[None, :]) & 1  # (B, k)
     for lo in range(0, n, block):
@@ -449,8 +455,11 @@ def muvera_fde(mv: MultiVectors, settings: MuveraSettings, is_query: bool, block
             bucket = bits @ (1 << np.arange(k)) if k else np.zeros(len(x), dtype=np.int64)
             projected = x if sketch is None else x @ sketch
             flat = owner * buckets + bucket
-            sums = np.zeros(((hi - lo) * buckets, proj), dtype=np.float64)
-            np.add.at(sums, flat, projected)
+            # bucket sums as one sparse (item x bucket, token) one-hot product: no Python loop over tokens
+            onehot = sp.csr_matrix(
+                (np.ones(len(x), dtype=np.float64), (flat, np.arange(len(x)))), shape=((hi - lo) * buckets, len(x))
+            )
+            sums = np.asarray(onehot @ projected.astype(np.float64))
             if not is_query:
                 counts = np.bincount(flat, minlength=(hi - lo) * buckets)
                 sums /= np.maximum(counts, 1)[:, None]
@@ -497,6 +506,19 @@ def describe(profile: ResolvedProfile, vectors: dict[Any, Output]) -> dict[str, 
                 "p50": float(np.median(counts)),
                 "max": int(counts.max()),
             }
+    return out
+
+
+def perf_fields(profile: ResolvedProfile, sizes: list[np.ndarray]) -> dict[str, Any]:
+    """Perf report fields of a non-dense profile: output type and nnz (sparse) or tokens (multivector)
+    per text over every text sent."""
+    if profile.output == OutputType.dense:
+        return {}
+    out: dict[str, Any] = {"output": profile.output.value, "muvera": profile.muvera is not None}
+    if sizes:
+        counts = np.concatenate(sizes)
+        name = "nnz_per_text" if profile.output == OutputType.sparse else "tokens_per_text"
+        out[name] = {"mean": round(float(counts.mean()), 2), "p50": float(np.median(counts)), "max": int(counts.max())}
     return out
 
 

@@ -208,9 +208,15 @@ def token_counts(model: ModelConfig, profile: ResolvedProfile, texts: list[str])
     return [len(ids) for ids in enc["input_ids"]]
 
 
-def _send_timed(engine: Engine, batch: list[str], kind: EmbedKind) -> dict[str, float] | None:
-    """One perf request; returns the server's own timing of it when the engine reports one."""
-    outputs.postprocess(engine.profile, kind == EmbedKind.query, engine.embed(batch, kind))  # MUVERA FDE included
+def _send_timed(
+    engine: Engine, batch: list[str], kind: EmbedKind, sizes: list | None = None
+) -> dict[str, float] | None:
+    """One perf request; returns the server's own timing of it when the engine reports one. `sizes`
+    collects sparse nnz / tokens per text of non-dense outputs."""
+    raw = engine.embed(batch, kind)
+    outputs.postprocess(engine.profile, kind == EmbedKind.query, raw)  # MUVERA's FDE is part of the cost
+    if sizes is not None and not isinstance(raw, np.ndarray):
+        sizes.append(raw.nnz_per_row() if isinstance(raw, outputs.SparseVectors) else raw.lengths())
     timing = getattr(engine, "last_server_timing", None)
     return timing() if callable(timing) else timing
 
@@ -244,7 +250,8 @@ def evaluate_perf_source(
     load_before = os.getloadavg()[0]
     with engine:
         engine.start()  # model load / server start is not part of the measurement
-        result = run_load(lambda batch: _send_timed(engine, batch, kind), texts, counts, load)
+        sizes: list = []
+        result = run_load(lambda batch: _send_timed(engine, batch, kind, sizes), texts, counts, load)
     load_after = os.getloadavg()[0]
     metrics = result.metrics()
     cpus = os.cpu_count() or 1
@@ -281,5 +288,6 @@ def evaluate_perf_source(
             "warnings": warnings,
             "trials": [t.metrics() for t in result.trials],
             "perf_result": result,
+            **outputs.perf_fields(profile, sizes),
         },
     )
