@@ -386,3 +386,17 @@ def test_output_profiles_are_dagster_partitions_end_to_end(tmp_path, session_cac
             assert mats["embeddings"].metadata[stat].value > 0
         checks = {e.check_name: e for e in res.get_asset_check_evaluations()}
         assert checks["quality_vs_target"].passed  # nothing saved for this slice: "no target" passes
+
+
+def test_parity_and_sie_model_yaml_for_sparse(splade, splade_engine, token_vectors):
+    from sie_evals.lib.quality.parity import parity
+    from sie_evals.lib.servers import sie as sie_server
+
+    sv = splade_engine.embed(["protein folding", "cell"], EmbedKind.query)
+    assert parity({"q": sv}, {"q": sv})["min_cosine"] == pytest.approx(1.0)
+    q, _ = token_vectors
+    shifted = MultiVectors(q.values * 2.0, q.offsets)  # same directions: per-token cosine 1
+    assert parity({"q": q}, {"q": shifted})["min_cosine"] == pytest.approx(1.0)
+    doc = sie_server.model_yaml(splade, splade.resolve_profile("sparse"), "/w", 30522)
+    assert doc["tasks"]["encode"] == {"dense": None, "sparse": {"dim": 30522}, "multivector": None}
+    assert doc["profiles"]["default"]["adapter_path"] == sie_server.SPLADE_ADAPTER
