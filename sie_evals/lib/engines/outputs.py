@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 
 # Memory bound of one SPLADE forward pass: batch x tokens x vocabulary logits (float32 elements).
 SPLADE_LOGITS_BUDGET = 32 * 1024 * 1024
-ALL_OUTPUTS = frozenset(OutputType)
 
 
 @dataclass(frozen=True)
