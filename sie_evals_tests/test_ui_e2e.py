@@ -62,6 +62,8 @@ def _configs(tmp_path: Path) -> Path:
         tree["tasks"] = TASKS
         tree["sources"] = ["local"]
         tree["targets"], tree["measurements"] = {}, {}
+        for profile in [p for p in tree["profiles"] if p != "default"]:  # no output-profile partitions here
+            del tree["profiles"][profile]
         with open(folder / filename, "w") as fh:
             yaml.dump(tree, fh)
     twin = find_model_config(TWIN, folder)

@@ -19,13 +19,13 @@ import pandas as pd
 
 from sie_evals.defs.evals.partitions import eval_partitions, task_partitions, task_to_evals
 from sie_evals.defs.evals.resources import EvalSettings
-from sie_evals.lib.config.model_config import find_model_config
-from sie_evals.lib.core.atomic import atomic_write, atomic_write_text
+from sie_evals.lib.config.model_config import ModelConfig, ResolvedProfile, find_model_config
+from sie_evals.lib.core.atomic import atomic_write, atomic_write_bytes, atomic_write_text
 from sie_evals.lib.core.errors import InputError, SetupError
 from sie_evals.lib.core.run_conditions import hardware
-from sie_evals.lib.engines import EmbedKind, create_engine
+from sie_evals.lib.engines import EmbedKind, create_engine, outputs
 from sie_evals.lib.gates.comparison import compare, comparison_markdown
-from sie_evals.lib.gates.keys import EvalKey, path_slug
+from sie_evals.lib.gates.keys import EvalKey, path_slug, split_model_part
 from sie_evals.lib.harness.evaluation import embed_task, evaluate_perf_source, load_task, perf_variant
 from sie_evals.lib.harness.report import PERF_TABLE_METRICS, TABLE_METRICS_BY_TYPE
 from sie_evals.lib.perf.load import PERF_TARGET_METRICS, latency_histogram_png
@@ -65,21 +65,20 @@ def _conditions_metadata(engine_version: str, profile: str) -> dict[str, Any]:
     }
 
 
+def _config_and_profile(key: EvalKey, settings: EvalSettings) -> tuple[ModelConfig, ResolvedProfile]:
+    """A `model@profile` key names its profile; a bare model key uses the deployment's profile."""
+    model, profile = split_model_part(key.model)
+    config = find_model_config(model, settings.configs_dir())
+    return config, config.resolve_profile(profile or settings.profile)
+
+
+def _save_output(path: Path, out: Any) -> None:
+    atomic_write_bytes(path, outputs.dump(out))  # .npy for dense, .npz for sparse/multivector (no pickle)
+
+
 def png_metadata(path: Path, alt: str) -> dg.MetadataValue:
     data = base64.b64encode(path.read_bytes()).decode()
     return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{data})")
-
-
-def _save_npy(path: Path, arr: np.ndarray) -> None:
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as fh:  # a file handle: np.save on a path would append '.npy' to the temp name
-            np.save(fh, arr, allow_pickle=False)
-
-    atomic_write(path, write)
-
-
-def _load_npy(path: str) -> np.ndarray:
-    return np.load(path, allow_pickle=False)
 
 
 @dg.asset(partitions_def=task_partitions, group_name=GROUP, io_manager_key="json_io", kinds={"parquet"})
@@ -115,21 +114,25 @@ def embeddings(
     """Query and document vectors for one model:task:source, through the embedding cache."""
     key = EvalKey.parse(context.partition_key)
     with _input_errors_final():
-        config = find_model_config(key.model, settings.configs_dir())
-        profile = config.resolve_profile(settings.profile)
+        config, profile = _config_and_profile(key, settings)
         spec = resolve_task(key.task)
         data = read_snapshot(Path(task_dataset["snapshot_dir"]))
         engine = create_engine(key.source, config, profile, **settings.engine_options().for_engine())
         with engine:
             emb = embed_task(engine, spec, data, settings.cache())
     folder = settings.results_root() / "embeddings" / key.path_slug() / data.content_hash[:16]
+    files = {
+        kind: folder / f"{kind.value}.{'npy' if isinstance(v, np.ndarray) else 'npz'}"
+        for kind, v in emb.vectors.items()
+    }
     for kind, vectors in emb.vectors.items():
-        _save_npy(folder / f"{kind.value}.npy", vectors)
+        _save_output(files[kind], vectors)
     value = {
         "key": str(key),
         "profile": profile.name,
+        "similarity": outputs.similarity(profile),
         "content_hash": data.content_hash,
-        "vectors": {kind.value: str(folder / f"{kind.value}.npy") for kind in emb.vectors},
+        "vectors": {kind.value: str(files[kind]) for kind in emb.vectors},
         "dims": emb.dims,
         "engine": emb.engine_info,
         "cache": emb.cache.as_dict(),
@@ -145,8 +148,20 @@ def embeddings(
             "cache_misses": emb.cache.misses,
             "engine_version": emb.engine_info["version"],
             "profile": profile.name,
+            **_output_metadata(profile, emb.vectors),
         },
     )
+
+
+def _output_metadata(profile: ResolvedProfile, vectors: dict[EmbedKind, Any]) -> dict[str, Any]:
+    """Sparse nnz / tokens per text of a non-dense profile, flattened to plottable numbers."""
+    flat: dict[str, Any] = {}
+    for name, value in outputs.describe(profile, vectors).items():
+        if isinstance(value, dict) and name != "muvera":
+            flat.update({f"{name}_{stat}": float(v) for stat, v in value.items()})
+        elif isinstance(value, str):
+            flat[name] = value
+    return flat
 
 
 @dg.asset(
@@ -169,8 +184,8 @@ def quality_scores(
             f"not the current {data.content_hash[:12]}: rematerialize embeddings"
         )
     start = time.perf_counter()
-    vectors = {EmbedKind(kind): _load_npy(path) for kind, path in embeddings["vectors"].items()}
-    metrics, per_query = score_task(spec, data, vectors)
+    vectors = {EmbedKind(kind): outputs.load(Path(path).read_bytes()) for kind, path in embeddings["vectors"].items()}
+    metrics, per_query = score_task(spec, data, vectors, embeddings.get("similarity", "cosine"))
     pq_path = settings.results_root() / "quality_scores" / f"{key.path_slug()}.per_query.parquet"
     atomic_write(pq_path, lambda tmp: per_query.to_parquet(tmp, index=False))
     value = {
@@ -219,8 +234,7 @@ def perf_scores(
     with _input_errors_final():
         load = settings.load_spec()
         sweep, slos = settings.perf_sweep_and_slos()
-        config = find_model_config(key.model, settings.configs_dir())
-        profile = config.resolve_profile(settings.profile)
+        config, profile = _config_and_profile(key, settings)
         spec = resolve_task(key.task)
         data = read_snapshot(Path(task_dataset["snapshot_dir"]))
         result = evaluate_perf_source(
@@ -304,7 +318,7 @@ def target_comparison(
     measurement. Runs only when the blocking quality check passed."""
     key = EvalKey.parse(context.partition_key)
     with _input_errors_final():
-        config = find_model_config(key.model, settings.configs_dir())
+        config, _ = _config_and_profile(key, settings)
     spec = resolve_task(key.task)
     dataset = quality_scores["dataset"]
     per_query_path = Path(quality_scores["per_query_path"])

@@ -19,7 +19,7 @@ from sie_evals.defs.evals.partitions import eval_partitions
 from sie_evals.defs.evals.resources import EvalSettings
 from sie_evals.lib.config.model_config import find_model_config
 from sie_evals.lib.gates.drift import CheckResult, ReferenceColumn, check_source, reference
-from sie_evals.lib.gates.keys import EvalKey
+from sie_evals.lib.gates.keys import EvalKey, split_model_part
 from sie_evals.lib.gates.thresholds import Against, MetricKind, metric_kind
 from sie_evals.lib.perf.load import PERF_TARGET_METRICS
 from sie_evals.lib.tasks import resolve_task
@@ -34,7 +34,7 @@ def drift_check(
 ) -> CheckResult:
     """Verdicts for the metrics of `kinds` in a quality_scores or perf_scores output."""
     key = EvalKey.parse(partition_key)
-    config = find_model_config(key.model, settings.configs_dir())
+    config = find_model_config(split_model_part(key.model)[0], settings.configs_dir())
     spec = resolve_task(key.task)
     dataset = scores["dataset"]
     perf = "variant" in scores  # perf outputs carry their load-shape variant (perf@corpus-b1-c16)

@@ -7,7 +7,8 @@ import dagster as dg
 
 from sie_evals.lib.config.model_config import ModelConfig, load_all_model_configs
 from sie_evals.lib.core.sources import COMPUTE_SOURCES
-from sie_evals.lib.gates.keys import EvalKey
+from sie_evals.lib.engines.outputs import partition_profiles
+from sie_evals.lib.gates.keys import EvalKey, model_part
 from sie_evals.lib.tasks import resolve_task
 
 
@@ -22,6 +23,15 @@ def eval_keys(configs: list[ModelConfig] | None = None) -> list[EvalKey]:
         for t in c.tasks
         for s in c.sources
         if s in COMPUTE_SOURCES and resolve_task(t).type != "finesse"  # finesse has its own assets
+    }
+    # Output profiles (sparse, multivector, MUVERA): `model@profile` keys, retrieval tasks, local engine
+    # (server sources serve them from the CLI: `-s sie -p <profile>`).
+    keys |= {
+        EvalKey(model_part(c.short_name, p), resolve_task(t).task_id, "local")
+        for c in configs
+        for p in partition_profiles(c)
+        for t in c.tasks
+        if "local" in c.sources and resolve_task(t).type == "retrieval"
     }
     return sorted(keys)
 

@@ -3,7 +3,8 @@
 import dagster as dg
 
 from sie_evals.lib.config.model_config import ModelConfig
-from sie_evals.lib.gates.keys import EvalKey
+from sie_evals.lib.engines.outputs import partition_profiles
+from sie_evals.lib.gates.keys import EvalKey, model_part
 from sie_evals.lib.harness.report import TABLE_METRICS_BY_TYPE
 
 
@@ -14,7 +15,8 @@ def record_quality_report(config: ModelConfig, report: dict, instance: dg.Dagste
     for source, result in report["sources"].items():
         if result.get("kind") != "computed":
             continue
-        key = str(EvalKey(config.short_name, report["task"], source))
+        profile = report["profile"] if report["profile"] in partition_profiles(config) else None
+        key = str(EvalKey(model_part(config.short_name, profile), report["task"], source))
         metadata = {
             m: float(result["metrics"][m]) for m in TABLE_METRICS_BY_TYPE[report["task_type"]] if m in result["metrics"]
         }

@@ -44,6 +44,42 @@ class Dtype(StrEnum):
     bfloat16 = "bfloat16"
 
 
+class OutputType(StrEnum):
+    """What one text becomes: one vector, a sparse vocabulary-weight vector (SPLADE), or one vector
+    per token (late interaction)."""
+
+    dense = "dense"
+    sparse = "sparse"
+    multivector = "multivector"
+
+
+# MUVERA's fixed-dimensional encoding (FDE) has R x 2^k x d_proj dimensions; these bounds keep a
+# misconfigured profile from allocating gigabytes per text.
+MUVERA_MAX_DIMS = 65_536
+
+
+class MuveraSettings(_Strict):
+    """MUVERA fixed-dimensional encoding of a multivector output (SIE's field names), plus its seed."""
+
+    num_repetitions: int = Field(ge=1, le=256, description="Independent SimHash partitionings (R).")
+    num_simhash_projections: int = Field(ge=0, le=12, description="SimHash bits per repetition (2^k buckets).")
+    projection_dim: int = Field(ge=1, le=1024, description="Random projection width of each bucket's vector.")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed of the random hyperplanes and projections.")
+
+    @property
+    def dims(self) -> int:
+        return self.num_repetitions * 2**self.num_simhash_projections * self.projection_dim
+
+    @model_validator(mode="after")
+    def _bounded(self) -> "MuveraSettings":
+        if self.dims > MUVERA_MAX_DIMS:
+            raise ValueError(
+                f"num_repetitions x 2^num_simhash_projections x projection_dim = {self.dims} dimensions "
+                f"exceeds {MUVERA_MAX_DIMS}"
+            )
+        return self
+
+
 class WeightsSource(_Strict):
     """Where the weights come from: exactly one of a hub id, a local folder, or a Python package."""
 
@@ -55,6 +91,11 @@ class WeightsSource(_Strict):
         description="Import name of `package` (default: the package name with '-' as '_'). The module's "
         "get_model_path() is used if it has one, else its `model/` folder.",
     )
+    subfolder: str | None = Field(
+        None,
+        description="With `package`: the weights folder inside the installed distribution, relative to "
+        "site-packages (e.g. cognition/model); the package is not imported.",
+    )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "WeightsSource":
@@ -63,6 +104,10 @@ class WeightsSource(_Strict):
             raise ValueError(f"set exactly one of hf_id, path, package (got {given or 'none'})")
         if self.module and not self.package:
             raise ValueError("module is only valid together with package")
+        if self.subfolder is not None and (not self.package or self.module):
+            raise ValueError("subfolder is only valid together with package (and without module)")
+        if self.subfolder is not None and (Path(self.subfolder).is_absolute() or ".." in Path(self.subfolder).parts):
+            raise ValueError(f"subfolder {self.subfolder!r} must be a relative path inside the package")
         return self
 
 
@@ -77,6 +122,13 @@ class ProfileSettings(_Strict):
     document_prefix: str | None = Field(None, description="Prepended to every document text ('').")
     dtype: Dtype | None = Field(None, description="Compute dtype of the local engine (float32).")
     batch_size: int | None = Field(None, gt=0, description="Items per forward pass / request (32).")
+    output: OutputType | None = Field(
+        None, description="dense (default), sparse (SPLADE: MLM logits, max-pooled) or multivector (token vectors)."
+    )
+    muvera: MuveraSettings | None = Field(
+        None,
+        description="Turn the multivector output into one dense MUVERA vector per text (needs output: multivector).",
+    )
 
 
 PROFILE_DEFAULTS: dict[str, Any] = {
@@ -87,6 +139,8 @@ PROFILE_DEFAULTS: dict[str, Any] = {
     "document_prefix": "",
     "dtype": Dtype.float32,
     "batch_size": 32,
+    "output": OutputType.dense,
+    "muvera": None,
 }
 
 
@@ -101,10 +155,25 @@ class ResolvedProfile(_Strict):
     document_prefix: str
     dtype: Dtype
     batch_size: int
+    output: OutputType = OutputType.dense
+    muvera: MuveraSettings | None = None
+
+    @model_validator(mode="after")
+    def _muvera_needs_multivector(self) -> "ResolvedProfile":
+        if self.muvera is not None and self.output != OutputType.multivector:
+            raise ValueError(
+                f"muvera turns a multivector output into dense: it needs output multivector, not {self.output}"
+            )
+        return self
 
     def embedding_identity(self) -> dict[str, Any]:
-        """The fields that change the vectors (batch size does not): part of the cache key."""
-        return self.model_dump(mode="json", exclude={"name", "batch_size"})
+        """The fields that change what the engine returns (batch size does not): part of the cache key.
+        `muvera` is applied after the cache (the token vectors are cached once for every MUVERA setting),
+        and a dense output leaves the key as it was before output types existed."""
+        identity = self.model_dump(mode="json", exclude={"name", "batch_size", "muvera", "output"})
+        if self.output != OutputType.dense:
+            identity["output"] = self.output.value
+        return identity
 
 
 def _check_metrics(metrics: dict[str, float]) -> dict[str, float]:
@@ -201,6 +270,16 @@ class ModelConfig(_Strict):
             if not re.match(SHORT_NAME_PATTERN, name):
                 raise ValueError(f"profile name {name!r} must match {SHORT_NAME_PATTERN}")
         return profiles
+
+    @model_validator(mode="after")
+    def _profiles_resolve(self) -> "ModelConfig":
+        """Every profile, merged over `default`, must be a valid combination (e.g. muvera needs multivector)."""
+        for name in self.profiles:
+            try:
+                self.resolve_profile(name)
+            except ValidationError as err:
+                raise ValueError(f"profiles.{name}: {err.errors()[0]['msg']}") from None
+        return self
 
     @field_validator("tasks")
     @classmethod

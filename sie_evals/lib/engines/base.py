@@ -13,7 +13,7 @@ from typing import Any, Self
 
 import numpy as np
 
-from sie_evals.lib.config.model_config import ModelConfig, ResolvedProfile
+from sie_evals.lib.config.model_config import ModelConfig, OutputType, ResolvedProfile
 from sie_evals.lib.core.errors import EngineError
 
 
@@ -39,8 +39,12 @@ class Engine(ABC):
     """Subclasses implement `_embed_batchless` on prefixed texts and `info`."""
 
     name: str = "engine"
+    supported_outputs: frozenset[OutputType] = frozenset({OutputType.dense})  # see engines/outputs.py
 
     def __init__(self, model: ModelConfig, profile: ResolvedProfile):
+        from sie_evals.lib.engines.outputs import check_engine_supports
+
+        check_engine_supports(self.name, self.supported_outputs, profile)
         self.model = model
         self.profile = profile
         self.forward_calls = 0  # how many model forward passes / requests this engine made
@@ -89,12 +93,17 @@ class Engine(ABC):
         return self.profile.query_prefix if kind == EmbedKind.query else self.profile.document_prefix
 
     def embed(self, texts: Sequence[str], kind: EmbedKind) -> np.ndarray:
-        """Vectors for `texts` as float32 (n, dims). Validates what the engine returned."""
+        """Vectors for `texts` as float32 (n, dims), or the profile's sparse/multivector output
+        (engines/outputs.py). Validates what the engine returned."""
         if not texts:
             raise EngineError(f"{self.name}: nothing to embed")
         self.start()
         prefix = self.prefix(kind)
         vectors = self._embed_prepared([prefix + t for t in texts])
+        if self.profile.output != OutputType.dense:
+            from sie_evals.lib.engines.outputs import validate_output
+
+            return validate_output(vectors, len(texts), self.name, self.profile)
         return validate_embeddings(vectors, len(texts), self.name)
 
 

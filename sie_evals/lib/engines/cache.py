@@ -9,7 +9,6 @@ recomputed, never trusted.
 """
 
 import hashlib
-import io
 import json
 import logging
 from collections.abc import Sequence
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from sie_evals.lib.core.atomic import atomic_write_bytes, atomic_write_json
+from sie_evals.lib.engines import outputs
 from sie_evals.lib.engines.base import EmbedKind, Engine
 
 log = logging.getLogger(__name__)
@@ -83,11 +83,7 @@ class EmbeddingCache:
             raw = data_path.read_bytes()
             if hashlib.sha256(raw).hexdigest() != meta["sha256"]:
                 raise ValueError("checksum mismatch")
-            arr = np.load(io.BytesIO(raw), allow_pickle=False)
-            if arr.dtype != np.float32 or arr.ndim != 2 or arr.shape[0] != rows:
-                raise ValueError(f"unexpected array {arr.dtype} {arr.shape}, expected {rows} float32 rows")
-            if not np.isfinite(arr).all():
-                raise ValueError("non-finite values")
+            arr = outputs.load(raw, rows)  # dense .npy, or sparse/multivector .npz: verified, no pickle
         except (OSError, ValueError, KeyError, TypeError) as err:  # JSON and UTF-8 errors are ValueErrors
             log.warning("embedding cache entry %s is corrupt (%s); recomputing", meta_path, err)
             meta_path.unlink(missing_ok=True)
@@ -97,9 +93,7 @@ class EmbeddingCache:
 
     def put(self, key: str, arr: np.ndarray, identity: dict[str, Any]) -> None:
         data_path, meta_path = self._paths(key)
-        buf = io.BytesIO()
-        np.save(buf, np.ascontiguousarray(arr, dtype=np.float32), allow_pickle=False)
-        raw = buf.getvalue()
+        raw = outputs.dump(arr)
         atomic_write_bytes(data_path, raw)
         # The sidecar is written last: an entry without it is a miss, so a crash between the two is safe.
         atomic_write_json(
@@ -128,7 +122,7 @@ class EmbeddingCache:
             else:
                 stats.hits += 1
             parts.append(arr)
-        return np.concatenate(parts, axis=0) if parts else np.zeros((0, 0), dtype=np.float32)
+        return outputs.concat(parts)
 
 
 class CorruptEntry(Exception):

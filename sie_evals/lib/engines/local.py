@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sie_evals.lib.config.model_config import ModelConfig, Pooling, ResolvedProfile
+from sie_evals.lib.config.model_config import ModelConfig, OutputType, Pooling, ResolvedProfile
 from sie_evals.lib.core.errors import ConfigError, EngineError
 from sie_evals.lib.engines.base import Engine, EngineInfo
 
@@ -28,6 +28,10 @@ def _version(dist: str) -> str:
 def resolve_weights(model: ModelConfig) -> str:
     """A local folder or a hub id that `from_pretrained` accepts."""
     w = model.weights
+    if w.package and w.subfolder is not None:
+        from sie_evals.lib.engines.outputs import package_subfolder
+
+        return package_subfolder(model)
     if w.package:
         module_name = w.module or w.package.replace("-", "_")
         try:
@@ -54,6 +58,7 @@ def resolve_weights(model: ModelConfig) -> str:
 
 class LocalEngine(Engine):
     name = "local"
+    supported_outputs = frozenset(OutputType)
 
     def __init__(
         self,
@@ -98,7 +103,12 @@ class LocalEngine(Engine):
         kwargs = {"revision": self.model.revision} if self.model.weights.hf_id and self.model.revision else {}
         try:
             self._tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-            model = AutoModel.from_pretrained(source, dtype=getattr(torch, self.profile.dtype.value), **kwargs)
+            model_class = AutoModel
+            if self.profile.output != OutputType.dense:
+                from sie_evals.lib.engines.outputs import local_model_class
+
+                model_class = local_model_class(self.profile)
+            model = model_class.from_pretrained(source, dtype=getattr(torch, self.profile.dtype.value), **kwargs)
         except OSError as err:
             raise EngineError(f"local: cannot load model weights from {source}: {err}") from None
         self._model = model.eval()
@@ -117,6 +127,11 @@ class LocalEngine(Engine):
 
     def _embed_locked(self, texts: list[str]) -> np.ndarray:
         import torch
+
+        if self.profile.output != OutputType.dense:
+            from sie_evals.lib.engines.outputs import encode_local
+
+            return encode_local(self, texts)
         from tqdm.auto import tqdm
 
         tok, model = self._tokenizer, self._model

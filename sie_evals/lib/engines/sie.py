@@ -7,8 +7,10 @@ timing (queue, tokenization, inference ms) as `last_server_timing` for perf eval
 import contextlib
 from typing import Any
 
-from sie_evals.lib.core.errors import EngineError
+from sie_evals.lib.config.model_config import OutputType
+from sie_evals.lib.core.errors import EngineError, InputError
 from sie_evals.lib.engines.http import HttpEngine, Reply, weights_dims
+from sie_evals.lib.engines.outputs import concat, parse_sie_items, vocab_size
 from sie_evals.lib.servers import install
 from sie_evals.lib.servers import sie as sie_server
 from sie_evals.lib.servers.managed import ServerCommand
@@ -24,6 +26,9 @@ TIMING_HEADERS = {
 class SieEngine(HttpEngine):
     name = "sie"
     url_env = "SIE_EVALS_SIE_URL"
+    # SIE serves dense, sparse and multivector outputs where the model's adapter produces them; the
+    # server (or, for a server the harness starts, lib/servers/sie.py) refuses the others clearly.
+    supported_outputs = frozenset(OutputType)
 
     def software_version(self) -> str:
         if self.url:
@@ -38,11 +43,13 @@ class SieEngine(HttpEngine):
         if dims is None:
             raise EngineError(f"sie: cannot tell the embedding width of {weights} (no config.json hidden_size)")
         self.expected_dims = dims
+        if self.profile.output == OutputType.sparse:
+            dims = vocab_size(weights) or 0
         assert self.run_dir is not None
         return sie_server.command(self.model, self.profile, weights, dims, self.device, self.threads, self.run_dir)
 
     def _embed_request(self, texts: list[str]) -> tuple[str, dict[str, Any]]:
-        body = {"items": [{"text": t} for t in texts], "params": {"output_types": ["dense"]}}
+        body = {"items": [{"text": t} for t in texts], "params": {"output_types": [self.profile.output.value]}}
         return f"/v1/encode/{self.model.model_id}", body
 
     def _parse_vectors(self, body: Any) -> list[Any]:
@@ -57,6 +64,40 @@ class SieEngine(HttpEngine):
                 raise EngineError(f"sie: encode reply item {i} has no dense.values")
             vectors.append(values)
         return vectors
+
+    def _embed_prepared(self, texts: list[str]):
+        if self.profile.output == OutputType.dense:
+            return super()._embed_prepared(texts)
+        return self._embed_outputs(texts)
+
+    def _embed_outputs(self, texts: list[str]):
+        """Sparse or multivector outputs, one request per batch, each reply item checked (engines/outputs.py)."""
+        parts, timing = [], None
+        for start in range(0, len(texts), self.batch_size):
+            batch = texts[start : start + self.batch_size]
+            path, body = self._embed_request(batch)
+            reply = self._request("POST", path, body)
+            with self._count_lock:
+                self.forward_calls += 1
+            items = reply.body.get("items") if isinstance(reply.body, dict) else None
+            if not isinstance(items, list) or len(items) != len(batch):
+                raise EngineError(f"sie: asked for {len(batch)} items, the encode reply has {str(items)[:200]}")
+            parts.append(parse_sie_items(items, self.profile.output, self._vocab_size(), self.name))
+            if t := self._timing(reply):
+                timing = {k: (timing or {}).get(k, 0.0) + v for k, v in t.items()}
+        self._local.timing = timing
+        return concat(parts)
+
+    def _vocab_size(self) -> int | None:
+        """The model's vocabulary (sparse indices must lie below it), when its weights are here."""
+        if self.profile.output != OutputType.sparse:
+            return None
+        from sie_evals.lib.engines.local import resolve_weights
+
+        try:
+            return vocab_size(resolve_weights(self.model))
+        except InputError:  # weights not installed here (a remote --sie-url): the reply's dims must do
+            return None
 
     def _timing(self, reply: Reply) -> dict[str, float] | None:
         timing = reply.body.get("timing") if isinstance(reply.body, dict) else None

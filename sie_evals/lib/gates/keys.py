@@ -34,3 +34,19 @@ class EvalKey:
 def path_slug(partition_key: str) -> str:
     """A file-system-safe form of any partition key (task ids contain '/', eval keys ':')."""
     return partition_key.replace("/", "--").replace(SEP, "__")
+
+
+# A profile with its own output type (sparse, multivector, MUVERA) is evaluated as its own partitions:
+# the key's model part is `model@profile` (short names and profile names cannot contain '@').
+PROFILE_SEP = "@"
+
+
+def model_part(model: str, profile: str | None = None) -> str:
+    """The model part of a key: the short name, plus `@profile` for a non-default profile."""
+    return model if profile in (None, "default") else f"{model}{PROFILE_SEP}{profile}"
+
+
+def split_model_part(part: str) -> tuple[str, str | None]:
+    """`model@profile` -> (model, profile); a bare model -> (model, None): the deployment's profile."""
+    model, sep, profile = part.partition(PROFILE_SEP)
+    return model, (profile if sep else None)

@@ -14,7 +14,7 @@ from sie_evals.lib.config.model_config import ModelConfig, ResolvedProfile
 from sie_evals.lib.core import paths
 from sie_evals.lib.core.errors import InputError
 from sie_evals.lib.core.run_conditions import hardware, now_iso, software
-from sie_evals.lib.engines import EmbedKind, Engine, create_engine
+from sie_evals.lib.engines import EmbedKind, Engine, create_engine, outputs
 from sie_evals.lib.engines.cache import CacheStats, EmbeddingCache
 from sie_evals.lib.quality.scoring import TaskData, score_task, task_inputs
 from sie_evals.lib.tasks import RetrievalData, TaskSpec, load_retrieval_data, resolve_task
@@ -110,9 +110,14 @@ def load_task(task: str, opts: DataOptions) -> tuple[TaskSpec, TaskData]:
 
 
 def embed_task(engine: Engine, spec: TaskSpec, data: TaskData, cache: EmbeddingCache) -> Embeddings:
+    outputs.check_task_type(spec.task_id, spec.type, engine.profile)
     stats = CacheStats()
     start = time.perf_counter()
-    vectors = {kind: cache.embed(engine, texts, kind, stats) for kind, texts in task_inputs(spec, data).items()}
+    vectors = {
+        # MUVERA profiles: the cache holds the token vectors, the FDE is computed from them (outputs.py)
+        kind: outputs.postprocess(engine.profile, kind == EmbedKind.query, cache.embed(engine, texts, kind, stats))
+        for kind, texts in task_inputs(spec, data).items()
+    }
     return Embeddings(
         vectors, engine.info().as_dict(), stats, engine.forward_calls, engine.started, time.perf_counter() - start
     )
@@ -160,7 +165,7 @@ def evaluate_source(
     with engine:
         emb = embed_task(engine, spec, data, cache)
     start = time.perf_counter()
-    metrics, per_query = score_task(spec, data, emb.vectors)
+    metrics, per_query = score_task(spec, data, emb.vectors, outputs.similarity(profile))
     score_seconds = time.perf_counter() - start
     return SourceResult(
         source=source,
@@ -175,6 +180,7 @@ def evaluate_source(
             "engine_started": emb.engine_started,
             "embed_seconds": round(emb.seconds, 3),
             "score_seconds": round(score_seconds, 3),
+            **outputs.describe(profile, emb.vectors),
             **(
                 {"server": emb.engine_info["extra"]["server"]} if emb.engine_info.get("extra", {}).get("server") else {}
             ),
@@ -214,9 +220,13 @@ def token_counts(model: ModelConfig, profile: ResolvedProfile, texts: list[str])
     return [len(ids) for ids in enc["input_ids"]]
 
 
-def send_timed(engine: Engine, batch: list[str], kind: EmbedKind) -> dict[str, float] | None:
-    """One perf request; returns the server's own timing of it when the engine reports one."""
-    engine.embed(batch, kind)
+def send_timed(engine: Engine, batch: list[str], kind: EmbedKind, sizes: list | None = None) -> dict[str, float] | None:
+    """One perf request; returns the server's own timing of it when the engine reports one. `sizes`
+    collects sparse nnz / tokens per text of non-dense outputs."""
+    raw = engine.embed(batch, kind)
+    outputs.postprocess(engine.profile, kind == EmbedKind.query, raw)  # MUVERA's FDE is part of the cost
+    if sizes is not None and not isinstance(raw, np.ndarray):
+        sizes.append(raw.nnz_per_row() if isinstance(raw, outputs.SparseVectors) else raw.lengths())
     timing = getattr(engine, "last_server_timing", None)
     return timing() if callable(timing) else timing
 
@@ -301,10 +311,11 @@ def evaluate_perf_source(
     load_before = os.getloadavg()[0]
     rows: list[dict[str, Any]] = []
     results = []
+    sizes: list = []  # sparse nnz / tokens per text of non-dense outputs
 
     def run_point(value, point, search: bool = False) -> dict[str, float]:
         texts, counts = work.texts_and_counts(point.tokens)
-        result = run_load(lambda batch: send_timed(engine, batch, work.kind), texts, counts, point, stop)
+        result = run_load(lambda batch: send_timed(engine, batch, work.kind, sizes), texts, counts, point, stop)
         metrics = _point_metrics(result, slos)
         results.append((value, result))
         rows.append(
@@ -410,6 +421,7 @@ def evaluate_perf_source(
         "load_shape": load.load_shape(workload),
         "histograms": main.histograms() if sweep is None else None,
         "perf_result": main if sweep is None else None,
+        **outputs.perf_fields(profile, sizes),
     }
     if sweep is not None:
         extra["sweep"] = {"param": sweep.param, "rows": rows}

@@ -12,7 +12,12 @@ import numpy as np
 
 
 def per_item_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Cosine of row i of `a` with row i of `b` (same texts, same order)."""
+    """Cosine of row i of `a` with row i of `b` (same texts, same order). Sparse and multivector
+    outputs: engines/outputs.py item_cosines."""
+    if not isinstance(a, np.ndarray) or not isinstance(b, np.ndarray):
+        from sie_evals.lib.engines.outputs import item_cosines
+
+        return item_cosines(a, b)
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     if a.ndim != 2 or a.shape != b.shape:

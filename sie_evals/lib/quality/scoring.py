@@ -19,7 +19,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from sie_evals.lib.core.errors import InputError
 from sie_evals.lib.engines.base import EmbedKind
+from sie_evals.lib.quality import output_search
 from sie_evals.lib.quality.metrics import retrieval_scores
 from sie_evals.lib.quality.search import exact_top_k, to_run
 from sie_evals.lib.tasks.labeled import ClassificationData, PairData
@@ -65,19 +67,28 @@ def task_inputs(spec: TaskSpec, data: TaskData) -> dict[EmbedKind, list[str]]:
 
 
 def score_retrieval(
-    spec: TaskSpec, data: RetrievalData, queries: np.ndarray, documents: np.ndarray
+    spec: TaskSpec, data: RetrievalData, queries: np.ndarray, documents: np.ndarray, similarity: str = "cosine"
 ) -> tuple[dict[str, float], pd.DataFrame]:
     rules = spec.rules
-    scores, indices = exact_top_k(queries, documents, k=max(rules.k_values))
+    if similarity == "cosine" and isinstance(queries, np.ndarray) and isinstance(documents, np.ndarray):
+        scores, indices = exact_top_k(queries, documents, k=max(rules.k_values))
+    else:  # sparse, multivector (MaxSim) or MUVERA (dot): engines/outputs.py
+        scores, indices = output_search.top_k(queries, documents, max(rules.k_values), similarity)
     run = to_run(data.query_ids, data.corpus_ids, scores, indices)
     return retrieval_scores(data.qrels, run, rules.k_values, rules.ignore_identical_ids, rules.skip_first_result)
 
 
 def score_task(
-    spec: TaskSpec, data: TaskData, vectors: dict[EmbedKind, np.ndarray]
+    spec: TaskSpec, data: TaskData, vectors: dict[EmbedKind, np.ndarray], similarity: str = "cosine"
 ) -> tuple[dict[str, float], pd.DataFrame]:
+    """`similarity`: outputs.similarity(profile); cosine unless the profile is sparse, multivector or MUVERA."""
     if isinstance(data, RetrievalData):
-        return score_retrieval(spec, data, vectors[EmbedKind.query], vectors[EmbedKind.document])
+        return score_retrieval(spec, data, vectors[EmbedKind.query], vectors[EmbedKind.document], similarity)
+    if similarity != "cosine" or not all(isinstance(v, np.ndarray) for v in vectors.values()):
+        raise InputError(
+            f"{spec.task_id}: {spec.type} tasks are scored on dense vectors with cosine; "
+            f"this profile's output ({similarity}) is evaluated on retrieval tasks only"
+        )
     lookup = _lookup(task_inputs(spec, data)[EmbedKind.query], vectors[EmbedKind.query])
     if isinstance(data, ClassificationData):
         return score_classification(data, lookup, spec.rules)

@@ -15,7 +15,8 @@ from typing import Any
 
 import yaml
 
-from sie_evals.lib.config.model_config import ModelConfig, Pooling, ResolvedProfile
+from sie_evals.lib.config.model_config import ModelConfig, OutputType, Pooling, ResolvedProfile
+from sie_evals.lib.core.errors import InputError
 from sie_evals.lib.servers import install
 from sie_evals.lib.servers.managed import ServerCommand, ServerStartError
 
@@ -23,8 +24,40 @@ from sie_evals.lib.servers.managed import ServerCommand, ServerStartError
 POOLING = {Pooling.mean: "mean", Pooling.cls: "cls", Pooling.last: "last"}
 
 
+# SIE's SPLADE adapter (masked-LM checkpoints; SDPA attention on CPU). Written from SIE's documented
+# catalog layout; this machine has no SIE install that serves it, so the sparse route is untested here.
+SPLADE_ADAPTER = "sie_server.adapters.splade_flash.adapter:SPLADEFlashAdapter"
+
+
 def model_yaml(model: ModelConfig, profile: ResolvedProfile, weights_path: str, dims: int) -> dict[str, Any]:
-    """SIE's per-model config (the shape of its shipped catalog YAMLs), from our model config."""
+    """SIE's per-model config (the shape of its shipped catalog YAMLs), from our model config. `dims`
+    is the dense width, or the vocabulary for a sparse profile."""
+    if profile.output == OutputType.multivector:
+        raise InputError(
+            f"sie: profile {profile.name!r} needs multivector output, but the SIE server the harness starts "
+            f"serves {model.model_id} with sentence-transformers' dense adapter (SIE's multivector adapters "
+            "are for ColBERT checkpoints); use --sie-url with a server whose model declares multivector"
+        )
+    if profile.output == OutputType.sparse:
+        return {
+            "sie_id": model.model_id,
+            "weights_path": weights_path,
+            "inputs": {"text": True, "image": False, "audio": False, "video": False},
+            "tasks": {
+                "encode": {"dense": None, "sparse": {"dim": dims}, "multivector": None},
+                "score": None,
+                "extract": None,
+            },
+            "max_sequence_length": profile.max_seq_length,
+            "profiles": {
+                "default": {
+                    "max_batch_tokens": 16384,
+                    "compute_precision": None if profile.dtype.value == "float32" else profile.dtype.value,
+                    "adapter_path": SPLADE_ADAPTER,
+                    "adapter_options": {"loadtime": {}, "runtime": {"output_types": ["sparse"]}},
+                }
+            },
+        }
     return {
         "sie_id": model.model_id,
         "weights_path": weights_path,
