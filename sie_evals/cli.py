@@ -76,11 +76,17 @@ def eval_cmd(
         ),
     ] = "local",
     profile: Annotated[
-        str, typer.Option("-p", "--profile", help="Profile from the model config.")
-    ] = mc.DEFAULT_PROFILE,
+        str | None, typer.Option("-p", "--profile", help="Profile from the model config (default: default).")
+    ] = None,
     batch_size: Annotated[
         int | None,
-        typer.Option("-b", "--batch-size", min=1, help="Items per forward pass/request (default: profile's)."),
+        typer.Option(
+            "-b",
+            "--batch-size",
+            min=1,
+            help="quality: items per forward pass (default: the profile's batch_size); "
+            "perf: items per request (default 1). Env: SIE_EVALS_BATCH_SIZE / SIE_EVALS_PERF_BATCH_SIZE.",
+        ),
     ] = None,
     threads: Annotated[
         int | None,
@@ -127,19 +133,25 @@ def eval_cmd(
         ),
     ] = None,
     concurrency: Annotated[
-        int, typer.Option("-c", "--concurrency", min=1, help="perf: concurrent closed-loop clients.")
-    ] = 16,
+        int | None,
+        typer.Option("-c", "--concurrency", min=1, help="perf: concurrent closed-loop clients (default 16)."),
+    ] = None,
     workload: Annotated[
-        str, typer.Option("--workload", help="perf: encode the task's corpus (documents) or its queries.")
-    ] = "corpus",
+        str | None,
+        typer.Option("--workload", help="perf: encode the task's corpus (documents, default) or its queries."),
+    ] = None,
     requests: Annotated[
         int | None, typer.Option("--requests", min=1, help="perf: counted requests per trial (default 200).")
     ] = None,
     duration: Annotated[
         float | None, typer.Option("--duration", min=0.1, help="perf: seconds per trial instead of --requests.")
     ] = None,
-    warmup: Annotated[int, typer.Option("--warmup", min=0, help="perf: warm-up requests per trial.")] = 16,
-    trials: Annotated[int, typer.Option("--trials", min=1, help="perf: repeated trials (median reported).")] = 3,
+    warmup: Annotated[
+        int | None, typer.Option("--warmup", min=0, help="perf: warm-up requests per trial (default 16).")
+    ] = None,
+    trials: Annotated[
+        int | None, typer.Option("--trials", min=1, help="perf: repeated trials, median reported (default 3).")
+    ] = None,
     check_targets: Annotated[
         bool,
         typer.Option(
@@ -200,43 +212,62 @@ def eval_cmd(
 ) -> None:
     """Evaluate MODEL on a task with one or more sources and print a metrics table.
 
-    Exit codes: 0 pass, 1 drift (a check failed) or an engine failure, 2 usage or input error."""
+    Every option without a value takes its default from SIE_EVALS_<FIELD> (lib/config/settings.py),
+    the same settings the Dagster resource uses. A check with nothing saved prints a WARN and passes
+    unless --require-targets. Exit codes: 0 pass, 1 drift (a check failed) or an engine failure, 2
+    usage or input error."""
+    from sie_evals.lib.config.settings import eval_defaults
     from sie_evals.lib.harness.eval_run import EvalRequest, parse_sources, run_eval
     from sie_evals.lib.harness.evaluation import DataOptions, EngineOptions
     from sie_evals.lib.harness.report import render_table, write_report
-
-    if corpus_size and not limit_queries:
-        raise InputError("--corpus-size only applies together with --limit-queries")
     from sie_evals.lib.perf.load import LoadSpec
 
-    if workload not in ("corpus", "queries"):
-        raise InputError(f"--workload must be corpus or queries, got {workload!r}")
+    perf = eval_type == EvalType.perf
+    settings = eval_defaults(
+        data_dir=str(data_dir) if data_dir else None,
+        cache_dir=str(cache_dir) if cache_dir else None,
+        profile=profile,
+        split=split,
+        limit_queries=limit_queries,
+        corpus_size=corpus_size,
+        batch_size=None if perf else batch_size,
+        perf_batch_size=batch_size if perf else None,
+        threads=threads,
+        device=device,
+        perf_workload=workload,
+        perf_concurrency=concurrency,
+        perf_requests=requests,
+        perf_warmup_requests=warmup,
+        perf_trials=trials,
+    )
+    if settings.corpus_size and not settings.limit_queries:
+        raise InputError("--corpus-size only applies together with --limit-queries")
     if requests and duration:
         raise InputError("give --requests or --duration, not both")
     load = LoadSpec(
-        batch_size=batch_size or 1,
-        concurrency=concurrency,
-        requests=None if duration else (requests or 200),
+        batch_size=settings.perf_batch_size,
+        concurrency=settings.perf_concurrency,
+        requests=None if duration else settings.perf_requests,
         duration_s=duration,
-        warmup_requests=warmup,
-        trials=trials,
+        warmup_requests=settings.perf_warmup_requests,
+        trials=settings.perf_trials,
     )
     request = EvalRequest(
         model=model,
         task=task,
         sources=parse_sources(sources),
-        profile=profile,
-        data=DataOptions(split, limit_queries, corpus_size, data_dir),
+        profile=settings.profile,
+        data=DataOptions(settings.split, settings.limit_queries, settings.corpus_size, settings.data_root()),
         engine=EngineOptions(
-            batch_size=batch_size,
-            threads=threads,
+            batch_size=settings.batch_size if not perf else settings.perf_batch_size,
+            threads=settings.threads,
             progress=progress and sys.stderr.isatty(),
-            device=device,
+            device=settings.device,
             sie_url=sie_url,
             infinity_url=infinity_url,
             tei_url=tei_url,
         ),
-        cache_dir=cache_dir,
+        cache_dir=settings.cache_root(),
         check_targets=check_targets,
         check_measurements=check_measurements,
         require_targets=require_targets,
@@ -244,7 +275,7 @@ def eval_cmd(
         save_measurements=save_measurements,
         eval_type=eval_type.value,
         load=load,
-        workload=workload,
+        workload=settings.perf_workload,
     )
     outcome = run_eval(request)
     if output:
@@ -253,15 +284,21 @@ def eval_cmd(
     if output:
         Console().print(f"report written to {output}")
     if record and outcome.results and os.environ.get("DAGSTER_HOME"):
-        from sie_evals.defs.evals.recording import record_quality_report
+        from sie_evals.defs.evals.recording import record_report
 
-        keys = record_quality_report(outcome.config, outcome.report)
-        Console().print(f"recorded in Dagster instance at $DAGSTER_HOME: {', '.join(keys)}")
+        recorded, skipped = record_report(outcome.config, outcome.report, outcome.keys)
+        if recorded:
+            Console().print(f"recorded in Dagster instance at $DAGSTER_HOME: {', '.join(recorded)}")
+        for line in skipped:
+            Console().print(f"not recorded in Dagster: {escape(line)}", soft_wrap=True)
     if outcome.drift:
         failed = [
             f"{c.source}/{v['metric']} ({c.against})" for c in outcome.checks for v in c.verdicts if not v["passed"]
         ]
         err_console.print(f"[bold red]drift:[/] {escape(', '.join(failed))}", soft_wrap=True)
+        for c in outcome.checks:
+            if c.diagnosis:
+                err_console.print(f"  {escape(f'{c.source} vs {c.against}: {c.diagnosis}')}", soft_wrap=True)
         raise typer.Exit(1)
 
 
@@ -316,6 +353,22 @@ def schema_cmd(
         typer.echo(mc.json_schema_text(), nl=False)
 
 
+@app.command("migrate")
+@_handle_errors
+def migrate_cmd(
+    files: Annotated[list[Path] | None, typer.Argument(help="Config files (default: all).")] = None,
+) -> None:
+    """Rewrite saved results to the current keys (perf: engine and hardware in the key). Entries are
+    moved, never dropped; an entry whose recorded conditions do not say enough stays where it is."""
+    from sie_evals.lib.gates.saved_results import migrate_config
+
+    for f in files or mc.config_files():
+        moved = migrate_config(f)
+        typer.echo(f"{f}: {len(moved)} entr{'y' if len(moved) == 1 else 'ies'} moved")
+        for line in moved:
+            typer.echo(f"  {line}")
+
+
 @app.command("ui")
 @_handle_errors
 def ui_cmd(port: Annotated[int, typer.Option("--port")] = 3000) -> None:
@@ -325,6 +378,14 @@ def ui_cmd(port: Annotated[int, typer.Option("--port")] = 3000) -> None:
     if not (home / "dagster.yaml").exists():
         shutil.copyfile(paths.REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
     env = {**os.environ, "DAGSTER_HOME": str(home)}
+    # like scripts/main.sh: the shared data beside the repo and no hub access, so a backfill from a
+    # fresh clone runs offline (a value already in the environment wins)
+    shared_data = paths.REPO_ROOT.parent / "shared" / "data"
+    if not env.get(paths.DATA_DIR_ENV) and shared_data.is_dir():
+        env[paths.DATA_DIR_ENV] = str(shared_data)
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("HF_DATASETS_OFFLINE", "1")
+    env.setdefault("TRANSFORMERS_OFFLINE", "1")
     cmd = [
         sys.executable,
         "-m",
@@ -337,7 +398,10 @@ def ui_cmd(port: Annotated[int, typer.Option("--port")] = 3000) -> None:
         "-p",
         str(port),
     ]
-    typer.echo(f"DAGSTER_HOME={home}\n{' '.join(cmd)}")
+    typer.echo(
+        f"DAGSTER_HOME={home}\n{paths.DATA_DIR_ENV}={env.get(paths.DATA_DIR_ENV, '(unset: Hugging Face hub)')}\n"
+        f"HF_HUB_OFFLINE={env['HF_HUB_OFFLINE']}\n{' '.join(cmd)}"
+    )
     raise typer.Exit(subprocess.call(cmd, env=env, cwd=paths.REPO_ROOT))
 
 

@@ -172,7 +172,11 @@ def test_perf_latency_target_drift(configs, tmp_path):
     metrics = report["sources"]["local"]["metrics"]
     assert metrics["latency_p50_ms"] > 0 and metrics["items_per_s"] > 0
     assert (tmp_path / report["sources"]["local"]["latency_histogram_file"]).read_bytes()[:4] == b"\x89PNG"
-    variant = "perf@queries-b2-c2"
+    # a perf key names the load shape, the data slice, the engine and this machine's hardware
+    from sie_evals.lib.core.run_conditions import hardware
+    from sie_evals.lib.gates.keys import hardware_fingerprint
+
+    variant = f"perf@queries-b2-c2/test@q20-c200/local/{hardware_fingerprint(hardware())}"
     assert report["variant"] == variant
     # Each attempt sets the p50 target to 0.3 x the latest measured p50 and checks with a new run. On this
     # VM one run can be 2x faster than the one before; that would hide the drift, so up to 3 attempts.
