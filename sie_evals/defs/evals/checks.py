@@ -113,10 +113,14 @@ def to_check_result(result: CheckResult, severity: dg.AssetCheckSeverity, log: A
     if failed:
         metadata["changes_since_last_pass"] = dg.MetadataValue.json([c.as_dict() for c in result.changes])
         metadata["last_pass"] = result.baseline or "-"
+        metadata["diagnosis"] = result.diagnosis or "-"
         description = "drift: " + (result.diagnosis or ", ".join(v["metric"] for v in failed))
     elif result.no_target:
         where = f" for {result.key}" if result.key else ""
-        description = f"NO TARGET saved{where}: nothing was checked (passes; save one with --save-targets)"
+        what, flag = (
+            ("TARGET", "--save-targets") if result.against == "targets" else ("MEASUREMENT", "--save-measurements")
+        )
+        description = f"NO {what} saved{where}: nothing was checked (passes; save one with {flag})"
         if log is not None:
             log.warning(description)
     else:
