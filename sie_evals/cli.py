@@ -288,7 +288,7 @@ def eval_cmd(
 
         recorded, skipped = record_report(outcome.config, outcome.report, outcome.keys)
         if recorded:
-            Console().print(f"recorded in Dagster instance at $DAGSTER_HOME: {', '.join(recorded)}")
+            Console().print(f"recorded in Dagster instance at $DAGSTER_HOME: {escape(', '.join(recorded))}")
         for line in skipped:
             Console().print(f"not recorded in Dagster: {escape(line)}", soft_wrap=True)
     if outcome.drift:
