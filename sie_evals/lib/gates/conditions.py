@@ -65,6 +65,47 @@ def summarize(rc: dict[str, Any], profile_settings: dict[str, Any] | None = None
     }
 
 
+def from_finesse_results(results: dict[str, Any]) -> dict[str, Any]:
+    """The run conditions of a Finesse results file (benchmark_results.json), in the same shape, so
+    a Finesse target or measurement diffs like any other."""
+    meta = results.get("metadata") or {}
+    models = meta.get("models") or {}
+    engine = models.get("native") or models.get("base_embedder") or models.get("byok") or {}
+    profile = engine.get("profile") if isinstance(engine.get("profile"), dict) else {}
+    rc = {
+        "engine": engine.get("engine"),
+        "engine_version": engine.get("version"),
+        "model_revision": engine.get("model_revision"),
+        "weights": engine.get("weights") or engine.get("identity"),
+        "weights_hash": engine.get("model_hash"),
+        "profile": profile.get("name"),
+        "dtype": profile.get("dtype"),
+        "hardware": meta.get("device_info") or {},
+        "software": meta.get("package_versions") or {},
+        "dataset": {"content_hash": _probe_hash(results)},
+        "date": meta.get("created"),
+    }
+    summary = summarize(rc, profile)
+    summary["finesse"] = {
+        k: results.get(k) for k in ("final_formula", "formula", "content_hash") if results.get(k) is not None
+    }
+    if "merger" in models:
+        summary["finesse"]["merger"] = models["merger"]
+    return summary
+
+
+def _probe_hash(results: dict[str, Any]) -> str | None:
+    """The probes are fixed by the config and the documents: their hash stands in for a dataset hash."""
+    import hashlib
+    import json
+
+    meta = results.get("metadata") or {}
+    basis = {"config": results.get("config"), "dataset": meta.get("dataset"), "documents": meta.get("documents")}
+    if not any(basis.values()):
+        return None
+    return hashlib.sha256(json.dumps(basis, sort_keys=True, default=str).encode()).hexdigest()
+
+
 @dataclass(frozen=True)
 class Change:
     field: str
