@@ -185,11 +185,6 @@ def evaluate_source(
 PERF_WORKLOADS = ("corpus", "queries")
 
 
-def perf_variant(workload: str, batch_size: int, concurrency: int) -> str:
-    """Perf targets/measurements are keyed by the load shape: latency depends on it."""
-    return f"perf@{workload}-b{batch_size}-c{concurrency}"
-
-
 def token_counts(model: ModelConfig, profile: ResolvedProfile, texts: list[str]) -> list[int]:
     """Tokens per text by the model's own tokenizer, truncated like the model input (special tokens
     included): the one counting rule for tok/s, whatever engine serves the model."""
