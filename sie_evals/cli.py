@@ -223,6 +223,8 @@ def eval_cmd(
     from sie_evals.lib.perf.load import LoadSpec
 
     perf = eval_type == EvalType.perf
+    if workload is not None and workload not in ("corpus", "queries"):
+        raise InputError(f"--workload must be corpus or queries, got {workload!r}")
     settings = eval_defaults(
         data_dir=str(data_dir) if data_dir else None,
         cache_dir=str(cache_dir) if cache_dir else None,
@@ -369,6 +371,18 @@ def migrate_cmd(
             typer.echo(f"  {line}")
 
 
+def ui_env(environ: Any, home: Path) -> dict[str, str]:
+    """The environment `sie-bench ui` runs dagster with: like scripts/main.sh, the shared data beside
+    the repo and no hub access, so a backfill from a fresh clone runs offline (values already set win)."""
+    env = {**environ, "DAGSTER_HOME": str(home)}
+    shared_data = paths.REPO_ROOT.parent / "shared" / "data"
+    if not env.get(paths.DATA_DIR_ENV) and shared_data.is_dir():
+        env[paths.DATA_DIR_ENV] = str(shared_data)
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        env.setdefault(name, "1")
+    return env
+
+
 @app.command("ui")
 @_handle_errors
 def ui_cmd(port: Annotated[int, typer.Option("--port")] = 3000) -> None:
@@ -377,15 +391,7 @@ def ui_cmd(port: Annotated[int, typer.Option("--port")] = 3000) -> None:
     home.mkdir(parents=True, exist_ok=True)
     if not (home / "dagster.yaml").exists():
         shutil.copyfile(paths.REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
-    env = {**os.environ, "DAGSTER_HOME": str(home)}
-    # like scripts/main.sh: the shared data beside the repo and no hub access, so a backfill from a
-    # fresh clone runs offline (a value already in the environment wins)
-    shared_data = paths.REPO_ROOT.parent / "shared" / "data"
-    if not env.get(paths.DATA_DIR_ENV) and shared_data.is_dir():
-        env[paths.DATA_DIR_ENV] = str(shared_data)
-    env.setdefault("HF_HUB_OFFLINE", "1")
-    env.setdefault("HF_DATASETS_OFFLINE", "1")
-    env.setdefault("TRANSFORMERS_OFFLINE", "1")
+    env = ui_env(os.environ, home)
     cmd = [
         sys.executable,
         "-m",
