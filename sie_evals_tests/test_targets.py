@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -93,6 +94,11 @@ def test_check_measurements_uses_the_latest(configs, tmp_path):
     assert check["reference"]["id"] == history[-1].id and check["verdicts"][0]["margin"] == 0.98
 
 
+def _with_targets(text, block):
+    """Replace the config's targets: section (the shipped targets) with `block`."""
+    return re.sub(r"(?ms)^targets:.*?(?=^measurements:)", block.rstrip() + "\n", text)
+
+
 def test_comments_and_order_survive_a_save(configs):
     cfg = configs / CONFIG_NAME
     cfg.write_text("# hand-written header\n" + cfg.read_text().replace("tasks:", "tasks:  # evaluated nightly"))
@@ -110,16 +116,16 @@ def test_comments_and_order_survive_a_save(configs):
     [
         (lambda t: t + "\n  : bad: [\n", "not valid YAML"),
         (
-            lambda t: t.replace(
-                "targets: {}",
+            lambda t: _with_targets(
+                t,
                 "targets:\n  beir/SciFact:\n    default:\n      test:\n        source: x\n"
                 "        saved: now\n        metrics: {ndcg_at_11x: 0.5}",
             ),
             "unknown metric",
         ),
         (
-            lambda t: t.replace(
-                "targets: {}",
+            lambda t: _with_targets(
+                t,
                 "targets:\n  beir/SciFact:\n    default:\n      test:\n        source: x\n"
                 "        saved: now\n        metrics: {ndcg_at_10: high}",
             ),
