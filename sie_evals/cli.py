@@ -82,11 +82,17 @@ def eval_cmd(
         ),
     ] = None,
     profile: Annotated[
-        str, typer.Option("-p", "--profile", help="Profile from the model config.")
-    ] = mc.DEFAULT_PROFILE,
+        str | None, typer.Option("-p", "--profile", help="Profile from the model config (default: default).")
+    ] = None,
     batch_size: Annotated[
         int | None,
-        typer.Option("-b", "--batch-size", min=1, help="Items per forward pass/request (default: profile's)."),
+        typer.Option(
+            "-b",
+            "--batch-size",
+            min=1,
+            help="quality: items per forward pass (default: the profile's batch_size); "
+            "perf: items per request (default 1). Env: SIE_EVALS_BATCH_SIZE / SIE_EVALS_PERF_BATCH_SIZE.",
+        ),
     ] = None,
     threads: Annotated[
         int | None,
@@ -133,19 +139,25 @@ def eval_cmd(
         ),
     ] = None,
     concurrency: Annotated[
-        int, typer.Option("-c", "--concurrency", min=1, help="perf: concurrent closed-loop clients.")
-    ] = 16,
+        int | None,
+        typer.Option("-c", "--concurrency", min=1, help="perf: concurrent closed-loop clients (default 16)."),
+    ] = None,
     workload: Annotated[
-        str, typer.Option("--workload", help="perf: encode the task's corpus (documents) or its queries.")
-    ] = "corpus",
+        str | None,
+        typer.Option("--workload", help="perf: encode the task's corpus (documents, default) or its queries."),
+    ] = None,
     requests: Annotated[
         int | None, typer.Option("--requests", min=1, help="perf: counted requests per trial (default 200).")
     ] = None,
     duration: Annotated[
         float | None, typer.Option("--duration", min=0.1, help="perf: seconds per trial instead of --requests.")
     ] = None,
-    warmup: Annotated[int, typer.Option("--warmup", min=0, help="perf: warm-up requests per trial.")] = 16,
-    trials: Annotated[int, typer.Option("--trials", min=1, help="perf: repeated trials (median reported).")] = 3,
+    warmup: Annotated[
+        int | None, typer.Option("--warmup", min=0, help="perf: warm-up requests per trial (default 16).")
+    ] = None,
+    trials: Annotated[
+        int | None, typer.Option("--trials", min=1, help="perf: repeated trials, median reported (default 3).")
+    ] = None,
     check_targets: Annotated[
         bool,
         typer.Option(
@@ -239,26 +251,48 @@ def eval_cmd(
 ) -> None:
     """Evaluate MODEL on a task with one or more sources and print a metrics table.
 
-    Exit codes: 0 pass, 1 drift (a check failed) or an engine failure, 2 usage or input error."""
+    Every option without a value takes its default from SIE_EVALS_<FIELD> (lib/config/settings.py),
+    the same settings the Dagster resource uses. A check with nothing saved prints a WARN and passes
+    unless --require-targets. Exit codes: 0 pass, 1 drift (a check failed) or an engine failure, 2
+    usage or input error."""
+    from sie_evals.lib.config.settings import eval_defaults
     from sie_evals.lib.harness.eval_run import EvalRequest, parse_sources, run_eval
     from sie_evals.lib.harness.evaluation import DataOptions, EngineOptions
     from sie_evals.lib.harness.report import render_table, write_report
 
-    if corpus_size and not limit_queries:
-        raise InputError("--corpus-size only applies together with --limit-queries")
-
-    if workload not in ("corpus", "queries"):
+    perf = eval_type == EvalType.perf
+    if workload is not None and workload not in ("corpus", "queries"):
         raise InputError(f"--workload must be corpus or queries, got {workload!r}")
+    settings = eval_defaults(
+        data_dir=str(data_dir) if data_dir else None,
+        cache_dir=str(cache_dir) if cache_dir else None,
+        profile=profile,
+        split=split,
+        limit_queries=limit_queries,
+        corpus_size=corpus_size,
+        batch_size=None if perf else batch_size,
+        perf_batch_size=batch_size if perf else None,
+        threads=threads,
+        device=device,
+        perf_workload=workload,
+        perf_concurrency=concurrency,
+        perf_requests=requests,
+        perf_warmup_requests=warmup,
+        perf_trials=trials,
+        perf_rate=rate if perf else None,
+    )
+    if settings.corpus_size and not settings.limit_queries:
+        raise InputError("--corpus-size only applies together with --limit-queries")
     if requests and duration:
         raise InputError("give --requests or --duration, not both")
     load, perf_sweep, slos = _perf_load(
-        batch_size,
-        concurrency,
-        requests,
+        settings.perf_batch_size,
+        settings.perf_concurrency,
+        settings.perf_requests,
         duration,
-        warmup,
-        trials,
-        rate,
+        settings.perf_warmup_requests,
+        settings.perf_trials,
+        settings.perf_rate if perf else rate,
         arrival,
         burstiness,
         max_concurrency,
@@ -267,7 +301,7 @@ def eval_cmd(
         sweep,
         slo,
         tokens,
-        eval_type == EvalType.perf,
+        perf,
     )
     if perf_sweep is not None and (save_targets or save_measurements or check_targets or check_measurements):
         raise InputError("--sweep: saving or checking targets applies to one load shape, not a sweep")
@@ -275,18 +309,18 @@ def eval_cmd(
         model=model,
         task=task,
         sources=parse_sources(sources),
-        profile=profile,
-        data=DataOptions(split, limit_queries, corpus_size, data_dir),
+        profile=settings.profile,
+        data=DataOptions(settings.split, settings.limit_queries, settings.corpus_size, settings.data_root()),
         engine=EngineOptions(
-            batch_size=batch_size,
-            threads=threads,
+            batch_size=settings.batch_size if not perf else settings.perf_batch_size,
+            threads=settings.threads,
             progress=progress and sys.stderr.isatty(),
-            device=device,
+            device=settings.device,
             sie_url=sie_url,
             infinity_url=infinity_url,
             tei_url=tei_url,
         ),
-        cache_dir=cache_dir,
+        cache_dir=settings.cache_root(),
         check_targets=check_targets,
         check_measurements=check_measurements,
         require_targets=require_targets,
@@ -294,7 +328,7 @@ def eval_cmd(
         save_measurements=save_measurements,
         eval_type=eval_type.value,
         load=load,
-        workload=workload,
+        workload=settings.perf_workload,
         sweep=perf_sweep,
         slos=slos,
     )
@@ -306,15 +340,21 @@ def eval_cmd(
     if output:
         out_console.print(f"report written to {output}")
     if record and outcome.results and os.environ.get("DAGSTER_HOME"):
-        from sie_evals.defs.evals.recording import record_quality_report
+        from sie_evals.defs.evals.recording import record_report
 
-        keys = record_quality_report(outcome.config, outcome.report)
-        out_console.print(f"recorded in Dagster instance at $DAGSTER_HOME: {', '.join(keys)}")
+        recorded, skipped = record_report(outcome.config, outcome.report, outcome.keys)
+        if recorded:
+            out_console.print(f"recorded in Dagster instance at $DAGSTER_HOME: {', '.join(recorded)}")
+        for line in skipped:
+            out_console.print(f"not recorded in Dagster: {line}", soft_wrap=True)
     if outcome.drift:
         failed = [
             f"{c.source}/{v['metric']} ({c.against})" for c in outcome.checks for v in c.verdicts if not v["passed"]
         ]
         err_console.print(Text.assemble(("drift:", "bold red"), f" {', '.join(failed)}"), soft_wrap=True)
+        for c in outcome.checks:
+            if c.diagnosis:
+                err_console.print(Text(f"  {c.source} vs {c.against}: {c.diagnosis}"), soft_wrap=True)
         raise typer.Exit(1)
 
 
@@ -434,6 +474,35 @@ def schema_cmd(
         typer.echo(mc.json_schema_text(), nl=False)
 
 
+@app.command("migrate")
+@_handle_errors
+def migrate_cmd(
+    files: Annotated[list[Path] | None, typer.Argument(help="Config files (default: all).")] = None,
+) -> None:
+    """Rewrite saved results to the current keys (perf: engine and hardware in the key). Entries are
+    moved, never dropped; an entry whose recorded conditions do not say enough stays where it is."""
+    from sie_evals.lib.gates.saved_results import migrate_config
+
+    for f in files or mc.config_files():
+        moved = migrate_config(f)
+        typer.echo(f"{f}: {len(moved)} entr{'y' if len(moved) == 1 else 'ies'} moved")
+        for line in moved:
+            typer.echo(f"  {line}")
+
+
+def ui_env(environ: Any, home: Path) -> dict[str, str]:
+    """The environment `sie-bench ui` runs dagster with: like scripts/main.sh, the shared data beside
+    the repo and no hub access, so a backfill from a fresh clone runs offline (values already set win)."""
+    env = {**environ, "DAGSTER_HOME": str(home)}
+    checkout = paths.source_checkout()
+    shared_data = checkout.parent / "shared" / "data" if checkout else None
+    if not env.get(paths.DATA_DIR_ENV) and shared_data is not None and shared_data.is_dir():
+        env[paths.DATA_DIR_ENV] = str(shared_data)
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        env.setdefault(name, "1")
+    return env
+
+
 @app.command("ui")
 @_handle_errors
 def ui_cmd(port: Annotated[int, typer.Option("--port")] = 3000) -> None:
@@ -443,10 +512,13 @@ def ui_cmd(port: Annotated[int, typer.Option("--port")] = 3000) -> None:
     home.mkdir(parents=True, exist_ok=True)
     if not (home / "dagster.yaml").exists():
         shutil.copyfile(paths.instance_template(), home / "dagster.yaml")
-    env = {**os.environ, "DAGSTER_HOME": str(home)}
+    env = ui_env(os.environ, home)
     workspace = str(paths.workspace_file())  # shipped in the package: an installed one needs no checkout
     cmd = [sys.executable, "-m", "dagster", "dev", "-w", workspace, "-h", "127.0.0.1", "-p", str(port)]
-    typer.echo(f"DAGSTER_HOME={home}\n{' '.join(cmd)}")
+    typer.echo(
+        f"DAGSTER_HOME={home}\n{paths.DATA_DIR_ENV}={env.get(paths.DATA_DIR_ENV, '(unset: Hugging Face hub)')}\n"
+        f"HF_HUB_OFFLINE={env['HF_HUB_OFFLINE']}\n{' '.join(cmd)}"
+    )
     raise typer.Exit(subprocess.call(cmd, env=env, cwd=home))
 
 

@@ -91,7 +91,9 @@ def test_no_target_passes_and_says_so(setup):
     assert result.success
     evals = _evaluations(result)
     assert evals["quality_vs_target"].passed and evals["quality_vs_measurement"].passed
-    assert evals["quality_vs_target"].description == "no target saved for this partition"
+    description = evals["quality_vs_target"].description
+    assert description.startswith(f"NO TARGET saved for all-MiniLM-L6-v2[beir/SciFact][default][{VARIANT}]")
+    assert evals["quality_vs_target"].metadata["target_status"].value == "no target"
     assert evals["quality_vs_target"].partition == KEY
 
 
@@ -116,5 +118,8 @@ def test_target_drift_fails_the_run_and_measurement_drift_warns(setup):
     assert not result.success  # blocking ERROR check fails the run
     err = _evaluations(result)["quality_vs_target"]
     assert not err.passed and err.severity == dg.AssetCheckSeverity.ERROR
-    assert "ndcg_at_10" in err.description and "margin 0.99" in err.description
+    assert err.description.startswith("drift: ndcg_at_10 ") and err.metadata["ndcg_at_10_margin"].value == 0.99
+    # the target was saved by the CLI on this machine minutes ago: the Dagster run's conditions match it
+    assert "nothing recorded changed since last pass" in err.description, err.description
+    assert err.metadata["changes_since_last_pass"].value == []
     assert "| ndcg_at_10 |" in err.metadata["verdicts"].value

@@ -78,7 +78,7 @@ def test_usage_errors_exit_2_with_a_clear_message(args, needle):
 
 def test_invalid_config_fails_naming_file_and_field(configs_dir, monkeypatch):
     cfg = configs_dir / "sentence-transformers__all-MiniLM-L6-v2.yaml"
-    cfg.write_text(cfg.read_text().replace("normalize: true", "normalize: true\n    pooling_mode: mean"))
+    cfg.write_text(cfg.read_text().replace("normalize: true", "normalize: true\n    pooling_mode: mean", 1))
     monkeypatch.setenv("SIE_EVALS_MODEL_CONFIGS_DIR", str(configs_dir))
     res = runner.invoke(app, ["eval", MODEL_ID, "-t", "beir/SciFact"])
     assert res.exit_code == 2
@@ -134,3 +134,24 @@ def test_console_script_help_and_schema(tmp_path):
         assert flag in res.stdout
     res = subprocess.run([*exe, "schema", "-o", str(tmp_path / "s.json")], capture_output=True, text=True)
     assert res.returncode == 0 and json.loads((tmp_path / "s.json").read_text())["title"] == "sie-evals model config"
+
+
+def test_one_settings_model_for_cli_and_dagster(monkeypatch, tmp_path):
+    """Each default lives once (lib/config/settings.py); SIE_EVALS_<FIELD> sets it for both."""
+    from sie_evals.cli import ui_env
+    from sie_evals.defs.evals.resources import EvalSettings
+    from sie_evals.lib.config.settings import DEFAULTS, eval_defaults
+
+    assert {name: getattr(EvalSettings(), name) for name in DEFAULTS} == DEFAULTS
+    monkeypatch.setenv("SIE_EVALS_PERF_CONCURRENCY", "3")
+    monkeypatch.setenv("SIE_EVALS_PROFILE", "bf16")
+    assert eval_defaults().perf_concurrency == 3 and EvalSettings.from_env().perf_concurrency == 3
+    assert eval_defaults(perf_concurrency=5).perf_concurrency == 5  # an explicit option wins
+    assert EvalSettings.from_env().profile == "bf16" and eval_defaults().profile == "bf16"
+    # -b says what it means for each eval type
+    help_text = " ".join(runner.invoke(app, ["eval", "--help"], env={"COLUMNS": "200"}).output.split())
+    assert "quality: items per forward pass" in help_text and "perf: items per request" in help_text
+    # `sie-bench ui` sets the data root and offline mode like scripts/main.sh
+    env = ui_env({"PATH": "/bin"}, tmp_path)
+    assert env["SIE_EVALS_DATA_DIR"] == str(REPO_ROOT.parent / "shared" / "data") and env["HF_HUB_OFFLINE"] == "1"
+    assert ui_env({"SIE_EVALS_DATA_DIR": "/x", "HF_HUB_OFFLINE": "0"}, tmp_path)["SIE_EVALS_DATA_DIR"] == "/x"

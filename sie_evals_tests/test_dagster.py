@@ -9,7 +9,7 @@ import pytest
 
 from sie_evals.defs.evals.assets import embeddings, quality_scores, task_dataset
 from sie_evals.defs.evals.partitions import eval_keys, task_to_eval_keys
-from sie_evals.defs.evals.recording import record_quality_report
+from sie_evals.defs.evals.recording import record_report
 from sie_evals.defs.evals.resources import EvalSettings, JsonIOManager
 from sie_evals.lib.config.model_config import load_all_model_configs
 from sie_evals.lib.core.sources import COMPUTE_SOURCES
@@ -89,8 +89,8 @@ def test_materialize_one_partition_in_process(resources):
 
 
 def test_cli_and_asset_agree_and_cli_run_is_recorded(resources, tmp_path):
-    """Same library code: the CLI's numbers equal the asset's on the same slice; the CLI result is
-    recorded as a materialization of the same partition."""
+    """Same library code: the CLI's numbers equal the asset's on the same slice; a slice is not
+    recorded onto the full-split partition."""
     from typer.testing import CliRunner
 
     from sie_evals.cli import app
@@ -123,13 +123,44 @@ def test_cli_and_asset_agree_and_cli_run_is_recorded(resources, tmp_path):
     assert report["sources"]["local"]["metrics"] == asset_scores
 
     from sie_evals.lib.config.model_config import find_model_config
+    from sie_evals.lib.gates.keys import ResultKey
 
+    # a 20-query slice is not what the full-split partition stands for: it is not recorded
+    slice_key = ResultKey.from_dict(report["sources"]["local"]["result_key"])
     with dg.instance_for_test() as persistent:
-        keys = record_quality_report(find_model_config("all-MiniLM-L6-v2"), report, persistent)
-        assert keys == [KEY]
-        event = persistent.get_latest_materialization_event(dg.AssetKey("quality_scores"))
-        assert event.asset_materialization.partition == KEY
-        assert event.asset_materialization.metadata["main_score"].value == report["sources"]["local"]["main_score"]
+        recorded, skipped = record_report(
+            find_model_config("all-MiniLM-L6-v2"), report, {"local": slice_key}, persistent
+        )
+        assert recorded == [] and "test@q20-c200" in skipped[0] and KEY in skipped[0]
+        assert persistent.get_latest_materialization_event(dg.AssetKey("quality_scores")) is None
+
+
+def test_cli_perf_run_records_on_perf_scores_and_slices_are_not_recorded(tmp_path, monkeypatch):
+    """With DAGSTER_HOME set, a full-split perf run lands on perf_scores (never quality_scores); a
+    --limit-queries run does not touch the full partition."""
+    from typer.testing import CliRunner
+
+    from sie_evals.cli import app
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text((REPO_ROOT / "dagster.yaml").read_text())
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    sts = "all-MiniLM-L6-v2:mteb/STSBenchmark:local"
+    perf = ["--type", "perf", "-c", "1", "-b", "2", "--requests", "4", "--warmup", "1", "--trials", "1"]
+    base = ["eval", "all-MiniLM-L6-v2", "-t", "mteb/STSBenchmark", "-s", "local", "--no-progress"]
+    res = CliRunner().invoke(app, [*base, *perf])
+    assert res.exit_code == 0, res.output
+    assert f"perf_scores[{sts}]" in " ".join(res.output.split())
+    sliced = CliRunner().invoke(app, [*base, "--limit-queries", "10"])
+    assert sliced.exit_code == 0, sliced.output
+    assert "not recorded in Dagster" in sliced.output
+    with dg.DagsterInstance.get() as instance:
+        perf_event = instance.get_latest_materialization_event(dg.AssetKey("perf_scores"))
+        assert perf_event is not None and perf_event.asset_materialization.partition == sts
+        metadata = perf_event.asset_materialization.metadata
+        assert metadata["latency_p50_ms"].value > 0 and metadata["result_key"].value["engine"] == "local"
+        assert instance.get_latest_materialization_event(dg.AssetKey("quality_scores")) is None
 
 
 @pytest.mark.slow

@@ -65,3 +65,27 @@ def test_full_scifact_matches_published_mteb_scores(tmp_path, monkeypatch):
     assert warm["forward_calls"] == 0 and warm["cache"]["misses"] == 0 and warm["engine_started"] is False
     assert warm["metrics"] == local["metrics"]
     print(f"warm re-run: {warm_seconds:.1f}s")
+
+    # the README's CI gate passes with the shipped targets (benchmark values; warm cache: seconds)
+    gate = ["eval", MODEL_ID, "-t", "beir/SciFact", "-s", "local,targets", "--check-targets", "--require-targets",
+            "--no-progress", "--no-record"]  # fmt: skip
+    res = CliRunner().invoke(app, gate)
+    assert res.exit_code == 0, res.output
+
+
+@pytest.mark.slow
+def test_shipped_targets_fail_a_perturbed_profile_and_name_the_change(tmp_path, configs_dir, monkeypatch):
+    """The same gate on a drifted model: the default profile truncated to 32 tokens fails (exit 1) and
+    the message names what changed since the target (the benchmark's profile) was saved."""
+    monkeypatch.setenv("SIE_EVALS_MODEL_CONFIGS_DIR", str(configs_dir))
+    cfg = configs_dir / "sentence-transformers__all-MiniLM-L6-v2.yaml"
+    text = cfg.read_text()
+    assert "    max_seq_length: 256" in text
+    cfg.write_text(text.replace("    max_seq_length: 256", "    max_seq_length: 32", 1))
+    gate = ["eval", MODEL_ID, "-t", "beir/SciFact", "-s", "local,targets", "--check-targets", "--require-targets",
+            "--no-progress", "--no-record"]  # fmt: skip
+    res = CliRunner().invoke(app, gate)
+    assert res.exit_code == 1, res.output
+    text = " ".join(res.output.split())
+    assert "drift: local/ndcg_at_10 (targets)" in text
+    assert "changed since last pass: max_seq_length 256 -> 32" in text and "ndcg_at_10 0.6451 -> " in text

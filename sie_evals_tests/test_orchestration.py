@@ -17,16 +17,26 @@ from sie_evals.defs.evals.schedules import NIGHTLY_TAG, nightly_evals
 from sie_evals.defs.evals.sensors import evals_after_dataset, night_is_done
 from sie_evals.defs.reports.assets import eval_report
 from sie_evals.lib.config.model_config import find_model_config
+from sie_evals.lib.core.run_conditions import hardware
+from sie_evals.lib.gates.keys import LoadShape, ResultKey
 from sie_evals.lib.gates.saved_results import append_measurement, save_target
-from sie_evals.lib.harness.evaluation import perf_variant
 from sie_evals_tests.webhook import WebhookReceiver
 
 SCIFACT = "all-MiniLM-L6-v2:beir/SciFact:local"
 STS = "all-MiniLM-L6-v2:mteb/STSBenchmark:local"
-SLICE = {"beir/SciFact": "test@q20-c200", "mteb/STSBenchmark": "test@n20"}
 ALL = [task_dataset, embeddings, quality_scores, perf_scores, target_comparison, eval_report, *EVAL_CHECKS]
 EVAL_ASSETS = dg.AssetSelection.assets(embeddings, quality_scores, perf_scores, target_comparison)
-PERF = perf_variant("corpus", 1, 2)
+
+
+def perf_key(task: str, engine: str = "local") -> ResultKey:
+    """The perf_scores key of a partition under the graph's settings: engine and this machine included."""
+    subset = {"limit_queries": 20, "corpus_size": 200} if task == "beir/SciFact" else {"limit": 20}
+    return ResultKey.perf(
+        "all-MiniLM-L6-v2", task, "test", subset, "default", engine, LoadShape("corpus", 1, 2), hardware()
+    )
+
+
+PERF = perf_key("mteb/STSBenchmark")
 
 
 @pytest.fixture
@@ -69,12 +79,17 @@ def materialized(result) -> set[str]:
     return {e.materialization.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
 
 
-def save(configs_dir, task, variant, metrics, kind="target"):
+def save(configs_dir, key, metrics, kind="target", conditions=None):
     config = find_model_config("all-MiniLM-L6-v2", configs_dir)
     if kind == "target":
-        save_target(config, task, "default", variant, "local", metrics, {})
+        save_target(config, key, "local", metrics, conditions or {})
     else:
-        append_measurement(config, task, "default", variant, "local", metrics, {})
+        append_measurement(config, key, "local", metrics, conditions or {})
+
+
+def quality_key(task):
+    subset = {"limit_queries": 20, "corpus_size": 200} if task == "beir/SciFact" else {"limit": 20}
+    return ResultKey.quality("all-MiniLM-L6-v2", task, "test", subset)
 
 
 def test_full_graph_then_report(graph, tmp_path):
@@ -84,10 +99,16 @@ def test_full_graph_then_report(graph, tmp_path):
     checks = checks_of(res)
     assert set(checks) == {"quality_vs_target", "quality_vs_measurement", "latency_vs_target", "throughput_vs_target"}
     assert all(c.passed for c in checks.values())  # nothing saved yet: "no target" passes, as in the CLI
+    # ... but says so in the UI: description and metadata of every check
+    for check in checks.values():
+        assert check.description.startswith(("NO TARGET saved", "NO MEASUREMENT saved"))
+        assert "nothing was checked" in check.description
+        assert check.metadata["target_status"].value == "no target"
 
     perf = res.output_for_node("perf_scores")
     m = perf["metrics"]
-    assert perf["errors"] == 0 and perf["variant"] == PERF
+    assert perf["errors"] == 0 and perf["variant"] == perf_key("beir/SciFact").variant
+    assert perf["result_key"]["engine"] == "local" and perf["result_key"]["hardware"] == PERF.hardware
     assert 0 < m["latency_min_ms"] <= m["latency_p50_ms"] <= m["latency_p99_ms"] <= m["latency_max_ms"]
     assert m["items_per_s"] > 0 and m["tokens_per_s"] > m["items_per_s"]  # every text has several tokens
     assert (tmp_path / "results" / "perf_scores").glob("*.latency.png")
@@ -98,7 +119,7 @@ def test_full_graph_then_report(graph, tmp_path):
     assert rows["ndcg_at_10"]["benchmark"] == pytest.approx(0.64508, abs=1e-5)
     assert rows["ndcg_at_10"]["targets_status"] == "no target"
     quality_md = Path(comparison["markdown_path"]).read_text()
-    assert "| ndcg_at_10 |" in quality_md and "latency_p50_ms" in quality_md
+    assert "| ndcg_at_10 |" in quality_md and "**no target saved**" in quality_md
 
     # numeric metadata (plotted over time in the UI) includes metrics and run conditions
     mat = next(
@@ -122,7 +143,7 @@ def test_full_graph_then_report(graph, tmp_path):
 
 def test_failing_quality_check_blocks_only_its_partition(graph):
     _, _, configs_dir = graph
-    save(configs_dir, "beir/SciFact", SLICE["beir/SciFact"], {"ndcg_at_10": 0.999})  # above any real result
+    save(configs_dir, quality_key("beir/SciFact"), {"ndcg_at_10": 0.999})  # above any real result
     failed = run_eval(graph, SCIFACT)
     assert not failed.success
     check = checks_of(failed)["quality_vs_target"]
@@ -141,12 +162,7 @@ def test_failing_quality_check_blocks_only_its_partition(graph):
 def test_perf_checks_warn_without_blocking(graph):
     _, _, configs_dir = graph
     # a latency target 1000x below anything real, a throughput target 1000x above
-    save(
-        configs_dir,
-        "mteb/STSBenchmark",
-        PERF,
-        {"latency_p50_ms": 0.001, "latency_p99_ms": 0.001, "items_per_s": 1e6, "tokens_per_s": 1e7},
-    )
+    save(configs_dir, PERF, {"latency_p50_ms": 0.001, "latency_p99_ms": 0.001, "items_per_s": 1e6, "tokens_per_s": 1e7})
     res = run_eval(graph, STS)
     assert res.success  # WARN checks never fail the run
     checks = checks_of(res)
@@ -154,8 +170,28 @@ def test_perf_checks_warn_without_blocking(graph):
         assert not checks[name].passed and checks[name].severity == dg.AssetCheckSeverity.WARN
     assert checks["quality_vs_target"].passed
     assert "target_comparison" in materialized(res)
-    perf_rows = {r["metric"]: r for r in res.output_for_node("target_comparison")["perf"]}
-    assert perf_rows["latency_p50_ms"]["targets_status"] == "fail"
+    assert "latency_p50_ms" in checks["latency_vs_target"].description
+
+
+def test_target_comparison_needs_no_perf_run(graph):
+    resources, instance, _ = graph
+    res = dg.materialize(
+        ALL,
+        selection=dg.AssetSelection.assets(embeddings, quality_scores, target_comparison),
+        partition_key=SCIFACT,
+        instance=instance,
+        resources=resources,
+    )
+    assert res.success and materialized(res) == {"embeddings", "quality_scores", "target_comparison"}
+
+
+def test_perf_target_of_another_engine_is_not_used(graph):
+    """A latency target saved from `sie` says nothing about `local`: the local partition has no target."""
+    _, _, configs_dir = graph
+    save(configs_dir, perf_key("mteb/STSBenchmark", "sie"), {"latency_p50_ms": 0.001, "latency_p99_ms": 0.001})
+    res = run_eval(graph, STS)
+    check = checks_of(res)["latency_vs_target"]
+    assert check.passed and check.metadata["target_status"].value == "no target"
 
 
 # --- alerts ---------------------------------------------------------------------------------
@@ -182,8 +218,13 @@ def test_one_alert_per_failed_check_evaluation(graph, receiver):
 
     cursor = tick(None)  # a new sensor starts after existing history
     # SciFact: the blocking ERROR check fails; STS: quality passes but the measurement check (WARN) fails
-    save(configs_dir, "beir/SciFact", SLICE["beir/SciFact"], {"ndcg_at_10": 0.999})
-    save(configs_dir, "mteb/STSBenchmark", SLICE["mteb/STSBenchmark"], {"cosine_spearman": 0.999}, "measurement")
+    # the target was saved under another transformers version: the alert must name that change
+    last_pass = {
+        "software": {"transformers": "4.0.0-last-pass"},
+        "model_revision": "8b3219a92973c328a8e22fadcfa821b5dc75636a",
+    }
+    save(configs_dir, quality_key("beir/SciFact"), {"ndcg_at_10": 0.999}, conditions=last_pass)
+    save(configs_dir, quality_key("mteb/STSBenchmark"), {"cosine_spearman": 0.999}, "measurement")
     failed_run = run_eval(graph, SCIFACT)
     assert not failed_run.success
     assert run_eval(graph, STS).success
@@ -200,6 +241,13 @@ def test_one_alert_per_failed_check_evaluation(graph, receiver):
     assert error["run_url"] == f"http://127.0.0.1:3999/runs/{failed_run.run_id}"
     text = next(b["text"] for b in receiver.bodies if b["alert"]["severity"] == "ERROR")
     assert "ndcg_at_10" in text and "0.999" in text and failed_run.run_id in text
+    # the run-conditions diff since the last pass, in the text and as structured fields
+    import transformers
+
+    change = f"transformers 4.0.0-last-pass -> {transformers.__version__}"
+    assert "changed since last pass: " in text and change in text, text
+    assert change in error["diagnosis"] and error["diagnosis"].startswith("ndcg_at_10 0.9990 -> ")
+    assert {"field": "transformers", "before": "4.0.0-last-pass", "after": transformers.__version__} in error["changes"]
 
     tick(cursor)  # nothing new: nothing re-sent
     assert len(receiver.bodies) == 2

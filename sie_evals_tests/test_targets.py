@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -93,6 +94,11 @@ def test_check_measurements_uses_the_latest(configs, tmp_path):
     assert check["reference"]["id"] == history[-1].id and check["verdicts"][0]["margin"] == 0.98
 
 
+def _with_targets(text, block):
+    """Replace the config's targets: section (the shipped targets) with `block`."""
+    return re.sub(r"(?ms)^targets:.*?(?=^measurements:)", block.rstrip() + "\n", text)
+
+
 def test_comments_and_order_survive_a_save(configs):
     cfg = configs / CONFIG_NAME
     cfg.write_text("# hand-written header\n" + cfg.read_text().replace("tasks:", "tasks:  # evaluated nightly"))
@@ -110,16 +116,16 @@ def test_comments_and_order_survive_a_save(configs):
     [
         (lambda t: t + "\n  : bad: [\n", "not valid YAML"),
         (
-            lambda t: t.replace(
-                "targets: {}",
+            lambda t: _with_targets(
+                t,
                 "targets:\n  beir/SciFact:\n    default:\n      test:\n        source: x\n"
                 "        saved: now\n        metrics: {ndcg_at_11x: 0.5}",
             ),
             "unknown metric",
         ),
         (
-            lambda t: t.replace(
-                "targets: {}",
+            lambda t: _with_targets(
+                t,
                 "targets:\n  beir/SciFact:\n    default:\n      test:\n        source: x\n"
                 "        saved: now\n        metrics: {ndcg_at_10: high}",
             ),
@@ -172,7 +178,11 @@ def test_perf_latency_target_drift(configs, tmp_path):
     metrics = report["sources"]["local"]["metrics"]
     assert metrics["latency_p50_ms"] > 0 and metrics["items_per_s"] > 0
     assert (tmp_path / report["sources"]["local"]["latency_histogram_file"]).read_bytes()[:4] == b"\x89PNG"
-    variant = "perf@queries-b2-c2"
+    # a perf key names the load shape, the data slice, the engine and this machine's hardware
+    from sie_evals.lib.core.run_conditions import hardware
+    from sie_evals.lib.gates.keys import hardware_fingerprint
+
+    variant = f"perf@queries-b2-c2/test@q20-c200/local/{hardware_fingerprint(hardware())}"
     assert report["variant"] == variant
     # Each attempt sets the p50 target to 0.3 x the latest measured p50 and checks with a new run. On this
     # VM one run can be 2x faster than the one before; that would hide the drift, so up to 3 attempts.

@@ -20,6 +20,7 @@ import requests
 from ruamel.yaml import YAML
 
 from sie_evals.lib.config.model_config import find_model_config
+from sie_evals.lib.gates.keys import ResultKey
 from sie_evals.lib.gates.saved_results import save_target
 from sie_evals_tests.conftest import DATA, REPO_ROOT
 from sie_evals_tests.webhook import WebhookReceiver
@@ -67,7 +68,8 @@ def _configs(tmp_path: Path) -> Path:
         with open(folder / filename, "w") as fh:
             yaml.dump(tree, fh)
     twin = find_model_config(TWIN, folder)
-    save_target(twin, "beir/SciFact", "default", "test@q20-c200", "local", {"ndcg_at_10": 0.999}, {})
+    key = ResultKey.quality(twin.short_name, "beir/SciFact", "test", {"limit_queries": 20, "corpus_size": 200})
+    save_target(twin, key, "local", {"ndcg_at_10": 0.999}, {})
     return folder
 
 

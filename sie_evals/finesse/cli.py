@@ -1,4 +1,4 @@
-"""The `finesse` command: init, generate, score, checksum, verify.
+"""The `finesse` command: init, generate, score, checksum, verify, gate.
 
 Exit codes: 0 ok, 1 a check failed (hash, signature, re-score mismatch) or an engine failed, 2 bad input."""
 
@@ -187,6 +187,74 @@ def verify_cmd(
     from sie_evals.finesse.results import load_results, verify
 
     _print_report(verify(load_results(json_path), pt_path, allow_legacy=legacy))
+
+
+@app.command("gate")
+@_handle_errors
+def gate_cmd(
+    json_path: Annotated[Path, typer.Option("--json-path", help="benchmark_results.json (checksum must pass).")],
+    model: Annotated[
+        str | None, typer.Option("--model", help="Model config (id, short name or file stem); default: the results'.")
+    ] = None,
+    task: Annotated[str, typer.Option("--task", help="Finesse task id in the model config.")] = "finesse/rss-default",
+    profile: Annotated[str | None, typer.Option("--profile", help="Profile; default: the results'.")] = None,
+    check_targets: Annotated[bool, typer.Option("--check-targets", help="Exit 1 below 0.99 x target.")] = False,
+    check_measurements: Annotated[
+        bool, typer.Option("--check-measurements", help="Exit 1 below 0.98 x the latest measurement.")
+    ] = False,
+    require_targets: Annotated[bool, typer.Option("--require-targets", help="Nothing saved fails.")] = False,
+    save_target: Annotated[bool, typer.Option("--save-target", help="Save average_rss as the target.")] = False,
+    save_measurement: Annotated[
+        bool, typer.Option("--save-measurement", help="Append average_rss to the measurement history.")
+    ] = False,
+) -> None:
+    """Check a results file against the model config's Finesse target/measurements and save it there:
+    the same keys, margins and run-conditions diagnosis as `sie-bench eval` (sie_evals/lib/gates)."""
+    from sie_evals.finesse.results import checksum, load_results
+    from sie_evals.lib.config.model_config import find_model_config
+    from sie_evals.lib.gates.conditions import from_finesse_results
+    from sie_evals.lib.gates.gate import gate_result
+    from sie_evals.lib.gates.keys import ResultKey
+    from sie_evals.lib.gates.thresholds import Against
+    from sie_evals.lib.tasks import resolve_task
+
+    results = load_results(json_path)
+    integrity = checksum(results)
+    if not integrity.ok:  # never gate on, or save, a tampered file
+        _print_report(integrity)
+    conditions = from_finesse_results(results)
+    models = (results.get("metadata") or {}).get("models") or {}
+    engine = models.get("native") or models.get("base_embedder") or {}
+    model = model or engine.get("model_id")
+    if not model:
+        raise InputError(f"{json_path}: the results name no model config; pass --model")
+    config = find_model_config(model)
+    spec = resolve_task(task)
+    if spec.type != "finesse":
+        raise InputError(f"--task {task}: not a Finesse task")
+    key = ResultKey.finesse(config.short_name, spec.task_id, profile or conditions.get("profile") or "default")
+    metrics = {"average_rss": float(results["average_rss"])}
+    against = tuple(
+        a for flag, a in ((check_targets, Against.targets), (check_measurements, Against.measurements)) if flag
+    )
+    outcome = gate_result(
+        config, spec, key, "finesse", metrics, conditions, against, require_targets, save_target, save_measurement
+    )
+    for c in outcome.checks:
+        v = c.verdicts[0] if c.verdicts else None
+        if c.no_target:
+            out.print(f"WARN no {c.against[:-1]} saved for {key}: " + ("FAIL" if not c.passed else "nothing checked"))
+        elif v:
+            out.print(
+                f"{c.against}: average_rss {v['value']:.4f} vs {v['reference']:.4f} "
+                f"(ratio {v['ratio']:.4f}, margin {v['margin']:g}): {'pass' if c.passed else 'FAIL'}"
+            )
+        if c.diagnosis:
+            err.print(f"drift: {c.diagnosis}", highlight=False, soft_wrap=True)
+    for line in outcome.saved:
+        out.print(f"saved {line}")
+    if not outcome.passed:
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -46,6 +46,11 @@ def _meta_value(metadata: dict, name: str):
     return getattr(entry, "value", entry)
 
 
+def _diagnosis(metadata: dict) -> str | None:
+    value = _meta_value(metadata, "diagnosis")
+    return value if isinstance(value, str) and value != "-" else None
+
+
 def check_alert(record) -> Alert:
     """An Alert from a FAILED AssetCheckExecutionRecord."""
     evaluation = record.event.dagster_event.event_specific_data
@@ -64,6 +69,8 @@ def check_alert(record) -> Alert:
         metrics=metrics,
         description=evaluation.description,
         dedupe_key=f"check:{record.key.to_user_string()}:{record.id}",
+        diagnosis=_diagnosis(metadata),
+        changes=tuple(_meta_value(metadata, "changes_since_last_pass") or ()),
         **_key_parts(record.partition),
     )
 

@@ -22,13 +22,15 @@ from sie_evals.defs.evals.resources import EvalSettings
 from sie_evals.lib.config.model_config import ModelConfig, ResolvedProfile, find_model_config
 from sie_evals.lib.core.atomic import atomic_write, atomic_write_bytes, atomic_write_text
 from sie_evals.lib.core.errors import InputError, SetupError
-from sie_evals.lib.core.run_conditions import hardware
+from sie_evals.lib.core.run_conditions import hardware, now_iso, software
 from sie_evals.lib.engines import EmbedKind, create_engine, outputs
 from sie_evals.lib.gates.comparison import compare, comparison_markdown
-from sie_evals.lib.gates.keys import EvalKey, path_slug, split_model_part
-from sie_evals.lib.harness.evaluation import embed_task, evaluate_perf_source, load_task, perf_variant
+from sie_evals.lib.gates.conditions import summarize
+from sie_evals.lib.gates.keys import EvalKey, ResultKey, path_slug, split_model_part
+from sie_evals.lib.harness.eval_run import weights_hash
+from sie_evals.lib.harness.evaluation import embed_task, evaluate_perf_source, load_task
 from sie_evals.lib.harness.report import PERF_TABLE_METRICS, TABLE_METRICS_BY_TYPE
-from sie_evals.lib.perf.load import PERF_TARGET_METRICS, latency_histogram_png
+from sie_evals.lib.perf.load import latency_histogram_png
 from sie_evals.lib.perf.plots import saturation_png
 from sie_evals.lib.quality.scoring import score_task
 from sie_evals.lib.tasks import resolve_task
@@ -131,6 +133,7 @@ def embeddings(
         "key": str(key),
         "profile": profile.name,
         "similarity": outputs.similarity(profile),
+        "profile_settings": profile.model_dump(mode="json"),
         "content_hash": data.content_hash,
         "vectors": {kind.value: str(files[kind]) for kind in emb.vectors},
         "dims": emb.dims,
@@ -186,10 +189,33 @@ def quality_scores(
     start = time.perf_counter()
     vectors = {EmbedKind(kind): outputs.load(Path(path).read_bytes()) for kind, path in embeddings["vectors"].items()}
     metrics, per_query = score_task(spec, data, vectors, embeddings.get("similarity", "cosine"))
+    model = split_model_part(key.model)[0]
+    result_key = ResultKey.quality(model, spec.task_id, data.split, data.subset, embeddings["profile"])
     pq_path = settings.results_root() / "quality_scores" / f"{key.path_slug()}.per_query.parquet"
     atomic_write(pq_path, lambda tmp: per_query.to_parquet(tmp, index=False))
+    engine = embeddings["engine"]
+    with _input_errors_final():
+        config = find_model_config(split_model_part(key.model)[0], settings.configs_dir())
+    conditions = summarize(
+        {
+            "engine": engine["engine"],
+            "engine_version": engine["version"],
+            "model_revision": engine["model_revision"],
+            "weights": engine["weights"],
+            "weights_hash": weights_hash(config),
+            "profile": embeddings["profile"],
+            "dtype": (embeddings.get("profile_settings") or {}).get("dtype"),
+            "dataset": data.describe(),
+            "hardware": hardware(),
+            "software": software(),
+            "date": now_iso(),
+        },
+        embeddings.get("profile_settings"),
+    )
     value = {
         "key": str(key),
+        "result_key": result_key.as_dict(),
+        "conditions": conditions,
         "task": spec.task_id,
         "split": data.split,
         "main_score": spec.rules.main_score,
@@ -207,7 +233,8 @@ def quality_scores(
             "score_seconds": round(time.perf_counter() - start, 3),
             "queries": len(per_query),
             "dataset_hash": data.content_hash,
-            "variant": data.variant,
+            "variant": result_key.variant,
+            "result_key": dg.MetadataValue.json(result_key.as_dict()),
             "per_query_path": dg.MetadataValue.path(str(pq_path)),
             **_conditions_metadata(embeddings["engine"]["version"], embeddings["profile"]),
         }
@@ -251,7 +278,12 @@ def perf_scores(
         )
     for warning in result.extra["warnings"]:
         context.log.warning(warning)
-    variant = perf_variant(settings.perf_workload, load.batch_size, load.concurrency, load, sweep)
+    result_key = ResultKey.perf(
+        split_model_part(key.model)[0], spec.task_id, data.split, data.subset, profile.name, key.source,
+        load.shape_key(settings.perf_workload, sweep.param if sweep is not None else None),
+        result.run_conditions["hardware"],
+    )  # fmt: skip
+    variant = result_key.variant
     folder = settings.results_root() / "perf_scores"
     requests_path = folder / f"{key.path_slug()}.requests.parquet"
     atomic_write(requests_path, lambda tmp: result.per_query.to_parquet(tmp, index=False))
@@ -282,6 +314,10 @@ def perf_scores(
         "load_shape": result.extra["load_shape"],
         "sweep": result.extra.get("sweep"),
         "slo": result.extra.get("slo"),
+        "result_key": result_key.as_dict(),
+        "conditions": summarize(
+            {**result.run_conditions, "weights_hash": weights_hash(config)}, profile.model_dump(mode="json")
+        ),
         "dataset": data.describe(),
         "profile": profile.name,
     }
@@ -290,6 +326,7 @@ def perf_scores(
         {
             "errors": int(result.extra["errors"]),
             "variant": variant,
+            "result_key": dg.MetadataValue.json(result_key.as_dict()),
             "batch_size": load.batch_size,
             "concurrency": load.concurrency,
             "trials": load.trials,
@@ -311,55 +348,45 @@ def perf_scores(
 def target_comparison(
     context: dg.AssetExecutionContext,
     quality_scores: dict[str, Any],
-    perf_scores: dict[str, Any],
     settings: EvalSettings,
 ) -> dg.Output[dict[str, Any]]:
-    """Quality and perf side by side with the published benchmark, the saved target and the latest
-    measurement. Runs only when the blocking quality check passed."""
+    """Quality side by side with the published benchmark, the saved target and the latest
+    measurement. Runs only when the blocking quality check passed; needs no perf run (perf has its
+    own targets and checks on perf_scores)."""
     key = EvalKey.parse(context.partition_key)
     with _input_errors_final():
-        config, _ = _config_and_profile(key, settings)
-    spec = resolve_task(key.task)
-    dataset = quality_scores["dataset"]
-    per_query_path = Path(quality_scores["per_query_path"])
-    per_query = pd.read_parquet(per_query_path) if per_query_path.is_file() else None
-    quality = compare(
-        str(key),
-        key.source,
-        quality_scores["metrics"],
-        per_query,
-        config,
-        spec,
-        quality_scores["profile"],
-        dataset["variant"],
-        dataset["split"],
-        bool(dataset.get("subset")),
-        spec.rules.target_metrics,
-    )
-    perf = compare(
-        f"{key} ({perf_scores['variant']})",
-        key.source,
-        perf_scores["metrics"],
-        None,
-        config,
-        spec,
-        perf_scores["profile"],
-        perf_scores["variant"],
-        perf_scores["split"],
-        False,
-        PERF_TARGET_METRICS,
-    )
-    markdown = comparison_markdown(quality) + "\n" + comparison_markdown(perf)
+        config = find_model_config(split_model_part(key.model)[0], settings.configs_dir())
+        spec = resolve_task(key.task)
+        result_key = ResultKey.from_dict(quality_scores["result_key"])
+        per_query_path = Path(quality_scores["per_query_path"])
+        per_query = pd.read_parquet(per_query_path) if per_query_path.is_file() else None
+        quality = compare(
+            str(key),
+            key.source,
+            quality_scores["metrics"],
+            per_query,
+            config,
+            spec,
+            result_key,
+            spec.rules.target_metrics,
+            quality_scores.get("conditions"),
+        )
+    markdown = comparison_markdown(quality)
     md_path = settings.results_root() / "target_comparison" / f"{key.path_slug()}.md"
     atomic_write_text(md_path, markdown)
-    value = {"key": str(key), "quality": quality.rows, "perf": perf.rows, "markdown_path": str(md_path)}
+    value = {
+        "key": str(key),
+        "result_key": result_key.as_dict(),
+        "quality": quality.rows,
+        "markdown_path": str(md_path),
+    }
     metadata: dict[str, Any] = {
         "comparison": dg.MetadataValue.md(markdown),
         "path": dg.MetadataValue.path(str(md_path)),
+        "result_key": dg.MetadataValue.json(result_key.as_dict()),
     }
-    for name, comparison in (("quality", quality), ("perf", perf)):
-        for against in ("targets", "measurements", "benchmark"):
-            worst = comparison.worst_ratio(against)
-            if worst is not None:
-                metadata[f"{name}_worst_ratio_vs_{against}"] = float(worst)
+    for against in ("targets", "measurements", "benchmark"):
+        worst = quality.worst_ratio(against)
+        if worst is not None:
+            metadata[f"quality_worst_ratio_vs_{against}"] = float(worst)
     return dg.Output(value, metadata=metadata)

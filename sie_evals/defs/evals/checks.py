@@ -6,7 +6,9 @@
 - quality_vs_measurement: non-blocking, WARN, against the latest saved measurement (98%).
 - latency_vs_target / throughput_vs_target on perf_scores: non-blocking, WARN (latency <= 2.5 x
   target, throughput >= target / 2.5): perf on shared hardware is noisy, so it alerts, not blocks.
-A partition with nothing saved passes with status "no target" in its metadata, as the CLI does."""
+A partition with nothing saved passes, but says so: description "NO TARGET saved ... nothing was
+checked", metadata `target_status: no target`, and a warning in the run log. A failure's description
+names what changed in the run conditions since the last passing result (lib/gates/conditions.py)."""
 
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from sie_evals.defs.evals.partitions import eval_partitions
 from sie_evals.defs.evals.resources import EvalSettings
 from sie_evals.lib.config.model_config import find_model_config
 from sie_evals.lib.gates.drift import CheckResult, ReferenceColumn, check_source, reference
-from sie_evals.lib.gates.keys import EvalKey, split_model_part
+from sie_evals.lib.gates.keys import EvalKey, ResultKey, ResultKind, split_model_part
 from sie_evals.lib.gates.thresholds import Against, MetricKind, metric_kind
 from sie_evals.lib.perf.load import PERF_TARGET_METRICS
 from sie_evals.lib.tasks import resolve_task
@@ -32,21 +34,14 @@ def drift_check(
     settings: EvalSettings,
     kinds: tuple[MetricKind, ...] = (MetricKind.quality,),
 ) -> CheckResult:
-    """Verdicts for the metrics of `kinds` in a quality_scores or perf_scores output."""
+    """Verdicts for the metrics of `kinds` in a quality_scores or perf_scores output, against what is
+    saved under the output's ResultKey."""
     key = EvalKey.parse(partition_key)
     config = find_model_config(split_model_part(key.model)[0], settings.configs_dir())
     spec = resolve_task(key.task)
-    dataset = scores["dataset"]
-    perf = "variant" in scores  # perf outputs carry their load-shape variant (perf@corpus-b1-c16)
-    ref = reference(
-        against.value,
-        config,
-        spec,
-        scores["profile"],
-        scores["variant"] if perf else dataset["variant"],
-        dataset["split"],
-        bool(dataset.get("subset")) and not perf,
-    )
+    result_key = ResultKey.from_dict(scores["result_key"])
+    perf = result_key.kind is ResultKind.perf
+    ref = reference(against.value, config, spec, result_key)
     if ref is not None:  # check only the metrics of this check's kinds; the other check covers the rest
         wanted = {m: v for m, v in ref.metrics.items() if metric_kind(m) in kinds}
         ref = ReferenceColumn(ref.source, wanted, ref.per_query, ref.info) if wanted else None
@@ -66,6 +61,8 @@ def drift_check(
         spec,
         False,
         tuple(m for m in target_metrics if metric_kind(m) in kinds),
+        result_key,
+        scores.get("conditions"),
     )
 
 
@@ -89,7 +86,7 @@ def _verdict_table(result: CheckResult) -> str:
     return "\n".join(rows)
 
 
-def to_check_result(result: CheckResult, severity: dg.AssetCheckSeverity) -> dg.AssetCheckResult:
+def to_check_result(result: CheckResult, severity: dg.AssetCheckSeverity, log: Any = None) -> dg.AssetCheckResult:
     failed = [v for v in result.verdicts if not v["passed"]]
     metadata: dict[str, Any] = {
         "verdicts": dg.MetadataValue.md(_verdict_table(result)),
@@ -110,13 +107,22 @@ def to_check_result(result: CheckResult, severity: dg.AssetCheckSeverity) -> dg.
     metadata["failed_metrics"] = dg.MetadataValue.json(
         [{k: v[k] for k in ("metric", "value", "reference", "ratio", "margin")} for v in failed]
     )
+    if result.key is not None:
+        metadata["result_key"] = dg.MetadataValue.json(result.key.as_dict())
+    metadata["target_status"] = "no target" if result.no_target else ("fail" if failed else "pass")
     if failed:
-        description = "drift: " + ", ".join(
-            f"{v['metric']} {v['value']:.5f} vs {v['reference']:.5f} (ratio {v['ratio']:.4f}, margin {v['margin']:g})"
-            for v in failed
+        metadata["changes_since_last_pass"] = dg.MetadataValue.json([c.as_dict() for c in result.changes])
+        metadata["last_pass"] = result.baseline or "-"
+        metadata["diagnosis"] = result.diagnosis or "-"
+        description = "drift: " + (result.diagnosis or ", ".join(v["metric"] for v in failed))
+    elif result.no_target:
+        where = f" for {result.key}" if result.key else ""
+        what, flag = (
+            ("TARGET", "--save-targets") if result.against == "targets" else ("MEASUREMENT", "--save-measurements")
         )
-    elif result.reference is None:
-        description = "no target saved for this partition"
+        description = f"NO {what} saved{where}: nothing was checked (passes; save one with {flag})"
+        if log is not None:
+            log.warning(description)
     else:
         description = f"all {len(result.verdicts)} metrics within margin"
     return dg.AssetCheckResult(passed=not failed, severity=severity, metadata=metadata, description=description)
@@ -132,7 +138,7 @@ def quality_vs_target(
     context: dg.AssetCheckExecutionContext, quality_scores: dict[str, Any], settings: EvalSettings
 ) -> dg.AssetCheckResult:
     result = drift_check(context.partition_key, quality_scores, Against.targets, settings)
-    return to_check_result(result, dg.AssetCheckSeverity.ERROR)
+    return to_check_result(result, dg.AssetCheckSeverity.ERROR, context.log)
 
 
 @dg.asset_check(
@@ -144,7 +150,7 @@ def quality_vs_measurement(
     context: dg.AssetCheckExecutionContext, quality_scores: dict[str, Any], settings: EvalSettings
 ) -> dg.AssetCheckResult:
     result = drift_check(context.partition_key, quality_scores, Against.measurements, settings)
-    return to_check_result(result, dg.AssetCheckSeverity.WARN)
+    return to_check_result(result, dg.AssetCheckSeverity.WARN, context.log)
 
 
 @dg.asset_check(
@@ -156,7 +162,7 @@ def latency_vs_target(
     context: dg.AssetCheckExecutionContext, perf_scores: dict[str, Any], settings: EvalSettings
 ) -> dg.AssetCheckResult:
     result = drift_check(context.partition_key, perf_scores, Against.targets, settings, (MetricKind.latency,))
-    return to_check_result(result, dg.AssetCheckSeverity.WARN)
+    return to_check_result(result, dg.AssetCheckSeverity.WARN, context.log)
 
 
 @dg.asset_check(
@@ -168,7 +174,7 @@ def throughput_vs_target(
     context: dg.AssetCheckExecutionContext, perf_scores: dict[str, Any], settings: EvalSettings
 ) -> dg.AssetCheckResult:
     result = drift_check(context.partition_key, perf_scores, Against.targets, settings, (MetricKind.throughput,))
-    return to_check_result(result, dg.AssetCheckSeverity.WARN)
+    return to_check_result(result, dg.AssetCheckSeverity.WARN, context.log)
 
 
 EVAL_CHECKS = (quality_vs_target, quality_vs_measurement, latency_vs_target, throughput_vs_target)

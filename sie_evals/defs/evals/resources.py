@@ -1,66 +1,57 @@
 """Resources: where data, cache and results live, and how big a slice to evaluate."""
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 
+from sie_evals.lib.config.settings import DEFAULTS, EvalDefaults, eval_defaults
 from sie_evals.lib.core import paths
 from sie_evals.lib.core.atomic import atomic_write_json
-from sie_evals.lib.core.errors import InputError
 from sie_evals.lib.engines.cache import EmbeddingCache
 from sie_evals.lib.gates.keys import path_slug
 from sie_evals.lib.harness.evaluation import DataOptions, EngineOptions
 from sie_evals.lib.perf.load import LoadSpec
 
-_PATH_FIELDS = ("data_dir", "cache_dir", "results_dir", "model_configs_dir")
+D = DEFAULTS  # every default lives in lib/config/settings.py (EvalDefaults), shared with the CLI
 
 
 class EvalSettings(dg.ConfigurableResource):
-    """Unset paths fall back to the SIE_EVALS_* environment variables and their defaults."""
+    """The eval settings of lib/config/settings.py as a Dagster resource (same fields, same defaults,
+    same SIE_EVALS_<FIELD> variables through `from_env`). Unset paths fall back to lib/core/paths.py."""
 
-    data_dir: str | None = None
-    cache_dir: str | None = None
-    results_dir: str | None = None
-    model_configs_dir: str | None = None
-    profile: str = "default"
-    split: str | None = None
-    limit_queries: int | None = None
-    corpus_size: int | None = None
-    batch_size: int | None = None
-    threads: int | None = None
-    device: str | None = None  # server engines (sie, infinity): cpu, cuda, ... (SIE_EVALS_DEVICE)
+    data_dir: str | None = D["data_dir"]
+    cache_dir: str | None = D["cache_dir"]
+    results_dir: str | None = D["results_dir"]
+    model_configs_dir: str | None = D["model_configs_dir"]
+    profile: str = D["profile"]
+    split: str | None = D["split"]
+    limit_queries: int | None = D["limit_queries"]
+    corpus_size: int | None = D["corpus_size"]
+    batch_size: int | None = D["batch_size"]  # quality: items per forward pass (unset: the profile's)
+    threads: int | None = D["threads"]
+    device: str | None = D["device"]  # server engines (sie, infinity): cpu, cuda, ...
     # perf_scores load shape (the CLI's --type perf options)
-    perf_workload: str = "corpus"
-    perf_batch_size: int = 1
-    perf_concurrency: int = 16
-    perf_requests: int = 200
-    perf_warmup_requests: int = 16
-    perf_trials: int = 3
-    perf_rate: float | None = None  # open loop at this many requests/s (--rate)
-    perf_arrival: str = "poisson"
-    perf_sweep: str | None = None  # e.g. concurrency=1,2,4,8 (--sweep)
-    perf_slos: str | None = None  # comma-separated, e.g. p99_ms<=250,error_rate<=0.01 (--slo)
+    perf_workload: str = D["perf_workload"]
+    perf_batch_size: int = D["perf_batch_size"]  # perf: items per request
+    perf_concurrency: int = D["perf_concurrency"]
+    perf_requests: int = D["perf_requests"]
+    perf_warmup_requests: int = D["perf_warmup_requests"]
+    perf_trials: int = D["perf_trials"]
+    perf_rate: float | None = D["perf_rate"]  # open loop at this many requests/s (--rate)
+    perf_arrival: str = D["perf_arrival"]
+    perf_sweep: str | None = D["perf_sweep"]  # e.g. concurrency=1,2,4,8 (--sweep)
+    perf_slos: str | None = D["perf_slos"]  # comma-separated, e.g. p99_ms<=250,error_rate<=0.01 (--slo)
 
     @classmethod
     def from_env(cls) -> "EvalSettings":
-        """Settings for the deployed code location. Slices and load shape can be set per deployment
-        (e.g. a quick smoke instance) with SIE_EVALS_<FIELD> variables, e.g. SIE_EVALS_LIMIT_QUERIES=50."""
-        values: dict[str, Any] = {}
-        for name, field in cls.model_fields.items():
-            raw = os.environ.get(f"SIE_EVALS_{name.upper()}")
-            if raw is None or name in _PATH_FIELDS:  # paths already come from their env vars (lib/paths.py)
-                continue
-            kind = int if "int" in str(field.annotation) else str
-            try:
-                values[name] = kind(raw)
-            except ValueError:
-                raise InputError(
-                    f"environment variable SIE_EVALS_{name.upper()}={raw!r}: expected {kind.__name__}"
-                ) from None
-        return cls(**values)
+        """Settings for the deployed code location: any field as SIE_EVALS_<FIELD> (e.g. a quick smoke
+        instance with SIE_EVALS_LIMIT_QUERIES=50), validated by the shared settings model."""
+        return cls(**eval_defaults().model_dump())
+
+    def defaults(self) -> EvalDefaults:
+        return eval_defaults(**{name: getattr(self, name) for name in DEFAULTS})
 
     def load_spec(self) -> LoadSpec:
         return LoadSpec(

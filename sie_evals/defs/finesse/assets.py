@@ -15,6 +15,7 @@ from sie_evals.finesse.probes.generate import generate
 from sie_evals.finesse.results import score_file
 from sie_evals.lib.config.model_config import find_model_config
 from sie_evals.lib.core.errors import SieEvalsError
+from sie_evals.lib.gates.conditions import from_finesse_results
 from sie_evals.lib.gates.keys import EvalKey
 
 GROUP = "finesse"
@@ -76,6 +77,7 @@ def finesse_scores(
         "sampler": results["sampler"],
         "skipped_lengths": results["skipped_lengths"],
         "content_hash": results["content_hash"],
+        "conditions": from_finesse_results(results),  # diffed when a drift check fails
     }
     metadata: dict[str, Any] = {
         main: float(results[main]),

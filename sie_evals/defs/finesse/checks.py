@@ -13,20 +13,29 @@ from sie_evals.defs.finesse.assets import finesse_scores
 from sie_evals.defs.finesse.partitions import finesse_partitions
 from sie_evals.lib.config.model_config import find_model_config
 from sie_evals.lib.gates.drift import CheckResult, check_source, reference
-from sie_evals.lib.gates.keys import EvalKey
+from sie_evals.lib.gates.keys import EvalKey, ResultKey
 from sie_evals.lib.gates.thresholds import Against
 from sie_evals.lib.tasks import resolve_task
-
-VARIANT = "probes"
 
 
 def finesse_drift(partition_key: str, scores: dict[str, Any], against: Against, settings: EvalSettings) -> CheckResult:
     key = EvalKey.parse(partition_key)
     config = find_model_config(key.model, settings.configs_dir())
     spec = resolve_task(key.task)
-    ref = reference(against.value, config, spec, scores["profile"], VARIANT, VARIANT)
+    result_key = ResultKey.finesse(config.short_name, spec.task_id, scores["profile"])
+    ref = reference(against.value, config, spec, result_key)
     return check_source(
-        key.source, scores["metrics"], None, against, ref, config, spec, False, spec.rules.target_metrics
+        key.source,
+        scores["metrics"],
+        None,
+        against,
+        ref,
+        config,
+        spec,
+        False,
+        spec.rules.target_metrics,
+        result_key,
+        scores.get("conditions"),
     )
 
 
@@ -41,7 +50,9 @@ def finesse_rss_vs_target(
     context: dg.AssetCheckExecutionContext, finesse_scores: dict[str, Any], settings: EvalSettings
 ) -> dg.AssetCheckResult:
     return to_check_result(
-        finesse_drift(context.partition_key, finesse_scores, Against.targets, settings), dg.AssetCheckSeverity.ERROR
+        finesse_drift(context.partition_key, finesse_scores, Against.targets, settings),
+        dg.AssetCheckSeverity.ERROR,
+        context.log,
     )
 
 
@@ -54,5 +65,7 @@ def finesse_rss_vs_measurement(
     context: dg.AssetCheckExecutionContext, finesse_scores: dict[str, Any], settings: EvalSettings
 ) -> dg.AssetCheckResult:
     return to_check_result(
-        finesse_drift(context.partition_key, finesse_scores, Against.measurements, settings), dg.AssetCheckSeverity.WARN
+        finesse_drift(context.partition_key, finesse_scores, Against.measurements, settings),
+        dg.AssetCheckSeverity.WARN,
+        context.log,
     )

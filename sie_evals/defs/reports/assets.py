@@ -8,7 +8,6 @@ from typing import Any
 import dagster as dg
 import numpy as np
 import pandas as pd
-from dagster._core.event_api import PartitionKeyFilter  # not re-exported; the storage API takes it
 
 from sie_evals.defs.evals.assets import perf_scores, png_metadata, quality_scores, target_comparison
 from sie_evals.defs.evals.checks import EVAL_CHECKS
@@ -33,30 +32,44 @@ def _text(metadata: dict[str, Any], name: str) -> str | None:
     return str(value) if value is not None else None
 
 
-def _check_states(instance: dg.DagsterInstance, partition: str) -> dict[str, str]:
-    """check name -> the latest state of that check for this partition."""
-    states: dict[str, str] = {}
+CHECK_HISTORY_PAGE = 500
+CHECK_HISTORY_PAGES = 20  # at most this many pages per check (older states are not "latest" anyway)
+
+
+def _check_states(instance: dg.DagsterInstance, partitions: list[str]) -> dict[str, dict[str, str]]:
+    """partition -> check name -> the latest state of that check there. Reads each check's history
+    newest first through the public storage API, paging until every partition has a settled state."""
+    states: dict[str, dict[str, str]] = {p: {} for p in partitions}
     for check_key in REPORTED_CHECKS:
-        records = instance.event_log_storage.get_asset_check_execution_history(
-            check_key, limit=5, partition_filter=PartitionKeyFilter(key=partition)
-        )
-        for record in records:  # newest first; skip a planned one whose result has not landed
-            status = record.status.value
-            if status == "FAILED":
-                evaluation = record.event.dagster_event.event_specific_data if record.event else None
-                severity = getattr(getattr(evaluation, "severity", None), "value", "ERROR")
-                states[check_key.name] = f"FAIL ({severity})"
+        open_partitions = set(partitions)
+        cursor: int | None = None
+        for _ in range(CHECK_HISTORY_PAGES):
+            records = instance.event_log_storage.get_asset_check_execution_history(
+                check_key, limit=CHECK_HISTORY_PAGE, cursor=cursor
+            )
+            for record in records:  # newest first; skip a planned one whose result has not landed
+                if record.partition not in open_partitions:
+                    continue
+                status = record.status.value
+                if status == "FAILED":
+                    evaluation = record.event.dagster_event.event_specific_data if record.event else None
+                    severity = getattr(getattr(evaluation, "severity", None), "value", "ERROR")
+                    states[record.partition][check_key.name] = f"FAIL ({severity})"
+                    open_partitions.discard(record.partition)
+                elif status == "SUCCEEDED":
+                    states[record.partition][check_key.name] = "pass"
+                    open_partitions.discard(record.partition)
+            if len(records) < CHECK_HISTORY_PAGE or not open_partitions:
                 break
-            if status == "SUCCEEDED":
-                states[check_key.name] = "pass"
-                break
+            cursor = records[-1].id
     return states
 
 
 def gather_summaries(instance: dg.DagsterInstance, keys: list[str]) -> list[PartitionSummary]:
     summaries = []
+    check_states = _check_states(instance, keys)
     for key in keys:
-        summary = PartitionSummary(key, checks=_check_states(instance, key))
+        summary = PartitionSummary(key, checks=check_states[key])
         quality = instance.fetch_materializations(
             dg.AssetRecordsFilter(asset_key=dg.AssetKey("quality_scores"), asset_partitions=[key]), limit=HISTORY_LIMIT
         ).records

@@ -9,15 +9,25 @@ import re
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
 from sie_evals.lib.core import paths
 from sie_evals.lib.core.errors import ConfigError, UnknownNameError
 from sie_evals.lib.core.metric_names import metric_kind
+from sie_evals.lib.core.names import NAME_PATTERN, VARIANT_PATTERN, valid_name, valid_variant
 from sie_evals.lib.core.sources import ALL_SOURCES
 from sie_evals.lib.core.text_files import read_utf8
 
@@ -186,12 +196,22 @@ def _check_metrics(metrics: dict[str, float]) -> dict[str, float]:
     return metrics
 
 
+def _strict_number(value: Any) -> Any:
+    """A metric value is a YAML number: `true` or `"0.65"` is a mistake, not 1.0 or 0.65."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"must be a number, got {value!r} ({type(value).__name__})")
+    return value
+
+
+MetricValue = Annotated[float, BeforeValidator(_strict_number)]
+
+
 class SavedResult(_Strict):
     """A result saved into the config: a target, or one entry of the measurement history."""
 
     source: str = Field(description="The source whose results these are (local, sie, benchmark, ...).")
     saved: str = Field(description="When it was saved (ISO 8601, UTC).")
-    metrics: dict[str, float] = Field(description="Metric name -> value (quality, latency_*_ms, *_per_s).")
+    metrics: dict[str, MetricValue] = Field(description="Metric name -> value (quality, latency_*_ms, *_per_s).")
     conditions: dict[str, Any] = Field(default_factory=dict, description="Run conditions it was measured under.")
     per_query: str | None = Field(None, description="Per-query scores (Parquet), relative to this config file.")
 
@@ -280,6 +300,23 @@ class ModelConfig(_Strict):
             except ValidationError as err:
                 raise ValueError(f"profiles.{name}: {err.errors()[0]['msg']}") from None
         return self
+
+    @field_validator("targets", "measurements")
+    @classmethod
+    def _result_keys(cls, saved: dict[str, dict[str, dict[str, Any]]]) -> dict[str, dict[str, dict[str, Any]]]:
+        """targets[task][profile][variant]: each key may become part of a file name."""
+        for task, profiles in saved.items():
+            if not re.match(TASK_ID_PATTERN, task):
+                raise ValueError(f"task id {task!r} must look like namespace/Name, e.g. beir/SciFact")
+            for profile, variants in profiles.items():
+                if not valid_name(profile):
+                    raise ValueError(f"[{task}]: profile name {profile!r} must match {NAME_PATTERN}")
+                for variant in variants:
+                    if not valid_variant(variant):
+                        raise ValueError(
+                            f"[{task}][{profile}]: variant {variant!r} must match {VARIANT_PATTERN} and hold no '..'"
+                        )
+        return saved
 
     @field_validator("tasks")
     @classmethod

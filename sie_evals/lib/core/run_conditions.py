@@ -10,7 +10,7 @@ from typing import Any
 
 import sie_evals
 
-_PACKAGES = ("torch", "transformers", "numpy", "pytrec-eval-terrier", "dagster", "datasets")
+_PACKAGES = ("torch", "transformers", "tokenizers", "numpy", "pytrec-eval-terrier", "dagster", "datasets")
 
 
 def _version(dist: str) -> str | None:

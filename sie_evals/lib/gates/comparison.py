@@ -11,6 +11,7 @@ import pandas as pd
 
 from sie_evals.lib.config.model_config import ModelConfig
 from sie_evals.lib.gates.drift import CheckResult, check_source, reference
+from sie_evals.lib.gates.keys import ResultKey
 from sie_evals.lib.gates.thresholds import Against, metric_kind
 from sie_evals.lib.tasks import TaskSpec
 
@@ -31,31 +32,31 @@ class Comparison:
 
 
 def compare(
-    key: str,
+    label: str,
     source: str,
     metrics: dict[str, float],
     per_item: pd.DataFrame | None,
     config: ModelConfig,
     spec: TaskSpec,
-    profile: str,
-    variant: str,
-    split: str,
-    subset: bool,
+    key: ResultKey,
     target_metrics: tuple[str, ...],
+    conditions: dict[str, Any] | None = None,
 ) -> Comparison:
     """Rows for `target_metrics` (plus any metric a reference holds) against every reference."""
-    bench = reference("benchmark", config, spec, profile, variant, split, subset)
+    bench = reference("benchmark", config, spec, key)
     checks = {
         against.value: check_source(
             source,
             metrics,
             per_item,
             against,
-            reference(against.value, config, spec, profile, variant, split, subset),
+            reference(against.value, config, spec, key),
             config,
             spec,
             False,
             target_metrics,
+            key,
+            conditions,
         )
         for against in (Against.targets, Against.measurements)
     }
@@ -73,7 +74,7 @@ def compare(
             row[f"{against}_margin"] = verdict["margin"] if verdict else None
             row[f"{against}_status"] = verdict["status"] if verdict else "no target"
         rows.append(row)
-    return Comparison(key, rows, checks)
+    return Comparison(label, rows, checks)
 
 
 def _verdict_metrics(checks: dict[str, CheckResult]) -> list[str]:
@@ -97,4 +98,9 @@ def comparison_markdown(comparison: Comparison) -> str:
             f"| {_num(r['targets_ratio'], 4)} | {r['targets_status']} | {_num(r['measurements'])} "
             f"| {_num(r['measurements_ratio'], 4)} | {r['measurements_status']} |"
         )
+    for against, check in comparison.checks.items():
+        if check.no_target:
+            lines.append(f"\n**no {against[:-1]} saved** for {check.key or comparison.key}: nothing is checked.")
+        elif check.diagnosis:
+            lines.append(f"\n**{against} failed:** {check.diagnosis}")
     return "\n".join(lines) + "\n"

@@ -1,17 +1,21 @@
 """Drift checks against saved results, shared by the CLI (--check-targets/--check-measurements) and
 the Dagster asset checks: look up the reference (a target, the latest measurement, published
-scores), apply the margins of thresholds.py, and add paired-bootstrap intervals where per-item
-scores exist on both sides."""
+scores) by its ResultKey, apply the margins of thresholds.py, add paired-bootstrap intervals where
+per-item scores exist on both sides, and say what changed in the run conditions since the last
+passing result when a check fails."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
 from sie_evals.lib.config.model_config import ModelConfig
+from sie_evals.lib.core.errors import ConfigError
 from sie_evals.lib.gates.benchmark_scores import published_score
 from sie_evals.lib.gates.bootstrap import paired_bootstrap
-from sie_evals.lib.gates.saved_results import load_per_query
+from sie_evals.lib.gates.conditions import Change, comparable, diagnosis, diff_conditions
+from sie_evals.lib.gates.keys import ResultKey, ResultKind
+from sie_evals.lib.gates.saved_results import find_history, find_target, load_per_query
 from sie_evals.lib.gates.thresholds import Against, MetricKind, check_against
 from sie_evals.lib.tasks import TaskSpec
 
@@ -32,33 +36,52 @@ class CheckResult:
     source: str  # the computed source that was checked
     reference: dict[str, Any] | None  # what it was checked against (source, saved, id)
     verdicts: list[dict[str, Any]]
+    key: ResultKey | None = None
+    changes: list[Change] = field(default_factory=list)  # run conditions: last pass -> this run
+    baseline: str | None = None  # which saved result was the last pass
+    diagnosis: str | None = None  # one line, set when the check failed
 
     @property
     def passed(self) -> bool:
         return all(v["passed"] for v in self.verdicts)
 
+    @property
+    def no_target(self) -> bool:
+        return self.reference is None
 
-def reference(
-    source: str, config: ModelConfig, spec: TaskSpec, profile: str, variant: str, split: str, subset: bool = False
-) -> ReferenceColumn | None:
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "against": self.against,
+            "source": self.source,
+            "key": self.key.as_dict() if self.key else None,
+            "reference": self.reference,
+            "passed": self.passed,
+            "verdicts": self.verdicts,
+            "changes_since_last_pass": [c.as_dict() for c in self.changes],
+            "last_pass": self.baseline,
+            "diagnosis": self.diagnosis,
+        }
+
+
+def reference(source: str, config: ModelConfig, spec: TaskSpec, key: ResultKey) -> ReferenceColumn | None:
     """The reference column for a read source; None when nothing is saved or published for it."""
     if source == "benchmark":
-        if variant.startswith("perf@"):
+        if key.kind is not ResultKind.quality:
             return None  # MTEB publishes quality only
-        found = published_score(config.model_id, spec.task_id, split)
+        found = published_score(config.model_id, spec.task_id, key.split)
         if found is None:
             return None
         metrics, provenance = found
-        note = "published values are for the full split" if subset else None
+        note = "published values are for the full split" if key.slice else None
         return ReferenceColumn("benchmark", metrics, None, {**provenance, "note": note})
     if source == "targets":
-        entry = config.target(spec.task_id, profile, variant)
+        entry = find_target(config, key)
         if entry is None:
             return None
         info = {"source": entry.source, "saved": entry.saved, "conditions": entry.conditions}
         return ReferenceColumn("targets", dict(entry.metrics), load_per_query(config, entry), info)
     if source == "measurements":
-        history = config.measurement_history(spec.task_id, profile, variant)
+        history = find_history(config, key)
         if not history:
             return None
         last = history[-1]
@@ -73,6 +96,37 @@ def reference(
     raise AssertionError(source)
 
 
+def last_pass(
+    config: ModelConfig, key: ResultKey, against: Against, ref: ReferenceColumn, task: str
+) -> tuple[str, dict[str, Any]]:
+    """The newest saved result that passed this check: for targets, the latest measurement within the
+    target's margins (else the target itself); for measurements, the latest measurement."""
+    if against is Against.targets:
+        for m in reversed(find_history(config, key)):
+            shared = {k: v for k, v in ref.metrics.items() if k in m.metrics}
+            verdicts = check_against(m.metrics, shared, against, config.margin_overrides(), task)
+            if shared and all(v.passed for v in verdicts):
+                return f"measurement {m.id} from {m.source}, {m.saved}", m.conditions
+    label = "target" if against is Against.targets else "measurement"
+    what = f" {ref.info['id']}" if ref.info.get("id") else ""
+    return f"{label}{what} from {ref.info.get('source')}, {ref.info.get('saved')}", ref.info.get("conditions") or {}
+
+
+def _unknown_reference_metrics(
+    config: ModelConfig, key: ResultKey | None, against: Against, ref: ReferenceColumn, metrics: dict[str, float]
+) -> None:
+    """A saved metric the run never produces would be checked as "no value" while the real metrics
+    go unchecked: that is a broken config, not drift."""
+    missing = [m for m in ref.metrics if m not in metrics]
+    if missing:
+        where = f"{against.value}{key.where()}" if key else against.value
+        raise ConfigError(
+            f"{config.path}: {where}.metrics: {', '.join(missing)} is not produced by this "
+            f"{key.kind.value if key else ''} run (it produces: {', '.join(sorted(metrics)) or 'nothing'}); "
+            "fix or re-save the entry"
+        )
+
+
 def check_source(
     source: str,
     metrics: dict[str, float],
@@ -83,11 +137,17 @@ def check_source(
     spec: TaskSpec,
     require: bool,
     target_metrics: tuple[str, ...],
+    key: ResultKey | None = None,
+    conditions: dict[str, Any] | None = None,
 ) -> CheckResult:
-    """Verdicts for one computed source's metrics against a reference (None: nothing saved)."""
+    """Verdicts for one computed source's metrics against a reference (None: nothing saved).
+    `conditions` are this run's (lib/gates/conditions.summarize): a failure is diagnosed against the
+    last passing result."""
     values = metrics
     if ref is None:  # report what would have been checked, as "no target"
         values = {m: metrics[m] for m in target_metrics if m in metrics}
+    elif against in (Against.targets, Against.measurements):
+        _unknown_reference_metrics(config, key, against, ref, metrics)
     verdicts = check_against(
         values, ref.metrics if ref else None, against, config.margin_overrides(), spec.task_id, require
     )
@@ -100,4 +160,13 @@ def check_source(
             row["delta_interval"] = interval.as_dict() if interval else None
         rows.append(row)
     info = {k: ref.info.get(k) for k in ("id", "source", "saved")} if ref else None
-    return CheckResult(against.value, source, info, rows)
+    result = CheckResult(against.value, source, info, rows, key)
+    failed = [r for r in rows if not r["passed"]]
+    if failed and ref is not None and key is not None:
+        result.baseline, before = last_pass(config, key, against, ref, spec.task_id)
+        ok = comparable(before) and comparable(conditions)
+        result.changes = diff_conditions(before, conditions, perf=key.kind is ResultKind.perf) if ok else []
+        result.diagnosis = diagnosis(failed, result.changes, result.baseline, ok)
+    elif failed:
+        result.diagnosis = "no target saved for " + (str(key) if key else "this result") + " (--require-targets)"
+    return result

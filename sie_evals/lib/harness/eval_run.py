@@ -1,18 +1,24 @@
 """One `sie-bench eval` invocation as a function: compute sources, reference sources, drift checks
 and saves. Returns everything the CLI prints; prints nothing itself."""
 
+import hashlib
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from sie_evals.lib.config.model_config import ModelConfig, find_model_config
+from sie_evals.lib.config.model_config import ModelConfig, ResolvedProfile, find_model_config
 from sie_evals.lib.core import paths
-from sie_evals.lib.core.errors import InputError, UnknownNameError
+from sie_evals.lib.core.errors import InputError, SieEvalsError, UnknownNameError
+from sie_evals.lib.core.names import validate_name
+from sie_evals.lib.core.run_conditions import hardware
 from sie_evals.lib.core.sources import ALL_SOURCES, COMPUTE_SOURCES, REFERENCE_SOURCES
 from sie_evals.lib.engines.cache import EmbeddingCache
+from sie_evals.lib.gates.conditions import summarize
 from sie_evals.lib.gates.drift import CheckResult, ReferenceColumn, check_source, reference
+from sie_evals.lib.gates.keys import ResultKey
 from sie_evals.lib.gates.saved_results import append_measurement, save_target
 from sie_evals.lib.gates.thresholds import Against
 from sie_evals.lib.harness.evaluation import (
@@ -22,7 +28,6 @@ from sie_evals.lib.harness.evaluation import (
     evaluate_perf_source,
     evaluate_source,
     load_task,
-    perf_variant,
 )
 from sie_evals.lib.harness.report import build_report
 from sie_evals.lib.perf.load import PERF_TARGET_METRICS, LoadSpec
@@ -58,7 +63,8 @@ class EvalOutcome:
     config: ModelConfig
     spec: TaskSpec
     data: TaskData
-    variant: str
+    key: ResultKey  # the reference columns' key (perf: of the first computed source)
+    keys: dict[str, ResultKey]  # per computed source
     results: list[SourceResult]
     references: list[ReferenceColumn]
     checks: list[CheckResult]
@@ -86,6 +92,9 @@ def parse_sources(sources: str | None) -> tuple[str, ...]:
 
 
 def _validate(req: EvalRequest) -> None:
+    validate_name("--profile", req.profile)
+    if req.data.split is not None:
+        validate_name("--split", req.data.split)
     for flag, source in (("--save-targets", req.save_targets), ("--save-measurements", req.save_measurements)):
         if source is None:
             continue
@@ -97,27 +106,47 @@ def _validate(req: EvalRequest) -> None:
         raise InputError("--check-targets/--check-measurements need a computed source in --sources (e.g. local)")
 
 
-def _conditions_summary(result: SourceResult) -> dict[str, Any]:
-    rc = result.run_conditions
-    hw = rc["hardware"]
+@lru_cache(maxsize=8)
+def _folder_hash(folder: str) -> str | None:
+    """sha256 over every file's relative name and content in a local weights folder."""
+    root = Path(folder)
+    if not root.is_dir():
+        return None  # a hub id: the revision names it
+    digest = hashlib.sha256()
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(root)).encode() + b"\0")
+        with open(file, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def weights_hash(config: ModelConfig) -> str | None:
+    from sie_evals.lib.engines.local import resolve_weights
+
+    try:
+        return _folder_hash(resolve_weights(config))
+    except SieEvalsError:
+        return None
+
+
+def conditions_of(result: SourceResult, config: ModelConfig, profile: ResolvedProfile) -> dict[str, Any]:
+    """What is saved with a target or measurement, and diffed when a check fails."""
+    rc = {**result.run_conditions, "weights_hash": weights_hash(config)}
+    return summarize(rc, profile.model_dump(mode="json"))
+
+
+def _benchmark_conditions(ref: ReferenceColumn, config: ModelConfig, profile: ResolvedProfile) -> dict[str, Any]:
+    """Published numbers are held to the model revision and profile they are saved for: a later run
+    that differs in those is named as the change when it fails."""
     return {
-        "engine": rc["engine"],
-        "engine_version": rc["engine_version"],
-        "model_revision": rc["model_revision"],
-        "weights": rc["weights"],
-        "profile": rc["profile"],
-        "dtype": rc["dtype"],
-        "batch_size": rc["batch_size"],
-        "concurrency": rc.get("concurrency"),
-        "threads": rc["threads"],
-        "workload": rc.get("workload"),
-        "hardware": {k: hw[k] for k in ("cpu", "cpu_count", "gpus", "host")},
-        "load_avg": rc.get("load_avg_before", hw.get("load_avg_1m")),
-        "harness_version": rc["software"]["sie_evals"],
-        "dataset_hash": rc["dataset"]["content_hash"],
-        "split": rc["dataset"]["split"],
-        "subset": rc["dataset"]["subset"],
-        "date": rc["date"],
+        "published": {k: v for k, v in ref.info.items() if v is not None},
+        "model_revision": config.revision,
+        "profile": profile.name,
+        "dtype": profile.dtype.value,
+        "profile_settings": {
+            k: v for k, v in profile.model_dump(mode="json").items() if k not in ("name", "batch_size")
+        },
     }
 
 
@@ -128,6 +157,8 @@ def _to_save(
     spec: TaskSpec,
     data: TaskData,
     target_metrics: tuple[str, ...],
+    config: ModelConfig,
+    profile: ResolvedProfile,
 ) -> tuple[dict[str, float], dict[str, Any], pd.DataFrame | None]:
     if source in results:
         r = results[source]
@@ -135,14 +166,14 @@ def _to_save(
         if not metrics:
             raise InputError(f"{source} produced none of the metrics to save ({', '.join(target_metrics)})")
         per_query = r.per_query if "query_id" in r.per_query.columns else None  # perf rows are requests
-        return metrics, _conditions_summary(r), per_query
+        return metrics, conditions_of(r, config, profile), per_query
     if source == "benchmark":
         if data.subset:
             raise InputError("cannot save benchmark values for a subset: published values are for the full split")
         ref = refs.get("benchmark")
         if ref is None:
             raise InputError(f"no published quality score for this model on {spec.task_id} ({data.split})")
-        return dict(ref.metrics), {"published": {k: v for k, v in ref.info.items() if v is not None}}, None
+        return dict(ref.metrics), _benchmark_conditions(ref, config, profile), None
     raise InputError(f"cannot save source {source!r}")
 
 
@@ -153,6 +184,18 @@ def default_sources(config: ModelConfig) -> tuple[str, ...]:
     return (config.sources[0],)
 
 
+def result_key(
+    req: EvalRequest, config: ModelConfig, spec: TaskSpec, data: TaskData, profile: str, source: str
+) -> ResultKey:
+    """The key of one computed source's result (perf keys name the engine and this machine)."""
+    if req.eval_type == "perf":
+        load = req.load.shape_key(req.workload, req.sweep.param if req.sweep is not None else None)
+        return ResultKey.perf(
+            config.short_name, spec.task_id, data.split, data.subset, profile, source, load, hardware()
+        )
+    return ResultKey.quality(config.short_name, spec.task_id, data.split, data.subset, profile)
+
+
 def run_eval(req: EvalRequest) -> EvalOutcome:
     config = find_model_config(req.model, paths.model_configs_dir())
     if not req.sources:
@@ -161,8 +204,8 @@ def run_eval(req: EvalRequest) -> EvalOutcome:
     profile = config.resolve_profile(req.profile)
     spec, data = load_task(req.task, req.data)
     compute = [s for s in req.sources if s in COMPUTE_SOURCES]
+    keys = {s: result_key(req, config, spec, data, profile.name, s) for s in compute}
     if req.eval_type == "perf":
-        variant = perf_variant(req.workload, req.load.batch_size, req.load.concurrency, req.load, req.sweep)
         target_metrics: tuple[str, ...] = PERF_TARGET_METRICS
         results = [
             evaluate_perf_source(
@@ -171,23 +214,25 @@ def run_eval(req: EvalRequest) -> EvalOutcome:
             for s in compute
         ]
     else:
-        variant = data.variant
         target_metrics = spec.rules.target_metrics
         cache = EmbeddingCache(req.cache_dir or paths.cache_dir())
         results = [evaluate_source(config, profile, spec, data, s, req.engine, cache) for s in compute]
+    # reference columns: quality keys are engine-independent; perf references are the first engine's
+    saving = req.save_targets or req.save_measurements
+    first = saving if saving in keys else (compute[0] if compute else "local")
+    key = keys.get(first) or result_key(req, config, spec, data, profile.name, first)
 
     refs = {}
     for s in req.sources:
-        if s in REFERENCE_SOURCES and (
-            ref := reference(s, config, spec, profile.name, variant, data.split, bool(data.subset))
-        ):
+        if s in REFERENCE_SOURCES and (ref := reference(s, config, spec, key)):
             refs[s] = ref
 
     checks: list[CheckResult] = []
     for r in results:
         for flag, against in ((req.check_targets, Against.targets), (req.check_measurements, Against.measurements)):
             if flag:
-                ref = reference(against.value, config, spec, profile.name, variant, data.split, bool(data.subset))
+                k = keys[r.source]
+                ref = reference(against.value, config, spec, k)
                 checks.append(
                     check_source(
                         r.source,
@@ -199,28 +244,34 @@ def run_eval(req: EvalRequest) -> EvalOutcome:
                         spec,
                         req.require_targets,
                         target_metrics,
+                        k,
+                        conditions_of(r, config, profile),
                     )
                 )
 
     # Checks ran against what was saved before this run; saving comes after.
     by_source = {r.source: r for r in results}
     saved: list[str] = []
-    where = f"[{spec.task_id}][{profile.name}][{variant}]"
-    if req.save_targets:
-        metrics, conditions, per_query = _to_save(req.save_targets, by_source, refs, spec, data, target_metrics)
-        config = save_target(
-            config, spec.task_id, profile.name, variant, req.save_targets, metrics, conditions, per_query
-        )
-        saved.append(f"targets{where} <- {req.save_targets}")
-    if req.save_measurements:
-        metrics, conditions, per_query = _to_save(req.save_measurements, by_source, refs, spec, data, target_metrics)
-        config, mid = append_measurement(
-            config, spec.task_id, profile.name, variant, req.save_measurements, metrics, conditions, per_query
-        )
-        saved.append(f"measurements{where} += {mid}")
+    for flag, source in (("targets", req.save_targets), ("measurements", req.save_measurements)):
+        if not source:
+            continue
+        if source not in keys and req.eval_type == "perf":
+            raise InputError(f"--save-{flag} {source}: perf results are saved from a computed source")
+        k = keys.get(source, key)
+        metrics, conditions, per_query = _to_save(source, by_source, refs, spec, data, target_metrics, config, profile)
+        if flag == "targets":
+            config = save_target(config, k, source, metrics, conditions, per_query)
+            saved.append(f"targets{k.where()} <- {source}")
+        else:
+            config, mid = append_measurement(config, k, source, metrics, conditions, per_query)
+            saved.append(f"measurements{k.where()} += {mid}")
 
     report = build_report(config.model_id, profile.name, spec, data, results, req.eval_type)
-    report["variant"] = variant
+    report["variant"] = key.variant
+    report["result_key"] = key.as_dict()
+    for s, k in keys.items():
+        if s in report["sources"]:
+            report["sources"][s]["result_key"] = k.as_dict()
     for s in req.sources:
         if s in REFERENCE_SOURCES:
             ref = refs.get(s)
@@ -234,9 +285,6 @@ def run_eval(req: EvalRequest) -> EvalOutcome:
     if req.eval_type == "quality":
         for s, par in parity_against(results, "local").items():
             report["sources"][s]["parity_vs_local"] = par
-    report["checks"] = [
-        {"against": c.against, "source": c.source, "reference": c.reference, "passed": c.passed, "verdicts": c.verdicts}
-        for c in checks
-    ]
+    report["checks"] = [c.as_dict() for c in checks]
     report["saved"] = saved
-    return EvalOutcome(config, spec, data, variant, results, list(refs.values()), checks, report, saved)
+    return EvalOutcome(config, spec, data, key, keys, results, list(refs.values()), checks, report, saved)

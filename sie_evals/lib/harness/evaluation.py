@@ -193,13 +193,6 @@ PERF_WORKLOADS = ("corpus", "queries")
 FIXED_TOKEN_TEXTS = 256  # distinct texts per --tokens length
 
 
-def perf_variant(workload: str, batch_size: int, concurrency: int, load=None, sweep=None) -> str:
-    """Perf targets/measurements are keyed by the load shape: latency depends on it."""
-    if load is None:
-        return f"perf@{workload}-b{batch_size}-c{concurrency}"
-    return load.variant(workload, sweep.param if sweep is not None else None)
-
-
 def _tokenizer(model: ModelConfig):
     from sie_evals.lib.engines.local import resolve_weights
 

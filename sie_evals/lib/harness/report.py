@@ -308,3 +308,16 @@ def render_verdicts(check: dict[str, Any], console: Console) -> None:
             ("yes" if ci["beyond_noise"] else "no") if ci else "-",
         )
     console.print(table)
+    key = check.get("key") or {}
+    where = f"{key.get('task')}, profile {key.get('profile')}, variant {key.get('variant')}" if key else ""
+    if ref is None:
+        verdict = "FAILS (--require-targets)" if not check["passed"] else "passes WITHOUT checking anything"
+        console.print(
+            Text.assemble(
+                (f"WARN no {check['against'][:-1]}:", "bold yellow"),
+                f" nothing saved for {where}; this check {verdict}",
+            ),
+            soft_wrap=True,
+        )
+    elif check.get("diagnosis"):
+        console.print(Text.assemble(("diagnosis:", "bold red"), f" {check['diagnosis']}"), soft_wrap=True)

@@ -109,6 +109,10 @@ class LoadSpec:
             parts = f"perf@{what}{batch}-{arrival}{rate}{cap}"
         return parts + (f"-sweep-{swept}" if swept else "")
 
+    def shape_key(self, workload: str = "corpus", swept: str | None = None) -> str:
+        """The load-shape part of a perf ResultKey (lib/gates/keys.py): `variant` without its prefix."""
+        return self.variant(workload, swept).removeprefix("perf@")
+
 
 @dataclass
 class Trial:

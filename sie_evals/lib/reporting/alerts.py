@@ -52,6 +52,9 @@ class Alert:
     metrics: tuple[FailedMetric, ...] = ()
     description: str | None = None
     dedupe_key: str = ""  # unique per failed evaluation / run
+    # what changed in the run conditions since the last passing result (lib/gates/conditions.py)
+    diagnosis: str | None = None
+    changes: tuple[dict[str, Any], ...] = ()
 
     def text(self) -> str:
         where = f"{self.model} · {self.task} · {self.source}" if self.model else (self.partition or "-")
@@ -62,7 +65,9 @@ class Alert:
                 f"  {m.metric}: value {_num(m.value)} vs target {_num(m.target)}"
                 + (f" (ratio {m.ratio:.4f}, margin {m.margin:g})" if m.ratio is not None and m.margin else "")
             )
-        if self.description and not self.metrics:
+        if self.diagnosis:
+            lines.append(f"  why: {self.diagnosis}")
+        elif self.description and not self.metrics:
             lines.append(f"  {self.description}")
         lines.append(f"  run: {self.run_url}")
         return "\n".join(lines)
