@@ -95,7 +95,8 @@ def test_split_that_is_a_path_is_refused_and_nothing_saved(configs, tmp_path, mo
     )
     assert res.exit_code == 2, res.output
     assert "--split '../../x' is not a valid name" in " ".join(res.output.split())
-    assert cfg.read_text() == before and not (configs / "per_query").exists()
+    assert cfg.read_text() == before
+    assert not (configs / "per_query" / "all-MiniLM-L6-v2").exists()  # no per-query Parquet written
 
 
 def test_variant_key_that_is_a_path_is_a_config_error(configs):

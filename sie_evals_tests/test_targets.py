@@ -137,12 +137,13 @@ def test_bad_config_is_an_input_error_and_nothing_is_written(configs, mutate, ne
     cfg = configs / CONFIG_NAME
     cfg.write_text(mutate(cfg.read_text()))
     before = cfg.read_text()
+    files_before = sorted(p for p in configs.rglob("*") if p.is_file())
     res = _eval("-s", "local", "--save-targets", "local")
     assert res.exit_code == 2, res.output
     text = " ".join(res.output.split())
     assert needle in text and CONFIG_NAME in text
     assert cfg.read_text() == before
-    assert not (configs / "per_query").exists()
+    assert sorted(p for p in configs.rglob("*") if p.is_file()) == files_before  # no per-query Parquet either
 
 
 def test_save_options_are_validated(configs):

@@ -38,7 +38,7 @@ class EvalDefaults(BaseSettings):
     perf_requests: int = Field(200, ge=1, description="Perf: counted requests per trial.")
     perf_warmup_requests: int = Field(16, ge=0, description="Perf: warm-up requests per trial.")
     perf_trials: int = Field(3, ge=1, description="Perf: repeated trials (median reported).")
-    perf_rate: float | None = Field(None, gt=0, description="Perf: open loop at this many requests/s (unset: closed).")
+    perf_rate: float | None = Field(None, description="Perf: open loop at this many requests/s (unset: closed).")
     perf_arrival: Literal["constant", "poisson", "gamma"] = Field("poisson", description="Perf: open-loop arrivals.")
     perf_sweep: str | None = Field(None, description="Perf: a sweep, e.g. concurrency=1,2,4,8.")
     perf_slos: str | None = Field(None, description="Perf: comma-separated SLOs, e.g. p99_ms<=250,error_rate<=0.01.")
