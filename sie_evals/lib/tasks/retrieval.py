@@ -178,11 +178,16 @@ def load_local_beir(spec: TaskSpec, split: str, data_root: Path) -> RetrievalDat
             f"{folder}: no dataset folder for task {spec.task_id} under data root {data_root} "
             f"(folders there: {', '.join(present) or 'none'})"
         )
+    return read_beir_folder(folder, split, spec.task_id)
+
+
+def read_beir_folder(folder: Path, split: str, task_id: str) -> RetrievalData:
+    """One split of a BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv)."""
     qrels_path = folder / "qrels" / f"{split}.tsv"
     if not qrels_path.is_file():
         splits = available_local_splits(folder)
         raise DatasetError(
-            f"{qrels_path}: missing qrels file for split {split!r} of {spec.task_id}; "
+            f"{qrels_path}: missing qrels file for split {split!r} of {task_id}; "
             f"available splits: {', '.join(splits) or 'none'}"
         )
     corpus_path, queries_path = folder / "corpus.jsonl", folder / "queries.jsonl"
@@ -205,7 +210,7 @@ def load_local_beir(spec: TaskSpec, split: str, data_root: Path) -> RetrievalDat
     query_ids = [str(r["_id"]) for _, r in query_rows if str(r["_id"]) in qrels]
     warnings = dangling_qrels_warnings(qrels, doc_ids, set(query_text), f"{qrels_path}")
     return RetrievalData(
-        task_id=spec.task_id,
+        task_id=task_id,
         split=split,
         corpus_ids=[str(r["_id"]) for _, r in corpus_rows],
         corpus_texts=[document_text(r.get("title"), r.get("text")) for _, r in corpus_rows],
