@@ -62,8 +62,8 @@ def eval_cmd(
         typer.Option(
             "-t",
             "--task",
-            help="Task id, e.g. beir/SciFact (alias mteb/SciFact), or beir/<Name> for any "
-            "BEIR folder under the data root.",
+            help="Task id, e.g. beir/SciFact (alias mteb/SciFact), beir/<Name> for any "
+            "BEIR folder under the data root, or mteb/<TaskName>[/<subset>] for any text task of the installed mteb.",
         ),
     ],
     eval_type: Annotated[
@@ -197,6 +197,14 @@ def eval_cmd(
             "--record/--no-record", help="Record the result in the Dagster instance when DAGSTER_HOME is set."
         ),
     ] = True,
+    backend: Annotated[
+        str | None,
+        typer.Option(
+            "--backend",
+            help="native (this project's implementation) or mteb (MTEB's task code and evaluators); "
+            "default: native where it exists, else mteb.",
+        ),
+    ] = None,
 ) -> None:
     """Evaluate MODEL on a task with one or more sources and print a metrics table.
 
@@ -226,7 +234,7 @@ def eval_cmd(
         task=task,
         sources=parse_sources(sources),
         profile=profile,
-        data=DataOptions(split, limit_queries, corpus_size, data_dir),
+        data=DataOptions(split, limit_queries, corpus_size, data_dir, backend),
         engine=EngineOptions(
             batch_size=batch_size,
             threads=threads,
@@ -278,17 +286,24 @@ def models_cmd() -> None:
 
 @app.command("tasks")
 @_handle_errors
-def tasks_cmd() -> None:
-    """List registered tasks (any beir/<Name> folder under the data root also works)."""
-    from sie_evals.lib.tasks.registry import registered_tasks
+def tasks_cmd(
+    task_type: Annotated[
+        str | None, typer.Option("--type", help="Only tasks of this MTEB type (e.g. Retrieval, Clustering).")
+    ] = None,
+    search: Annotated[
+        str | None, typer.Option("--search", help="Only tasks whose name or description contains this text.")
+    ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option("--data-dir", help=f"Data root to look for local copies (default ${paths.DATA_DIR_ENV})."),
+    ] = None,
+) -> None:
+    """List every text task the installed mteb knows (name, type, main score, languages/subsets), which have local
+    data under the data root and which a native path; plus the project's own tasks (beir/<Name> folders also work)."""
+    from sie_evals.lib.tasks.task_listing import list_tasks
 
-    for spec in registered_tasks():
-        aliases = f" (alias {', '.join(spec.aliases)})" if spec.aliases else ""
-        typer.echo(
-            f"{spec.task_id}{aliases}: {spec.type}, splits {', '.join(spec.rules.eval_splits)}, "
-            f"main score {spec.rules.main_score}, data {spec.local_dir}/"
-            + (f" or hf:{spec.hf_dataset}" if spec.hf_dataset else "")
-        )
+    for line in list_tasks(task_type, search, data_dir or paths.data_dir()):
+        typer.echo(line)
 
 
 @app.command("validate")

@@ -28,6 +28,7 @@ from typing import Any
 from sie_evals.lib.core import paths
 from sie_evals.lib.core.errors import DatasetError, InputError
 from sie_evals.lib.tasks.base import TaskDataBase
+from sie_evals.lib.tasks.retrieval import DEFAULT_SUBSET_CORPUS_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,15 @@ class MtebTaskData(TaskDataBase):
     def counts(self) -> dict[str, int]:
         return dict(self.item_counts)
 
+    @property
+    def variant(self) -> str:
+        """As the native data's: split, split@q<N>-c<M> (retrieval slice) or split@n<N> (other slices)."""
+        if not self.subset:
+            return self.split
+        if "corpus_size" in self.subset:
+            return f"{self.split}@q{self.subset['limit_queries']}-c{self.subset['corpus_size']}"
+        return f"{self.split}@n{self.subset['limit']}"
+
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "mteb": task_metadata(self.task, self.hf_subset)}
 
@@ -221,7 +231,11 @@ def load_mteb_task_data(
     subset_info = None
     if limit:
         mteb_local.slice_task(task, hf_subset, split, limit, corpus_size)
-        subset_info = {"limit_queries": limit, "corpus_size": corpus_size} if corpus_size else {"limit": limit}
+        if mteb_local.is_retrieval_like(task):
+            corpus_size = corpus_size or DEFAULT_SUBSET_CORPUS_SIZE
+            subset_info = {"limit_queries": limit, "corpus_size": corpus_size}
+        else:
+            subset_info = {"limit": limit}
     counts, digest = mteb_local.counts_and_hash(task, hf_subset, split)
     return MtebTaskData(
         task_id=task_id,
