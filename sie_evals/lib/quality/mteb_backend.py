@@ -101,11 +101,19 @@ def _flatten(scores: dict[str, Any], prefix: str = "") -> dict[str, float]:
     return out
 
 
+def _numeric_lists(scores: dict[str, Any], prefix: str = "") -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {}
+    for key, value in scores.items():
+        if isinstance(value, list) and value and all(isinstance(x, int | float) for x in value):
+            out[f"{prefix}{key}"] = [float(x) for x in value]
+        elif isinstance(value, dict):
+            out.update(_numeric_lists(value, f"{prefix}{key}."))
+    return out
+
+
 def _per_item(scores: dict[str, Any]) -> pd.DataFrame:
-    """Per-item scores where MTEB returns them (e.g. per-experiment or per-clustering-run lists)."""
-    columns = {
-        k: v for k, v in scores.items() if isinstance(v, list) and v and all(isinstance(x, int | float) for x in v)
-    }
+    """Per-item scores where MTEB returns them (per clustering run, per experiment...): one row per item."""
+    columns = _numeric_lists(scores)
     if not columns:
         return pd.DataFrame({"query_id": []})
     n = max(len(v) for v in columns.values())

@@ -156,6 +156,35 @@ def local_folder(task: Any, hf_subset: str, data_root: Path | None, native_dir: 
     return None
 
 
+def hub_cache_snapshot(task: Any) -> Path | None:
+    """The snapshot folder of the task's dataset at MTEB's pinned revision in the local Hugging Face hub cache
+    ($HF_HUB_CACHE, else $HF_HOME/hub), found by huggingface_hub itself; None when it is not there.
+
+    `datasets.load_dataset("org/name")` needs the hub API even for cached files when HF_HUB_OFFLINE=1 is unset and
+    refuses the hub cache when it is set, so a cached snapshot is read as a local dataset folder (its README's
+    configs, as on the hub)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    revision = task.metadata.dataset.get("revision")
+    if not revision:
+        return None
+    cache_dir = os.environ.get("HF_HUB_CACHE") or (
+        str(Path(os.environ["HF_HOME"]) / "hub") if os.environ.get("HF_HOME") else None
+    )
+    try:
+        folder = snapshot_download(
+            task.metadata.dataset["path"],
+            repo_type="dataset",
+            revision=revision,
+            cache_dir=cache_dir,
+            local_files_only=True,
+        )
+    except (LocalEntryNotFoundError, FileNotFoundError, ValueError, OSError):
+        return None
+    return Path(folder)
+
+
 def _missing_data_error(task: Any, hf_subset: str, split: str, data_root: Path | None, err: Exception) -> DatasetError:
     folders = candidate_folders(task, None)
     where = "/".join(["<data root>", folders[0], *([hf_subset] if task.metadata.is_multilingual else [])])
@@ -223,11 +252,18 @@ def load_mteb_task_data(
         warnings = mteb_local.load_folder(task, folder, hf_subset, split)
         origin = str(folder)
     else:
+        origin = f"hf://{task.metadata.dataset['path']}@{task.metadata.dataset.get('revision')}"
+        snapshot = hub_cache_snapshot(task)
+        original = task.metadata
+        if snapshot is not None:  # the pinned revision is in the hub cache: read it there (no network needed)
+            task.metadata = original.model_copy(update={"dataset": {**original.dataset, "path": str(snapshot)}})
+            origin = f"hf-cache://{original.dataset['path']}@{original.dataset.get('revision')} ({snapshot})"
         try:
             task.load_data()
         except Exception as err:  # datasets/hub raise many types; all mean "no data"
+            task.metadata = original
             raise _missing_data_error(task, hf_subset, split, data_root, err) from None
-        origin = f"hf://{task.metadata.dataset['path']}@{task.metadata.dataset.get('revision')}"
+        task.metadata = original
     subset_info = None
     if limit:
         mteb_local.slice_task(task, hf_subset, split, limit, corpus_size)
