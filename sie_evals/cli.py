@@ -205,6 +205,14 @@ def eval_cmd(
             "default: native where it exists, else mteb.",
         ),
     ] = None,
+    results_repo: Annotated[
+        Path | None,
+        typer.Option(
+            "--results-repo",
+            help="Local copy of MTEB's results repository (results/<org>__<model>/<revision>/<Task>.json) for the "
+            "benchmark source (default $SIE_EVALS_RESULTS_REPO).",
+        ),
+    ] = None,
 ) -> None:
     """Evaluate MODEL on a task with one or more sources and print a metrics table.
 
@@ -215,6 +223,10 @@ def eval_cmd(
 
     if corpus_size and not limit_queries:
         raise InputError("--corpus-size only applies together with --limit-queries")
+    if results_repo is not None:  # read by the benchmark source (lib/gates/benchmark_scores.py)
+        if not (results_repo / "results").is_dir():
+            raise InputError(f"--results-repo {results_repo}: no results/ folder (MTEB's results repository layout)")
+        os.environ["SIE_EVALS_RESULTS_REPO"] = str(results_repo)
     from sie_evals.lib.perf.load import LoadSpec
 
     if workload not in ("corpus", "queries"):

@@ -224,3 +224,30 @@ def test_bad_mteb_task_names_exit_2(task, expected):
 def test_native_backend_refuses_a_task_without_native_path():
     res = runner.invoke(app, ["eval", MODEL_ID, "-t", "mteb/ArguAna", "--backend", "native", "-s", "local"])
     assert res.exit_code == 2 and "no native implementation" in res.output
+
+
+def test_benchmark_source_reads_a_results_repository(tmp_path, monkeypatch):
+    from sie_evals.lib.core.errors import ConfigError
+    from sie_evals.lib.gates.benchmark_scores import published_score
+
+    folder = tmp_path / "results-repo" / "results" / "sentence-transformers__all-MiniLM-L6-v2" / "abc123"
+    folder.mkdir(parents=True)
+    entry = {"hf_subset": "en", "languages": ["eng-Latn"], "main_score": 0.8203, "cosine_spearman": 0.8203}
+    other = {**entry, "hf_subset": "de", "main_score": 0.5, "cosine_spearman": 0.5}
+    (folder / "STSBenchmarkMultilingualSTS.json").write_text(
+        json.dumps({"mteb_version": "1.12.0", "dataset_revision": "29afa25", "scores": {"test": [other, entry]}})
+    )
+    monkeypatch.setenv("SIE_EVALS_RESULTS_REPO", str(tmp_path / "results-repo"))
+    kwargs = {"mteb_name": "STSBenchmarkMultilingualSTS", "model_revision": "abc123"}
+    metrics, provenance = published_score(
+        MODEL_ID, "mteb/STSBenchmarkMultilingualSTS/en", "test", hf_subset="en", **kwargs
+    )
+    assert metrics == {"main_score": 0.8203, "cosine_spearman": 0.8203}
+    assert provenance["path"].endswith("abc123/STSBenchmarkMultilingualSTS.json") and provenance["subset"] == "en"
+    assert published_score(MODEL_ID, "mteb/X/fr", "test", hf_subset="fr", **kwargs) is None  # nothing published
+    # the curated file still wins for the tasks it holds
+    curated = published_score(MODEL_ID, "beir/SciFact", "test", mteb_name="SciFact")
+    assert curated[1]["repository"] == "embeddings-benchmark/results"
+    (folder / "STSBenchmarkMultilingualSTS.json").write_text("{not json")
+    with pytest.raises(ConfigError, match=r"STSBenchmarkMultilingualSTS\.json: not an MTEB result file"):
+        published_score(MODEL_ID, "mteb/STSBenchmarkMultilingualSTS/en", "test", hf_subset="en", **kwargs)

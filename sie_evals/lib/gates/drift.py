@@ -45,7 +45,14 @@ def reference(
     if source == "benchmark":
         if variant.startswith("perf@"):
             return None  # MTEB publishes quality only
-        found = published_score(config.model_id, spec.task_id, split)
+        found = published_score(
+            config.model_id,
+            spec.task_id,
+            split,
+            mteb_name=spec.mteb_name,
+            hf_subset=spec.hf_subset,
+            model_revision=config.revision,
+        )
         if found is None:
             return None
         metrics, provenance = found
