@@ -251,3 +251,23 @@ def test_benchmark_source_reads_a_results_repository(tmp_path, monkeypatch):
     (folder / "STSBenchmarkMultilingualSTS.json").write_text("{not json")
     with pytest.raises(ConfigError, match=r"STSBenchmarkMultilingualSTS\.json: not an MTEB result file"):
         published_score(MODEL_ID, "mteb/STSBenchmarkMultilingualSTS/en", "test", hf_subset="en", **kwargs)
+
+
+def test_mteb_task_snapshots_and_dagster_partitions(tmp_path, minilm):
+    """A config may list any MTEB task: its partitions follow, and its data snapshots for the task_dataset asset."""
+    from sie_evals.defs.evals.partitions import eval_keys
+    from sie_evals.lib.tasks.snapshot import read_snapshot, write_snapshot
+
+    config = minilm.model_copy(update={"tasks": ["mteb/TwentyNewsgroupsClustering.v2", "mteb/SciFact"]})
+    assert {str(k) for k in eval_keys([config])} >= {
+        f"{minilm.short_name}:mteb/TwentyNewsgroupsClustering.v2:local",
+        f"{minilm.short_name}:beir/SciFact:local",
+    }
+    _clustering_folder(tmp_path / "data")
+    for task, opts in (
+        ("mteb/TwentyNewsgroupsClustering.v2", {"data_root": tmp_path / "data"}),
+        ("mteb/SciFact", {"limit_queries": 5, "corpus_size": 50}),
+    ):
+        _, data = load_task(task, DataOptions(backend="mteb", **opts))
+        back = read_snapshot(write_snapshot(data, tmp_path / "snap" / task.replace("/", "_")))
+        assert back.content_hash == data.content_hash and back.counts == data.counts and back.variant == data.variant

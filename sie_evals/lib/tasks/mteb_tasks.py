@@ -272,6 +272,21 @@ def load_mteb_task_data(
             subset_info = {"limit_queries": limit, "corpus_size": corpus_size}
         else:
             subset_info = {"limit": limit}
+    return rebuild_task_data(task_id, task, hf_subset, split, origin, subset_info, warnings)
+
+
+def rebuild_task_data(
+    task_id: str,
+    task: Any,
+    hf_subset: str,
+    split: str,
+    origin: str,
+    subset_info: dict[str, int] | None,
+    warnings: tuple[str, ...] = (),
+) -> MtebTaskData:
+    """MtebTaskData around a task whose data is loaded (counts and content hash computed from it)."""
+    from sie_evals.lib.tasks import mteb_local
+
     counts, digest = mteb_local.counts_and_hash(task, hf_subset, split)
     return MtebTaskData(
         task_id=task_id,
