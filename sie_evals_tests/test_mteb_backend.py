@@ -271,3 +271,20 @@ def test_mteb_task_snapshots_and_dagster_partitions(tmp_path, minilm):
         _, data = load_task(task, DataOptions(backend="mteb", **opts))
         back = read_snapshot(write_snapshot(data, tmp_path / "snap" / task.replace("/", "_")))
         assert back.content_hash == data.content_hash and back.counts == data.counts and back.variant == data.variant
+
+
+def test_tasks_command_lists_every_mteb_text_task():
+    import mteb
+
+    res = runner.invoke(app, ["tasks", "--search", "scifact", "--data-dir", str(DATA)])
+    assert res.exit_code == 0, res.output
+    line = next(x for x in res.output.splitlines() if x.startswith("mteb/SciFact:"))
+    assert "Retrieval, main score ndcg_at_10" in line and "[native]" in line and "[local: default]" in line
+    res = runner.invoke(app, ["tasks", "--type", "Clustering"])
+    names = [x.split(":")[0] for x in res.output.splitlines() if x.startswith("mteb/")]
+    assert "mteb/TwentyNewsgroupsClustering.v2" in names and "mteb/SciFact" not in names
+    res = runner.invoke(app, ["tasks"])
+    listed = {x.split(":")[0] for x in res.output.splitlines() if x.startswith("mteb/")}
+    text_tasks = {f"mteb/{t.metadata.name}" for t in mteb.get_tasks() if list(t.metadata.modalities) == ["text"]}
+    assert text_tasks <= listed | {"mteb/SciFact"} and len(text_tasks) > 1000
+    assert "mteb/STSBenchmarkMultilingualSTS: STS" in res.output and "subsets en,de,es" in res.output
