@@ -156,8 +156,14 @@ def evaluate_source(
     start = time.perf_counter()
     with engine:
         metrics, per_query, task_extra, vectors = task_type.evaluate(data, engine, cache, stats)
-    seconds = time.perf_counter() - start
-    emb = Embeddings(vectors or {}, engine.info().as_dict(), stats, engine.forward_calls, engine.started, seconds)
+        emb = Embeddings(
+            vectors or {},
+            engine.info().as_dict(),
+            stats,
+            engine.forward_calls,
+            engine.started,  # read before the engine stops: False when everything came from the cache
+            time.perf_counter() - start,
+        )
     return SourceResult(
         source=source,
         metrics=metrics,
