@@ -63,7 +63,8 @@ def eval_cmd(
             "-t",
             "--task",
             help="Task id, e.g. beir/SciFact (alias mteb/SciFact), beir/<Name> for any "
-            "BEIR folder under the data root, or mteb/<TaskName>[/<subset>] for any text task of the installed mteb.",
+            "BEIR folder under the data root, or mteb/<TaskName> (mteb/<TaskName>/<subset>) for any text task "
+            "of the installed mteb.",
         ),
     ],
     eval_type: Annotated[
