@@ -64,8 +64,9 @@ def eval_cmd(
         typer.Option(
             "-t",
             "--task",
-            help="Task id, e.g. beir/SciFact (alias mteb/SciFact), or beir/<Name> for any "
-            "BEIR folder under the data root.",
+            help="Task id, e.g. beir/SciFact (alias mteb/SciFact), beir/<Name> for any "
+            "BEIR folder under the data root, or mteb/<TaskName> (mteb/<TaskName>/<subset>) for any text task "
+            "of the installed mteb.",
         ),
     ],
     eval_type: Annotated[
@@ -248,6 +249,22 @@ def eval_cmd(
         str | None,
         typer.Option("--tokens", help="perf: texts of exactly N tokens cut from the corpus; several = a sweep."),
     ] = None,
+    backend: Annotated[
+        str | None,
+        typer.Option(
+            "--backend",
+            help="native (this project's implementation) or mteb (MTEB's task code and evaluators); "
+            "default: native where it exists, else mteb.",
+        ),
+    ] = None,
+    results_repo: Annotated[
+        Path | None,
+        typer.Option(
+            "--results-repo",
+            help="Local copy of MTEB's results repository (results/<org>__<model>/<revision>/<Task>.json) for the "
+            "benchmark source (default $SIE_EVALS_RESULTS_REPO).",
+        ),
+    ] = None,
 ) -> None:
     """Evaluate MODEL on a task with one or more sources and print a metrics table.
 
@@ -260,6 +277,10 @@ def eval_cmd(
     from sie_evals.lib.harness.evaluation import DataOptions, EngineOptions
     from sie_evals.lib.harness.report import render_table, write_report
 
+    if results_repo is not None:  # read by the benchmark source (lib/gates/benchmark_scores.py)
+        if not (results_repo / "results").is_dir():
+            raise InputError(f"--results-repo {results_repo}: no results/ folder (MTEB's results repository layout)")
+        os.environ["SIE_EVALS_RESULTS_REPO"] = str(results_repo)
     perf = eval_type == EvalType.perf
     if workload is not None and workload not in ("corpus", "queries"):
         raise InputError(f"--workload must be corpus or queries, got {workload!r}")
@@ -310,7 +331,7 @@ def eval_cmd(
         task=task,
         sources=parse_sources(sources),
         profile=settings.profile,
-        data=DataOptions(settings.split, settings.limit_queries, settings.corpus_size, settings.data_root()),
+        data=DataOptions(settings.split, settings.limit_queries, settings.corpus_size, settings.data_root(), backend),
         engine=EngineOptions(
             batch_size=settings.batch_size if not perf else settings.perf_batch_size,
             threads=settings.threads,
@@ -436,17 +457,24 @@ def models_cmd() -> None:
 
 @app.command("tasks")
 @_handle_errors
-def tasks_cmd() -> None:
-    """List registered tasks (any beir/<Name> folder under the data root also works)."""
-    from sie_evals.lib.tasks.registry import registered_tasks
+def tasks_cmd(
+    task_type: Annotated[
+        str | None, typer.Option("--type", help="Only tasks of this MTEB type (e.g. Retrieval, Clustering).")
+    ] = None,
+    search: Annotated[
+        str | None, typer.Option("--search", help="Only tasks whose name or description contains this text.")
+    ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option("--data-dir", help=f"Data root to look for local copies (default ${paths.DATA_DIR_ENV})."),
+    ] = None,
+) -> None:
+    """List every text task the installed mteb knows (name, type, main score, languages/subsets), which have local
+    data under the data root and which a native path; plus the project's own tasks (beir/<Name> folders also work)."""
+    from sie_evals.lib.tasks.task_listing import list_tasks
 
-    for spec in registered_tasks():
-        aliases = f" (alias {', '.join(spec.aliases)})" if spec.aliases else ""
-        typer.echo(
-            f"{spec.task_id}{aliases}: {spec.type}, splits {', '.join(spec.rules.eval_splits)}, "
-            f"main score {spec.rules.main_score}, data {spec.local_dir}/"
-            + (f" or hf:{spec.hf_dataset}" if spec.hf_dataset else "")
-        )
+    for line in list_tasks(task_type, search, data_dir or paths.data_dir()):
+        typer.echo(line)
 
 
 @app.command("validate")

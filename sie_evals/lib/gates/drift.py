@@ -68,7 +68,14 @@ def reference(source: str, config: ModelConfig, spec: TaskSpec, key: ResultKey) 
     if source == "benchmark":
         if key.kind is not ResultKind.quality:
             return None  # MTEB publishes quality only
-        found = published_score(config.model_id, spec.task_id, key.split)
+        found = published_score(
+            config.model_id,
+            spec.task_id,
+            key.split,
+            mteb_name=spec.mteb_name,
+            hf_subset=spec.hf_subset,
+            model_revision=config.revision,
+        )
         if found is None:
             return None
         metrics, provenance = found

@@ -16,9 +16,9 @@ from sie_evals.lib.core.errors import InputError
 from sie_evals.lib.core.run_conditions import hardware, now_iso, software
 from sie_evals.lib.engines import EmbedKind, Engine, create_engine, outputs
 from sie_evals.lib.engines.cache import CacheStats, EmbeddingCache
-from sie_evals.lib.quality.scoring import TaskData, score_task, task_inputs
-from sie_evals.lib.tasks import RetrievalData, TaskSpec, load_retrieval_data, resolve_task
-from sie_evals.lib.tasks.labeled import LOCAL_LOADERS
+from sie_evals.lib.quality.scoring import TaskData, task_inputs
+from sie_evals.lib.quality.task_types import MtebTaskType, task_type_for
+from sie_evals.lib.tasks import RetrievalData, TaskSpec, resolve_task
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,7 @@ class DataOptions:
     limit_queries: int | None = None
     corpus_size: int | None = None
     data_root: Path | None = None
+    backend: str | None = None  # native | mteb; None: native where it exists
 
 
 @dataclass(frozen=True)
@@ -63,8 +64,8 @@ class Embeddings:
     seconds: float
 
     @property
-    def dims(self) -> int:
-        return int(next(iter(self.vectors.values())).shape[1])
+    def dims(self) -> int | None:
+        return int(next(iter(self.vectors.values())).shape[1]) if self.vectors else None
 
 
 @dataclass
@@ -89,20 +90,14 @@ def load_data(spec: TaskSpec, split: str | None, data_root: Path | None) -> Task
             f"task {spec.task_id} is a Finesse long-context benchmark: run it with the `finesse` CLI "
             "(finesse generate / finesse score) or the Dagster finesse assets"
         )
-    split = split or spec.default_split
-    if spec.type == "retrieval":
-        return load_retrieval_data(spec, split, data_root)
-    root = data_root or paths.data_dir()
-    if root is None:
-        raise InputError(
-            f"{spec.task_id}: loading {spec.type} data from the Hugging Face hub is not implemented; "
-            f"set {paths.DATA_DIR_ENV} to a folder holding {spec.local_dir}/"
-        )
-    return LOCAL_LOADERS[spec.type](spec, split, Path(root))
+    return task_type_for(spec).load(split, data_root)
 
 
 def load_task(task: str, opts: DataOptions) -> tuple[TaskSpec, TaskData]:
-    spec = resolve_task(task)
+    spec = resolve_task(task, opts.backend)
+    if spec.backend == "mteb":  # MTEB data is sliced inside the task instance
+        data = MtebTaskType(spec).load(opts.split, opts.data_root, opts.limit_queries, opts.corpus_size)
+        return spec, data
     data = load_data(spec, opts.split, opts.data_root)
     if opts.limit_queries:
         data = data.take_subset(opts.limit_queries, opts.corpus_size)
@@ -110,14 +105,9 @@ def load_task(task: str, opts: DataOptions) -> tuple[TaskSpec, TaskData]:
 
 
 def embed_task(engine: Engine, spec: TaskSpec, data: TaskData, cache: EmbeddingCache) -> Embeddings:
-    outputs.check_task_type(spec.task_id, spec.type, engine.profile)
     stats = CacheStats()
     start = time.perf_counter()
-    vectors = {
-        # MUVERA profiles: the cache holds the token vectors, the FDE is computed from them (outputs.py)
-        kind: outputs.postprocess(engine.profile, kind == EmbedKind.query, cache.embed(engine, texts, kind, stats))
-        for kind, texts in task_inputs(spec, data).items()
-    }
+    vectors = task_type_for(spec).embed(data, engine, cache, stats)
     return Embeddings(
         vectors, engine.info().as_dict(), stats, engine.forward_calls, engine.started, time.perf_counter() - start
     )
@@ -161,16 +151,24 @@ def evaluate_source(
 ) -> SourceResult:
     """Embed (through the cache) and score one compute source."""
     cache = cache or EmbeddingCache(paths.cache_dir())
+    task_type = task_type_for(spec)
     engine = create_engine(source, model, profile, **engine_opts.for_engine())
-    with engine:
-        emb = embed_task(engine, spec, data, cache)
+    stats = CacheStats()
     start = time.perf_counter()
-    metrics, per_query = score_task(spec, data, emb.vectors, outputs.similarity(profile))
-    score_seconds = time.perf_counter() - start
+    with engine:
+        metrics, per_query, task_extra, vectors = task_type.evaluate(data, engine, cache, stats)
+        emb = Embeddings(
+            vectors or {},
+            engine.info().as_dict(),
+            stats,
+            engine.forward_calls,
+            engine.started,  # read before the engine stops: False when everything came from the cache
+            time.perf_counter() - start,
+        )
     return SourceResult(
         source=source,
         metrics=metrics,
-        main_score_name=spec.rules.main_score,
+        main_score_name=task_type.main_score,
         per_query=per_query,
         run_conditions=run_conditions(data, profile, emb, engine_opts),
         extra={
@@ -178,14 +176,15 @@ def evaluate_source(
             "cache": emb.cache.as_dict(),
             "forward_calls": emb.forward_calls,
             "engine_started": emb.engine_started,
-            "embed_seconds": round(emb.seconds, 3),
-            "score_seconds": round(score_seconds, 3),
+            "embed_seconds": round(emb.seconds, 3),  # embedding and scoring together
+            **({"warnings": list(data.warnings)} if getattr(data, "warnings", ()) else {}),
+            **task_extra,
             **outputs.describe(profile, emb.vectors),
             **(
                 {"server": emb.engine_info["extra"]["server"]} if emb.engine_info.get("extra", {}).get("server") else {}
             ),
         },
-        vectors=emb.vectors,
+        vectors=vectors,
     )
 
 

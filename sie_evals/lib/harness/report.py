@@ -208,6 +208,12 @@ def _fmt(v: float | None, digits: int = 5) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
 
+def _mteb_rows(report: dict[str, Any], sources: list[str]) -> list[str]:
+    """A type this project has no table for (MTEB backend): the main score, then MTEB's top-level metrics."""
+    names = [m for s in sources for m in report["sources"][s].get("metrics", {}) if "." not in m and m != "main_score"]
+    return list(dict.fromkeys([report["main_score"], *names]))[:20]
+
+
 def render_table(report: dict[str, Any], console: Console | None = None) -> None:
     console = console or Console(emoji=False, markup=False, highlight=False)
     sources = report.get("source_order") or list(report["sources"])
@@ -219,7 +225,7 @@ def render_table(report: dict[str, Any], console: Console | None = None) -> None
     for s in sources:
         table.add_column(s, justify="right")
     perf = report.get("type") == "perf"
-    rows = TABLE_METRICS_BY_TYPE[report["task_type"]]
+    rows = TABLE_METRICS_BY_TYPE.get(report["task_type"]) or _mteb_rows(report, sources)
     if perf:  # server-timing rows only when some source reported them
         rows = [m for m in PERF_TABLE_METRICS if any(m in report["sources"][s]["metrics"] for s in sources)]
     for metric in rows:

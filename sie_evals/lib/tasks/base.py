@@ -21,7 +21,9 @@ class TaskDataBase:
         return self.split if not self.subset else f"{self.split}@n{self.subset['limit']}"
 
     def describe(self) -> dict[str, Any]:
+        warnings = list(getattr(self, "warnings", ()))
         return {
+            **({"warnings": warnings} if warnings else {}),
             "task": self.task_id,
             "split": self.split,
             "origin": self.origin,

@@ -2,8 +2,10 @@
 
 Registered tasks carry where their data lives on the Hugging Face hub. Any other `beir/<Name>` is
 resolved on the fly to `<data root>/<name lower-cased>/` (BEIR's own folder naming); when MTEB has a
-retrieval task of the same name, MTEB's rules for it (split, k values, ignore_identical_ids,
-skip_first_result) are applied, as listed in `MTEB_RETRIEVAL_RULES`.
+retrieval task for that folder (its name or its hub dataset's name), MTEB's rules for it (split, k values,
+ignore_identical_ids, skip_first_result) are read from the installed mteb's task definition.
+`mteb/<TaskName>[/<subset>]` is any text task of the installed mteb (see mteb_tasks.py): the native path where
+the project has one (the default), else MTEB's own task code (`backend="mteb"`).
 """
 
 from dataclasses import dataclass, field
@@ -59,27 +61,6 @@ STS_RULES = EvalRules(
 )
 
 
-# The BEIR datasets that MTEB defines as retrieval tasks, with MTEB's non-default rules
-# (read from mteb 2.x `mteb/tasks/retrieval/eng/*.py`). Keyed by the lower-cased BEIR folder name.
-MTEB_RETRIEVAL_RULES: dict[str, tuple[str, EvalRules]] = {
-    "arguana": ("ArguAna", EvalRules(ignore_identical_ids=True)),
-    "climate-fever": ("ClimateFEVER", EvalRules()),
-    "cqadupstack": ("CQADupstackRetrieval", EvalRules()),
-    "dbpedia-entity": ("DBPedia", EvalRules()),
-    "fever": ("FEVER", EvalRules(ignore_identical_ids=True)),
-    "fiqa": ("FiQA2018", EvalRules(ignore_identical_ids=True)),
-    "hotpotqa": ("HotpotQA", EvalRules()),
-    "msmarco": ("MSMARCO", EvalRules(eval_splits=("dev",), ignore_identical_ids=True)),
-    "nfcorpus": ("NFCorpus", EvalRules()),
-    "nq": ("NQ", EvalRules()),
-    "quora": ("QuoraRetrieval", EvalRules(eval_splits=("test",), ignore_identical_ids=True)),
-    "scidocs": ("SCIDOCS", EvalRules()),
-    "scifact": ("SciFact", EvalRules()),
-    "trec-covid": ("TRECCOVID", EvalRules()),
-    "webis-touche2020": ("Touche2020", EvalRules()),
-}
-
-
 @dataclass(frozen=True)
 class TaskSpec:
     task_id: str
@@ -91,6 +72,8 @@ class TaskSpec:
     aliases: tuple[str, ...] = ()
     rules: EvalRules = field(default_factory=EvalRules)
     registered: bool = True
+    backend: str = "native"  # native (this project's code) | mteb (MTEB's task code and evaluators)
+    hf_subset: str | None = None  # an MTEB task's language subset
 
     @property
     def default_split(self) -> str:
@@ -106,7 +89,7 @@ _REGISTERED: tuple[TaskSpec, ...] = (
         hf_revision="0228b52cf27578f30900b9e5271d331663a030d7",
         mteb_name="SciFact",
         aliases=("mteb/SciFact",),
-        rules=MTEB_RETRIEVAL_RULES["scifact"][1],
+        rules=EvalRules(),
     ),
     TaskSpec(
         task_id="beir/NFCorpus",
@@ -116,7 +99,7 @@ _REGISTERED: tuple[TaskSpec, ...] = (
         hf_revision="ec0fa4fe99da2ff19ca1214b7966684033a58814",
         mteb_name="NFCorpus",
         aliases=("mteb/NFCorpus",),
-        rules=MTEB_RETRIEVAL_RULES["nfcorpus"][1],
+        rules=EvalRules(),
     ),
     TaskSpec(
         task_id="mteb/Banking77Classification",
@@ -189,22 +172,85 @@ def list_task_ids() -> list[str]:
     return sorted(spec.task_id for spec in _REGISTERED)
 
 
-def resolve_task(task: str) -> TaskSpec:
-    """A registered id or alias (case-insensitive), or any `beir/<Name>` (a BEIR folder on disk)."""
+BACKENDS = ("native", "mteb")
+
+
+def _mteb_rules(task) -> EvalRules:
+    """A retrieval task's rules as the installed mteb defines them."""
+    return EvalRules(
+        eval_splits=tuple(task.metadata.eval_splits),
+        main_score=task.metadata.main_score,
+        k_values=tuple(getattr(task, "k_values", MTEB_K_VALUES)),
+        ignore_identical_ids=bool(getattr(task, "ignore_identical_ids", False)),
+        skip_first_result=bool(getattr(task, "skip_first_result", False)),
+    )
+
+
+def mteb_spec(name: str, hf_subset: str | None = None, native: "TaskSpec | None" = None) -> TaskSpec:
+    """The spec of an MTEB task run through MTEB's own code."""
+    from sie_evals.lib.tasks.mteb_tasks import get_mteb_task
+
+    task = get_mteb_task(name, hf_subset)
+    m = task.metadata
+    main = m.main_score
+    native_targets = native.rules.target_metrics if native and native.rules.main_score == main else ()
+    return TaskSpec(
+        # a native task forced through MTEB keeps its id, so targets and published scores line up
+        task_id=native.task_id if native else f"mteb/{m.name}" + (f"/{hf_subset}" if hf_subset else ""),
+        type=native.type if native else f"mteb:{m.type}",
+        local_dir=native.local_dir if native else m.name.lower(),
+        hf_dataset=m.dataset["path"],
+        hf_revision=m.dataset.get("revision"),
+        mteb_name=m.name,
+        rules=EvalRules(eval_splits=tuple(m.eval_splits), main_score=main, target_metrics=native_targets or (main,)),
+        registered=False,
+        backend="mteb",
+        hf_subset=hf_subset,
+    )
+
+
+def resolve_task(task: str, backend: str | None = None) -> TaskSpec:
+    """A registered id or alias (case-insensitive), any `beir/<Name>` (a BEIR folder on disk), or any
+    `mteb/<TaskName>[/<subset>]` of the installed mteb. `backend` forces native or MTEB's code; by default the
+    native path is taken where it exists."""
+    if backend not in (None, *BACKENDS):
+        raise UnknownNameError("backend", str(backend), list(BACKENDS))
     spec = _index().get(task.lower())
-    if spec is not None:
+    namespace, _, rest = task.partition("/")
+    if spec is not None and backend != "mteb":
         return spec
-    namespace, _, name = task.partition("/")
-    if namespace.lower() == "beir" and name and "/" not in name:
-        folder = name.lower()
-        mteb_name, rules = MTEB_RETRIEVAL_RULES.get(folder, (None, EvalRules()))
+    if spec is not None and spec.mteb_name:  # a native task forced through MTEB's code
+        return mteb_spec(spec.mteb_name, native=spec)
+    if namespace.lower() == "beir" and rest and "/" not in rest:
+        folder = rest.lower()
+        from sie_evals.lib.tasks.mteb_tasks import retrieval_rules_by_folder
+
+        mteb_task = retrieval_rules_by_folder().get(folder)
+        if backend == "mteb":
+            if mteb_task is None:
+                raise UnknownNameError("MTEB retrieval task for BEIR folder", rest, ["an MTEB retrieval task name"])
+            return mteb_spec(mteb_task.metadata.name)
         return TaskSpec(
-            task_id=f"beir/{name}",
+            task_id=f"beir/{rest}",
             type="retrieval",
             local_dir=folder,
-            mteb_name=mteb_name,
-            rules=rules,
+            mteb_name=mteb_task.metadata.name if mteb_task is not None else None,
+            rules=_mteb_rules(mteb_task) if mteb_task is not None else EvalRules(),
             registered=False,
         )
-    valid = [*list_task_ids(), "beir/<Name> (any BEIR folder under the data root)"]
+    if namespace.lower() == "mteb" and rest:
+        name, _, hf_subset = rest.partition("/")
+        native = _index().get(f"mteb/{name}".lower())
+        if native is not None and not hf_subset and backend != "mteb":
+            return native
+        if backend == "native":
+            from sie_evals.lib.core.errors import InputError
+
+            raise InputError(f"task {task}: this project has no native implementation; use --backend mteb (or omit it)")
+        return mteb_spec(name, hf_subset or None, native=native if not hf_subset else None)
+    valid = [
+        *list_task_ids(),
+        "beir/<Name> (any BEIR folder under the data root)",
+        "mteb/<TaskName>[/<subset>] (any text task of the installed mteb; `sie-bench tasks` lists them)",
+    ]
     raise UnknownNameError("task", task, valid)

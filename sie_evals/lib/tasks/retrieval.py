@@ -8,6 +8,7 @@ and line number; the hub path uses the `datasets` library on MTEB's dataset layo
 import csv
 import hashlib
 import json
+import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from sie_evals.lib.tasks.base import TaskDataBase
 from sie_evals.lib.tasks.registry import TaskSpec
 
 DEFAULT_SUBSET_CORPUS_SIZE = 1000
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,7 @@ class RetrievalData(TaskDataBase):
     origin: str  # a folder path or hf://dataset@revision
     subset: dict[str, int] | None = None  # the --limit-* options that produced this, if any
     content_hash: str = field(default="", compare=False)
+    warnings: tuple[str, ...] = field(default=(), compare=False)  # data oddities MTEB tolerates (see below)
 
     def __post_init__(self) -> None:
         if not self.content_hash:
@@ -61,7 +64,7 @@ class RetrievalData(TaskDataBase):
             raise DatasetError(f"--limit-queries must be positive, got {limit_queries}")
         corpus_size = corpus_size or DEFAULT_SUBSET_CORPUS_SIZE
         chosen = set(sorted(self.query_ids, key=_stable_rank)[:limit_queries])
-        relevant = {d for q in chosen for d in self.qrels[q]}
+        relevant = {d for q in chosen for d in self.qrels[q]} & set(self.corpus_ids)  # judged docs may be absent
         fill = [d for d in sorted(self.corpus_ids, key=_stable_rank) if d not in relevant]
         keep_docs = relevant | set(fill[: max(0, corpus_size - len(relevant))])
         q_pairs = [(q, t) for q, t in zip(self.query_ids, self.query_texts, strict=True) if q in chosen]
@@ -179,11 +182,16 @@ def load_local_beir(spec: TaskSpec, split: str, data_root: Path) -> RetrievalDat
             f"{folder}: no dataset folder for task {spec.task_id} under data root {data_root} "
             f"(folders there: {', '.join(present) or 'none'})"
         )
+    return read_beir_folder(folder, split, spec.task_id)
+
+
+def read_beir_folder(folder: Path, split: str, task_id: str) -> RetrievalData:
+    """One split of a BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv)."""
     qrels_path = folder / "qrels" / f"{split}.tsv"
     if not qrels_path.is_file():
         splits = available_local_splits(folder)
         raise DatasetError(
-            f"{qrels_path}: missing qrels file for split {split!r} of {spec.task_id}; "
+            f"{qrels_path}: missing qrels file for split {split!r} of {task_id}; "
             f"available splits: {', '.join(splits) or 'none'}"
         )
     corpus_path, queries_path = folder / "corpus.jsonl", folder / "queries.jsonl"
@@ -200,16 +208,13 @@ def load_local_beir(spec: TaskSpec, split: str, data_root: Path) -> RetrievalDat
     doc_ids = {str(r["_id"]) for _, r in corpus_rows}
     query_text = {str(r["_id"]): r["text"] for _, r in query_rows}
     qrels: dict[str, dict[str, int]] = {}
-    for lineno, qid, did, rel in qrel_rows:
-        if did not in doc_ids:
-            raise DatasetError(f"{qrels_path}:{lineno}: corpus-id {did!r} is not in {corpus_path.name}")
-        if qid not in query_text:
-            raise DatasetError(f"{qrels_path}:{lineno}: query-id {qid!r} is not in {queries_path.name}")
+    for _lineno, qid, did, rel in qrel_rows:
         qrels.setdefault(qid, {})[did] = rel
     # Like MTEB: only the split's queries with at least one judged document are evaluated.
     query_ids = [str(r["_id"]) for _, r in query_rows if str(r["_id"]) in qrels]
+    warnings = dangling_qrels_warnings(qrels, doc_ids, set(query_text), f"{qrels_path}")
     return RetrievalData(
-        task_id=spec.task_id,
+        task_id=task_id,
         split=split,
         corpus_ids=[str(r["_id"]) for _, r in corpus_rows],
         corpus_texts=[document_text(r.get("title"), r.get("text")) for _, r in corpus_rows],
@@ -217,7 +222,33 @@ def load_local_beir(spec: TaskSpec, split: str, data_root: Path) -> RetrievalDat
         query_texts=[query_text[q] for q in query_ids],
         qrels=qrels,
         origin=str(folder),
+        warnings=warnings,
     )
+
+
+def dangling_qrels_warnings(
+    qrels: dict[str, dict[str, int]], doc_ids: set[str], query_ids: set[str], where: str
+) -> tuple[str, ...]:
+    """Real BEIR data has qrels naming documents missing from the corpus (and queries missing from the
+    queries file). MTEB keeps them: a judged document that is not in the corpus can never be retrieved, so it
+    counts against recall/nDCG, and a judged query that does not exist is never searched, so it is not
+    evaluated. We do exactly the same and say so, with a count and the first ids."""
+    out = []
+    missing_docs = sorted({d for docs in qrels.values() for d in docs if d not in doc_ids})
+    if missing_docs:
+        out.append(
+            f"{where}: {len(missing_docs)} judged document(s) are not in the corpus (first: "
+            f"{', '.join(missing_docs[:5])}); evaluated as MTEB does: they count as relevant and are never retrieved"
+        )
+    missing_queries = sorted(q for q in qrels if q not in query_ids)
+    if missing_queries:
+        out.append(
+            f"{where}: {len(missing_queries)} judged query id(s) are not in the queries (first: "
+            f"{', '.join(missing_queries[:5])}); not evaluated, as in MTEB"
+        )
+    for line in out:
+        log.warning("%s", line)
+    return tuple(out)
 
 
 # ---------------------------------------------------------------- Hugging Face hub
