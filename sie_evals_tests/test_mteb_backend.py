@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from sie_evals.cli import app
+from sie_evals.lib.config.model_config import find_model_config
 from sie_evals.lib.harness.evaluation import DataOptions, EngineOptions, evaluate_source, load_task
 from sie_evals_tests.conftest import DATA, MODEL_ID, SCIFACT
 from sie_evals_tests.mteb_reference import sentence_transformer
@@ -287,3 +288,30 @@ def test_tasks_command_lists_every_mteb_text_task():
     text_tasks = {f"mteb/{t.metadata.name}" for t in mteb.get_tasks() if list(t.metadata.modalities) == ["text"]}
     assert text_tasks <= listed | {"mteb/SciFact"} and len(text_tasks) > 1000
     assert "mteb/STSBenchmarkMultilingualSTS: STS" in res.output and "subsets en,de,es" in res.output
+
+
+def test_mteb_only_task_materializes_through_the_eval_assets(tmp_path, session_cache):
+    """The Dagster steps of an MTEB-only task type (clustering): task_dataset snapshots it, embeddings fills the
+    cache through MTEB's evaluator, quality_scores re-runs the evaluator on cache hits and equals the CLI path."""
+    import dagster as dg
+
+    from sie_evals.defs.evals.assets import embeddings, quality_scores, task_dataset
+    from sie_evals.defs.evals.resources import EvalSettings
+
+    _clustering_folder(tmp_path / "data")
+    settings = EvalSettings(
+        data_dir=str(tmp_path / "data"), results_dir=str(tmp_path / "results"), cache_dir=str(session_cache)
+    )
+    task = "mteb/TwentyNewsgroupsClustering.v2"
+    key = f"all-MiniLM-L6-v2:{task}:local"
+    snap = task_dataset(dg.build_asset_context(partition_key=task), settings=settings).value
+    emb = embeddings(dg.build_asset_context(partition_key=key), task_dataset=snap, settings=settings).value
+    assert emb["cache"]["misses"] > 0 or emb["cache"]["hits"] > 0
+    scores = quality_scores(
+        dg.build_asset_context(partition_key=key), task_dataset=snap, embeddings=emb, settings=settings
+    )
+    spec, data = load_task(task, DataOptions(data_root=tmp_path / "data"))
+    config = find_model_config(MODEL_ID)
+    cli = evaluate_source(config, config.resolve_profile("default"), spec, data, "local", EngineOptions())
+    assert scores.value["metrics"]["v_measure"] == pytest.approx(cli.metrics["v_measure"], abs=1e-9)
+    assert scores.metadata["v_measure"].value == pytest.approx(cli.metrics["v_measure"], abs=1e-9)

@@ -24,15 +24,17 @@ from sie_evals.lib.core.atomic import atomic_write, atomic_write_bytes, atomic_w
 from sie_evals.lib.core.errors import InputError, SetupError
 from sie_evals.lib.core.run_conditions import hardware, now_iso, software
 from sie_evals.lib.engines import EmbedKind, create_engine, outputs
+from sie_evals.lib.engines.cache import CacheStats
 from sie_evals.lib.gates.comparison import compare, comparison_markdown
 from sie_evals.lib.gates.conditions import summarize
 from sie_evals.lib.gates.keys import EvalKey, ResultKey, path_slug, split_model_part
 from sie_evals.lib.harness.eval_run import weights_hash
 from sie_evals.lib.harness.evaluation import embed_task, evaluate_perf_source, load_task
-from sie_evals.lib.harness.report import PERF_TABLE_METRICS, TABLE_METRICS_BY_TYPE
+from sie_evals.lib.harness.report import PERF_TABLE_METRICS, headline_metrics
 from sie_evals.lib.perf.load import latency_histogram_png
 from sie_evals.lib.perf.plots import saturation_png
 from sie_evals.lib.quality.scoring import score_task
+from sie_evals.lib.quality.task_types import MtebTaskType, task_type_for
 from sie_evals.lib.tasks import resolve_task
 from sie_evals.lib.tasks.snapshot import read_snapshot, write_snapshot
 
@@ -187,8 +189,19 @@ def quality_scores(
             f"not the current {data.content_hash[:12]}: rematerialize embeddings"
         )
     start = time.perf_counter()
-    vectors = {EmbedKind(kind): outputs.load(Path(path).read_bytes()) for kind, path in embeddings["vectors"].items()}
-    metrics, per_query = score_task(spec, data, vectors, embeddings.get("similarity", "cosine"))
+    task_type = task_type_for(spec)
+    if isinstance(task_type, MtebTaskType):
+        # MTEB's evaluator embeds while it scores: the embeddings step filled the cache, so this reads it
+        with _input_errors_final():
+            config, profile = _config_and_profile(key, settings)
+        engine = create_engine(key.source, config, profile, **settings.engine_options().for_engine())
+        with engine:
+            metrics, per_query, _, _ = task_type.evaluate(data, engine, settings.cache(), CacheStats())
+    else:
+        vectors = {
+            EmbedKind(kind): outputs.load(Path(path).read_bytes()) for kind, path in embeddings["vectors"].items()
+        }
+        metrics, per_query = score_task(spec, data, vectors, embeddings.get("similarity", "cosine"))
     model = split_model_part(key.model)[0]
     result_key = ResultKey.quality(model, spec.task_id, data.split, data.subset, embeddings["profile"])
     pq_path = settings.results_root() / "quality_scores" / f"{key.path_slug()}.per_query.parquet"
@@ -225,7 +238,7 @@ def quality_scores(
         "engine": embeddings["engine"],
         "profile": embeddings["profile"],
     }
-    metadata: dict[str, Any] = {m: float(metrics[m]) for m in TABLE_METRICS_BY_TYPE[spec.type] if m in metrics}
+    metadata: dict[str, Any] = {m: float(metrics[m]) for m in headline_metrics(spec.type, metrics)}
     metadata.update(
         {
             "main_score": float(metrics[spec.rules.main_score]),

@@ -12,7 +12,7 @@ from sie_evals.defs.evals.partitions import eval_partitions
 from sie_evals.lib.config.model_config import ModelConfig
 from sie_evals.lib.engines.outputs import partition_profiles
 from sie_evals.lib.gates.keys import DEFAULT_PROFILE, EvalKey, ResultKey, ResultKind, model_part
-from sie_evals.lib.harness.report import PERF_TABLE_METRICS, TABLE_METRICS_BY_TYPE
+from sie_evals.lib.harness.report import PERF_TABLE_METRICS, headline_metrics
 
 
 def record_report(
@@ -43,7 +43,7 @@ def record_report(
             skipped.append(f"{source}: no partition {partition} (the model config does not declare it)")
             continue
         perf = key.kind is ResultKind.perf
-        names = PERF_TABLE_METRICS if perf else TABLE_METRICS_BY_TYPE[report["task_type"]]
+        names = PERF_TABLE_METRICS if perf else headline_metrics(report["task_type"], result["metrics"])
         metadata = {m: float(result["metrics"][m]) for m in names if m in result["metrics"]}
         metadata.update(
             {

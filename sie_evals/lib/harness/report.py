@@ -208,6 +208,15 @@ def _fmt(v: float | None, digits: int = 5) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
 
+def headline_metrics(task_type: str, metrics: dict[str, Any]) -> list[str]:
+    """The metrics a table row or Dagster metadata shows for one result: the task type's table, or for a
+    type this project has no table for (MTEB backend) MTEB's top-level numeric metrics."""
+    names = TABLE_METRICS_BY_TYPE.get(task_type)
+    if names is None:
+        names = [m for m, v in metrics.items() if "." not in m and m != "main_score" and isinstance(v, int | float)]
+    return [m for m in names if m in metrics][:20]
+
+
 def _mteb_rows(report: dict[str, Any], sources: list[str]) -> list[str]:
     """A type this project has no table for (MTEB backend): the main score, then MTEB's top-level metrics."""
     names = [m for s in sources for m in report["sources"][s].get("metrics", {}) if "." not in m and m != "main_score"]
