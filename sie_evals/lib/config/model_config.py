@@ -43,6 +43,21 @@ class Dtype(StrEnum):
     bfloat16 = "bfloat16"
 
 
+class Runtime(StrEnum):
+    """What runs the `local` engine's forward pass. onnx/openvino run an ONNX export of the model
+    (exported once per model revision and profile, eager attention so padded batches stay exact)."""
+
+    torch = "torch"
+    onnx = "onnx"
+    openvino = "openvino"
+
+
+# cpu, auto, mps, cuda (every visible GPU), cuda:N, or a comma-separated list of devices: one
+# data-parallel worker per entry (e.g. cuda:0,cuda:1).
+DEVICE_PATTERN = r"^(auto|(cpu|mps|cuda(:[0-9]+)?)(,(cpu|mps|cuda(:[0-9]+)?))*)$"
+ENV_VAR_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
 class WeightsSource(_Strict):
     """Where the weights come from: exactly one of a hub id, a local folder, or a Python package."""
 
@@ -76,6 +91,21 @@ class ProfileSettings(_Strict):
     document_prefix: str | None = Field(None, description="Prepended to every document text ('').")
     dtype: Dtype | None = Field(None, description="Compute dtype of the local engine (float32).")
     batch_size: int | None = Field(None, gt=0, description="Items per forward pass / request (32).")
+    runtime: Runtime | None = Field(None, description="local engine runtime: torch (default), onnx or openvino.")
+    device: str | None = Field(
+        None,
+        pattern=DEVICE_PATTERN,
+        description="local engine device: cpu (default), auto, mps, cuda (all GPUs, data-parallel), cuda:N, "
+        "or a comma-separated list (one worker per entry).",
+    )
+    openai_model: str | None = Field(
+        None, description="`model` sent to an OpenAI-compatible /v1/embeddings server (default: model_id)."
+    )
+    api_key_env: str | None = Field(
+        None,
+        pattern=ENV_VAR_PATTERN,
+        description="Name of the environment variable holding the openai source's API key (never the key itself).",
+    )
 
 
 PROFILE_DEFAULTS: dict[str, Any] = {
@@ -86,6 +116,10 @@ PROFILE_DEFAULTS: dict[str, Any] = {
     "document_prefix": "",
     "dtype": Dtype.float32,
     "batch_size": 32,
+    "runtime": Runtime.torch,
+    "device": "cpu",
+    "openai_model": None,
+    "api_key_env": None,
 }
 
 
@@ -100,10 +134,18 @@ class ResolvedProfile(_Strict):
     document_prefix: str
     dtype: Dtype
     batch_size: int
+    runtime: Runtime = Runtime.torch
+    device: str = "cpu"
+    openai_model: str | None = None
+    api_key_env: str | None = None
 
     def embedding_identity(self) -> dict[str, Any]:
-        """The fields that change the vectors (batch size does not): part of the cache key."""
-        return self.model_dump(mode="json", exclude={"name", "batch_size"})
+        """The fields that change the vectors (batch size does not): part of the cache key. Runtime,
+        device and the openai fields are carried by the engine's own identity (its version string,
+        weights id), where they apply, so adding them left existing cache keys unchanged."""
+        return self.model_dump(
+            mode="json", exclude={"name", "batch_size", "runtime", "device", "openai_model", "api_key_env"}
+        )
 
 
 def _check_metrics(metrics: dict[str, float]) -> dict[str, float]:

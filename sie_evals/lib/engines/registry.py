@@ -7,7 +7,7 @@ from sie_evals.lib.engines.base import Engine
 
 # Compute sources whose engine is implemented in this version.
 IMPLEMENTED: tuple[str, ...] = ("local", "sie", "infinity", "tei")
-LOCAL_OPTIONS = ("batch_size", "threads", "progress")
+LOCAL_OPTIONS = ("batch_size", "threads", "progress", "device")
 SERVER_OPTIONS = ("batch_size", "threads", "progress", "device")
 
 

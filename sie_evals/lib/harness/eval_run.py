@@ -7,7 +7,7 @@ from typing import Any
 
 import pandas as pd
 
-from sie_evals.lib.config.model_config import ModelConfig, find_model_config
+from sie_evals.lib.config.model_config import ModelConfig, Runtime, find_model_config
 from sie_evals.lib.core import paths
 from sie_evals.lib.core.errors import InputError, UnknownNameError
 from sie_evals.lib.core.sources import ALL_SOURCES, COMPUTE_SOURCES, REFERENCE_SOURCES
@@ -22,6 +22,7 @@ from sie_evals.lib.harness.evaluation import (
     evaluate_perf_source,
     evaluate_source,
     load_task,
+    parity_vs_torch,
     perf_variant,
 )
 from sie_evals.lib.harness.report import build_report
@@ -216,6 +217,10 @@ def run_eval(req: EvalRequest) -> EvalOutcome:
     if req.eval_type == "quality":
         for s, par in parity_against(results, "local").items():
             report["sources"][s]["parity_vs_local"] = par
+        if profile.runtime != Runtime.torch and "local" in by_source:  # an exported runtime: how exact is it?
+            report["sources"]["local"]["parity_vs_torch"] = parity_vs_torch(
+                config, profile, spec, data, by_source["local"], req.engine, cache
+            )
     report["checks"] = [
         {"against": c.against, "source": c.source, "reference": c.reference, "passed": c.passed, "verdicts": c.verdicts}
         for c in checks

@@ -182,6 +182,30 @@ def evaluate_source(
     )
 
 
+def parity_vs_torch(
+    model: ModelConfig,
+    profile: ResolvedProfile,
+    spec: TaskSpec,
+    data: TaskData,
+    result: SourceResult,
+    engine_opts: EngineOptions,
+    cache: EmbeddingCache,
+) -> dict[str, Any]:
+    """Per-item parity of a `local` result run by an exported runtime (onnx, openvino) against the
+    same profile run by torch (through the cache), plus the largest absolute difference of any value."""
+    from sie_evals.lib.config.model_config import Runtime
+    from sie_evals.lib.quality.parity import parity
+
+    torch_profile = profile.model_copy(update={"runtime": Runtime.torch})
+    engine = create_engine("local", model, torch_profile, **engine_opts.for_engine())
+    with engine:
+        reference = embed_task(engine, spec, data, cache).vectors
+    assert result.vectors is not None
+    out = parity(reference, result.vectors)
+    out["max_abs_delta"] = max(float(np.abs(reference[k] - result.vectors[k]).max()) for k in reference)
+    return out
+
+
 PERF_WORKLOADS = ("corpus", "queries")
 
 
