@@ -98,6 +98,12 @@ class ProfileSettings(_Strict):
         description="local engine device: cpu (default), auto, mps, cuda (all GPUs, data-parallel), cuda:N, "
         "or a comma-separated list (one worker per entry).",
     )
+    query_prompt_name: str | None = Field(
+        None,
+        description="Name of a prompt in the model's sentence-transformers config (config_sentence_transformers.json "
+        "`prompts`) for queries: TEI gets it as `prompt_name`, other engines prepend that prompt's text.",
+    )
+    document_prompt_name: str | None = Field(None, description="The same for documents.")
     openai_model: str | None = Field(
         None, description="`model` sent to an OpenAI-compatible /v1/embeddings server (default: model_id)."
     )
@@ -118,6 +124,8 @@ PROFILE_DEFAULTS: dict[str, Any] = {
     "batch_size": 32,
     "runtime": Runtime.torch,
     "device": "cpu",
+    "query_prompt_name": None,
+    "document_prompt_name": None,
     "openai_model": None,
     "api_key_env": None,
 }
@@ -136,16 +144,26 @@ class ResolvedProfile(_Strict):
     batch_size: int
     runtime: Runtime = Runtime.torch
     device: str = "cpu"
+    query_prompt_name: str | None = None
+    document_prompt_name: str | None = None
     openai_model: str | None = None
     api_key_env: str | None = None
+
+    def prompt_name(self, kind: str) -> str | None:
+        return self.query_prompt_name if kind == "query" else self.document_prompt_name
 
     def embedding_identity(self) -> dict[str, Any]:
         """The fields that change the vectors (batch size does not): part of the cache key. Runtime,
         device and the openai fields are carried by the engine's own identity (its version string,
-        weights id), where they apply, so adding them left existing cache keys unchanged."""
-        return self.model_dump(
+        weights id), where they apply, so adding them left existing cache keys unchanged; prompt
+        names change the vectors, so they are part of it when set."""
+        identity = self.model_dump(
             mode="json", exclude={"name", "batch_size", "runtime", "device", "openai_model", "api_key_env"}
         )
+        for key in ("query_prompt_name", "document_prompt_name"):
+            if identity[key] is None:
+                del identity[key]
+        return identity
 
 
 def _check_metrics(metrics: dict[str, float]) -> dict[str, float]:

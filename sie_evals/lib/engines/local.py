@@ -16,7 +16,7 @@ import numpy as np
 
 from sie_evals.lib.config.model_config import ModelConfig, Pooling, ResolvedProfile, Runtime
 from sie_evals.lib.core.errors import ConfigError, EngineError
-from sie_evals.lib.engines.base import Engine, EngineInfo
+from sie_evals.lib.engines.base import EmbedKind, Engine, EngineInfo
 from sie_evals.lib.engines.devices import device_type, resolve_devices
 from sie_evals.lib.engines.export import OPSET
 
@@ -163,7 +163,7 @@ class LocalEngine(Engine):
         self._workers = []
         self._tokenizer = None
 
-    def _embed_prepared(self, texts: list[str]) -> np.ndarray:
+    def _embed_prepared(self, texts: list[str], kind: EmbedKind) -> np.ndarray:
         with self._lock:
             return self._embed_locked(texts)
 

@@ -6,7 +6,7 @@ from sie_evals.lib.core.sources import ALL_SOURCES, COMPUTE_SOURCES
 from sie_evals.lib.engines.base import Engine
 
 # Compute sources whose engine is implemented in this version.
-IMPLEMENTED: tuple[str, ...] = ("local", "sie", "infinity", "tei")
+IMPLEMENTED: tuple[str, ...] = ("local", "sie", "infinity", "tei", "openai", "fastembed")
 LOCAL_OPTIONS = ("batch_size", "threads", "progress", "device")
 SERVER_OPTIONS = ("batch_size", "threads", "progress", "device")
 
@@ -36,6 +36,10 @@ def create_engine(source: str, model: ModelConfig, profile: ResolvedProfile, **o
         from sie_evals.lib.engines.tei import TeiEngine
 
         return TeiEngine(model, profile, **server_opts)
+    if source == "openai":
+        from sie_evals.lib.engines.openai import OpenAIEngine
+
+        return OpenAIEngine(model, profile, openai_model=options.get("openai_model"), **server_opts)
     raise InputError(
         f"source {source!r} is not implemented in this version of sie-evals; implemented: {', '.join(IMPLEMENTED)}"
     )

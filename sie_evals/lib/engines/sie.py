@@ -8,6 +8,7 @@ import contextlib
 from typing import Any
 
 from sie_evals.lib.core.errors import EngineError
+from sie_evals.lib.engines.base import EmbedKind
 from sie_evals.lib.engines.http import HttpEngine, Reply, weights_dims
 from sie_evals.lib.servers import install
 from sie_evals.lib.servers import sie as sie_server
@@ -41,8 +42,9 @@ class SieEngine(HttpEngine):
         assert self.run_dir is not None
         return sie_server.command(self.model, self.profile, weights, dims, self.device, self.threads, self.run_dir)
 
-    def _embed_request(self, texts: list[str]) -> tuple[str, dict[str, Any]]:
-        body = {"items": [{"text": t} for t in texts], "params": {"output_types": ["dense"]}}
+    def _embed_request(self, texts: list[str], kind: EmbedKind) -> tuple[str, dict[str, Any]]:
+        params = {"output_types": ["dense"], "options": {"is_query": kind == EmbedKind.query}}
+        body = {"items": [{"text": t} for t in texts], "params": params}
         return f"/v1/encode/{self.model.model_id}", body
 
     def _parse_vectors(self, body: Any) -> list[Any]:

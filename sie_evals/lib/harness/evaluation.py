@@ -38,6 +38,8 @@ class EngineOptions:
     sie_url: str | None = None
     infinity_url: str | None = None
     tei_url: str | None = None
+    openai_url: str | None = None  # an OpenAI-compatible server (default $SIE_EVALS_OPENAI_URL)
+    openai_model: str | None = None  # the request's `model` (default: the profile's openai_model, else model_id)
 
     def for_engine(self) -> dict[str, Any]:
         """Every option; create_engine hands each engine the ones that apply to it."""
@@ -49,6 +51,8 @@ class EngineOptions:
             "sie_url": self.sie_url,
             "infinity_url": self.infinity_url,
             "tei_url": self.tei_url,
+            "openai_url": self.openai_url,
+            "openai_model": self.openai_model,
         }
 
 
