@@ -22,7 +22,7 @@ from sie_evals.lib.config.model_config import Dtype, ModelConfig, ResolvedProfil
 from sie_evals.lib.core.atomic import atomic_write_json
 from sie_evals.lib.core.errors import ConfigError
 
-EXPORT_FORMAT = 1
+EXPORT_FORMAT = 2  # 2: tokenizer_config carries the profile's max_seq_length (fastembed truncates by it)
 OPSET = 17
 EXPORT_TOLERANCE = 1e-5  # max |delta| of pooled vectors vs torch on the probe batch
 ONNX_FILE = "model.onnx"
@@ -152,6 +152,7 @@ def _export(model: ModelConfig, profile: ResolvedProfile, source: str, out: Path
             opset_version=OPSET,
             dynamo=False,
         )
+    tok.model_max_length = profile.max_seq_length  # consumers that read tokenizer_config truncate the same way
     tok.save_pretrained(out)
     AutoConfig.from_pretrained(source, **kwargs).save_pretrained(out)
     # Verify on a batch of another shape than the one traced: a shape baked into the graph shows here.

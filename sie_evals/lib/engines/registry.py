@@ -22,6 +22,11 @@ def create_engine(source: str, model: ModelConfig, profile: ResolvedProfile, **o
         from sie_evals.lib.engines.local import LocalEngine
 
         return LocalEngine(model, profile, **{k: v for k, v in options.items() if k in LOCAL_OPTIONS})
+    if source == "fastembed":
+        from sie_evals.lib.engines.fastembed import FastEmbedEngine
+
+        opts = {k: v for k, v in options.items() if k in ("batch_size", "threads", "progress")}
+        return FastEmbedEngine(model, profile, **opts)
     server_opts = {k: v for k, v in options.items() if k in SERVER_OPTIONS}
     server_opts["url"] = options.get(f"{source}_url")
     if source == "sie":
