@@ -22,7 +22,7 @@ from sie_evals.lib.config.model_config import Dtype, ModelConfig, ResolvedProfil
 from sie_evals.lib.core.atomic import atomic_write_json
 from sie_evals.lib.core.errors import ConfigError
 
-EXPORT_FORMAT = 2  # 2: tokenizer_config carries the profile's max_seq_length (fastembed truncates by it)
+EXPORT_FORMAT = 3  # 3: tokenizer_config carries the profile's max_seq_length (fastembed truncates by it)
 OPSET = 17
 EXPORT_TOLERANCE = 1e-5  # max |delta| of pooled vectors vs torch on the probe batch
 ONNX_FILE = "model.onnx"
@@ -152,8 +152,13 @@ def _export(model: ModelConfig, profile: ResolvedProfile, source: str, out: Path
             opset_version=OPSET,
             dynamo=False,
         )
-    tok.model_max_length = profile.max_seq_length  # consumers that read tokenizer_config truncate the same way
     tok.save_pretrained(out)
+    # Consumers that truncate by tokenizer_config.json (fastembed: the smaller of model_max_length and
+    # max_length) must cut where the profile does.
+    config_path = out / "tokenizer_config.json"
+    tok_config = json.loads(config_path.read_text())
+    tok_config.update(model_max_length=profile.max_seq_length, max_length=profile.max_seq_length)
+    config_path.write_text(json.dumps(tok_config, indent=2))
     AutoConfig.from_pretrained(source, **kwargs).save_pretrained(out)
     # Verify on a batch of another shape than the one traced: a shape baked into the graph shows here.
     import onnxruntime as ort
