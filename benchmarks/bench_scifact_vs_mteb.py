@@ -51,7 +51,7 @@ def ensure_export(profile_name: str) -> float:
     return time.perf_counter() - start
 
 
-def run_ours(data, threads: int, batch_size: int, profile_name: str) -> float:
+def run_ours(data, threads: int, batch_size: int, profile_name: str, device: str | None = None) -> float:
     from sie_evals.lib.config.model_config import find_model_config
     from sie_evals.lib.engines.cache import EmbeddingCache
     from sie_evals.lib.harness.evaluation import EngineOptions, evaluate_source
@@ -65,13 +65,13 @@ def run_ours(data, threads: int, batch_size: int, profile_name: str) -> float:
             resolve_task("beir/SciFact"),
             data,
             "local",
-            EngineOptions(batch_size=batch_size, threads=threads),
+            EngineOptions(batch_size=batch_size, threads=threads, device=device),
             EmbeddingCache(Path(cold)),
         )
     return result.metrics["ndcg_at_10"]
 
 
-def run_mteb(data, threads: int, batch_size: int) -> float:
+def run_mteb(data, threads: int, batch_size: int, device: str = "cpu") -> float:
     import mteb
     import torch
     from datasets import Dataset
@@ -100,7 +100,7 @@ def run_mteb(data, threads: int, batch_size: int) -> float:
     }
     task.data_loaded = True
     model = SentenceTransformer(
-        resolve_weights(find_model_config("sentence-transformers/all-MiniLM-L6-v2")), device="cpu"
+        resolve_weights(find_model_config("sentence-transformers/all-MiniLM-L6-v2")), device=device
     )
     with tempfile.TemporaryDirectory() as out:
         res = mteb.evaluate(
@@ -120,6 +120,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--limit-queries", type=int, default=None, help="a slice, for a quick look")
     parser.add_argument("--profile", default="openvino", help="sie-evals profile (runtime) to time")
+    parser.add_argument("--device", default=None, help="device for both sides (e.g. cuda; default cpu)")
     args = parser.parse_args()
 
     import torch
@@ -139,9 +140,9 @@ def main() -> None:
     made = ensure_export(args.profile)
     if made:
         print(f"made the profile's ONNX export once (cached for later runs): {made:.1f}s", flush=True)
-    ours_wall, ours_cpu, ours_ndcg = timed(run_ours, data, args.threads, args.batch_size, args.profile)
+    ours_wall, ours_cpu, ours_ndcg = timed(run_ours, data, args.threads, args.batch_size, args.profile, args.device)
     print(f"sie-evals cold eval: wall {ours_wall:.1f}s  cpu {ours_cpu:.1f}s  ndcg@10 {ours_ndcg:.5f}", flush=True)
-    mteb_wall, mteb_cpu, mteb_ndcg = timed(run_mteb, data, args.threads, args.batch_size)
+    mteb_wall, mteb_cpu, mteb_ndcg = timed(run_mteb, data, args.threads, args.batch_size, args.device or "cpu")
     print(f"mteb.evaluate:       wall {mteb_wall:.1f}s  cpu {mteb_cpu:.1f}s  ndcg@10 {mteb_ndcg:.5f}")
     print(
         f"ratio sie-evals / mteb: wall {ours_wall / mteb_wall:.3f}, cpu {ours_cpu / mteb_cpu:.3f} (goal <= 0.60); "

@@ -115,3 +115,15 @@ def test_run_conditions_record_the_gpu_fields():
     assert isinstance(gpu["count"], int)
     if gpu["count"]:
         assert {"devices", "driver", "cuda"} <= set(gpu) and gpu["devices"][0]["memory_gib"] > 0
+
+
+def test_fastembed_runs_the_export_offline_and_matches_torch(minilm, texts, torch_vectors):
+    # fastembed is optional (not in pyproject: its huggingface-hub pin would replace transformers' one);
+    # where it is installed (pip install --no-deps fastembed loguru mmh3 py_rust_stemmers) this must pass.
+    pytest.importorskip("fastembed")
+    from sie_evals.lib.engines import create_engine
+
+    with create_engine("fastembed", minilm, minilm.resolve_profile("default"), threads=2, batch_size=8) as engine:
+        vectors = engine.embed(texts, EmbedKind.document)
+    assert np.abs(vectors - torch_vectors).max() <= 1e-5
+    assert engine.info().version.startswith("fastembed ")

@@ -31,7 +31,7 @@ class EvalSettings(dg.ConfigurableResource):
     corpus_size: int | None = None
     batch_size: int | None = None
     threads: int | None = None
-    device: str | None = None  # server engines (sie, infinity): cpu, cuda, ... (SIE_EVALS_DEVICE)
+    device: str | None = None  # local engine and started servers: cpu, auto, cuda, cuda:N, ... (SIE_EVALS_DEVICE)
     # perf_scores load shape (the CLI's --type perf options)
     perf_workload: str = "corpus"
     perf_batch_size: int = 1
