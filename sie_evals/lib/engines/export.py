@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +140,8 @@ def _export(model: ModelConfig, profile: ResolvedProfile, source: str, out: Path
     traced = tok(PROBE_TEXTS[:2], truncation=True, max_length=profile.max_seq_length, padding=True, return_tensors="pt")
     probe = tok(PROBE_TEXTS, truncation=True, max_length=profile.max_seq_length, padding=True, return_tensors="pt")
     axes = {n: {0: "batch", 1: "sequence"} for n in [*names, "last_hidden_state"]}
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about Python control flow: the probe check decides
         # Before exporting: tracing leaves transformers' model in a state that computes wrong outputs.
         expected = pool(encoder(**probe).last_hidden_state, probe["attention_mask"], profile.pooling)
         torch.onnx.export(

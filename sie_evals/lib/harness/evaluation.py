@@ -132,6 +132,8 @@ def _conditions_base(
         "weights": engine_info["weights"],
         "profile": profile.name,
         "dtype": profile.dtype.value,
+        "runtime": engine_info.get("extra", {}).get("runtime"),  # local engine: torch, onnx, openvino
+        "devices": engine_info.get("extra", {}).get("devices"),
         "batch_size": engine_opts.batch_size or profile.batch_size,
         "concurrency": None,
         "threads": engine_opts.threads,
