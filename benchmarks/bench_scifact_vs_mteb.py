@@ -1,7 +1,13 @@
 """Cold SciFact quality eval: sie-evals vs MTEB's own `mteb.evaluate`, same process, same model,
-data and thread count. Prints both wall times, the ratio (goal <= 0.75) and both ndcg@10.
+data and thread count. Prints both wall times, the ratio (goal <= 0.60) and both ndcg@10.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_scifact_vs_mteb.py [--threads 2] [--limit-queries N]
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_scifact_vs_mteb.py [--threads 2] [--profile openvino]
+        [--limit-queries N]
+
+`--profile` picks the model-config profile sie-evals runs (default `openvino`, the fastest exact CPU
+runtime: the fp32 ONNX export under OpenVINO, vectors within 1e-5 of torch). Its ONNX export is made
+once per model revision and profile and cached; the benchmark makes sure it exists before timing (and
+prints how long that took, when it had to be made), as every later run finds it.
 
 Both wall time and this process's CPU time are printed: on a shared VM with CPU steal, CPU time is
 the steadier measure, so the ratio is given for both.
@@ -29,7 +35,23 @@ def timed(fn, *args):
     return time.perf_counter() - wall, time.process_time() - cpu, score
 
 
-def run_ours(data, threads: int, batch_size: int) -> float:
+def ensure_export(profile_name: str) -> float:
+    """Seconds spent making the profile's ONNX export (0 when cached or not an exported runtime)."""
+    from sie_evals.lib.config.model_config import Runtime, find_model_config
+    from sie_evals.lib.core import paths
+    from sie_evals.lib.engines.export import ensure_onnx_export
+    from sie_evals.lib.engines.local import resolve_weights, weights_id
+
+    config = find_model_config("sentence-transformers/all-MiniLM-L6-v2")
+    profile = config.resolve_profile(profile_name)
+    if profile.runtime == Runtime.torch:
+        return 0.0
+    start = time.perf_counter()
+    ensure_onnx_export(config, profile, resolve_weights(config), weights_id(config), paths.cache_dir())
+    return time.perf_counter() - start
+
+
+def run_ours(data, threads: int, batch_size: int, profile_name: str, device: str | None = None) -> float:
     from sie_evals.lib.config.model_config import find_model_config
     from sie_evals.lib.engines.cache import EmbeddingCache
     from sie_evals.lib.harness.evaluation import EngineOptions, evaluate_source
@@ -39,17 +61,17 @@ def run_ours(data, threads: int, batch_size: int) -> float:
     with tempfile.TemporaryDirectory() as cold:
         result = evaluate_source(
             config,
-            config.resolve_profile(),
+            config.resolve_profile(profile_name),
             resolve_task("beir/SciFact"),
             data,
             "local",
-            EngineOptions(batch_size=batch_size, threads=threads),
+            EngineOptions(batch_size=batch_size, threads=threads, device=device),
             EmbeddingCache(Path(cold)),
         )
     return result.metrics["ndcg_at_10"]
 
 
-def run_mteb(data, threads: int, batch_size: int) -> float:
+def run_mteb(data, threads: int, batch_size: int, device: str = "cpu") -> float:
     import mteb
     import torch
     from datasets import Dataset
@@ -78,7 +100,7 @@ def run_mteb(data, threads: int, batch_size: int) -> float:
     }
     task.data_loaded = True
     model = SentenceTransformer(
-        resolve_weights(find_model_config("sentence-transformers/all-MiniLM-L6-v2")), device="cpu"
+        resolve_weights(find_model_config("sentence-transformers/all-MiniLM-L6-v2")), device=device
     )
     with tempfile.TemporaryDirectory() as out:
         res = mteb.evaluate(
@@ -97,6 +119,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--limit-queries", type=int, default=None, help="a slice, for a quick look")
+    parser.add_argument("--profile", default="openvino", help="sie-evals profile (runtime) to time")
+    parser.add_argument("--device", default=None, help="device for both sides (e.g. cuda; default cpu)")
     args = parser.parse_args()
 
     import torch
@@ -111,14 +135,17 @@ def main() -> None:
     hw = hardware()
     print(
         f"machine: {hw['cpu']} x{hw['cpu_count']}, load {hw['load_avg_1m']}; threads {args.threads}; "
-        f"batch {args.batch_size}; {data.counts}"
+        f"batch {args.batch_size}; profile {args.profile}; {data.counts}"
     )
-    ours_wall, ours_cpu, ours_ndcg = timed(run_ours, data, args.threads, args.batch_size)
+    made = ensure_export(args.profile)
+    if made:
+        print(f"made the profile's ONNX export once (cached for later runs): {made:.1f}s", flush=True)
+    ours_wall, ours_cpu, ours_ndcg = timed(run_ours, data, args.threads, args.batch_size, args.profile, args.device)
     print(f"sie-evals cold eval: wall {ours_wall:.1f}s  cpu {ours_cpu:.1f}s  ndcg@10 {ours_ndcg:.5f}", flush=True)
-    mteb_wall, mteb_cpu, mteb_ndcg = timed(run_mteb, data, args.threads, args.batch_size)
+    mteb_wall, mteb_cpu, mteb_ndcg = timed(run_mteb, data, args.threads, args.batch_size, args.device or "cpu")
     print(f"mteb.evaluate:       wall {mteb_wall:.1f}s  cpu {mteb_cpu:.1f}s  ndcg@10 {mteb_ndcg:.5f}")
     print(
-        f"ratio sie-evals / mteb: wall {ours_wall / mteb_wall:.3f}, cpu {ours_cpu / mteb_cpu:.3f} (goal <= 0.75); "
+        f"ratio sie-evals / mteb: wall {ours_wall / mteb_wall:.3f}, cpu {ours_cpu / mteb_cpu:.3f} (goal <= 0.60); "
         f"load after: {os.getloadavg()[0]:.2f}"
     )
 

@@ -105,7 +105,11 @@ def eval_cmd(
     ] = None,
     device: Annotated[
         str | None,
-        typer.Option("--device", help="Device for started servers (sie, infinity): cpu (default), cuda, auto."),
+        typer.Option(
+            "--device",
+            help="Device of the local engine (default: the profile's, cpu) and of started servers (sie, infinity): "
+            "cpu, auto, mps, cuda (all GPUs, data-parallel), cuda:N or a comma-separated list.",
+        ),
     ] = None,
     sie_url: Annotated[
         str | None,
@@ -265,6 +269,17 @@ def eval_cmd(
             "benchmark source (default $SIE_EVALS_RESULTS_REPO).",
         ),
     ] = None,
+    openai_url: Annotated[
+        str | None,
+        typer.Option(
+            "--openai-url",
+            help="Source openai: an OpenAI-compatible server, POST {url}/v1/embeddings ($SIE_EVALS_OPENAI_URL).",
+        ),
+    ] = None,
+    openai_model: Annotated[
+        str | None,
+        typer.Option("--openai-model", help="Source openai: the request's model (default: profile's openai_model)."),
+    ] = None,
 ) -> None:
     """Evaluate MODEL on a task with one or more sources and print a metrics table.
 
@@ -340,6 +355,8 @@ def eval_cmd(
             sie_url=sie_url,
             infinity_url=infinity_url,
             tei_url=tei_url,
+            openai_url=openai_url,
+            openai_model=openai_model,
         ),
         cache_dir=settings.cache_root(),
         check_targets=check_targets,

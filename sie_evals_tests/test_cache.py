@@ -14,7 +14,7 @@ class CountingEngine(Engine):
     def info(self) -> EngineInfo:
         return EngineInfo("counting", "1", self.model.model_id, self.model.revision, "none")
 
-    def _embed_prepared(self, texts):
+    def _embed_prepared(self, texts, kind=None):
         self.forward_calls += 1
         return np.stack([np.random.default_rng(abs(hash(t)) % 2**32).normal(size=8) for t in texts])
 

@@ -56,7 +56,7 @@ def test_prefixes_and_pooling_follow_the_profile(minilm, local_engine):
 def test_engine_info_does_not_load_the_model(minilm):
     engine = LocalEngine(minilm, minilm.resolve_profile("default"))
     info = engine.info()
-    assert not engine.started and engine._model is None
+    assert not engine.started and not engine._workers
     assert info.engine == "local" and "transformers" in info.version and info.weights.startswith("package:")
 
 

@@ -31,7 +31,7 @@ class EvalSettings(dg.ConfigurableResource):
     corpus_size: int | None = D["corpus_size"]
     batch_size: int | None = D["batch_size"]  # quality: items per forward pass (unset: the profile's)
     threads: int | None = D["threads"]
-    device: str | None = D["device"]  # server engines (sie, infinity): cpu, cuda, ...
+    device: str | None = D["device"]  # local engine and started servers: cpu, auto, cuda, cuda:N, ...
     # perf_scores load shape (the CLI's --type perf options)
     perf_workload: str = D["perf_workload"]
     perf_batch_size: int = D["perf_batch_size"]  # perf: items per request

@@ -90,6 +90,21 @@ class MuveraSettings(_Strict):
         return self
 
 
+class Runtime(StrEnum):
+    """What runs the `local` engine's forward pass. onnx/openvino run an ONNX export of the model
+    (exported once per model revision and profile, eager attention so padded batches stay exact)."""
+
+    torch = "torch"
+    onnx = "onnx"
+    openvino = "openvino"
+
+
+# cpu, auto, mps, cuda (every visible GPU), cuda:N, or a comma-separated list of devices: one
+# data-parallel worker per entry (e.g. cuda:0,cuda:1).
+DEVICE_PATTERN = r"^(auto|(cpu|mps|cuda(:[0-9]+)?)(,(cpu|mps|cuda(:[0-9]+)?))*)$"
+ENV_VAR_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
 class WeightsSource(_Strict):
     """Where the weights come from: exactly one of a hub id, a local folder, or a Python package."""
 
@@ -139,6 +154,27 @@ class ProfileSettings(_Strict):
         None,
         description="Turn the multivector output into one dense MUVERA vector per text (needs output: multivector).",
     )
+    runtime: Runtime | None = Field(None, description="local engine runtime: torch (default), onnx or openvino.")
+    device: str | None = Field(
+        None,
+        pattern=DEVICE_PATTERN,
+        description="local engine device: cpu (default), auto, mps, cuda (all GPUs, data-parallel), cuda:N, "
+        "or a comma-separated list (one worker per entry).",
+    )
+    query_prompt_name: str | None = Field(
+        None,
+        description="Name of a prompt in the model's sentence-transformers config (config_sentence_transformers.json "
+        "`prompts`) for queries: TEI gets it as `prompt_name`, other engines prepend that prompt's text.",
+    )
+    document_prompt_name: str | None = Field(None, description="The same for documents.")
+    openai_model: str | None = Field(
+        None, description="`model` sent to an OpenAI-compatible /v1/embeddings server (default: model_id)."
+    )
+    api_key_env: str | None = Field(
+        None,
+        pattern=ENV_VAR_PATTERN,
+        description="Name of the environment variable holding the openai source's API key (never the key itself).",
+    )
 
 
 PROFILE_DEFAULTS: dict[str, Any] = {
@@ -151,6 +187,12 @@ PROFILE_DEFAULTS: dict[str, Any] = {
     "batch_size": 32,
     "output": OutputType.dense,
     "muvera": None,
+    "runtime": Runtime.torch,
+    "device": "cpu",
+    "query_prompt_name": None,
+    "document_prompt_name": None,
+    "openai_model": None,
+    "api_key_env": None,
 }
 
 
@@ -167,6 +209,12 @@ class ResolvedProfile(_Strict):
     batch_size: int
     output: OutputType = OutputType.dense
     muvera: MuveraSettings | None = None
+    runtime: Runtime = Runtime.torch
+    device: str = "cpu"
+    query_prompt_name: str | None = None
+    document_prompt_name: str | None = None
+    openai_model: str | None = None
+    api_key_env: str | None = None
 
     @model_validator(mode="after")
     def _muvera_needs_multivector(self) -> "ResolvedProfile":
@@ -176,13 +224,25 @@ class ResolvedProfile(_Strict):
             )
         return self
 
+    def prompt_name(self, kind: str) -> str | None:
+        return self.query_prompt_name if kind == "query" else self.document_prompt_name
+
     def embedding_identity(self) -> dict[str, Any]:
         """The fields that change what the engine returns (batch size does not): part of the cache key.
         `muvera` is applied after the cache (the token vectors are cached once for every MUVERA setting),
-        and a dense output leaves the key as it was before output types existed."""
-        identity = self.model_dump(mode="json", exclude={"name", "batch_size", "muvera", "output"})
+        and a dense output leaves the key as it was before output types existed. Runtime, device and the
+        openai fields are carried by the engine's own identity (its version string, weights id), where they
+        apply, so adding them left existing cache keys unchanged; prompt names change the vectors, so they
+        are part of it when set."""
+        identity = self.model_dump(
+            mode="json",
+            exclude={"name", "batch_size", "muvera", "output", "runtime", "device", "openai_model", "api_key_env"},
+        )
         if self.output != OutputType.dense:
             identity["output"] = self.output.value
+        for key in ("query_prompt_name", "document_prompt_name"):
+            if identity[key] is None:
+                del identity[key]
         return identity
 
 

@@ -3,7 +3,9 @@
 import importlib.metadata as md
 import os
 import platform
+import shutil
 import socket
+import subprocess
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
@@ -50,6 +52,59 @@ def _gpus() -> list[str]:
     return []
 
 
+@lru_cache(maxsize=1)
+def _nvidia_driver() -> str | None:
+    """The NVIDIA driver version (torch does not report it): NVML when installed, else nvidia-smi."""
+    try:
+        import pynvml  # nvidia-ml-py, optional
+
+        pynvml.nvmlInit()
+        version = pynvml.nvmlSystemGetDriverVersion()
+        return version.decode() if isinstance(version, bytes) else str(version)
+    except Exception:  # not installed, or no driver
+        pass
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return None
+    try:
+        out = subprocess.run(
+            [smi, "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = out.stdout.strip().splitlines()
+    return lines[0].strip() if out.returncode == 0 and lines else None
+
+
+@lru_cache(maxsize=1)
+def gpu_details() -> dict[str, Any]:
+    """GPU count, names, memory, driver and CUDA versions (count 0 without a usable GPU)."""
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return {"count": 0}
+        devices = []
+        for i in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(i)
+            devices.append(
+                {
+                    "name": props.name,
+                    "memory_gib": round(props.total_memory / 2**30, 1),
+                    "compute_capability": f"{props.major}.{props.minor}",
+                }
+            )
+        return {
+            "count": len(devices),
+            "devices": devices,
+            "driver": _nvidia_driver(),
+            "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version(),
+        }
+    except Exception:  # a broken driver must not break a CPU eval
+        return {"count": 0}
+
+
 def hardware() -> dict[str, Any]:
     load = os.getloadavg() if hasattr(os, "getloadavg") else (None, None, None)
     return {
@@ -59,6 +114,7 @@ def hardware() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "memory_gib": _memory_gib(),
         "gpus": _gpus(),
+        "gpu": gpu_details(),
         "load_avg_1m": round(load[0], 2) if load[0] is not None else None,
     }
 

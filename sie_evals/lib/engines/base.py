@@ -86,11 +86,20 @@ class Engine(ABC):
         """What produced the vectors: must be cheap and must not load the model."""
 
     @abstractmethod
-    def _embed_prepared(self, texts: list[str]) -> np.ndarray:
-        """Embed already-prefixed texts; return an array of shape (len(texts), dims)."""
+    def _embed_prepared(self, texts: list[str], kind: EmbedKind) -> np.ndarray:
+        """Embed already-prefixed texts; return an array of shape (len(texts), dims). `kind` reaches
+        the engine as a flag too, for servers that treat queries and documents differently."""
+
+    # Engines whose server takes a prompt name itself (TEI's `prompt_name`); the others get the prompt's
+    # text prepended here, as sentence-transformers does, so every engine sees the same input.
+    native_prompt_names = False
 
     def prefix(self, kind: EmbedKind) -> str:
-        return self.profile.query_prefix if kind == EmbedKind.query else self.profile.document_prefix
+        prefix = self.profile.query_prefix if kind == EmbedKind.query else self.profile.document_prefix
+        name = self.profile.prompt_name(kind.value)
+        if name and not self.native_prompt_names:
+            prefix = model_prompt(self.model, self.profile.name, name) + prefix
+        return prefix
 
     def embed(self, texts: Sequence[str], kind: EmbedKind) -> np.ndarray:
         """Vectors for `texts` as float32 (n, dims), or the profile's sparse/multivector output
@@ -99,12 +108,33 @@ class Engine(ABC):
             raise EngineError(f"{self.name}: nothing to embed")
         self.start()
         prefix = self.prefix(kind)
-        vectors = self._embed_prepared([prefix + t for t in texts])
+        vectors = self._embed_prepared([prefix + t for t in texts], kind)
         if self.profile.output != OutputType.dense:
             from sie_evals.lib.engines.outputs import validate_output
 
             return validate_output(vectors, len(texts), self.name, self.profile)
         return validate_embeddings(vectors, len(texts), self.name)
+
+
+def model_prompt(model: ModelConfig, profile: str, name: str) -> str:
+    """The text of prompt `name` from the model's config_sentence_transformers.json."""
+    import json
+    from pathlib import Path
+
+    from sie_evals.lib.core.errors import ConfigError
+    from sie_evals.lib.engines.local import resolve_weights
+
+    path = Path(resolve_weights(model)) / "config_sentence_transformers.json"
+    try:
+        prompts = json.loads(path.read_text()).get("prompts") or {}
+    except (OSError, ValueError, AttributeError):
+        prompts = {}
+    if name not in prompts:
+        raise ConfigError(
+            f"{model.path}: profile {profile!r}: prompt {name!r} is not among the model's prompts "
+            f"({', '.join(sorted(prompts)) or 'none'}) in {path}"
+        )
+    return str(prompts[name])
 
 
 def validate_embeddings(vectors: Any, expected_rows: int, engine: str) -> np.ndarray:

@@ -27,7 +27,7 @@ from sie_evals.lib.config.model_config import ModelConfig, ResolvedProfile
 from sie_evals.lib.core import paths
 from sie_evals.lib.core.errors import EngineError, InputError
 from sie_evals.lib.core.urls import redact_url
-from sie_evals.lib.engines.base import Engine, EngineInfo, validate_embeddings
+from sie_evals.lib.engines.base import EmbedKind, Engine, EngineInfo, validate_embeddings
 from sie_evals.lib.servers.managed import ManagedServer, ServerCommand
 
 RETRY_STATUS = frozenset({500, 502, 503, 504})
@@ -110,8 +110,17 @@ class HttpEngine(Engine):
         """How to start this server for this model (only called when no url was given)."""
 
     @abstractmethod
-    def _embed_request(self, texts: list[str]) -> tuple[str, dict[str, Any]]:
-        """(path, JSON body) of one embed request."""
+    def _embed_request(self, texts: list[str], kind: EmbedKind) -> tuple[str, dict[str, Any]]:
+        """(path, JSON body) of one embed request; `kind` tells the server query from document
+        where its API has a flag for it."""
+
+    def request_headers(self) -> dict[str, str]:
+        """Extra headers for every request (e.g. authorization)."""
+        return {}
+
+    def redact(self, text: str) -> str:
+        """Error text with secrets removed (a server may echo a request back)."""
+        return text.replace(self.url, redact_url(self.url)) if self.url else text
 
     @abstractmethod
     def _parse_vectors(self, body: Any) -> list[Any]:
@@ -170,7 +179,8 @@ class HttpEngine(Engine):
             self.run_dir = None
 
     def info(self) -> EngineInfo:
-        extra: dict[str, Any] = {"batch_size": self.batch_size, "device": self.device, "url": self.base_url}
+        base_url = redact_url(self.base_url) if self.base_url else None
+        extra: dict[str, Any] = {"batch_size": self.batch_size, "device": self.device, "url": base_url}
         extra.update(self.server_details)
         if self.server:
             extra["server"] = {
@@ -230,10 +240,16 @@ class HttpEngine(Engine):
         return self._request(method, path, body)
 
     def _request(self, method: str, path: str, body: Any = None) -> Reply:
+        try:
+            return self._request_unredacted(method, path, body)
+        except EngineError as err:
+            raise EngineError(self.redact(str(err))) from None
+
+    def _request_unredacted(self, method: str, path: str, body: Any = None) -> Reply:
         assert self._base is not None, "engine not started"
-        url = f"{self.base_url}{path}"
+        url = redact_url(f"{self.base_url}{path}")
         payload = None if body is None else json.dumps(body).encode()
-        headers = {"Accept": "application/json"}
+        headers = {"Accept": "application/json", **self.request_headers()}
         if payload is not None:
             headers["Content-Type"] = "application/json"
         failure = ""
@@ -253,17 +269,17 @@ class HttpEngine(Engine):
                     raise died from None
                 continue
             if status in RETRY_STATUS:
-                failure = f"HTTP {status}: {_excerpt(raw)}"
+                failure = f"HTTP {status}: {_excerpt(raw, self.redact)}"
                 if died := self._died():
                     raise died from None
                 continue
             if status >= 300:
-                raise EngineError(f"{self.name}: {method} {url} returned HTTP {status}: {_excerpt(raw)}")
+                raise EngineError(f"{self.name}: {method} {url} returned HTTP {status}: {_excerpt(raw, self.redact)}")
             try:
                 parsed = json.loads(raw)
             except ValueError as err:
                 raise EngineError(
-                    f"{self.name}: {method} {url} returned malformed JSON ({err}): {_excerpt(raw)}"
+                    f"{self.name}: {method} {url} returned malformed JSON ({err}): {_excerpt(raw, self.redact)}"
                 ) from None
             return Reply(status, resp_headers, parsed)
         raise EngineError(
@@ -278,14 +294,14 @@ class HttpEngine(Engine):
         each see their own."""
         return getattr(self._local, "timing", None)
 
-    def _embed_prepared(self, texts: list[str]) -> np.ndarray:
+    def _embed_prepared(self, texts: list[str], kind: EmbedKind) -> np.ndarray:
         # Longest first, like the local engine: similar lengths share a request, so little padding.
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         out: np.ndarray | None = None
         timing: dict[str, float] | None = None
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
-            path, body = self._embed_request([texts[i] for i in idx])
+            path, body = self._embed_request([texts[i] for i in idx], kind)
             reply = self._request("POST", path, body)
             with self._count_lock:
                 self.forward_calls += 1
@@ -338,6 +354,8 @@ def weights_dims(weights_dir: str) -> int | None:
         return None
 
 
-def _excerpt(raw: bytes, n: int = 300) -> str:
+def _excerpt(raw: bytes, redact=None, n: int = 300) -> str:
     text = raw.decode("utf-8", errors="replace").strip()
+    if redact is not None:  # before cutting: a secret cut in half would escape redaction
+        text = redact(text)
     return text if len(text) <= n else text[:n] + "..."

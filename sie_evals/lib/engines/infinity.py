@@ -5,6 +5,7 @@ Embeds through its OpenAI-style `POST /embeddings` route."""
 from typing import Any
 
 from sie_evals.lib.core.errors import EngineError
+from sie_evals.lib.engines.base import EmbedKind
 from sie_evals.lib.engines.http import HttpEngine, weights_dims
 from sie_evals.lib.servers import infinity as infinity_server
 from sie_evals.lib.servers import install
@@ -30,7 +31,8 @@ class InfinityEngine(HttpEngine):
             self.model, self.profile, weights, self.device, self.batch_size, self.run_dir, self.threads
         )
 
-    def _embed_request(self, texts: list[str]) -> tuple[str, dict[str, Any]]:
+    def _embed_request(self, texts: list[str], kind: EmbedKind) -> tuple[str, dict[str, Any]]:
+        # infinity's /embeddings has no query/document flag: the profile's prefixes carry it.
         return "/embeddings", {"model": self.model.model_id, "input": texts, "encoding_format": "float"}
 
     def _parse_vectors(self, body: Any) -> list[Any]:

@@ -1,4 +1,5 @@
-"""The `local` engine: in-process transformers + torch, the default that runs on a fresh machine.
+"""The `local` engine: in-process transformers + torch (or its ONNX export under ONNX Runtime or
+OpenVINO), the default that runs on a fresh machine.
 
 Matches sentence-transformers' encode for the same model: tokenize with truncation to
 `max_seq_length`, run the encoder, pool (mean over the attention mask, CLS, or last token),
@@ -13,9 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from sie_evals.lib.config.model_config import ModelConfig, OutputType, Pooling, ResolvedProfile
+from sie_evals.lib.config.model_config import ModelConfig, OutputType, Pooling, ResolvedProfile, Runtime
 from sie_evals.lib.core.errors import ConfigError, EngineError
-from sie_evals.lib.engines.base import Engine, EngineInfo
+from sie_evals.lib.engines.base import EmbedKind, Engine, EngineInfo
+from sie_evals.lib.engines.devices import device_type, resolve_devices
+from sie_evals.lib.engines.export import OPSET
 
 
 def _version(dist: str) -> str:
@@ -56,7 +59,18 @@ def resolve_weights(model: ModelConfig) -> str:
     return str(w.hf_id)
 
 
+def weights_id(model: ModelConfig) -> str:
+    """Where the weights came from, as configured (with the package version): part of the cache key."""
+    w = model.weights
+    return f"package:{w.package}=={_version(w.package)}" if w.package else (w.path or f"hf:{w.hf_id}")
+
+
 class LocalEngine(Engine):
+    """In-process engine. `profile.runtime` picks what runs the forward pass (torch, or the cached
+    ONNX export under ONNX Runtime or OpenVINO); `device` (or the profile's) where. Several devices
+    embed one call data-parallel: the same length-sorted batches as on one device, handed to one
+    worker per device, so the vectors are identical to a one-device run."""
+
     name = "local"
     supported_outputs = frozenset(OutputType)
 
@@ -67,31 +81,62 @@ class LocalEngine(Engine):
         threads: int | None = None,
         batch_size: int | None = None,
         progress: bool = False,
+        device: str | None = None,
+        export_cache: Path | None = None,
     ):
         super().__init__(model, profile)
         self.threads = threads
         self.batch_size = batch_size or profile.batch_size
         self.progress = progress
+        self.device_spec = device or profile.device
+        self.devices = resolve_devices(self.device_spec, "--device" if device else f"profile {profile.name!r} device")
+        if profile.runtime != Runtime.torch and device_type(self.devices) != "cpu":
+            raise ConfigError(
+                f"{model.path}: profile {profile.name!r}: runtime {profile.runtime.value} runs on the CPU here; "
+                f"device {self.device_spec!r} needs runtime torch"
+            )
+        self.export_cache = Path(export_cache) if export_cache else None
+        self.export_dir: Path | None = None
         self._tokenizer = None
-        self._model = None
+        self._workers: list[_Worker] = []
         # One model instance runs one batch at a time (HF fast tokenizers are not safe to share across
         # threads); concurrent callers queue here, as they would at a single-worker server.
         self._lock = threading.Lock()
+        self._count_lock = threading.Lock()
+
+    def _software(self) -> str:
+        runtime = self.profile.runtime
+        if runtime == Runtime.torch:
+            version = f"transformers {_version('transformers')}; torch {_version('torch')}"
+            kind = device_type(self.devices)
+            # CPU keys stay as they were; other devices' numerics differ slightly, so they key apart.
+            return version if kind == "cpu" else f"{version}; device {kind}"
+        exported = f"ONNX export (torch {_version('torch')}, transformers {_version('transformers')}, opset {OPSET})"
+        if runtime == Runtime.onnx:
+            return f"onnxruntime {_version('onnxruntime')}; {exported}"
+        return f"openvino {_version('openvino')} (fp32 precision hint); {exported}"
 
     def info(self) -> EngineInfo:
-        w = self.model.weights
         return EngineInfo(
             engine=self.name,
-            version=f"transformers {_version('transformers')}; torch {_version('torch')}",
+            version=self._software(),
             model_id=self.model.model_id,
             model_revision=self.model.revision,
-            weights=f"package:{w.package}=={_version(w.package)}" if w.package else (w.path or f"hf:{w.hf_id}"),
-            extra={"threads": self.threads, "batch_size": self.batch_size, "dtype": self.profile.dtype.value},
+            weights=weights_id(self.model),
+            extra={
+                "threads": self.threads,
+                "batch_size": self.batch_size,
+                "dtype": self.profile.dtype.value,
+                "runtime": self.profile.runtime.value,
+                "device": self.device_spec,
+                "devices": self.devices,
+                **({"export": str(self.export_dir)} if self.export_dir else {}),
+            },
         )
 
     def _start(self) -> None:
         import torch
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoTokenizer
 
         if self.threads:
             torch.set_num_threads(self.threads)
@@ -103,21 +148,37 @@ class LocalEngine(Engine):
         kwargs = {"revision": self.model.revision} if self.model.weights.hf_id and self.model.revision else {}
         try:
             self._tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-            model_class = AutoModel
-            if self.profile.output != OutputType.dense:
-                from sie_evals.lib.engines.outputs import local_model_class
-
-                model_class = local_model_class(self.profile)
-            model = model_class.from_pretrained(source, dtype=getattr(torch, self.profile.dtype.value), **kwargs)
         except OSError as err:
-            raise EngineError(f"local: cannot load model weights from {source}: {err}") from None
-        self._model = model.eval()
+            raise EngineError(f"local: cannot load the tokenizer from {source}: {err}") from None
+        if self.profile.runtime == Runtime.torch:
+            self._workers = [_TorchWorker(source, kwargs, device, self.profile) for device in self.devices]
+            return
+        if self.profile.output != OutputType.dense:
+            raise ConfigError(
+                f"profile {self.profile.name!r}: runtime {self.profile.runtime.value} exports dense outputs only; "
+                f"output {self.profile.output.value} runs with runtime torch"
+            )
+        from sie_evals.lib.core import paths
+        from sie_evals.lib.engines.export import ONNX_FILE, ensure_onnx_export
+
+        self.export_dir = ensure_onnx_export(
+            self.model, self.profile, source, weights_id(self.model), self.export_cache or paths.cache_dir()
+        )
+        onnx_path = self.export_dir / ONNX_FILE
+        worker = _OnnxWorker if self.profile.runtime == Runtime.onnx else _OpenVinoWorker
+        threads = max(1, self.threads // len(self.devices)) if self.threads else None
+        self._workers = [worker(onnx_path, threads, self.profile) for _ in self.devices]
+
+    @property
+    def _model(self):
+        """The torch model of the first worker (sparse and multivector outputs run on one device)."""
+        return self._workers[0].model
 
     def _stop(self) -> None:
-        self._model = None
+        self._workers = []
         self._tokenizer = None
 
-    def _embed_prepared(self, texts: list[str]) -> np.ndarray:
+    def _embed_prepared(self, texts: list[str], kind: EmbedKind) -> np.ndarray:
         with self._lock:
             return self._embed_locked(texts)
 
@@ -126,43 +187,145 @@ class LocalEngine(Engine):
         return self._tokenizer
 
     def _embed_locked(self, texts: list[str]) -> np.ndarray:
-        import torch
-
         if self.profile.output != OutputType.dense:
             from sie_evals.lib.engines.outputs import encode_local
 
             return encode_local(self, texts)
         from tqdm.auto import tqdm
 
-        tok, model = self._tokenizer, self._model
+        tok = self._tokenizer
         encoded = tok(texts, truncation=True, max_length=self.profile.max_seq_length, padding=False)
         ids = encoded["input_ids"]
         order = sorted(range(len(texts)), key=lambda i: -len(ids[i]))  # longest first: OOM shows early
-        out: np.ndarray | None = None
+        batches = [order[start : start + self.batch_size] for start in range(0, len(order), self.batch_size)]
+        results: list[np.ndarray | None] = [None] * len(batches)
         bar = tqdm(
             total=len(texts),
             desc="embed (local)",
             unit="text",
             disable=not self.progress or os.environ.get("CI") == "true",
         )
-        with torch.inference_mode():
-            for start in range(0, len(order), self.batch_size):
-                idx = order[start : start + self.batch_size]
-                features = {k: [encoded[k][i] for i in idx] for k in encoded}
-                batch = tok.pad(features, padding=True, return_tensors="pt")
-                hidden = model(**batch).last_hidden_state
+
+        def run(worker: "_Worker", b: int) -> None:
+            idx = batches[b]
+            features = {k: [encoded[k][i] for i in idx] for k in encoded}
+            results[b] = worker.embed(tok.pad(features, padding=True, return_tensors="pt"))
+            with self._count_lock:
                 self.forward_calls += 1
-                pooled = pool(hidden, batch["attention_mask"], self.profile.pooling)
-                if self.profile.normalize:
-                    pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-                vecs = pooled.float().cpu().numpy()
-                if out is None:
-                    out = np.empty((len(texts), vecs.shape[1]), dtype=np.float32)
-                out[idx] = vecs
                 bar.update(len(idx))
+
+        if len(self._workers) == 1:
+            for b in range(len(batches)):
+                run(self._workers[0], b)
+        else:
+            _data_parallel(self._workers, len(batches), run)
         bar.close()
-        assert out is not None
+        out = np.empty((len(texts), results[0].shape[1]), dtype=np.float32)
+        for idx, vecs in zip(batches, results, strict=True):
+            out[idx] = vecs
         return out
+
+
+def _data_parallel(workers: list["_Worker"], n_batches: int, run) -> None:
+    """One thread per worker pulls the next batch index from a shared counter until none are left."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    counter = iter(range(n_batches))
+    take = threading.Lock()
+
+    def drain(worker: "_Worker") -> None:
+        while True:
+            with take:
+                b = next(counter, None)
+            if b is None:
+                return
+            run(worker, b)
+
+    with ThreadPoolExecutor(len(workers), thread_name_prefix="sie-evals-local") as pool_:
+        for future in [pool_.submit(drain, w) for w in workers]:
+            future.result()  # re-raises a worker's error
+
+
+class _Worker:
+    """One model replica: a padded batch of token tensors in, pooled (normalised) float32 vectors out."""
+
+    def __init__(self, profile: ResolvedProfile):
+        self.profile = profile
+
+    def hidden(self, batch):  # the encoder's last_hidden_state, a torch tensor
+        raise NotImplementedError
+
+    def embed(self, batch) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            hidden = self.hidden(batch)
+            pooled = pool(hidden, batch["attention_mask"].to(hidden.device), self.profile.pooling)
+            if self.profile.normalize:
+                pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+            return pooled.float().cpu().numpy()
+
+
+class _TorchWorker(_Worker):
+    def __init__(self, source: str, kwargs: dict, device: str, profile: ResolvedProfile):
+        import torch
+        from transformers import AutoModel
+
+        super().__init__(profile)
+        self.device = torch.device(device)
+        model_class = AutoModel
+        if profile.output != OutputType.dense:
+            from sie_evals.lib.engines.outputs import local_model_class
+
+            model_class = local_model_class(profile)
+        try:
+            model = model_class.from_pretrained(source, dtype=getattr(torch, profile.dtype.value), **kwargs)
+        except OSError as err:
+            raise EngineError(f"local: cannot load model weights from {source}: {err}") from None
+        self.model = model.eval().to(self.device)
+
+    def hidden(self, batch):
+        if self.device.type != "cpu":
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        return self.model(**batch).last_hidden_state
+
+
+class _OnnxWorker(_Worker):
+    def __init__(self, onnx_path: Path, threads: int | None, profile: ResolvedProfile):
+        import onnxruntime as ort
+
+        super().__init__(profile)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads or 0
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        self.inputs = [i.name for i in self.session.get_inputs()]
+
+    def hidden(self, batch):
+        import torch
+
+        return torch.from_numpy(self.session.run(None, {n: batch[n].numpy() for n in self.inputs})[0])
+
+
+class _OpenVinoWorker(_Worker):
+    def __init__(self, onnx_path: Path, threads: int | None, profile: ResolvedProfile):
+        import openvino as ov
+
+        super().__init__(profile)
+        core = ov.Core()
+        config = {"INFERENCE_PRECISION_HINT": "f32"}  # never the bf16/fp16 default of newer CPUs: exact
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        self.compiled = core.compile_model(core.read_model(str(onnx_path)), "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        self.inputs = [i.get_any_name() for i in self.compiled.inputs]
+
+    def hidden(self, batch):
+        import torch
+
+        result = self.request.infer({n: batch[n].numpy() for n in self.inputs})
+        return torch.from_numpy(np.array(result[self.compiled.output(0)]))
 
 
 def pool(hidden, mask, pooling: Pooling):

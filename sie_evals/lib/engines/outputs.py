@@ -393,6 +393,8 @@ def encode_local(engine: "LocalEngine", texts: list[str]) -> Output:
             idx = order[start : start + size]
             start += len(idx)
             batch = tok.pad({k: [encoded[k][i] for i in idx] for k in encoded}, padding=True, return_tensors="pt")
+            if model.device.type != "cpu":
+                batch = {k: v.to(model.device) for k, v in batch.items()}
             mask = batch["attention_mask"]
             out = model(**batch)
             engine.forward_calls += 1

@@ -6,8 +6,8 @@ from sie_evals.lib.core.sources import ALL_SOURCES, COMPUTE_SOURCES
 from sie_evals.lib.engines.base import Engine
 
 # Compute sources whose engine is implemented in this version.
-IMPLEMENTED: tuple[str, ...] = ("local", "sie", "infinity", "tei")
-LOCAL_OPTIONS = ("batch_size", "threads", "progress")
+IMPLEMENTED: tuple[str, ...] = ("local", "sie", "infinity", "tei", "openai", "fastembed")
+LOCAL_OPTIONS = ("batch_size", "threads", "progress", "device")
 SERVER_OPTIONS = ("batch_size", "threads", "progress", "device")
 
 
@@ -22,6 +22,11 @@ def create_engine(source: str, model: ModelConfig, profile: ResolvedProfile, **o
         from sie_evals.lib.engines.local import LocalEngine
 
         return LocalEngine(model, profile, **{k: v for k, v in options.items() if k in LOCAL_OPTIONS})
+    if source == "fastembed":
+        from sie_evals.lib.engines.fastembed import FastEmbedEngine
+
+        opts = {k: v for k, v in options.items() if k in ("batch_size", "threads", "progress")}
+        return FastEmbedEngine(model, profile, **opts)
     server_opts = {k: v for k, v in options.items() if k in SERVER_OPTIONS}
     server_opts["url"] = options.get(f"{source}_url")
     if source == "sie":
@@ -36,6 +41,10 @@ def create_engine(source: str, model: ModelConfig, profile: ResolvedProfile, **o
         from sie_evals.lib.engines.tei import TeiEngine
 
         return TeiEngine(model, profile, **server_opts)
+    if source == "openai":
+        from sie_evals.lib.engines.openai import OpenAIEngine
+
+        return OpenAIEngine(model, profile, openai_model=options.get("openai_model"), **server_opts)
     raise InputError(
         f"source {source!r} is not implemented in this version of sie-evals; implemented: {', '.join(IMPLEMENTED)}"
     )

@@ -9,6 +9,7 @@ from typing import Any
 
 from sie_evals.lib.config.model_config import OutputType
 from sie_evals.lib.core.errors import EngineError, InputError
+from sie_evals.lib.engines.base import EmbedKind
 from sie_evals.lib.engines.http import HttpEngine, Reply, weights_dims
 from sie_evals.lib.engines.outputs import concat, parse_sie_items, vocab_size
 from sie_evals.lib.servers import install
@@ -48,8 +49,9 @@ class SieEngine(HttpEngine):
         assert self.run_dir is not None
         return sie_server.command(self.model, self.profile, weights, dims, self.device, self.threads, self.run_dir)
 
-    def _embed_request(self, texts: list[str]) -> tuple[str, dict[str, Any]]:
-        body = {"items": [{"text": t} for t in texts], "params": {"output_types": [self.profile.output.value]}}
+    def _embed_request(self, texts: list[str], kind: EmbedKind) -> tuple[str, dict[str, Any]]:
+        params = {"output_types": [self.profile.output.value], "options": {"is_query": kind == EmbedKind.query}}
+        body = {"items": [{"text": t} for t in texts], "params": params}
         return f"/v1/encode/{self.model.model_id}", body
 
     def _parse_vectors(self, body: Any) -> list[Any]:
@@ -65,17 +67,17 @@ class SieEngine(HttpEngine):
             vectors.append(values)
         return vectors
 
-    def _embed_prepared(self, texts: list[str]):
+    def _embed_prepared(self, texts: list[str], kind: EmbedKind):
         if self.profile.output == OutputType.dense:
-            return super()._embed_prepared(texts)
-        return self._embed_outputs(texts)
+            return super()._embed_prepared(texts, kind)
+        return self._embed_outputs(texts, kind)
 
-    def _embed_outputs(self, texts: list[str]):
+    def _embed_outputs(self, texts: list[str], kind: EmbedKind):
         """Sparse or multivector outputs, one request per batch, each reply item checked (engines/outputs.py)."""
         parts, timing = [], None
         for start in range(0, len(texts), self.batch_size):
             batch = texts[start : start + self.batch_size]
-            path, body = self._embed_request(batch)
+            path, body = self._embed_request(batch, kind)
             reply = self._request("POST", path, body)
             with self._count_lock:
                 self.forward_calls += 1

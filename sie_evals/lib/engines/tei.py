@@ -4,6 +4,7 @@ on PATH or reached at --tei-url. Speaks TEI's native API: POST /embed, GET /info
 import contextlib
 from typing import Any
 
+from sie_evals.lib.engines.base import EmbedKind
 from sie_evals.lib.engines.http import HttpEngine, Reply, weights_dims
 from sie_evals.lib.servers import tei as tei_server
 from sie_evals.lib.servers.managed import ServerCommand
@@ -19,6 +20,7 @@ TIMING_HEADERS = {
 class TeiEngine(HttpEngine):
     name = "tei"
     url_env = "SIE_EVALS_TEI_URL"
+    native_prompt_names = True  # /embed takes `prompt_name`
 
     def software_version(self) -> str:
         # Constant: this is part of the cache key, which is computed before the server is reached.
@@ -45,8 +47,11 @@ class TeiEngine(HttpEngine):
         if isinstance(info, dict):
             self.server_details = {"server_version": info.get("version"), "server_model_id": info.get("model_id")}
 
-    def _embed_request(self, texts: list[str]) -> tuple[str, dict[str, Any]]:
-        return "/embed", {"inputs": texts, "normalize": self.profile.normalize, "truncate": True}
+    def _embed_request(self, texts: list[str], kind: EmbedKind) -> tuple[str, dict[str, Any]]:
+        body: dict[str, Any] = {"inputs": texts, "normalize": self.profile.normalize, "truncate": True}
+        if prompt := self.profile.prompt_name(kind):  # one of the model's sentence-transformers prompts
+            body["prompt_name"] = prompt
+        return "/embed", body
 
     def _parse_vectors(self, body: Any) -> list[Any]:
         return body  # a JSON array of vectors; the base class checks its shape

@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from sie_evals.lib.config.model_config import ModelConfig, ResolvedProfile, find_model_config
+from sie_evals.lib.config.model_config import ModelConfig, ResolvedProfile, Runtime, find_model_config
 from sie_evals.lib.core import paths
 from sie_evals.lib.core.errors import InputError, SieEvalsError, UnknownNameError
 from sie_evals.lib.core.names import validate_name
@@ -28,6 +28,7 @@ from sie_evals.lib.harness.evaluation import (
     evaluate_perf_source,
     evaluate_source,
     load_task,
+    parity_vs_torch,
 )
 from sie_evals.lib.harness.report import build_report
 from sie_evals.lib.perf.load import PERF_TARGET_METRICS, LoadSpec
@@ -285,6 +286,10 @@ def run_eval(req: EvalRequest) -> EvalOutcome:
     if req.eval_type == "quality":
         for s, par in parity_against(results, "local").items():
             report["sources"][s]["parity_vs_local"] = par
+        if profile.runtime != Runtime.torch and "local" in by_source:  # an exported runtime: how exact is it?
+            report["sources"]["local"]["parity_vs_torch"] = parity_vs_torch(
+                config, profile, spec, data, by_source["local"], req.engine, cache
+            )
     report["checks"] = [c.as_dict() for c in checks]
     report["saved"] = saved
     return EvalOutcome(config, spec, data, key, keys, results, list(refs.values()), checks, report, saved)

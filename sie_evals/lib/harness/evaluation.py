@@ -40,6 +40,8 @@ class EngineOptions:
     sie_url: str | None = None
     infinity_url: str | None = None
     tei_url: str | None = None
+    openai_url: str | None = None  # an OpenAI-compatible server (default $SIE_EVALS_OPENAI_URL)
+    openai_model: str | None = None  # the request's `model` (default: the profile's openai_model, else model_id)
 
     def for_engine(self) -> dict[str, Any]:
         """Every option; create_engine hands each engine the ones that apply to it."""
@@ -51,6 +53,8 @@ class EngineOptions:
             "sie_url": self.sie_url,
             "infinity_url": self.infinity_url,
             "tei_url": self.tei_url,
+            "openai_url": self.openai_url,
+            "openai_model": self.openai_model,
         }
 
 
@@ -124,6 +128,8 @@ def _conditions_base(
         "weights": engine_info["weights"],
         "profile": profile.name,
         "dtype": profile.dtype.value,
+        "runtime": engine_info.get("extra", {}).get("runtime"),  # local engine: torch, onnx, openvino
+        "devices": engine_info.get("extra", {}).get("devices"),
         "batch_size": engine_opts.batch_size or profile.batch_size,
         "concurrency": None,
         "threads": engine_opts.threads,
@@ -186,6 +192,30 @@ def evaluate_source(
         },
         vectors=vectors,
     )
+
+
+def parity_vs_torch(
+    model: ModelConfig,
+    profile: ResolvedProfile,
+    spec: TaskSpec,
+    data: TaskData,
+    result: SourceResult,
+    engine_opts: EngineOptions,
+    cache: EmbeddingCache,
+) -> dict[str, Any]:
+    """Per-item parity of a `local` result run by an exported runtime (onnx, openvino) against the
+    same profile run by torch (through the cache), plus the largest absolute difference of any value."""
+    from sie_evals.lib.config.model_config import Runtime
+    from sie_evals.lib.quality.parity import parity
+
+    torch_profile = profile.model_copy(update={"runtime": Runtime.torch})
+    engine = create_engine("local", model, torch_profile, **engine_opts.for_engine())
+    with engine:
+        reference = embed_task(engine, spec, data, cache).vectors
+    assert result.vectors is not None
+    out = parity(reference, result.vectors)
+    out["max_abs_delta"] = max(float(np.abs(reference[k] - result.vectors[k]).max()) for k in reference)
+    return out
 
 
 PERF_WORKLOADS = ("corpus", "queries")

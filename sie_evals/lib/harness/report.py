@@ -241,15 +241,14 @@ def render_table(report: dict[str, Any], console: Console | None = None) -> None
         cells = [_fmt(report["sources"][s]["metrics"].get(metric), 2 if perf else 5) for s in sources]
         name = f"{metric} *" if metric == report["main_score"] else metric
         table.add_row(Text(name), *cells)
-    if any("parity_vs_local" in report["sources"][s] for s in sources):
+    for key, label in (("parity_vs_local", "parity vs local"), ("parity_vs_torch", "parity vs torch")):
+        if not any(key in report["sources"][s] for s in sources):
+            continue
         for stat in ("mean_cosine", "min_cosine"):
             cells = [
-                "-"
-                if "parity_vs_local" not in report["sources"][s]
-                else _fmt(report["sources"][s]["parity_vs_local"][stat], 6)
-                for s in sources
+                "-" if key not in report["sources"][s] else _fmt(report["sources"][s][key][stat], 6) for s in sources
             ]
-            table.add_row(f"parity vs local: {stat.replace('_', ' ')}", *cells)
+            table.add_row(f"{label}: {stat.replace('_', ' ')}", *cells)
     console.print(table)
     ds = report["dataset"]
     console.print(
