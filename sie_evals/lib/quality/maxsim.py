@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from sie_evals.lib.engines.outputs import MultiVectors
+from sie_evals.lib.quality.search import merge_top_k
 
 DEFAULT_MAX_BLOCK = 32 * 1024 * 1024  # float32 elements of one similarity block (128 MiB)
 
@@ -46,16 +47,7 @@ def maxsim_top_k(
 ) -> tuple[np.ndarray, np.ndarray]:
     """MaxSim scores and document indices of the top `k` docs per query, best first."""
     k = min(k, len(docs))
-    best_scores = torch.empty((len(queries), 0), dtype=torch.float32)
-    best_idx = torch.empty((len(queries), 0), dtype=torch.long)
-    for start, scores in maxsim_scores(queries, docs, max_block):
-        s, i = torch.topk(scores, min(k, scores.shape[1]), dim=1)
-        best_scores = torch.cat([best_scores, s], dim=1)
-        best_idx = torch.cat([best_idx, i + start], dim=1)
-        if best_scores.shape[1] > k:
-            best_scores, pos = torch.topk(best_scores, k, dim=1)
-            best_idx = torch.gather(best_idx, 1, pos)
-    return best_scores.numpy(), best_idx.numpy()
+    return merge_top_k(maxsim_scores(queries, docs, max_block), len(queries), k)
 
 
 def maxsim_matrix(queries: MultiVectors, docs: MultiVectors, max_block: int = DEFAULT_MAX_BLOCK) -> np.ndarray:

@@ -7,7 +7,7 @@ import torch
 
 from sie_evals.lib.engines.outputs import MultiVectors, SparseVectors
 from sie_evals.lib.quality.maxsim import maxsim_top_k
-from sie_evals.lib.quality.search import exact_top_k
+from sie_evals.lib.quality.search import exact_top_k, merge_top_k
 from sie_evals.lib.quality.sparse_search import sparse_top_k
 
 DEFAULT_DOC_CHUNK = 20_000
@@ -21,18 +21,12 @@ def dot_top_k(
         raise ValueError(f"query dims {queries.shape[1]} != document dims {docs.shape[1]}")
     k = min(k, docs.shape[0])
     q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
-    best_scores = torch.empty((q.shape[0], 0), dtype=torch.float32)
-    best_idx = torch.empty((q.shape[0], 0), dtype=torch.long)
     with torch.inference_mode():
-        for start in range(0, docs.shape[0], doc_chunk):
-            scores = q @ torch.from_numpy(np.ascontiguousarray(docs[start : start + doc_chunk], dtype=np.float32)).T
-            s, i = torch.topk(scores, min(k, scores.shape[1]), dim=1)
-            best_scores = torch.cat([best_scores, s], dim=1)
-            best_idx = torch.cat([best_idx, i + start], dim=1)
-            if best_scores.shape[1] > k:
-                best_scores, pos = torch.topk(best_scores, k, dim=1)
-                best_idx = torch.gather(best_idx, 1, pos)
-    return best_scores.numpy(), best_idx.numpy()
+        chunks = (
+            (start, q @ torch.from_numpy(np.ascontiguousarray(docs[start : start + doc_chunk], dtype=np.float32)).T)
+            for start in range(0, docs.shape[0], doc_chunk)
+        )
+        return merge_top_k(chunks, q.shape[0], k)
 
 
 def top_k(queries, docs, k: int, similarity: str = "cosine") -> tuple[np.ndarray, np.ndarray]:

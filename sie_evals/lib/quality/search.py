@@ -25,19 +25,23 @@ def exact_top_k(
         raise ValueError(f"query dims {queries.shape[1]} != document dims {docs.shape[1]}")
     k = min(k, docs.shape[0])
     q = _unit(queries)
-    best_scores = torch.empty((q.shape[0], 0), dtype=torch.float32)
-    best_idx = torch.empty((q.shape[0], 0), dtype=torch.long)
     with torch.inference_mode():
-        for start in range(0, docs.shape[0], doc_chunk):
-            d = _unit(docs[start : start + doc_chunk])
-            scores = q @ d.T
-            kk = min(k, scores.shape[1])
-            s, i = torch.topk(scores, kk, dim=1)
-            best_scores = torch.cat([best_scores, s], dim=1)
-            best_idx = torch.cat([best_idx, i + start], dim=1)
-            if best_scores.shape[1] > k:
-                best_scores, pos = torch.topk(best_scores, k, dim=1)
-                best_idx = torch.gather(best_idx, 1, pos)
+        chunks = ((start, q @ _unit(docs[start : start + doc_chunk]).T) for start in range(0, docs.shape[0], doc_chunk))
+        return merge_top_k(chunks, q.shape[0], k)
+
+
+def merge_top_k(chunks, n_queries: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The running top-k of every exact search here (dense, sparse, MaxSim, MUVERA): `chunks` yields
+    (first document index, scores (n_queries x chunk docs)); memory stays at (queries x (k + chunk))."""
+    best_scores = torch.empty((n_queries, 0), dtype=torch.float32)
+    best_idx = torch.empty((n_queries, 0), dtype=torch.long)
+    for start, scores in chunks:
+        s, i = torch.topk(scores, min(k, scores.shape[1]), dim=1)
+        best_scores = torch.cat([best_scores, s], dim=1)
+        best_idx = torch.cat([best_idx, i + start], dim=1)
+        if best_scores.shape[1] > k:
+            best_scores, pos = torch.topk(best_scores, k, dim=1)
+            best_idx = torch.gather(best_idx, 1, pos)
     return best_scores.numpy(), best_idx.numpy()
 
 

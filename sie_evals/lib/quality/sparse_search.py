@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from sie_evals.lib.engines.outputs import SparseVectors
+from sie_evals.lib.quality.search import merge_top_k
 
 DEFAULT_DOC_CHUNK = 20_000
 
@@ -19,15 +20,11 @@ def sparse_top_k(
         raise ValueError(f"query vocabulary {queries.shape[1]} != document vocabulary {docs.shape[1]}")
     k = min(k, len(docs))
     q = queries.matrix.astype(np.float32)
-    best_scores = torch.empty((len(queries), 0), dtype=torch.float32)
-    best_idx = torch.empty((len(queries), 0), dtype=torch.long)
-    for start in range(0, len(docs), doc_chunk):
-        d = docs.matrix[start : start + doc_chunk]
-        scores = torch.from_numpy(np.asarray((q @ d.T).toarray(), dtype=np.float32))
-        s, i = torch.topk(scores, min(k, scores.shape[1]), dim=1)
-        best_scores = torch.cat([best_scores, s], dim=1)
-        best_idx = torch.cat([best_idx, i + start], dim=1)
-        if best_scores.shape[1] > k:
-            best_scores, pos = torch.topk(best_scores, k, dim=1)
-            best_idx = torch.gather(best_idx, 1, pos)
-    return best_scores.numpy(), best_idx.numpy()
+    chunks = (
+        (
+            start,
+            torch.from_numpy(np.asarray((q @ docs.matrix[start : start + doc_chunk].T).toarray(), dtype=np.float32)),
+        )
+        for start in range(0, len(docs), doc_chunk)
+    )
+    return merge_top_k(chunks, len(queries), k)
