@@ -1,9 +1,9 @@
 """Alert sensors: one alert per failed check evaluation (ERROR or WARN, blocking or not) and one per
-failed run, to the destinations configured in the environment (lib/alerts.py).
+failed run, to the destinations configured in the environment (lib/reporting/alerts.py).
 
 A failed WARN or non-blocking check never fails its run, so no run-failure sensor can see it: the
 check sensor reads the instance's check execution history instead, with a cursor that makes each
-failed evaluation alert exactly once (lib/alerts.py: plan_check_alerts)."""
+failed evaluation alert exactly once (lib/reporting/alerts.py: plan_check_alerts)."""
 
 import dataclasses
 import json

@@ -1,5 +1,5 @@
 """Per-partition drift checks on quality_scores, using the same code as --check-targets and
---check-measurements (sie_evals/lib/gates/drift.py, margins in lib/thresholds.py).
+--check-measurements (sie_evals/lib/gates/drift.py, margins in lib/gates/thresholds.py).
 
 - quality_vs_target: blocking, ERROR. A failure fails the run, so nothing downstream of the scores
   runs on a drifted model.
@@ -132,7 +132,7 @@ def to_check_result(result: CheckResult, severity: dg.AssetCheckSeverity, log: A
     asset=quality_scores,
     partitions_def=eval_partitions,
     blocking=True,
-    description="Quality >= 0.99 x the saved target (margins: lib/thresholds.py). Blocking, ERROR.",
+    description="Quality >= 0.99 x the saved target (margins: lib/gates/thresholds.py). Blocking, ERROR.",
 )
 def quality_vs_target(
     context: dg.AssetCheckExecutionContext, quality_scores: dict[str, Any], settings: EvalSettings

@@ -1,6 +1,6 @@
 """Drift checks of a Finesse task's main score (average_rss for RSS tasks, average_srs for SRS tasks: the task's
 target_metrics) against the model config's targets / measurements, with the same code
-and margins as every other eval (sie_evals/lib/gates/drift.py, lib/thresholds.py). Saved entries live under
+and margins as every other eval (sie_evals/lib/gates/drift.py, lib/gates/thresholds.py). Saved entries live under
 targets[<task>][<profile>]["probes"]."""
 
 from typing import Any
@@ -44,7 +44,7 @@ def finesse_drift(partition_key: str, scores: dict[str, Any], against: Against, 
     partitions_def=finesse_partitions,
     blocking=True,
     description="The task's main score (average_rss, or average_srs for SRS tasks) >= 0.99 x the saved target "
-    "(margins: lib/thresholds.py). Blocking, ERROR.",
+    "(margins: lib/gates/thresholds.py). Blocking, ERROR.",
 )
 def finesse_rss_vs_target(
     context: dg.AssetCheckExecutionContext, finesse_scores: dict[str, Any], settings: EvalSettings
