@@ -34,7 +34,9 @@ def test_perf_scores_sweep_attaches_the_saturation_plot(tmp_path, session_cache,
     assert res.success
     value = res.output_for_node("perf_scores")
     assert [r["value"] for r in value["sweep"]["rows"]] == [1, 2]
-    assert value["variant"].endswith("-sweep-concurrency") and value["slo"]["max_concurrency_at_slo"] == 2
+    # the ResultKey's load shape names the swept parameter (and the variant adds data, engine, hardware)
+    assert value["result_key"]["load"].endswith("-sweep-concurrency") and value["variant"].startswith("perf@")
+    assert value["slo"]["max_concurrency_at_slo"] == 2
     mat = res.get_asset_materialization_events()[0].materialization
     assert "saturation_plot" in mat.metadata and mat.metadata["load_shape"].value["mode"] == "closed"
     assert value["histogram_path"].endswith(".saturation.png")

@@ -129,11 +129,16 @@ KILLED_SAVE = textwrap.dedent(
 def test_save_killed_mid_write_leaves_nothing_behind(configs):
     cfg = configs / CONFIG_NAME
     before = cfg.read_text()
+    shipped = {p.resolve() for p in configs.rglob("*.parquet")}  # other models' saved per-query files
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     args = ["eval", MODEL_ID, "-t", "beir/SciFact", "-s", "local", "--save-targets", "local", *SLICE]
     proc = subprocess.run([sys.executable, "-c", KILLED_SAVE, *args], env=env, capture_output=True, timeout=600)
     assert proc.returncode == -9, proc.stderr.decode()[-2000:]
-    leftovers = [p for p in configs.rglob("*") if p.name.endswith(".tmp") or p.suffix == ".parquet"]
+    leftovers = [
+        p
+        for p in configs.rglob("*")
+        if p.name.endswith(".tmp") or (p.suffix == ".parquet" and p.resolve() not in shipped)
+    ]
     assert leftovers, "the killed writer should have left a temp file and a Parquet file"
     assert cfg.read_text() == before  # the config itself is untouched
     # git ignores what an interrupted write leaves
@@ -153,8 +158,9 @@ def test_save_killed_mid_write_leaves_nothing_behind(configs):
         if e.per_query
     }
     left = [p for p in configs.rglob("*") if p.name.endswith(".tmp")]
-    parquet = {p.resolve() for p in configs.rglob("*.parquet")}
+    parquet = {p.resolve() for p in configs.rglob("*.parquet")} - shipped
     assert left == [] and parquet == referenced and len(referenced) == 1
+    assert all(p.exists() for p in shipped)  # another model's saved per-query files are never touched
 
 
 HOLD_LOCK = textwrap.dedent(
