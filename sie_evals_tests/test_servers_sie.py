@@ -254,7 +254,7 @@ def test_cli_server_killed_mid_run_writes_nothing(tmp_path):
     assert "killed by signal SIGKILL during the run" in err and "server log" in err
     assert not (tmp_path / "out.json").exists()
     assert config.read_text() == before  # no measurement appended
-    assert not list((tmp_path / "model_configs").glob("per_query/*"))
+    assert not (tmp_path / "model_configs" / "per_query" / "all-MiniLM-L6-v2").exists()  # no per-query file saved
     assert not alive(server_pid) and group_members(server_pid) == []
     logs = list((tmp_path / "results" / "server_logs").glob("sie-*.log"))
     assert len(logs) == 1 and "Uvicorn running on http://127.0.0.1" in logs[0].read_text()
