@@ -42,7 +42,11 @@ def test_counts_are_consistent_and_server_timing_is_recorded(minilm, scifact_tes
         assert len(total) == load.requests and (total > 0).all()
         assert (trial.latencies_ms >= total - 1.0).all()  # 1 ms: the two clocks round differently
     metrics = result.metrics
-    assert 0 < metrics["server_inference_p50_ms"] <= metrics["server_total_p50_ms"] <= metrics["latency_p50_ms"]
+    # Per request inference <= total <= latency (+1 ms); the p50s are order statistics by the same rule
+    # (HdrHistogram, 0.1% precision), so they keep that order within the clocks' 1 ms and the precision.
+    slack = 1.0 + 0.002 * metrics["latency_p50_ms"]
+    assert 0 < metrics["server_inference_p50_ms"] <= metrics["server_total_p50_ms"] + slack
+    assert metrics["server_total_p50_ms"] <= metrics["latency_p50_ms"] + slack
     assert metrics["client_overhead_p50_ms"] >= 0
     assert result.run_conditions["engine"] == "sie" and result.run_conditions["concurrency"] == 4
     frame = result.per_query

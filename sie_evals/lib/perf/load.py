@@ -155,9 +155,11 @@ class Trial:
             out["send_lag_p50_ms"] = float(np.percentile(self.send_lag_ms, 50))
             out["send_lag_p99_ms"] = float(np.percentile(self.send_lag_ms, 99))
         for key, values in sorted(self.server_timing_ms.items()):
-            name = key.removesuffix("_ms")
-            out[f"server_{name}_p50_ms"] = float(np.percentile(values, 50))
-            out[f"server_{name}_p99_ms"] = float(np.percentile(values, 99))
+            # the same percentile rule as the client's latency (HdrHistogram, no interpolation), so the
+            # server's p50 is comparable with (and, per request, never above) the client's
+            prefix = f"server_{key.removesuffix('_ms')}"
+            server = histogram.summary(histogram.histogram_of(values), prefix)
+            out.update({k: server[k] for k in (f"{prefix}_p50_ms", f"{prefix}_p99_ms") if k in server})
         total = self.server_timing_ms.get("total_ms")
         base = self.service_ms if self.open_loop else lat
         if total is not None and len(total) == len(lat):
