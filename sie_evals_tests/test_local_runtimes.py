@@ -41,8 +41,10 @@ def test_exported_runtimes_match_torch_within_1e_5(minilm, texts, torch_vectors,
     with engine:
         vectors = engine.embed(texts, EmbedKind.document)
         export = engine.export_dir
+        info = engine.info()
     assert np.abs(vectors - torch_vectors).max() <= 1e-5
-    info = engine.info()
+    # OpenVINO runs one single-threaded stream per thread, batches in parallel (ONNX Runtime: one session)
+    assert info.extra["workers"] == (2 if profile == "openvino" else 1)
     assert info.extra["runtime"] == profile and ("onnxruntime" if profile == "onnx" else "openvino") in info.version
     # exported once: a second engine finds the same verified folder and does not export again
     meta = json.loads((export / "export.json").read_text())

@@ -22,7 +22,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
 from sie_evals.finesse.scoring import FinalFormula, Gap, Mode
-from sie_evals.lib.core.errors import ConfigError
+from sie_evals.lib.core.errors import ConfigError, validation_error_message
 
 DEFAULT_REFERENCE_TOKENIZER = "sentence-transformers/all-MiniLM-L6-v2"
 # Hugging Face `datasets` builders that read local/explicit files; anything else is a hub dataset.
@@ -209,22 +209,13 @@ class FinesseConfig(_Strict):
         return f"{m.byok_embedder.provider}:{m.byok_embedder.name}"
 
 
-def _format_error(source: str, err: ValidationError) -> str:
-    lines = [f"{source}: invalid Finesse config ({err.error_count()} error(s))"]
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = "unknown key (not allowed)" if e["type"] == "extra_forbidden" else e["msg"]
-        lines.append(f"  field '{loc}': {msg}")
-    return "\n".join(lines)
-
-
 def parse_config(data: Any, source: str = "<config>") -> FinesseConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: a Finesse config must be a YAML mapping, got {type(data).__name__}")
     try:
         return FinesseConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_format_error(source, err)) from None
+        raise ConfigError(validation_error_message(source, "Finesse config", err)) from None
 
 
 def load_config(path: Path) -> FinesseConfig:

@@ -493,6 +493,18 @@ def _attempts(box: LotteryBox, length: int, kept: list[Any], samples: int) -> It
         yield
 
 
+def _skipped_by_estimate(box: LotteryBox, length: int, native_ctx: int | None) -> str | None:
+    """0.18.9's native-mode rule: a length whose estimate L*tps + 100 exceeds the context is skipped before
+    drawing (the reason), else None."""
+    estimate = length * box.tps + 100
+    if native_ctx is None or estimate <= native_ctx:
+        return None
+    return (
+        f"0.18.9 estimate {length}x{box.tps}+100 = {estimate} tokens > max_context_length {native_ctx} "
+        "(skipped before drawing)"
+    )
+
+
 def finesse_0189_rss(
     box: LotteryBox, lengths: list[int], samples: int, native_ctx: int | None
 ) -> tuple[dict[int, list[Probe]], dict[int, str]]:
@@ -501,11 +513,9 @@ def finesse_0189_rss(
     probes: dict[int, list[Probe]] = {}
     skipped: dict[int, str] = {}
     for length in lengths:
-        if native_ctx is not None and length * box.tps + 100 > native_ctx:
-            skipped[length] = (
-                f"0.18.9 estimate {length}x{box.tps}+100 = {length * box.tps + 100} tokens > max_context_length "
-                f"{native_ctx} (skipped before drawing)"
-            )
+        reason = _skipped_by_estimate(box, length, native_ctx)
+        if reason:
+            skipped[length] = reason
             continue
         kept: list[Probe] = []
         for _ in _attempts(box, length, kept, samples):
@@ -524,11 +534,9 @@ def finesse_0189_srs(
     out: dict[int, list[SrsDraw]] = {}
     skipped: dict[int, str] = {}
     for length in lengths:
-        if native_ctx is not None and length * box.tps + 100 > native_ctx:
-            skipped[length] = (
-                f"0.18.9 estimate {length}x{box.tps}+100 = {length * box.tps + 100} tokens > max_context_length "
-                f"{native_ctx} (skipped before drawing)"
-            )
+        reason = _skipped_by_estimate(box, length, native_ctx)
+        if reason:
+            skipped[length] = reason
             continue
         kept: list[SrsDraw] = []
         for _ in _attempts(box, length, kept, samples):

@@ -25,7 +25,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
 from sie_evals.lib.core import paths
-from sie_evals.lib.core.errors import ConfigError, UnknownNameError
+from sie_evals.lib.core.errors import ConfigError, UnknownNameError, validation_error_message
 from sie_evals.lib.core.metric_names import metric_kind
 from sie_evals.lib.core.names import NAME_PATTERN, VARIANT_PATTERN, valid_name, valid_variant
 from sie_evals.lib.core.sources import ALL_SOURCES
@@ -424,22 +424,13 @@ class ModelConfig(_Strict):
         return ResolvedProfile(name=name, **merged)
 
 
-def _format_validation_error(path: Path, err: ValidationError) -> str:
-    lines = [f"{path}: invalid model config ({err.error_count()} error(s))"]
-    for e in err.errors():
-        field = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = "unknown key (not allowed)" if e["type"] == "extra_forbidden" else e["msg"]
-        lines.append(f"  {path.name}: field '{field}': {msg}")
-    return "\n".join(lines)
-
-
 def parse_model_config(data: Any, path: Path) -> ModelConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a model config must be a YAML mapping, got {type(data).__name__}")
     try:
         config = ModelConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(path, err)) from None
+        raise ConfigError(validation_error_message(str(path), "model config", err, f"{path.name}: ")) from None
     config._path = path
     return config
 

@@ -37,3 +37,14 @@ class EngineError(SieEvalsError):
 class SetupError(EngineError):
     """Software the engine needs is missing on this machine (a server venv, an executable). Retrying
     will not help: orchestration treats it as final, unlike a transient EngineError."""
+
+
+def validation_error_message(source: str, what: str, err, field_prefix: str = "") -> str:
+    """A pydantic ValidationError as one line per field, e.g. `  field 'profiles.x.dtype': ...`, headed
+    by the file (or source) and what it should have been. Unknown keys say so in plain words."""
+    lines = [f"{source}: invalid {what} ({err.error_count()} error(s))"]
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = "unknown key (not allowed)" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"  {field_prefix}field '{field}': {msg}")
+    return "\n".join(lines)
