@@ -83,3 +83,45 @@ def test_corrupt_entry_is_detected_and_recomputed(tmp_path, engine, damage):
 def test_no_temp_files_left_behind(tmp_path, engine):
     EmbeddingCache(tmp_path).embed(engine, ["a", "b"], EmbedKind.query)
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_large_dense_output_is_a_read_only_memmap_identical_to_the_in_memory_path(tmp_path, local_engine, scifact_test):
+    """A real SciFact slice through the real model, with the memory-map threshold lowered to the slice: the
+    cache returns a read-only memory map holding exactly the vectors of the in-memory path (same nDCG@10 through
+    the real retrieval scoring), and leaves no file behind."""
+    import warnings
+
+    from sie_evals.lib.quality.scoring import score_task
+    from sie_evals.lib.tasks import resolve_task
+
+    spec = resolve_task("beir/SciFact")
+    data = scifact_test.take_subset(12, 150)
+    in_memory = EmbeddingCache(tmp_path, chunk_size=64, memmap_min_rows=None)
+    mapped = EmbeddingCache(tmp_path, chunk_size=64, memmap_min_rows=100)
+    queries = in_memory.embed(local_engine, data.query_texts, EmbedKind.query)
+    docs = in_memory.embed(local_engine, data.corpus_texts, EmbedKind.document)
+    assert type(docs) is np.ndarray and len(docs) == 150
+    docs_mapped = mapped.embed(local_engine, data.corpus_texts, EmbedKind.document, s := CacheStats())
+    assert s.hits == 3 and s.misses == 0  # assembled from the cached chunks (64 + 64 + 22 rows)
+    assert isinstance(docs_mapped, np.memmap) and not docs_mapped.flags.writeable
+    assert docs_mapped.dtype == np.float32 and np.array_equal(docs, docs_mapped)
+    with pytest.raises(ValueError):
+        docs_mapped[0, 0] = 1.0
+    assert not list((tmp_path / "memmap").iterdir())  # unlinked once open: nothing accumulates on disk
+    assert type(mapped.embed(local_engine, data.query_texts, EmbedKind.query)) is np.ndarray  # 12 rows: in memory
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's non-writable-array warning included
+        ref, _ = score_task(spec, data, {EmbedKind.query: queries, EmbedKind.document: docs})
+        got, _ = score_task(spec, data, {EmbedKind.query: queries, EmbedKind.document: docs_mapped})
+    assert got == ref and ref["ndcg_at_10"] > 0.3
+    assert not list((tmp_path / "memmap").iterdir())
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_memmap_only_at_the_threshold_and_when_the_caller_allows_it(tmp_path, engine):
+    cache = EmbeddingCache(tmp_path, chunk_size=4, memmap_min_rows=5)
+    texts = [f"text {i}" for i in range(10)]
+    assert isinstance(cache.embed(engine, texts, EmbedKind.document), np.memmap)
+    out = cache.embed(engine, texts, EmbedKind.document, memmap=False)
+    assert type(out) is np.ndarray and out.flags.writeable
+    assert type(cache.embed(engine, texts[:4], EmbedKind.document)) is np.ndarray  # below the threshold
