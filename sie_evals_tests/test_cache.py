@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from sie_evals.lib.config.model_config import OutputType
 from sie_evals.lib.engines import EmbedKind, Engine, EngineInfo
 from sie_evals.lib.engines.cache import CacheStats, EmbeddingCache
 
@@ -125,3 +126,28 @@ def test_memmap_only_at_the_threshold_and_when_the_caller_allows_it(tmp_path, en
     out = cache.embed(engine, texts, EmbedKind.document, memmap=False)
     assert type(out) is np.ndarray and out.flags.writeable
     assert type(cache.embed(engine, texts[:4], EmbedKind.document)) is np.ndarray  # below the threshold
+
+
+class TokenVectorsEngine(CountingEngine):
+    """Multivector output (two token vectors per text), deterministic per text."""
+
+    supported_outputs = frozenset({OutputType.dense, OutputType.multivector})
+
+    def _embed_prepared(self, texts, kind=None):
+        from sie_evals.lib.engines.outputs import MultiVectors
+
+        self.forward_calls += 1
+        rng = [np.random.default_rng(len(t)) for t in texts]
+        return MultiVectors.from_list([r.normal(size=(2, 4)).astype(np.float32) for r in rng])
+
+
+def test_multivector_output_above_the_threshold_stays_in_memory(tmp_path, minilm):
+    from sie_evals.lib.engines.outputs import MultiVectors
+
+    engine = TokenVectorsEngine(minilm, minilm.resolve_profile("multivector"))
+    texts = [f"text {'x' * i}" for i in range(10)]
+    mapped = EmbeddingCache(tmp_path, chunk_size=4, memmap_min_rows=5).embed(engine, texts, EmbedKind.document)
+    plain = EmbeddingCache(tmp_path, chunk_size=4, memmap_min_rows=None).embed(engine, texts, EmbedKind.document)
+    assert isinstance(mapped, MultiVectors) and len(mapped) == 10
+    assert np.array_equal(mapped.values, plain.values) and np.array_equal(mapped.offsets, plain.offsets)
+    assert not (tmp_path / "memmap").exists()
