@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from sie_evals.lib.config.model_config import OutputType
+from sie_evals.lib.core.errors import EngineError
 from sie_evals.lib.engines import EmbedKind, Engine, EngineInfo
 from sie_evals.lib.engines.cache import CacheStats, EmbeddingCache
 
@@ -96,20 +97,20 @@ def test_large_dense_output_is_a_read_only_memmap_identical_to_the_in_memory_pat
     from sie_evals.lib.tasks import resolve_task
 
     spec = resolve_task("beir/SciFact")
-    data = scifact_test.take_subset(12, 150)
-    in_memory = EmbeddingCache(tmp_path, chunk_size=64, memmap_min_rows=None)
-    mapped = EmbeddingCache(tmp_path, chunk_size=64, memmap_min_rows=100)
+    data = scifact_test.take_subset(10, 100)
+    in_memory = EmbeddingCache(tmp_path, chunk_size=40, memmap_min_rows=None)
+    mapped = EmbeddingCache(tmp_path, chunk_size=40, memmap_min_rows=60)
     queries = in_memory.embed(local_engine, data.query_texts, EmbedKind.query)
     docs = in_memory.embed(local_engine, data.corpus_texts, EmbedKind.document)
-    assert type(docs) is np.ndarray and len(docs) == 150
+    assert type(docs) is np.ndarray and len(docs) == 100
     docs_mapped = mapped.embed(local_engine, data.corpus_texts, EmbedKind.document, s := CacheStats())
-    assert s.hits == 3 and s.misses == 0  # assembled from the cached chunks (64 + 64 + 22 rows)
+    assert s.hits == 3 and s.misses == 0  # assembled from the cached chunks (40 + 40 + 20 rows)
     assert isinstance(docs_mapped, np.memmap) and not docs_mapped.flags.writeable
     assert docs_mapped.dtype == np.float32 and np.array_equal(docs, docs_mapped)
     with pytest.raises(ValueError):
         docs_mapped[0, 0] = 1.0
     assert not list((tmp_path / "memmap").iterdir())  # unlinked once open: nothing accumulates on disk
-    assert type(mapped.embed(local_engine, data.query_texts, EmbedKind.query)) is np.ndarray  # 12 rows: in memory
+    assert type(mapped.embed(local_engine, data.query_texts, EmbedKind.query)) is np.ndarray  # 10 rows: in memory
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # torch's non-writable-array warning included
         ref, _ = score_task(spec, data, {EmbedKind.query: queries, EmbedKind.document: docs})
@@ -151,3 +152,35 @@ def test_multivector_output_above_the_threshold_stays_in_memory(tmp_path, minilm
     assert isinstance(mapped, MultiVectors) and len(mapped) == 10
     assert np.array_equal(mapped.values, plain.values) and np.array_equal(mapped.offsets, plain.offsets)
     assert not (tmp_path / "memmap").exists()
+
+
+class FailingSecondCallEngine(CountingEngine):
+    def _embed_prepared(self, texts, kind=None):
+        if self.forward_calls == 1:
+            raise EngineError("counting: server went away")
+        return super()._embed_prepared(texts, kind)
+
+
+def test_failure_while_assembling_a_memmap_leaves_nothing_and_keeps_finished_chunks(tmp_path, minilm):
+    engine = FailingSecondCallEngine(minilm, minilm.resolve_profile("default"))
+    cache = EmbeddingCache(tmp_path, chunk_size=4, memmap_min_rows=5)
+    texts = [f"text {i}" for i in range(10)]
+    with pytest.raises(EngineError, match="went away"):
+        cache.embed(engine, texts, EmbedKind.document)
+    assert not list((tmp_path / "memmap").iterdir())
+    cache.embed(CountingEngine(minilm, minilm.resolve_profile("default")), texts, EmbedKind.document, s := CacheStats())
+    assert s.hits == 1 and s.misses == 2  # the chunk finished before the failure was kept
+
+
+def test_full_disk_is_a_clear_error_before_any_page_is_written(tmp_path, engine, monkeypatch):
+    import errno
+    import os
+
+    def no_space(fd, offset, size):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", no_space, raising=False)  # a full disk cannot be made here
+    cache = EmbeddingCache(tmp_path, chunk_size=4, memmap_min_rows=5)
+    with pytest.raises(EngineError, match=r"no room in .*memmap"):
+        cache.embed(engine, [f"text {i}" for i in range(10)], EmbedKind.document)
+    assert not list((tmp_path / "memmap").iterdir())
