@@ -1,6 +1,8 @@
 import numpy as np
 import pytest
 
+from sie_evals.lib.config.model_config import OutputType
+from sie_evals.lib.core.errors import EngineError
 from sie_evals.lib.engines import EmbedKind, Engine, EngineInfo
 from sie_evals.lib.engines.cache import CacheStats, EmbeddingCache
 
@@ -83,3 +85,102 @@ def test_corrupt_entry_is_detected_and_recomputed(tmp_path, engine, damage):
 def test_no_temp_files_left_behind(tmp_path, engine):
     EmbeddingCache(tmp_path).embed(engine, ["a", "b"], EmbedKind.query)
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_large_dense_output_is_a_read_only_memmap_identical_to_the_in_memory_path(tmp_path, local_engine, scifact_test):
+    """A real SciFact slice through the real model, with the memory-map threshold lowered to the slice: the
+    cache returns a read-only memory map holding exactly the vectors of the in-memory path (same nDCG@10 through
+    the real retrieval scoring), and leaves no file behind."""
+    import warnings
+
+    from sie_evals.lib.quality.scoring import score_task
+    from sie_evals.lib.tasks import resolve_task
+
+    spec = resolve_task("beir/SciFact")
+    data = scifact_test.take_subset(10, 100)
+    in_memory = EmbeddingCache(tmp_path, chunk_size=40, memmap_min_rows=None)
+    mapped = EmbeddingCache(tmp_path, chunk_size=40, memmap_min_rows=60)
+    queries = in_memory.embed(local_engine, data.query_texts, EmbedKind.query)
+    docs = in_memory.embed(local_engine, data.corpus_texts, EmbedKind.document)
+    assert type(docs) is np.ndarray and len(docs) == 100
+    docs_mapped = mapped.embed(local_engine, data.corpus_texts, EmbedKind.document, s := CacheStats())
+    assert s.hits == 3 and s.misses == 0  # assembled from the cached chunks (40 + 40 + 20 rows)
+    assert isinstance(docs_mapped, np.memmap) and not docs_mapped.flags.writeable
+    assert docs_mapped.dtype == np.float32 and np.array_equal(docs, docs_mapped)
+    with pytest.raises(ValueError):
+        docs_mapped[0, 0] = 1.0
+    assert not list((tmp_path / "memmap").iterdir())  # unlinked once open: nothing accumulates on disk
+    assert type(mapped.embed(local_engine, data.query_texts, EmbedKind.query)) is np.ndarray  # 10 rows: in memory
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's non-writable-array warning included
+        ref, _ = score_task(spec, data, {EmbedKind.query: queries, EmbedKind.document: docs})
+        got, _ = score_task(spec, data, {EmbedKind.query: queries, EmbedKind.document: docs_mapped})
+    assert got == ref and ref["ndcg_at_10"] > 0.3
+    assert not list((tmp_path / "memmap").iterdir())
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_memmap_only_at_the_threshold_and_when_the_caller_allows_it(tmp_path, engine):
+    cache = EmbeddingCache(tmp_path, chunk_size=4, memmap_min_rows=5)
+    texts = [f"text {i}" for i in range(10)]
+    assert isinstance(cache.embed(engine, texts, EmbedKind.document), np.memmap)
+    out = cache.embed(engine, texts, EmbedKind.document, memmap=False)
+    assert type(out) is np.ndarray and out.flags.writeable
+    assert type(cache.embed(engine, texts[:4], EmbedKind.document)) is np.ndarray  # below the threshold
+
+
+class TokenVectorsEngine(CountingEngine):
+    """Multivector output (two token vectors per text), deterministic per text."""
+
+    supported_outputs = frozenset({OutputType.dense, OutputType.multivector})
+
+    def _embed_prepared(self, texts, kind=None):
+        from sie_evals.lib.engines.outputs import MultiVectors
+
+        self.forward_calls += 1
+        rng = [np.random.default_rng(len(t)) for t in texts]
+        return MultiVectors.from_list([r.normal(size=(2, 4)).astype(np.float32) for r in rng])
+
+
+def test_multivector_output_above_the_threshold_stays_in_memory(tmp_path, minilm):
+    from sie_evals.lib.engines.outputs import MultiVectors
+
+    engine = TokenVectorsEngine(minilm, minilm.resolve_profile("multivector"))
+    texts = [f"text {'x' * i}" for i in range(10)]
+    mapped = EmbeddingCache(tmp_path, chunk_size=4, memmap_min_rows=5).embed(engine, texts, EmbedKind.document)
+    plain = EmbeddingCache(tmp_path, chunk_size=4, memmap_min_rows=None).embed(engine, texts, EmbedKind.document)
+    assert isinstance(mapped, MultiVectors) and len(mapped) == 10
+    assert np.array_equal(mapped.values, plain.values) and np.array_equal(mapped.offsets, plain.offsets)
+    assert not (tmp_path / "memmap").exists()
+
+
+class FailingSecondCallEngine(CountingEngine):
+    def _embed_prepared(self, texts, kind=None):
+        if self.forward_calls == 1:
+            raise EngineError("counting: server went away")
+        return super()._embed_prepared(texts, kind)
+
+
+def test_failure_while_assembling_a_memmap_leaves_nothing_and_keeps_finished_chunks(tmp_path, minilm):
+    engine = FailingSecondCallEngine(minilm, minilm.resolve_profile("default"))
+    cache = EmbeddingCache(tmp_path, chunk_size=4, memmap_min_rows=5)
+    texts = [f"text {i}" for i in range(10)]
+    with pytest.raises(EngineError, match="went away"):
+        cache.embed(engine, texts, EmbedKind.document)
+    assert not list((tmp_path / "memmap").iterdir())
+    cache.embed(CountingEngine(minilm, minilm.resolve_profile("default")), texts, EmbedKind.document, s := CacheStats())
+    assert s.hits == 1 and s.misses == 2  # the chunk finished before the failure was kept
+
+
+def test_full_disk_is_a_clear_error_before_any_page_is_written(tmp_path, engine, monkeypatch):
+    import errno
+    import os
+
+    def no_space(fd, offset, size):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", no_space, raising=False)  # a full disk cannot be made here
+    cache = EmbeddingCache(tmp_path, chunk_size=4, memmap_min_rows=5)
+    with pytest.raises(EngineError, match=r"no room in .*memmap"):
+        cache.embed(engine, [f"text {i}" for i in range(10)], EmbedKind.document)
+    assert not list((tmp_path / "memmap").iterdir())

@@ -11,7 +11,10 @@ DEFAULT_DOC_CHUNK = 50_000
 
 
 def _unit(x: np.ndarray) -> torch.Tensor:
-    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    arr = np.ascontiguousarray(x, dtype=np.float32)
+    if not arr.flags.writeable:  # a read-only memory map (embedding cache): torch wants writable memory
+        arr = arr.copy()  # one chunk, which normalize() would allocate anyway
+    t = torch.from_numpy(arr)
     return torch.nn.functional.normalize(t, p=2, dim=1)
 
 

@@ -9,6 +9,7 @@ import csv
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -110,7 +111,11 @@ def document_text(title: str | None, text: str | None) -> str:
 # ---------------------------------------------------------------- local BEIR folders
 
 
-def _read_jsonl(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict[str, Any]]]:
+def _read_jsonl(
+    path: Path, required: tuple[str, ...], keep: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+) -> list[tuple[int, dict[str, Any]]]:
+    """Validated rows with their line numbers; `keep` reduces each row as it is read (a large corpus is never held
+    twice: its title and text fields are dropped once the document text is built)."""
     if not path.is_file():
         raise DatasetError(f"{path}: file not found")
     rows: list[tuple[int, dict[str, Any]]] = []
@@ -135,7 +140,7 @@ def _read_jsonl(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict[s
                 raise DatasetError(f"{path}:{lineno}: field 'text' must be a string, got {got}")
             if row.get("title") is not None and not isinstance(row["title"], str):
                 raise DatasetError(f"{path}:{lineno}: field 'title' must be a string")
-            rows.append((lineno, row))
+            rows.append((lineno, keep(row) if keep else row))
     return rows
 
 
@@ -195,7 +200,9 @@ def read_beir_folder(folder: Path, split: str, task_id: str) -> RetrievalData:
             f"available splits: {', '.join(splits) or 'none'}"
         )
     corpus_path, queries_path = folder / "corpus.jsonl", folder / "queries.jsonl"
-    corpus_rows = _read_jsonl(corpus_path, ("_id",))
+    corpus_rows = _read_jsonl(
+        corpus_path, ("_id",), keep=lambda r: {"_id": r["_id"], "text": document_text(r.get("title"), r.get("text"))}
+    )
     if not corpus_rows:
         raise DatasetError(f"{corpus_path}: the corpus is empty")
     _unique(corpus_path, corpus_rows)
@@ -217,7 +224,7 @@ def read_beir_folder(folder: Path, split: str, task_id: str) -> RetrievalData:
         task_id=task_id,
         split=split,
         corpus_ids=[str(r["_id"]) for _, r in corpus_rows],
-        corpus_texts=[document_text(r.get("title"), r.get("text")) for _, r in corpus_rows],
+        corpus_texts=[r["text"] for _, r in corpus_rows],
         query_ids=query_ids,
         query_texts=[query_text[q] for q in query_ids],
         qrels=qrels,
