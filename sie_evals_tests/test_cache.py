@@ -184,3 +184,33 @@ def test_full_disk_is_a_clear_error_before_any_page_is_written(tmp_path, engine,
     with pytest.raises(EngineError, match=r"no room in .*memmap"):
         cache.embed(engine, [f"text {i}" for i in range(10)], EmbedKind.document)
     assert not list((tmp_path / "memmap").iterdir())
+
+
+def test_output_files_round_trip_and_dense_ones_are_memory_mapped(tmp_path):
+    """What the Dagster `embeddings` asset writes (`dump_to`) and `quality_scores` reads (`load_file`): a
+    dense matrix comes back memory-mapped read-only and equal; sparse and multivector outputs exactly; a
+    file with a NaN or of the wrong shape is refused."""
+    import scipy.sparse as sp
+
+    from sie_evals.lib.engines.outputs import MultiVectors, SparseVectors, dump_to, load_file
+
+    rng = np.random.default_rng(0)
+    dense = rng.standard_normal((300, 16)).astype(np.float32)
+    sparse = SparseVectors(sp.random(5, 50, density=0.2, format="csr", dtype=np.float32, random_state=1))
+    multi = MultiVectors(rng.standard_normal((9, 4)).astype(np.float32), np.array([0, 2, 9], dtype=np.int64))
+    for name, out in (("d.npy", dense), ("s.npz", sparse), ("m.npz", multi)):
+        with open(tmp_path / name, "wb") as fh:
+            dump_to(fh, out)
+    loaded = load_file(tmp_path / "d.npy", rows=300)
+    assert isinstance(loaded, np.memmap) and not loaded.flags.writeable and np.array_equal(loaded, dense)
+    back = load_file(tmp_path / "s.npz", rows=5)
+    assert (back.matrix != sparse.matrix).nnz == 0
+    back = load_file(tmp_path / "m.npz", rows=2)
+    assert np.array_equal(back.values, multi.values) and np.array_equal(back.offsets, multi.offsets)
+    with pytest.raises(ValueError, match="expected 299"):
+        load_file(tmp_path / "d.npy", rows=299)
+    dense[123, 4] = np.nan
+    with open(tmp_path / "nan.npy", "wb") as fh:
+        dump_to(fh, dense)
+    with pytest.raises(ValueError, match="non-finite"):
+        load_file(tmp_path / "nan.npy")

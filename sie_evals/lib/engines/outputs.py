@@ -310,20 +310,26 @@ def concat(parts: Sequence[Output]) -> Output:
 def dump(out: Output) -> bytes:
     """Dense: `.npy` bytes (as before output types existed); sparse/multivector: `.npz` of plain arrays."""
     buf = io.BytesIO()
+    dump_to(buf, out)
+    return buf.getvalue()
+
+
+def dump_to(file: Any, out: Output) -> None:
+    """`dump` written straight to a path or binary file: a memory-mapped corpus matrix streams from its
+    pages instead of being copied into one bytes object."""
     if isinstance(out, SparseVectors):
         m = out.matrix
         np.savez(
-            buf,
+            file,
             sparse_indptr=m.indptr.astype(np.int64),
             sparse_indices=m.indices.astype(np.int64),
             sparse_values=m.data.astype(np.float32),
             sparse_dims=np.asarray([m.shape[1]], dtype=np.int64),
         )
     elif isinstance(out, MultiVectors):
-        np.savez(buf, multivector_offsets=out.offsets.astype(np.int64), multivector_values=out.values)
+        np.savez(file, multivector_offsets=out.offsets.astype(np.int64), multivector_values=out.values)
     else:
-        np.save(buf, np.ascontiguousarray(out, dtype=np.float32), allow_pickle=False)
-    return buf.getvalue()
+        np.save(file, np.ascontiguousarray(out, dtype=np.float32), allow_pickle=False)
 
 
 def load(raw: bytes, rows: int | None = None) -> Output:
@@ -363,6 +369,24 @@ def load(raw: bytes, rows: int | None = None) -> Output:
     except EngineError as err:
         raise ValueError(str(err)) from None
     return out
+
+
+def load_file(path: Path, rows: int | None = None) -> Output:
+    """`load` of a file written by `dump_to`. A dense `.npy` is memory-mapped read-only (a corpus matrix
+    of millions of rows is paged in as searched, never read whole), verified like `load` chunk by chunk."""
+    with open(path, "rb") as fh:
+        if fh.read(2) == b"PK":
+            return load(Path(path).read_bytes(), rows)
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as err:
+        raise ValueError(f"not a valid .npy: {err}") from None
+    if arr.dtype != np.float32 or arr.ndim != 2 or (rows is not None and arr.shape[0] != rows):
+        raise ValueError(f"unexpected array {arr.dtype} {arr.shape}, expected {rows} float32 rows")
+    for start in range(0, arr.shape[0], 65_536):
+        if not np.isfinite(arr[start : start + 65_536]).all():
+            raise ValueError("non-finite values")
+    return arr
 
 
 # ---------------------------------------------------------------- local engine
