@@ -171,6 +171,20 @@ def test_failing_quality_check_blocks_only_its_partition(graph):
     assert ok.success and "target_comparison" in materialized(ok)
 
 
+def test_undeclared_cell_runs_ad_hoc_and_fails_clearly(graph):
+    """The matrix is the cross product: a cell no config declares can be materialized by hand, and fails
+    with the library's own error (no retry) where the row's profile cannot score the column's task."""
+    cell = "all-MiniLM-L6-v2@multivector:mteb/STSBenchmark:local"  # multivector declared for retrieval only
+    assert EvalKey.parse(cell) not in EVAL_KEYS
+    res = run_eval(graph, cell)
+    assert not res.success and not materialized(res)
+    failure = next(e for e in res.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE)
+    assert failure.step_key == "embeddings" and "scored on dense vectors with cosine" in str(
+        failure.event_specific_data
+    )
+    assert not any(e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY for e in res.all_events)
+
+
 def test_perf_checks_warn_without_blocking(graph):
     _, _, configs_dir = graph
     # a latency target 1000x below anything real, a throughput target 1000x above

@@ -241,11 +241,13 @@ def test_backfill_checks_alerts_and_asset_page(tmp_path, session_cache):
             time.sleep(2)
         time.sleep(12)  # two more sensor intervals: nothing further may arrive
         kinds = sorted((a["kind"], a["partition"], a["title"]) for a in receiver.alerts)
-        assert kinds == [
-            ("check", FAILING, "quality_scores.quality_vs_target"),
-            ("run", FAILING, "__ASSET_JOB"),
-            ("run", UNDECLARED, "__ASSET_JOB"),
-        ], receiver.alerts
+        assert kinds == sorted(
+            [
+                ("check", FAILING, "quality_scores.quality_vs_target"),
+                ("run", FAILING, "__ASSET_JOB"),
+                ("run", UNDECLARED, "__ASSET_JOB"),
+            ]
+        ), receiver.alerts
         undeclared_alert = next(a for a in receiver.alerts if a["partition"] == UNDECLARED)
         assert (undeclared_alert["model"], undeclared_alert["task"]) == (MULTIVECTOR, "mteb/STSBenchmark")
         assert receiver.alerts[0]["run_url"].startswith(f"http://127.0.0.1:{port}/runs/")

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import dagster as dg
 
 from sie_evals.defs.evals.partitions import eval_key
+from sie_evals.lib.gates.keys import EvalKey
 from sie_evals.lib.reporting.alerts import (
     Alert,
     AlertDeliveryError,
@@ -34,13 +35,15 @@ def _interval() -> int:
 
 
 def _key_parts(partition: str | None) -> dict[str, str | None]:
-    """Model, task and source of an eval partition (`model:source|task`), and the partition as
-    `model:task:source`; only the partition, as given, for anything else (a task, a Finesse key)."""
-    try:
-        key = eval_key(partition or "")
-    except ValueError:
-        return {"partition": partition, "model": None, "task": None, "source": None}
-    return {"partition": str(key), "model": key.model, "task": key.task, "source": key.source}
+    """Model, task and source of an eval partition (`model:source|task`) or a Finesse one
+    (`model:task:source`), and the partition named `model:task:source`; None for anything else (a task)."""
+    for parse in (eval_key, EvalKey.parse):
+        try:
+            key = parse(partition or "")
+        except ValueError:
+            continue
+        return {"partition": str(key), "model": key.model, "task": key.task, "source": key.source}
+    return {"partition": partition, "model": None, "task": None, "source": None}
 
 
 def _meta_value(metadata: dict, name: str):
