@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -39,8 +40,8 @@ TASKS = ["beir/SciFact", "mteb/STSBenchmark"]
 MULTIVECTOR = f"{MODEL}@multivector"  # an output profile: a row of its own (retrieval tasks only)
 ROWS = sorted([f"{MODEL}:local", f"{MULTIVECTOR}:local", f"{TWIN}:local"])  # the `model` dimension
 FAILING = f"{TWIN}:beir/SciFact:local"  # declared; fails its blocking quality check
-FAILING_PARTITION = f"{TWIN}:local|beir/SciFact"  # its Dagster partition key (model|task)
 UNDECLARED = f"{MULTIVECTOR}:mteb/STSBenchmark:local"  # in the grid, declared by no config: fails to embed
+UNDECLARED_PARTITION = f"{MULTIVECTOR}:local|mteb/STSBenchmark"
 PASSING = [
     f"{MODEL}:beir/SciFact:local",
     f"{MODEL}:mteb/STSBenchmark:local",
@@ -160,8 +161,6 @@ def _eval_key(row: str, task: str) -> str:
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no system Chromium (.ci/run installs Debian's chromium)")
 def test_backfill_checks_alerts_and_asset_page(tmp_path, session_cache):
-    from playwright.sync_api import sync_playwright
-
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
@@ -252,41 +251,7 @@ def test_backfill_checks_alerts_and_asset_page(tmp_path, session_cache):
         assert (undeclared_alert["model"], undeclared_alert["task"]) == (MULTIVECTOR, "mteb/STSBenchmark")
         assert receiver.alerts[0]["run_url"].startswith(f"http://127.0.0.1:{port}/runs/")
 
-        ARTIFACTS.mkdir(exist_ok=True)
-        shot = ARTIFACTS / "quality_scores_checks.png"
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-            page = browser.new_page(viewport={"width": 1600, "height": 1000})
-            # the first-visit "Join the Dagster community" dialog may open at any moment: dismiss it
-            page.add_locator_handler(
-                page.get_by_text("Join the Dagster community"),
-                lambda: page.get_by_role("button", name="Skip").click(),
-            )
-            page.goto(f"{dagster.url}/assets/quality_scores?view=checks", wait_until="networkidle")
-            page.get_by_text("quality_vs_measurement").first.wait_for(timeout=60_000)
-            page.get_by_text("quality_vs_target").first.click()
-            page.get_by_text("This is a blocking asset check").first.wait_for(timeout=60_000)
-            page.get_by_text("Partitions", exact=True).last.click()  # the check's per-partition results
-            # keys are middle-truncated on screen; the full text is in the DOM
-            page.get_by_text(FAILING_PARTITION).first.wait_for(state="attached", timeout=60_000)
-            page.wait_for_load_state("networkidle")
-            text = page.inner_text("body") + page.text_content("body")
-            page.screenshot(path=str(shot), full_page=True)
-            # the Partitions page: the model x task matrix, one red cell
-            partitions_shot = ARTIFACTS / "quality_scores_partitions.png"
-            page.goto(f"{dagster.url}/assets/quality_scores?view=partitions", wait_until="networkidle")
-            page.get_by_text(f"{TWIN}:local").first.wait_for(state="attached", timeout=60_000)
-            page.wait_for_load_state("networkidle")
-            partitions_text = page.text_content("body")
-            page.screenshot(path=str(partitions_shot), full_page=True)
-            browser.close()
-        assert shot.stat().st_size > 20_000 and partitions_shot.stat().st_size > 20_000
-        assert "quality_vs_target" in text and FAILING_PARTITION in text, text[:3000]
-        # the check's per-partition view: one failed, the other three passed
-        assert "Failed (1)" in text and f"Passed ({len(PASSING)})" in text, text[:3000]
-        # both dimensions, every row label and every column label
-        for label in ("model", "task", *ROWS, *TASKS):
-            assert label in partitions_text, (label, partitions_text[:3000])
+        _asset_pages(dagster.url)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -295,3 +260,53 @@ def test_backfill_checks_alerts_and_asset_page(tmp_path, session_cache):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
         receiver.close()
+
+
+def _asset_pages(url: str) -> None:
+    """Headless Chromium on quality_scores: the failed check per partition, and the Partitions page's
+    model x task matrix with the red cell selected. Screenshots under test-artifacts/."""
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    checks_shot, matrix_shot = ARTIFACTS / "quality_scores_checks.png", ARTIFACTS / "quality_scores_partitions.png"
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        # the first-visit "Join the Dagster community" dialog may open at any moment: dismiss it
+        page.add_locator_handler(
+            page.get_by_text("Join the Dagster community"),
+            lambda: page.get_by_role("button", name="Skip").click(),
+        )
+        page.goto(f"{url}/assets/quality_scores?view=checks", wait_until="networkidle")
+        page.get_by_text("quality_vs_measurement").first.wait_for(timeout=60_000)
+        page.get_by_text("quality_vs_target").first.click()
+        page.get_by_text("This is a blocking asset check").first.wait_for(timeout=60_000)
+        page.get_by_text("Partitions", exact=True).last.click()  # the check's per-partition results
+        # labels are middle-truncated on screen; the full text is in the DOM
+        page.get_by_text(f"{TWIN}:local").first.wait_for(state="attached", timeout=60_000)
+        page.wait_for_load_state("networkidle")
+        checks_text = page.text_content("body")
+        page.screenshot(path=str(checks_shot), full_page=True)
+
+        # the Partitions page with the undeclared cell selected: its row's health dots (red and
+        # green), that row's cell per task (STS red), and the cell's failed run
+        cell = urllib.parse.quote(UNDECLARED_PARTITION)
+        page.goto(f"{url}/assets/quality_scores?view=partitions&partition={cell}", wait_until="networkidle")
+        page.get_by_text("did not materialize this asset").first.wait_for(timeout=60_000)
+        page.wait_for_load_state("networkidle")
+        matrix_text = page.text_content("body")
+        dimensions = [page.get_by_placeholder(f"Filter by {name}").count() for name in ("model", "task")]
+        page.screenshot(path=str(matrix_shot), full_page=True)
+        browser.close()
+    assert checks_shot.stat().st_size > 20_000 and matrix_shot.stat().st_size > 20_000
+    # the check's per-partition view: one failed, the declared others passed, the undeclared never ran
+    assert "quality_vs_target" in checks_text and f"{TWIN}:local" in checks_text, checks_text[:3000]
+    assert "Failed (1)" in checks_text and f"Passed ({len(PASSING)})" in checks_text, checks_text[:3000]
+    assert "Execution Failed (1)" in checks_text, checks_text[:3000]
+    # one list per dimension (rows: model:source, columns: task), every label, the grid's health
+    assert dimensions == [1, 1], dimensions
+    for label in (*ROWS, *TASKS):
+        assert label in matrix_text, (label, matrix_text[:3000])
+    assert f"{len(ROWS) * len(TASKS)} Partitions" in matrix_text, matrix_text[:3000]
+    assert "Failed (1)" in matrix_text and f"Materialized ({len(PASSING) + 1})" in matrix_text, matrix_text[:3000]
+    assert UNDECLARED_PARTITION in matrix_text, matrix_text[:3000]
