@@ -149,6 +149,11 @@ def test_full_graph_then_report(graph, tmp_path):
     line = next(line for line in md.splitlines() if line.startswith(f"| {SCIFACT} "))
     assert "ndcg_at_10" in line and "quality_vs_target: pass" in line and "| ok |" in line
     assert f"| {STS} |" in md and "missing" in md  # declared but never materialized
+    # the model x task matrix: a row per model:source, a column per task, each cell's status
+    header = next(line for line in md.splitlines() if line.startswith("| model:source |"))
+    row = next(line for line in md.splitlines() if line.startswith("| all-MiniLM-L6-v2:local |"))
+    cell = dict(zip(*([c.strip() for c in line.strip("| ").split("|")] for line in (header, row)), strict=True))
+    assert cell["beir/SciFact"].startswith("ok 0.") and cell["mteb/STSBenchmark"] == "missing", cell
     png = (tmp_path / "results" / "reports" / "eval_report.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
 
