@@ -11,7 +11,7 @@ from sie_evals.defs.evals.checks import quality_vs_measurement, quality_vs_targe
 from sie_evals.defs.evals.resources import EvalSettings, JsonIOManager
 from sie_evals_tests.conftest import MODEL_ID
 
-KEY = "all-MiniLM-L6-v2:beir/SciFact:local"
+KEY = "all-MiniLM-L6-v2:local|beir/SciFact"  # model:source x task: all-MiniLM-L6-v2:beir/SciFact:local
 VARIANT = "test@q20-c200"
 DEFS = [task_dataset, embeddings, quality_scores, quality_vs_target, quality_vs_measurement]
 CONFIG_NAME = "sentence-transformers__all-MiniLM-L6-v2.yaml"

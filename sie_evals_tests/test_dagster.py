@@ -8,16 +8,27 @@ import dagster as dg
 import pytest
 
 from sie_evals.defs.evals.assets import embeddings, quality_scores, task_dataset
-from sie_evals.defs.evals.partitions import eval_keys, task_to_eval_keys
+from sie_evals.defs.evals.partitions import (
+    EVAL_KEYS,
+    eval_key,
+    eval_keys,
+    eval_partitions,
+    partition_key,
+    task_partitions,
+    task_to_eval_keys,
+    task_to_evals,
+)
 from sie_evals.defs.evals.recording import record_report
 from sie_evals.defs.evals.resources import EvalSettings, JsonIOManager
 from sie_evals.lib.config.model_config import load_all_model_configs
+from sie_evals.lib.core.errors import ConfigError
 from sie_evals.lib.core.sources import COMPUTE_SOURCES
 from sie_evals.lib.engines.outputs import partition_profiles
 from sie_evals.lib.gates.keys import EvalKey
 from sie_evals_tests.conftest import REPO_ROOT
 
 KEY = "all-MiniLM-L6-v2:beir/SciFact:local"
+PKEY = "all-MiniLM-L6-v2:local|beir/SciFact"  # its Dagster partition: model:source x task
 ALL = [task_dataset, embeddings, quality_scores]
 
 
@@ -47,7 +58,38 @@ def test_partitions_come_from_model_configs(configs_dir):
     # plus one local key per output profile (multivector, muvera) of a retrieval task: model@profile
     expected = sorted(expected + [f"all-MiniLM-L6-v2@{p}:beir/NFCorpus:local" for p in partition_profiles(minilm)])
     assert added == expected and "all-MiniLM-L6-v2:beir/NFCorpus:local" in added
-    assert task_to_eval_keys(keys)["beir/NFCorpus"] == expected
+    assert [str(k) for k in task_to_eval_keys(keys)["beir/NFCorpus"]] == expected
+
+
+def test_partitions_are_a_model_by_task_grid():
+    """Rows model[@profile]:source, columns tasks; one mapping each way between EvalKey and partition key."""
+    key = EvalKey.parse(KEY)
+    assert partition_key(key) == dg.MultiPartitionKey({"model": "all-MiniLM-L6-v2:local", "task": "beir/SciFact"})
+    assert str(partition_key(key)) == PKEY and eval_key(PKEY) == key and eval_key(partition_key(key)) == key
+    profile_key = EvalKey("all-MiniLM-L6-v2@multivector", "beir/SciFact", "local")
+    assert str(partition_key(profile_key)) == "all-MiniLM-L6-v2@multivector:local|beir/SciFact"
+    assert eval_key(str(partition_key(profile_key))) == profile_key
+    for bad in ("beir/SciFact", KEY, "a|b|c", "nosource|beir/SciFact", ""):
+        with pytest.raises(ValueError):
+            eval_key(bad)
+    dims = {d.name: d.partitions_def.get_partition_keys() for d in eval_partitions.partitions_defs}
+    assert set(dims) == {"model", "task"} and dims["task"] == task_partitions.get_partition_keys()
+    assert {f"{k.model}:{k.source}" for k in EVAL_KEYS} == set(dims["model"])
+    # the grid is the cross product: every declared cell is in it, and so are undeclared ones
+    grid = set(eval_partitions.get_partition_keys())
+    assert {str(partition_key(k)) for k in EVAL_KEYS} <= grid and len(grid) == len(dims["model"]) * len(dims["task"])
+    # a task's dataset feeds every cell of its column (a built-in mapping the UI and daemon understand)
+    column = task_to_evals.get_downstream_partitions_for_partitions(
+        task_partitions.empty_subset().with_partition_keys(["beir/SciFact"]), task_partitions, eval_partitions
+    ).get_partition_keys()
+    assert sorted(column) == sorted(f"{row}|beir/SciFact" for row in dims["model"])
+
+
+def test_reserved_partition_characters_are_a_clear_config_error(configs_dir):
+    minilm = next(c for c in load_all_model_configs(configs_dir) if c.short_name == "all-MiniLM-L6-v2")
+    broken = minilm.model_copy(update={"sources": [*minilm.sources, "local|x"]})
+    with pytest.raises(ConfigError, match=r"all-MiniLM-L6-v2.*'local\|x'.*'\|'"):
+        eval_keys([broken])
 
 
 def test_key_format_round_trips():
@@ -74,17 +116,17 @@ def test_materialize_one_partition_in_process(resources):
     )
     assert ds.success
     res = dg.materialize(
-        ALL, selection=[embeddings, quality_scores], partition_key=KEY, instance=instance, resources=resources
+        ALL, selection=[embeddings, quality_scores], partition_key=PKEY, instance=instance, resources=resources
     )
     assert res.success
     scores = res.output_for_node("quality_scores")
     assert scores["key"] == KEY and scores["dataset"]["counts"]["queries"] == 20
     mat = instance.get_latest_materialization_event(dg.AssetKey("quality_scores")).asset_materialization
-    assert mat.partition == KEY
+    assert mat.partition == PKEY
     assert mat.metadata["ndcg_at_10"].value == scores["metrics"]["ndcg_at_10"]
 
     # Rematerializing scores alone reuses the stored embeddings: no engine runs.
-    again = dg.materialize(ALL, selection=[quality_scores], partition_key=KEY, instance=instance, resources=resources)
+    again = dg.materialize(ALL, selection=[quality_scores], partition_key=PKEY, instance=instance, resources=resources)
     assert again.success and again.output_for_node("quality_scores")["metrics"] == scores["metrics"]
 
 
@@ -98,7 +140,7 @@ def test_cli_and_asset_agree_and_cli_run_is_recorded(resources, tmp_path):
     instance = dg.DagsterInstance.ephemeral()
     dg.materialize(ALL, selection=[task_dataset], partition_key="beir/SciFact", instance=instance, resources=resources)
     asset_scores = dg.materialize(
-        ALL, selection=[embeddings, quality_scores], partition_key=KEY, instance=instance, resources=resources
+        ALL, selection=[embeddings, quality_scores], partition_key=PKEY, instance=instance, resources=resources
     ).output_for_node("quality_scores")["metrics"]
     out = tmp_path / "cli.json"
     res = CliRunner().invoke(
@@ -157,7 +199,7 @@ def test_cli_perf_run_records_on_perf_scores_and_slices_are_not_recorded(tmp_pat
     assert "not recorded in Dagster" in sliced.output
     with dg.DagsterInstance.get() as instance:
         perf_event = instance.get_latest_materialization_event(dg.AssetKey("perf_scores"))
-        assert perf_event is not None and perf_event.asset_materialization.partition == sts
+        assert perf_event is not None and eval_key(perf_event.asset_materialization.partition) == EvalKey.parse(sts)
         metadata = perf_event.asset_materialization.metadata
         assert metadata["latency_p50_ms"].value > 0 and metadata["result_key"].value["engine"] == "local"
         assert instance.get_latest_materialization_event(dg.AssetKey("quality_scores")) is None
@@ -196,7 +238,7 @@ def test_dagster_cli_validate_and_materialize(tmp_path, session_cache, monkeypat
             }
         }
     )
-    for select, partition in (("task_dataset", "beir/SciFact"), ("embeddings,quality_scores", KEY)):
+    for select, partition in (("task_dataset", "beir/SciFact"), ("embeddings,quality_scores", PKEY)):
         res = subprocess.run(
             [
                 *dagster,
@@ -221,12 +263,12 @@ def test_dagster_cli_validate_and_materialize(tmp_path, session_cache, monkeypat
     monkeypatch.setenv("DAGSTER_HOME", str(env_home))  # dagster.yaml reads its storage dir from it
     with dg.DagsterInstance.from_config(str(env_home)) as instance:
         event = instance.get_latest_materialization_event(dg.AssetKey("quality_scores"))
-        assert event.asset_materialization.partition == KEY
+        assert event.asset_materialization.partition == PKEY
 
 
 def test_non_retrieval_task_is_a_partition_too(resources):
     instance = dg.DagsterInstance.ephemeral()
-    sts_key = "all-MiniLM-L6-v2:mteb/STSBenchmark:local"
+    sts_key = "all-MiniLM-L6-v2:local|mteb/STSBenchmark"
     assert dg.materialize(
         ALL, selection=[task_dataset], partition_key="mteb/STSBenchmark", instance=instance, resources=resources
     ).success

@@ -303,7 +303,7 @@ def test_mteb_only_task_materializes_through_the_eval_assets(tmp_path, session_c
         data_dir=str(tmp_path / "data"), results_dir=str(tmp_path / "results"), cache_dir=str(session_cache)
     )
     task = "mteb/TwentyNewsgroupsClustering.v2"
-    key = f"all-MiniLM-L6-v2:{task}:local"
+    key = f"all-MiniLM-L6-v2:local|{task}"  # the model:source x task partition
     snap = task_dataset(dg.build_asset_context(partition_key=task), settings=settings).value
     emb = embeddings(dg.build_asset_context(partition_key=key), task_dataset=snap, settings=settings).value
     assert emb["cache"]["misses"] > 0 or emb["cache"]["hits"] > 0

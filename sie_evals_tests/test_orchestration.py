@@ -11,19 +11,26 @@ import pytest
 from sie_evals.defs.alerts.sensors import make_check_failure_sensor, run_failure_alerts
 from sie_evals.defs.evals.assets import embeddings, perf_scores, quality_scores, target_comparison, task_dataset
 from sie_evals.defs.evals.checks import EVAL_CHECKS
-from sie_evals.defs.evals.partitions import EVAL_KEYS
+from sie_evals.defs.evals.partitions import EVAL_KEYS, partition_key
 from sie_evals.defs.evals.resources import EvalSettings, JsonIOManager
 from sie_evals.defs.evals.schedules import NIGHTLY_TAG, nightly_evals
 from sie_evals.defs.evals.sensors import evals_after_dataset, night_is_done
 from sie_evals.defs.reports.assets import eval_report
 from sie_evals.lib.config.model_config import find_model_config
 from sie_evals.lib.core.run_conditions import hardware
-from sie_evals.lib.gates.keys import LoadShape, ResultKey
+from sie_evals.lib.gates.keys import EvalKey, LoadShape, ResultKey
 from sie_evals.lib.gates.saved_results import append_measurement, save_target
 from sie_evals_tests.webhook import WebhookReceiver
 
 SCIFACT = "all-MiniLM-L6-v2:beir/SciFact:local"
 STS = "all-MiniLM-L6-v2:mteb/STSBenchmark:local"
+
+
+def pkey(key: str) -> str:
+    """The Dagster partition (model:source|task) of an eval key."""
+    return str(partition_key(EvalKey.parse(key)))
+
+
 ALL = [task_dataset, embeddings, quality_scores, perf_scores, target_comparison, eval_report, *EVAL_CHECKS]
 EVAL_ASSETS = dg.AssetSelection.assets(embeddings, quality_scores, perf_scores, target_comparison)
 
@@ -67,7 +74,12 @@ def graph(tmp_path, session_cache, configs_dir, monkeypatch):
 def run_eval(graph, key):
     resources, instance, _ = graph
     return dg.materialize(
-        ALL, selection=EVAL_ASSETS, partition_key=key, instance=instance, resources=resources, raise_on_error=False
+        ALL,
+        selection=EVAL_ASSETS,
+        partition_key=pkey(key),
+        instance=instance,
+        resources=resources,
+        raise_on_error=False,
     )
 
 
@@ -137,6 +149,11 @@ def test_full_graph_then_report(graph, tmp_path):
     line = next(line for line in md.splitlines() if line.startswith(f"| {SCIFACT} "))
     assert "ndcg_at_10" in line and "quality_vs_target: pass" in line and "| ok |" in line
     assert f"| {STS} |" in md and "missing" in md  # declared but never materialized
+    # the model x task matrix: a row per model:source, a column per task, each cell's status
+    header = next(line for line in md.splitlines() if line.startswith("| model:source |"))
+    row = next(line for line in md.splitlines() if line.startswith("| all-MiniLM-L6-v2:local |"))
+    cell = dict(zip(*([c.strip() for c in line.strip("| ").split("|")] for line in (header, row)), strict=True))
+    assert cell["beir/SciFact"].startswith("ok 0.") and cell["mteb/STSBenchmark"] == "missing", cell
     png = (tmp_path / "results" / "reports" / "eval_report.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
 
@@ -159,6 +176,20 @@ def test_failing_quality_check_blocks_only_its_partition(graph):
     assert ok.success and "target_comparison" in materialized(ok)
 
 
+def test_undeclared_cell_runs_ad_hoc_and_fails_clearly(graph):
+    """The matrix is the cross product: a cell no config declares can be materialized by hand, and fails
+    with the library's own error (no retry) where the row's profile cannot score the column's task."""
+    cell = "all-MiniLM-L6-v2@multivector:mteb/STSBenchmark:local"  # multivector declared for retrieval only
+    assert EvalKey.parse(cell) not in EVAL_KEYS
+    res = run_eval(graph, cell)
+    assert not res.success and not materialized(res)
+    failure = next(e for e in res.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE)
+    assert failure.step_key == "embeddings" and "scored on dense vectors with cosine" in str(
+        failure.event_specific_data
+    )
+    assert not any(e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY for e in res.all_events)
+
+
 def test_perf_checks_warn_without_blocking(graph):
     _, _, configs_dir = graph
     # a latency target 1000x below anything real, a throughput target 1000x above
@@ -178,7 +209,7 @@ def test_target_comparison_needs_no_perf_run(graph):
     res = dg.materialize(
         ALL,
         selection=dg.AssetSelection.assets(embeddings, quality_scores, target_comparison),
-        partition_key=SCIFACT,
+        partition_key=pkey(SCIFACT),
         instance=instance,
         resources=resources,
     )
@@ -300,13 +331,17 @@ def test_evals_after_dataset_and_report_readiness():
     )
     requests = [r for r in evals_after_dataset(ctx) if isinstance(r, dg.RunRequest)]
     # one eval run per partition of the task: every compute source the configs declare for it
-    expected = sorted(str(k) for k in EVAL_KEYS if k.task == "beir/SciFact")
-    assert sorted(r.partition_key for r in requests) == expected and SCIFACT in expected
+    expected = sorted(str(partition_key(k)) for k in EVAL_KEYS if k.task == "beir/SciFact")
+    assert sorted(r.partition_key for r in requests) == expected and pkey(SCIFACT) in expected
+    assert all(isinstance(r.partition_key, dg.MultiPartitionKey) for r in requests)
     assert requests[0].tags[NIGHTLY_TAG] == night
 
-    by_task = {"beir/SciFact": [SCIFACT]}
+    by_task = {"beir/SciFact": [EvalKey.parse(SCIFACT)]}
     eval_run = dg.DagsterRun(
-        job_name="eval_job", run_id="r-eval", status=dg.DagsterRunStatus.FAILURE, tags={"dagster/partition": SCIFACT}
+        job_name="eval_job",
+        run_id="r-eval",
+        status=dg.DagsterRunStatus.FAILURE,
+        tags={"dagster/partition": pkey(SCIFACT)},
     )
     assert not night_is_done([dataset_run], by_task)  # its eval run was not launched yet
     assert night_is_done([dataset_run, eval_run], by_task)  # a failed eval still completes the night

@@ -342,8 +342,9 @@ def test_bad_profile_for_task_type_and_unknown_profile(tmp_path):
 
 def test_output_profiles_are_dagster_partitions_end_to_end(tmp_path, session_cache, configs_dir, monkeypatch):
     from sie_evals.defs.evals.assets import embeddings, quality_scores, task_dataset
-    from sie_evals.defs.evals.partitions import EVAL_KEYS
+    from sie_evals.defs.evals.partitions import EVAL_KEYS, partition_key
     from sie_evals.defs.evals.resources import EvalSettings, JsonIOManager
+    from sie_evals.lib.gates.keys import EvalKey
 
     keys = {str(k) for k in EVAL_KEYS}
     partitions = {
@@ -373,7 +374,7 @@ def test_output_profiles_are_dagster_partitions_end_to_end(tmp_path, session_cac
     for key, (profile, stat) in partitions.items():
         # the whole chain (perf and target comparison included) for MUVERA; embeddings + scores + checks for the others
         selection = EVAL_ASSETS if profile == "muvera" else [embeddings, quality_scores]
-        res = dg.materialize(ALL, selection=selection, partition_key=key, **run)
+        res = dg.materialize(ALL, selection=selection, partition_key=partition_key(EvalKey.parse(key)), **run)
         assert res.success, key
         mats = {
             e.materialization.asset_key.to_user_string(): e.materialization

@@ -29,7 +29,7 @@ def test_perf_scores_sweep_attaches_the_saturation_plot(tmp_path, session_cache,
     assert dg.materialize(
         assets, selection=[task_dataset], partition_key="beir/SciFact", instance=instance, resources=resources
     ).success
-    key = "all-MiniLM-L6-v2:beir/SciFact:local"
+    key = "all-MiniLM-L6-v2:local|beir/SciFact"  # the model:source x task partition
     res = dg.materialize(assets, selection=[perf_scores], partition_key=key, instance=instance, resources=resources)
     assert res.success
     value = res.output_for_node("perf_scores")

@@ -19,7 +19,7 @@ from sie_evals.defs.evals.checks import quality_vs_target
 from sie_evals.defs.evals.resources import EvalSettings, JsonIOManager
 from sie_evals_tests.conftest import REPO_ROOT
 
-KEY = "all-MiniLM-L6-v2:beir/SciFact:local"
+KEY = "all-MiniLM-L6-v2:local|beir/SciFact"  # model:source x task: all-MiniLM-L6-v2:beir/SciFact:local
 PASSWORD = "pw-" + os.urandom(6).hex()
 
 

@@ -2,9 +2,13 @@
 asset backfill of several partitions launched over GraphQL, alerts from the real sensor daemon to a
 real webhook receiver, and a headless Chromium (the system's, via Playwright) on the asset page.
 
-One partition carries a target above any real result: its blocking quality check fails, its
-target_comparison is skipped, and the other partitions of the same backfill succeed. The screenshot is
-kept under test-artifacts/ for a human to look at; the test asserts on the page's text."""
+Eval assets are partitioned model x task, so a backfill of two tasks runs every cell of the grid:
+three rows (two model configs, plus the multivector output profile of one) by two columns. One declared
+cell carries a target above any real result: its blocking quality check fails, its target_comparison
+is skipped. One cell no config declares (the multivector profile on STS, a dense-only task) runs as an
+ad-hoc eval and fails before embedding: the red cell of quality_scores' matrix. The other cells of the
+same backfill succeed. Screenshots are kept under test-artifacts/ for a human to look at; the test
+asserts on the page's text and on the partition statuses the UI reads."""
 
 import os
 import shutil
@@ -13,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -32,8 +37,17 @@ CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser")) 
 MODEL = "all-MiniLM-L6-v2"
 TWIN = "minilm-twin"  # a second model config (same weights): more partitions, one failing
 TASKS = ["beir/SciFact", "mteb/STSBenchmark"]
-FAILING = f"{TWIN}:beir/SciFact:local"
-PASSING = [f"{MODEL}:beir/SciFact:local", f"{MODEL}:mteb/STSBenchmark:local", f"{TWIN}:mteb/STSBenchmark:local"]
+MULTIVECTOR = f"{MODEL}@multivector"  # an output profile: a row of its own (retrieval tasks only)
+ROWS = sorted([f"{MODEL}:local", f"{MULTIVECTOR}:local", f"{TWIN}:local"])  # the `model` dimension
+FAILING = f"{TWIN}:beir/SciFact:local"  # declared; fails its blocking quality check
+UNDECLARED = f"{MULTIVECTOR}:mteb/STSBenchmark:local"  # in the grid, declared by no config: fails to embed
+UNDECLARED_PARTITION = f"{MULTIVECTOR}:local|mteb/STSBenchmark"
+PASSING = [
+    f"{MODEL}:beir/SciFact:local",
+    f"{MODEL}:mteb/STSBenchmark:local",
+    f"{TWIN}:mteb/STSBenchmark:local",
+    f"{MULTIVECTOR}:beir/SciFact:local",
+]
 ASSETS = ["task_dataset", "embeddings", "quality_scores", "perf_scores", "target_comparison"]
 
 
@@ -50,7 +64,8 @@ def _reset_signals() -> None:
 
 
 def _configs(tmp_path: Path) -> Path:
-    """Two model configs (the real one and a twin), two tasks each, local source only."""
+    """Two model configs (the real one and a twin), two tasks each, local source only; the real one keeps
+    its multivector profile (a row of its own, declared for SciFact, the retrieval task)."""
     folder = tmp_path / "model_configs"
     folder.mkdir()
     yaml = YAML()
@@ -63,7 +78,8 @@ def _configs(tmp_path: Path) -> Path:
         tree["tasks"] = TASKS
         tree["sources"] = ["local"]
         tree["targets"], tree["measurements"] = {}, {}
-        for profile in [p for p in tree["profiles"] if p != "default"]:  # no output-profile partitions here
+        keep = {"default", "multivector"} if name == MODEL else {"default"}
+        for profile in [p for p in tree["profiles"] if p not in keep]:
             del tree["profiles"][profile]
         with open(folder / filename, "w") as fh:
             yaml.dump(tree, fh)
@@ -116,11 +132,35 @@ class Dagster:
         )
         return set(data["assetNodeOrError"]["assetPartitionStatuses"]["materializedPartitions"])
 
+    def cell_statuses(self, asset: str) -> dict[str, set[str]]:
+        """Materialized and failed cells of a model x task asset, as the UI's Partitions page reads them:
+        ranges of the primary dimension (`model`), each with the statuses of the other (`task`)."""
+        data = self.gql(
+            """query($k: AssetKeyInput!) { assetNodeOrError(assetKey: $k) {
+                 ... on AssetNode { assetPartitionStatuses { ... on MultiPartitionStatuses {
+                   primaryDimensionName ranges { primaryDimStartKey primaryDimEndKey secondaryDim {
+                     ... on DefaultPartitionStatuses { materializedPartitions failedPartitions } } } } } } } }""",
+            k={"path": [asset]},
+        )
+        statuses = data["assetNodeOrError"]["assetPartitionStatuses"]
+        assert statuses["primaryDimensionName"] == "model", statuses
+        cells: dict[str, set[str]] = {"materialized": set(), "failed": set()}
+        for span in statuses["ranges"]:
+            rows = ROWS[ROWS.index(span["primaryDimStartKey"]) : ROWS.index(span["primaryDimEndKey"]) + 1]
+            for status in cells:
+                for task in span["secondaryDim"][f"{status}Partitions"]:
+                    cells[status] |= {_eval_key(row, task) for row in rows}
+        return cells
+
+
+def _eval_key(row: str, task: str) -> str:
+    """`model:source` x task -> model:task:source, as alerts and reports name a cell."""
+    model, source = row.split(":")
+    return f"{model}:{task}:{source}"
+
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no system Chromium (.ci/run installs Debian's chromium)")
 def test_backfill_checks_alerts_and_asset_page(tmp_path, session_cache):
-    from playwright.sync_api import sync_playwright
-
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
@@ -186,56 +226,32 @@ def test_backfill_checks_alerts_and_asset_page(tmp_path, session_cache):
             assert time.monotonic() < deadline, f"backfill still {status}: {log.read_text()[-3000:]}"
             time.sleep(3)
         print(f"backfill {status} after {time.monotonic() - started:.0f}s")
-        # completed, with exactly one partition failing its blocking check
+        # completed: one declared cell fails its blocking check, the undeclared cell fails to embed
         assert status.startswith("COMPLETED"), status
         assert dagster.materialized_partitions("task_dataset") == set(TASKS)
-        assert dagster.materialized_partitions("quality_scores") == {FAILING, *PASSING}
-        assert dagster.materialized_partitions("target_comparison") == set(PASSING)  # blocked for FAILING only
+        quality = dagster.cell_statuses("quality_scores")
+        assert quality == {"materialized": {FAILING, *PASSING}, "failed": {UNDECLARED}}, quality
+        comparison = dagster.cell_statuses("target_comparison")  # blocked for FAILING
+        assert comparison == {"materialized": set(PASSING), "failed": {FAILING, UNDECLARED}}, comparison
 
-        # the daemon's sensors alert once for the failed check and once for its failed run
+        # the daemon's sensors alert once for the failed check and once for each failed run
         deadline = time.monotonic() + 120
-        while len(receiver.alerts) < 2 and time.monotonic() < deadline:
+        while len(receiver.alerts) < 3 and time.monotonic() < deadline:
             time.sleep(2)
         time.sleep(12)  # two more sensor intervals: nothing further may arrive
         kinds = sorted((a["kind"], a["partition"], a["title"]) for a in receiver.alerts)
-        assert kinds == [
-            ("check", FAILING, "quality_scores.quality_vs_target"),
-            ("run", FAILING, "__ASSET_JOB"),
-        ], receiver.alerts
+        assert kinds == sorted(
+            [
+                ("check", FAILING, "quality_scores.quality_vs_target"),
+                ("run", FAILING, "__ASSET_JOB"),
+                ("run", UNDECLARED, "__ASSET_JOB"),
+            ]
+        ), receiver.alerts
+        undeclared_alert = next(a for a in receiver.alerts if a["partition"] == UNDECLARED)
+        assert (undeclared_alert["model"], undeclared_alert["task"]) == (MULTIVECTOR, "mteb/STSBenchmark")
         assert receiver.alerts[0]["run_url"].startswith(f"http://127.0.0.1:{port}/runs/")
 
-        ARTIFACTS.mkdir(exist_ok=True)
-        shot = ARTIFACTS / "quality_scores_checks.png"
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-            page = browser.new_page(viewport={"width": 1600, "height": 1000})
-            # the first-visit "Join the Dagster community" dialog may open at any moment: dismiss it
-            page.add_locator_handler(
-                page.get_by_text("Join the Dagster community"),
-                lambda: page.get_by_role("button", name="Skip").click(),
-            )
-            page.goto(f"{dagster.url}/assets/quality_scores?view=checks", wait_until="networkidle")
-            page.get_by_text("quality_vs_measurement").first.wait_for(timeout=60_000)
-            page.get_by_text("quality_vs_target").first.click()
-            page.get_by_text("This is a blocking asset check").first.wait_for(timeout=60_000)
-            page.get_by_text("Partitions", exact=True).last.click()  # the check's per-partition results
-            # keys are middle-truncated on screen; the full text is in the DOM
-            page.get_by_text(FAILING).first.wait_for(state="attached", timeout=60_000)
-            page.wait_for_load_state("networkidle")
-            text = page.inner_text("body") + page.text_content("body")
-            page.screenshot(path=str(shot), full_page=True)
-            partitions_shot = ARTIFACTS / "quality_scores_partitions.png"
-            page.goto(f"{dagster.url}/assets/quality_scores?view=partitions", wait_until="networkidle")
-            page.get_by_text(FAILING).first.wait_for(state="attached", timeout=60_000)
-            partitions_text = page.text_content("body")
-            page.screenshot(path=str(partitions_shot), full_page=True)
-            browser.close()
-        assert shot.stat().st_size > 20_000 and partitions_shot.stat().st_size > 20_000
-        assert "quality_vs_target" in text and FAILING in text, text[:3000]
-        # the check's per-partition view: one failed, the other three passed
-        assert "Failed (1)" in text and f"Passed ({len(PASSING)})" in text, text[:3000]
-        for key in (FAILING, *PASSING):
-            assert key in partitions_text, partitions_text[:2000]
+        _asset_pages(dagster.url)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -244,3 +260,53 @@ def test_backfill_checks_alerts_and_asset_page(tmp_path, session_cache):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
         receiver.close()
+
+
+def _asset_pages(url: str) -> None:
+    """Headless Chromium on quality_scores: the failed check per partition, and the Partitions page's
+    model x task matrix with the red cell selected. Screenshots under test-artifacts/."""
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    checks_shot, matrix_shot = ARTIFACTS / "quality_scores_checks.png", ARTIFACTS / "quality_scores_partitions.png"
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        # the first-visit "Join the Dagster community" dialog may open at any moment: dismiss it
+        page.add_locator_handler(
+            page.get_by_text("Join the Dagster community"),
+            lambda: page.get_by_role("button", name="Skip").click(),
+        )
+        page.goto(f"{url}/assets/quality_scores?view=checks", wait_until="networkidle")
+        page.get_by_text("quality_vs_measurement").first.wait_for(timeout=60_000)
+        page.get_by_text("quality_vs_target").first.click()
+        page.get_by_text("This is a blocking asset check").first.wait_for(timeout=60_000)
+        page.get_by_text("Partitions", exact=True).last.click()  # the check's per-partition results
+        # labels are middle-truncated on screen; the full text is in the DOM
+        page.get_by_text(f"{TWIN}:local").first.wait_for(state="attached", timeout=60_000)
+        page.wait_for_load_state("networkidle")
+        checks_text = page.text_content("body")
+        page.screenshot(path=str(checks_shot), full_page=True)
+
+        # the Partitions page with the undeclared cell selected: its row's health dots (red and
+        # green), that row's cell per task (STS red), and the cell's failed run
+        cell = urllib.parse.quote(UNDECLARED_PARTITION)
+        page.goto(f"{url}/assets/quality_scores?view=partitions&partition={cell}", wait_until="networkidle")
+        page.get_by_text("did not materialize this asset").first.wait_for(timeout=60_000)
+        page.wait_for_load_state("networkidle")
+        matrix_text = page.text_content("body")
+        dimensions = [page.get_by_placeholder(f"Filter by {name}").count() for name in ("model", "task")]
+        page.screenshot(path=str(matrix_shot), full_page=True)
+        browser.close()
+    assert checks_shot.stat().st_size > 20_000 and matrix_shot.stat().st_size > 20_000
+    # the check's per-partition view: one failed, the declared others passed, the undeclared never ran
+    assert "quality_vs_target" in checks_text and f"{TWIN}:local" in checks_text, checks_text[:3000]
+    assert "Failed (1)" in checks_text and f"Passed ({len(PASSING)})" in checks_text, checks_text[:3000]
+    assert "Execution Failed (1)" in checks_text, checks_text[:3000]
+    # one list per dimension (rows: model:source, columns: task), every label, the grid's health
+    assert dimensions == [1, 1], dimensions
+    for label in (*ROWS, *TASKS):
+        assert label in matrix_text, (label, matrix_text[:3000])
+    assert f"{len(ROWS) * len(TASKS)} Partitions" in matrix_text, matrix_text[:3000]
+    assert "Failed (1)" in matrix_text and f"Materialized ({len(PASSING) + 1})" in matrix_text, matrix_text[:3000]
+    assert UNDECLARED_PARTITION in matrix_text, matrix_text[:3000]

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import dagster as dg
 
+from sie_evals.defs.evals.partitions import eval_key
 from sie_evals.lib.gates.keys import EvalKey
 from sie_evals.lib.reporting.alerts import (
     Alert,
@@ -34,11 +35,15 @@ def _interval() -> int:
 
 
 def _key_parts(partition: str | None) -> dict[str, str | None]:
-    try:
-        key = EvalKey.parse(partition or "")
-    except ValueError:
-        return {"model": None, "task": None, "source": None}
-    return {"model": key.model, "task": key.task, "source": key.source}
+    """Model, task and source of an eval partition (`model:source|task`) or a Finesse one
+    (`model:task:source`), and the partition named `model:task:source`; None for anything else (a task)."""
+    for parse in (eval_key, EvalKey.parse):
+        try:
+            key = parse(partition or "")
+        except ValueError:
+            continue
+        return {"partition": str(key), "model": key.model, "task": key.task, "source": key.source}
+    return {"partition": partition, "model": None, "task": None, "source": None}
 
 
 def _meta_value(metadata: dict, name: str):
@@ -65,7 +70,6 @@ def check_alert(record) -> Alert:
         severity=evaluation.severity.value,
         run_id=record.run_id,
         run_url=run_url(record.run_id),
-        partition=record.partition,
         metrics=metrics,
         description=evaluation.description,
         dedupe_key=f"check:{record.key.to_user_string()}:{record.id}",
@@ -183,7 +187,6 @@ def run_failure_alerts(context: dg.RunFailureSensorContext) -> None:
         severity="FAILURE",
         run_id=run.run_id,
         run_url=run_url(run.run_id),
-        partition=partition,
         description=context.failure_event.message,
         dedupe_key=f"run:{run.run_id}",
         **_key_parts(partition),

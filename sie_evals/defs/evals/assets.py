@@ -1,7 +1,9 @@
 """Eval assets:
 
-    task_dataset [task] -> embeddings [model:task:source] -> quality_scores, perf_scores [model:task:source]
-        -> target_comparison [model:task:source];  all of them -> eval_report (unpartitioned)
+    task_dataset [task] -> embeddings [model:source x task] -> quality_scores, perf_scores [model:source x task]
+        -> target_comparison [model:source x task];  all of them -> eval_report (unpartitioned)
+
+Eval assets are two-dimensional (partitions.py): each Partitions page is a model x task matrix.
 
 Thin wrappers: each calls the same library functions the CLI runs, and records what it did as
 metadata (numeric metrics and run conditions plot over time in the UI)."""
@@ -17,7 +19,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from sie_evals.defs.evals.partitions import eval_partitions, task_partitions, task_to_evals
+from sie_evals.defs.evals.partitions import EVAL_KEYS, eval_key, eval_partitions, task_partitions, task_to_evals
 from sie_evals.defs.evals.resources import EvalSettings
 from sie_evals.lib.config.model_config import ModelConfig, ResolvedProfile, find_model_config
 from sie_evals.lib.core.atomic import atomic_write, atomic_write_bytes, atomic_write_text
@@ -116,7 +118,9 @@ def embeddings(
     context: dg.AssetExecutionContext, task_dataset: dict[str, Any], settings: EvalSettings
 ) -> dg.Output[dict[str, Any]]:
     """Query and document vectors for one model:task:source, through the embedding cache."""
-    key = EvalKey.parse(context.partition_key)
+    key = eval_key(context.partition_key)
+    if key not in EVAL_KEYS:
+        context.log.warning(f"{key}: no model config declares this cell; running it as an ad-hoc eval")
     with _input_errors_final():
         config, profile = _config_and_profile(key, settings)
         spec = resolve_task(key.task)
@@ -180,7 +184,7 @@ def quality_scores(
     context: dg.AssetExecutionContext, task_dataset: dict[str, Any], embeddings: dict[str, Any], settings: EvalSettings
 ) -> dg.Output[dict[str, Any]]:
     """MTEB-exact retrieval metrics (aggregate + per query) from the cached embeddings."""
-    key = EvalKey.parse(context.partition_key)
+    key = eval_key(context.partition_key)
     spec = resolve_task(key.task)
     data = read_snapshot(Path(task_dataset["snapshot_dir"]))
     if embeddings["content_hash"] != data.content_hash:
@@ -270,7 +274,7 @@ def perf_scores(
 ) -> dg.Output[dict[str, Any]]:
     """Closed-loop latency and throughput (the CLI's --type perf) on the task's texts, with a
     latency histogram."""
-    key = EvalKey.parse(context.partition_key)
+    key = eval_key(context.partition_key)
     with _input_errors_final():
         load = settings.load_spec()
         sweep, slos = settings.perf_sweep_and_slos()
@@ -366,7 +370,7 @@ def target_comparison(
     """Quality side by side with the published benchmark, the saved target and the latest
     measurement. Runs only when the blocking quality check passed; needs no perf run (perf has its
     own targets and checks on perf_scores)."""
-    key = EvalKey.parse(context.partition_key)
+    key = eval_key(context.partition_key)
     with _input_errors_final():
         config = find_model_config(split_model_part(key.model)[0], settings.configs_dir())
         spec = resolve_task(key.task)

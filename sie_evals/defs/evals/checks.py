@@ -17,11 +17,11 @@ import dagster as dg
 import pandas as pd
 
 from sie_evals.defs.evals.assets import perf_scores, quality_scores
-from sie_evals.defs.evals.partitions import eval_partitions
+from sie_evals.defs.evals.partitions import eval_key, eval_partitions
 from sie_evals.defs.evals.resources import EvalSettings
 from sie_evals.lib.config.model_config import find_model_config
 from sie_evals.lib.gates.drift import CheckResult, ReferenceColumn, check_source, reference
-from sie_evals.lib.gates.keys import EvalKey, ResultKey, ResultKind, split_model_part
+from sie_evals.lib.gates.keys import ResultKey, ResultKind, split_model_part
 from sie_evals.lib.gates.thresholds import Against, MetricKind, metric_kind
 from sie_evals.lib.perf.load import PERF_TARGET_METRICS
 from sie_evals.lib.tasks import resolve_task
@@ -36,7 +36,7 @@ def drift_check(
 ) -> CheckResult:
     """Verdicts for the metrics of `kinds` in a quality_scores or perf_scores output, against what is
     saved under the output's ResultKey."""
-    key = EvalKey.parse(partition_key)
+    key = eval_key(partition_key)
     config = find_model_config(split_model_part(key.model)[0], settings.configs_dir())
     spec = resolve_task(key.task)
     result_key = ResultKey.from_dict(scores["result_key"])

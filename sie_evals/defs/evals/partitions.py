@@ -1,15 +1,29 @@
 """Partition keys generated from `model_configs/`: adding a model, task or source to a config adds
-its partitions with no code change (reload the code location)."""
+its partitions with no code change (reload the code location: "Reload definitions" in the UI).
+
+Eval assets are partitioned on two dimensions, so an asset's Partitions page is a matrix:
+- `model`: one row per model (or `model@profile` output profile) and compute source, `model:source`;
+- `task`: one column per task id, the same keys as `task_dataset`'s partitions.
+The grid is the cross product. A cell no config declares shows as missing: the nightly schedule and
+sensors launch declared cells only (`EVAL_KEYS`); materializing an undeclared cell by hand runs it as
+an ad-hoc eval (it fails with the library's own error where the model, profile, source or task cannot
+run together). The one mapping between an `EvalKey` and a Dagster partition key is here:
+`partition_key` / `eval_key`."""
 
 from collections import defaultdict
 
 import dagster as dg
 
 from sie_evals.lib.config.model_config import ModelConfig, load_all_model_configs
+from sie_evals.lib.core.errors import ConfigError
 from sie_evals.lib.core.sources import COMPUTE_SOURCES
 from sie_evals.lib.engines.outputs import partition_profiles
-from sie_evals.lib.gates.keys import EvalKey, model_part
+from sie_evals.lib.gates.keys import SEP, EvalKey, model_part
 from sie_evals.lib.tasks import resolve_task
+
+MODEL_DIM, TASK_DIM = "model", "task"
+# Dagster reserves these in multi-partition keys (`|` joins the dimensions of a serialized key).
+RESERVED_CHARACTERS = ("|", ",", "[", "]")
 
 
 def eval_keys(configs: list[ModelConfig] | None = None) -> list[EvalKey]:
@@ -17,6 +31,9 @@ def eval_keys(configs: list[ModelConfig] | None = None) -> list[EvalKey]:
 
     Finesse tasks are excluded: they have their own assets (`sie_evals.defs.finesse`)."""
     configs = load_all_model_configs() if configs is None else configs
+    for c in configs:
+        for value in (c.short_name, *c.profiles, *c.sources, *(resolve_task(t).task_id for t in c.tasks)):
+            _check_dimension_value(c.short_name, value)
     keys = {
         EvalKey(c.short_name, resolve_task(t).task_id, s)
         for c in configs
@@ -36,15 +53,61 @@ def eval_keys(configs: list[ModelConfig] | None = None) -> list[EvalKey]:
     return sorted(keys)
 
 
-def task_to_eval_keys(keys: list[EvalKey]) -> dict[str, list[str]]:
-    by_task: dict[str, list[str]] = defaultdict(list)
+def _check_dimension_value(config: str, value: str) -> None:
+    bad = [c for c in RESERVED_CHARACTERS if c in value]
+    if bad:
+        raise ConfigError(
+            f"model config {config!r}: {value!r} cannot be part of a Dagster partition key: it contains "
+            f"{', '.join(map(repr, bad))} (reserved in multi-partition keys)"
+        )
+
+
+def model_row(key: EvalKey) -> str:
+    """The `model` dimension value of a key: `model[@profile]:source`."""
+    return f"{key.model}{SEP}{key.source}"
+
+
+def partition_key(key: EvalKey) -> dg.MultiPartitionKey:
+    """The Dagster partition of an eval key."""
+    return dg.MultiPartitionKey({MODEL_DIM: model_row(key), TASK_DIM: key.task})
+
+
+def eval_key(partition: str | dg.MultiPartitionKey) -> EvalKey:
+    """The eval key of a Dagster partition: a MultiPartitionKey, or its serialized form
+    `model:source|task` (what run tags and event records carry). ValueError for anything else."""
+    if isinstance(partition, dg.MultiPartitionKey):
+        dims = partition.keys_by_dimension
+        row, task = dims.get(MODEL_DIM), dims.get(TASK_DIM)
+    else:
+        parts = str(partition).split("|")  # dimensions in name order: model, task
+        row, task = parts if len(parts) == 2 else (None, None)
+    model, sep, source = (row or "").partition(SEP)
+    if not sep or not task:
+        raise ValueError(f"partition {partition!r} is not {MODEL_DIM}:source|{TASK_DIM}")
+    return EvalKey(model, task, source)
+
+
+def storage_name(partition: str) -> str:
+    """What a partition's files are named by: the eval key (`model:task:source`) for an eval partition,
+    the key itself otherwise (a task)."""
+    return str(eval_key(partition)) if "|" in partition else partition
+
+
+def task_to_eval_keys(keys: list[EvalKey]) -> dict[str, list[EvalKey]]:
+    by_task: dict[str, list[EvalKey]] = defaultdict(list)
     for k in keys:
-        by_task[k.task].append(str(k))
+        by_task[k.task].append(k)
     return dict(by_task)
 
 
 EVAL_KEYS = eval_keys()
-task_partitions = dg.StaticPartitionsDefinition(sorted({k.task for k in EVAL_KEYS}))
-eval_partitions = dg.StaticPartitionsDefinition([str(k) for k in EVAL_KEYS])
+TASKS = sorted({k.task for k in EVAL_KEYS})
+task_partitions = dg.StaticPartitionsDefinition(TASKS)
+eval_partitions = dg.MultiPartitionsDefinition(
+    {
+        MODEL_DIM: dg.StaticPartitionsDefinition(sorted({model_row(k) for k in EVAL_KEYS})),
+        TASK_DIM: dg.StaticPartitionsDefinition(TASKS),
+    }
+)
 # Built-in mapping (visible to the UI and daemon, unlike custom PartitionMapping subclasses).
-task_to_evals = dg.StaticPartitionMapping(task_to_eval_keys(EVAL_KEYS))
+task_to_evals = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name=TASK_DIM)

@@ -1,14 +1,14 @@
 """Record CLI results in the Dagster instance so they show in the UI beside scheduled runs.
 
-A partition (`model:task:source`) stands for the full split with the default profile (an output
-profile's `model@profile:task:source` for that profile); a quality
+A partition (model `model:source` x task, see partitions.py) stands for the full split with the
+default profile (an output profile's `model@profile:source` row for that profile); a quality
 run lands on `quality_scores`, a perf run on `perf_scores`. A slice (`--limit-queries`) or another
 profile is not that result, so it is not recorded at all (the CLI says so): plotting it on the
 partition's line would mix unlike numbers."""
 
 import dagster as dg
 
-from sie_evals.defs.evals.partitions import eval_partitions
+from sie_evals.defs.evals.partitions import EVAL_KEYS, partition_key
 from sie_evals.lib.config.model_config import ModelConfig
 from sie_evals.lib.engines.outputs import partition_profiles
 from sie_evals.lib.gates.keys import DEFAULT_PROFILE, EvalKey, ResultKey, ResultKind, model_part
@@ -25,21 +25,22 @@ def record_report(
     partitions recorded and a reason for each source that was not."""
     recorded: list[str] = []
     skipped: list[str] = []
-    known = set(eval_partitions.get_partition_keys())
+    known = set(EVAL_KEYS)
     for source, result in report["sources"].items():
         if result.get("kind") != "computed":
             continue
         key = keys[source]
         # output profiles (sparse, multivector, MUVERA) have partitions of their own: model@profile
         own_partition = key.profile in partition_profiles(config)
-        partition = str(EvalKey(model_part(key.model, key.profile if own_partition else None), key.task, source))
+        eval_key = EvalKey(model_part(key.model, key.profile if own_partition else None), key.task, source)
+        partition = str(eval_key)
         if key.slice is not None or not (own_partition or key.profile == DEFAULT_PROFILE):
             skipped.append(
                 f"{source}: {key.variant} with profile {key.profile} is not what partition {partition} holds "
                 "(full split, default profile)"
             )
             continue
-        if partition not in known:
+        if eval_key not in known:
             skipped.append(f"{source}: no partition {partition} (the model config does not declare it)")
             continue
         perf = key.kind is ResultKind.perf
@@ -62,7 +63,9 @@ def record_report(
         instance = instance or dg.DagsterInstance.get()
         instance.report_runless_asset_event(
             dg.AssetMaterialization(
-                asset_key="perf_scores" if perf else "quality_scores", partition=partition, metadata=metadata
+                asset_key="perf_scores" if perf else "quality_scores",
+                partition=partition_key(eval_key),
+                metadata=metadata,
             )
         )
         recorded.append(f"{'perf_scores' if perf else 'quality_scores'}[{partition}]")

@@ -6,6 +6,7 @@ from typing import Any
 
 import dagster as dg
 
+from sie_evals.defs.evals.partitions import storage_name
 from sie_evals.lib.config.settings import DEFAULTS, EvalDefaults, eval_defaults
 from sie_evals.lib.core import paths
 from sie_evals.lib.core.atomic import atomic_write_json
@@ -98,7 +99,7 @@ class JsonIOManager(dg.ConfigurableIOManager):
         root = Path(self.base_dir) if self.base_dir else paths.results_dir() / "dagster"
         name = "__".join(context.asset_key.path)
         partition = context.asset_partition_key if context.has_asset_partitions else "all"
-        return root / name / f"{path_slug(partition)}.json"
+        return root / name / f"{path_slug(storage_name(partition))}.json"
 
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
         atomic_write_json(self._path(context), obj)

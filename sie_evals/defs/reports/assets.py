@@ -11,9 +11,10 @@ import pandas as pd
 
 from sie_evals.defs.evals.assets import perf_scores, png_metadata, quality_scores, target_comparison
 from sie_evals.defs.evals.checks import EVAL_CHECKS
-from sie_evals.defs.evals.partitions import EVAL_KEYS
+from sie_evals.defs.evals.partitions import EVAL_KEYS, partition_key
 from sie_evals.defs.evals.resources import EvalSettings
 from sie_evals.lib.core.atomic import atomic_write, atomic_write_text
+from sie_evals.lib.gates.keys import EvalKey
 from sie_evals.lib.reporting.eval_report import PartitionSummary, report_markdown, report_png
 
 HISTORY_LIMIT = 30  # materializations per partition shown in the over-time plot
@@ -65,11 +66,12 @@ def _check_states(instance: dg.DagsterInstance, partitions: list[str]) -> dict[s
     return states
 
 
-def gather_summaries(instance: dg.DagsterInstance, keys: list[str]) -> list[PartitionSummary]:
+def gather_summaries(instance: dg.DagsterInstance, eval_keys: list[EvalKey]) -> list[PartitionSummary]:
     summaries = []
+    keys = [str(partition_key(k)) for k in eval_keys]  # as records carry them: `model:source|task`
     check_states = _check_states(instance, keys)
-    for key in keys:
-        summary = PartitionSummary(key, checks=check_states[key])
+    for eval_key, key in zip(eval_keys, keys, strict=True):
+        summary = PartitionSummary(str(eval_key), checks=check_states[key])
         quality = instance.fetch_materializations(
             dg.AssetRecordsFilter(asset_key=dg.AssetKey("quality_scores"), asset_partitions=[key]), limit=HISTORY_LIMIT
         ).records
@@ -108,8 +110,7 @@ def gather_summaries(instance: dg.DagsterInstance, keys: list[str]) -> list[Part
 )
 def eval_report(context: dg.AssetExecutionContext, settings: EvalSettings) -> dg.MaterializeResult:
     """The latest result and check state of every partition, with history, as markdown + PNG."""
-    keys = [str(k) for k in EVAL_KEYS]
-    summaries = gather_summaries(context.instance, keys)
+    summaries = gather_summaries(context.instance, EVAL_KEYS)
     now = time.time()
     markdown = report_markdown(summaries, now)
     folder = settings.results_root() / "reports"

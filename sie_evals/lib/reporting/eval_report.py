@@ -1,5 +1,6 @@
 """The cross-partition eval report: the latest result of every model:task:source, its check states
-and its history, as a markdown table and a PNG (main score over time; latest latency distribution).
+and its history, as markdown (a model x task matrix of statuses, then a table) and a PNG (main score
+over time; latest latency distribution).
 
 Pure: the Dagster asset gathers `PartitionSummary` objects from the instance and calls these."""
 
@@ -8,6 +9,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+
+from sie_evals.lib.gates.keys import EvalKey
 
 
 @dataclass
@@ -38,6 +41,28 @@ def _num(x: float | None, digits: int = 4) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
+def matrix_markdown(summaries: list[PartitionSummary]) -> list[str]:
+    """Model (`model:source`, as the Dagster rows) x task: each cell's status and main score, `·` where no
+    config declares the cell."""
+    cells = {}
+    for s in summaries:
+        key = EvalKey.parse(s.key)
+        cells[(f"{key.model}:{key.source}", key.task)] = s
+    rows, tasks = sorted({r for r, _ in cells}), sorted({t for _, t in cells})
+    lines = ["| model:source | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 1) + "|"]
+    for row in rows:
+        shown = []
+        for task in tasks:
+            s = cells.get((row, task))
+            if s is None:
+                shown.append("·")
+            else:
+                status = "drift" if s.status.startswith("drift") else s.status
+                shown.append(status if s.main_score is None else f"{status} {_num(s.main_score)}")
+        lines.append(f"| {row} | " + " | ".join(shown) + " |")
+    return lines
+
+
 def report_markdown(summaries: list[PartitionSummary], generated_at: float) -> str:
     lines = [
         f"# sie-evals report ({_when(generated_at)})",
@@ -46,6 +71,8 @@ def report_markdown(summaries: list[PartitionSummary], generated_at: float) -> s
         f"{sum(s.status == 'ok' for s in summaries)} ok, "
         f"{sum(s.status.startswith('drift') for s in summaries)} with failed checks, "
         f"{sum(s.status == 'missing' for s in summaries)} never materialized.",
+        "",
+        *matrix_markdown(summaries),
         "",
         "| partition | main score | value | p50 ms | p99 ms | items/s | checks | status | updated |",
         "|---|---|---|---|---|---|---|---|---|",
