@@ -22,7 +22,7 @@ import pandas as pd
 from sie_evals.defs.evals.partitions import EVAL_KEYS, eval_key, eval_partitions, task_partitions, task_to_evals
 from sie_evals.defs.evals.resources import EvalSettings
 from sie_evals.lib.config.model_config import ModelConfig, ResolvedProfile, find_model_config
-from sie_evals.lib.core.atomic import atomic_write, atomic_write_bytes, atomic_write_text
+from sie_evals.lib.core.atomic import atomic_write, atomic_write_text
 from sie_evals.lib.core.errors import InputError, SetupError
 from sie_evals.lib.core.run_conditions import hardware, now_iso, software
 from sie_evals.lib.engines import EmbedKind, create_engine, outputs
@@ -79,7 +79,13 @@ def _config_and_profile(key: EvalKey, settings: EvalSettings) -> tuple[ModelConf
 
 
 def _save_output(path: Path, out: Any) -> None:
-    atomic_write_bytes(path, outputs.dump(out))  # .npy for dense, .npz for sparse/multivector (no pickle)
+    """.npy for dense, .npz for sparse/multivector (no pickle); streamed from a memory-mapped corpus."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:  # a file object: numpy would append .npy/.npz to a path
+            outputs.dump_to(fh, out)
+
+    atomic_write(path, write)
 
 
 def png_metadata(path: Path, alt: str) -> dg.MetadataValue:
@@ -202,9 +208,7 @@ def quality_scores(
         with engine:
             metrics, per_query, _, _ = task_type.evaluate(data, engine, settings.cache(), CacheStats())
     else:
-        vectors = {
-            EmbedKind(kind): outputs.load(Path(path).read_bytes()) for kind, path in embeddings["vectors"].items()
-        }
+        vectors = {EmbedKind(kind): outputs.load_file(Path(path)) for kind, path in embeddings["vectors"].items()}
         metrics, per_query = score_task(spec, data, vectors, embeddings.get("similarity", "cosine"))
     model = split_model_part(key.model)[0]
     result_key = ResultKey.quality(model, spec.task_id, data.split, data.subset, embeddings["profile"])
