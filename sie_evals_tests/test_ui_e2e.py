@@ -2,13 +2,15 @@
 asset backfill of several partitions launched over GraphQL, alerts from the real sensor daemon to a
 real webhook receiver, and a headless Chromium (the system's, via Playwright) on the asset page.
 
-Eval assets are partitioned model x task, so a backfill of two tasks runs every cell of the grid:
-three rows (two model configs, plus the multivector output profile of one) by two columns. One declared
-cell carries a target above any real result: its blocking quality check fails, its target_comparison
-is skipped. One cell no config declares (the multivector profile on STS, a dense-only task) runs as an
-ad-hoc eval and fails before embedding: the red cell of quality_scores' matrix. The other cells of the
-same backfill succeed. Screenshots are kept under test-artifacts/ for a human to look at; the test
-asserts on the page's text and on the partition statuses the UI reads."""
+Eval assets are partitioned model x task, so a backfill of two tasks reaches every cell of the grid:
+four rows (three model configs, plus the multivector output profile of one) by two columns. One
+declared cell carries a target above any real result: its blocking quality check fails, its
+target_comparison is skipped. One config's weights package is not installed: its one declared cell
+(STS) fails with that error, the red cell of quality_scores' matrix. The two cells no config declares
+(the multivector profile on STS, the uninstalled model on SciFact) are skipped: they stay missing, and
+neither fails nor alerts. The other cells of the same backfill succeed. Screenshots are kept under
+test-artifacts/ for a human to look at; the test asserts on the page's text and on the partition
+statuses the UI reads."""
 
 import os
 import shutil
@@ -35,13 +37,15 @@ pytestmark = pytest.mark.slow
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser")) if p), None)
 MODEL = "all-MiniLM-L6-v2"
-TWIN = "minilm-twin"  # a second model config (same weights): more partitions, one failing
+TWIN = "minilm-twin"  # a second model config (same weights): more partitions, one failing its target
+UNINSTALLED = "minilm-uninstalled"  # a third config whose weights package is not installed, declared for STS
 TASKS = ["beir/SciFact", "mteb/STSBenchmark"]
 MULTIVECTOR = f"{MODEL}@multivector"  # an output profile: a row of its own (retrieval tasks only)
-ROWS = sorted([f"{MODEL}:local", f"{MULTIVECTOR}:local", f"{TWIN}:local"])  # the `model` dimension
+ROWS = sorted([f"{MODEL}:local", f"{MULTIVECTOR}:local", f"{TWIN}:local", f"{UNINSTALLED}:local"])  # `model`
 FAILING = f"{TWIN}:beir/SciFact:local"  # declared; fails its blocking quality check
-UNDECLARED = f"{MULTIVECTOR}:mteb/STSBenchmark:local"  # in the grid, declared by no config: fails to embed
-UNDECLARED_PARTITION = f"{MULTIVECTOR}:local|mteb/STSBenchmark"
+BROKEN = f"{UNINSTALLED}:mteb/STSBenchmark:local"  # declared; its weights cannot load: the red cell
+BROKEN_PARTITION = f"{UNINSTALLED}:local|mteb/STSBenchmark"
+UNDECLARED = [f"{MULTIVECTOR}:mteb/STSBenchmark:local", f"{UNINSTALLED}:beir/SciFact:local"]  # skipped
 PASSING = [
     f"{MODEL}:beir/SciFact:local",
     f"{MODEL}:mteb/STSBenchmark:local",
@@ -64,18 +68,22 @@ def _reset_signals() -> None:
 
 
 def _configs(tmp_path: Path) -> Path:
-    """Two model configs (the real one and a twin), two tasks each, local source only; the real one keeps
-    its multivector profile (a row of its own, declared for SciFact, the retrieval task)."""
+    """Three model configs (the real one, a twin, one whose weights package is not installed), local
+    source only; the real one keeps its multivector profile (a row of its own, declared for SciFact, the
+    retrieval task); the uninstalled one declares STS only."""
     folder = tmp_path / "model_configs"
     folder.mkdir()
     yaml = YAML()
     source = REPO_ROOT / "model_configs" / "sentence-transformers__all-MiniLM-L6-v2.yaml"
-    for name, filename in ((MODEL, source.name), (TWIN, "minilm-twin.yaml")):
+    for name, filename in ((MODEL, source.name), (TWIN, "minilm-twin.yaml"), (UNINSTALLED, "uninstalled.yaml")):
         tree = yaml.load(source.read_text())
         tree["name"] = name
-        if name == TWIN:
-            tree["model_id"] = "sie-evals-tests/minilm-twin"  # ids are unique; the weights are the same package
+        if name != MODEL:
+            tree["model_id"] = f"sie-evals-tests/{name}"  # ids are unique; the twin's weights are the same package
         tree["tasks"] = TASKS
+        if name == UNINSTALLED:
+            tree["tasks"] = ["mteb/STSBenchmark"]
+            tree["weights"] = {"package": "sie-evals-tests-weights-not-installed"}
         tree["sources"] = ["local"]
         tree["targets"], tree["measurements"] = {}, {}
         keep = {"default", "multivector"} if name == MODEL else {"default"}
@@ -226,13 +234,13 @@ def test_backfill_checks_alerts_and_asset_page(tmp_path, session_cache):
             assert time.monotonic() < deadline, f"backfill still {status}: {log.read_text()[-3000:]}"
             time.sleep(3)
         print(f"backfill {status} after {time.monotonic() - started:.0f}s")
-        # completed: one declared cell fails its blocking check, the undeclared cell fails to embed
+        # completed: one declared cell fails its blocking check, the uninstalled model's cell fails to embed
         assert status.startswith("COMPLETED"), status
         assert dagster.materialized_partitions("task_dataset") == set(TASKS)
         quality = dagster.cell_statuses("quality_scores")
-        assert quality == {"materialized": {FAILING, *PASSING}, "failed": {UNDECLARED}}, quality
+        assert quality == {"materialized": {FAILING, *PASSING}, "failed": {BROKEN}}, quality
         comparison = dagster.cell_statuses("target_comparison")  # blocked for FAILING
-        assert comparison == {"materialized": set(PASSING), "failed": {FAILING, UNDECLARED}}, comparison
+        assert comparison == {"materialized": set(PASSING), "failed": {FAILING, BROKEN}}, comparison
 
         # the daemon's sensors alert once for the failed check and once for each failed run
         deadline = time.monotonic() + 120
@@ -244,11 +252,11 @@ def test_backfill_checks_alerts_and_asset_page(tmp_path, session_cache):
             [
                 ("check", FAILING, "quality_scores.quality_vs_target"),
                 ("run", FAILING, "__ASSET_JOB"),
-                ("run", UNDECLARED, "__ASSET_JOB"),
+                ("run", BROKEN, "__ASSET_JOB"),
             ]
         ), receiver.alerts
-        undeclared_alert = next(a for a in receiver.alerts if a["partition"] == UNDECLARED)
-        assert (undeclared_alert["model"], undeclared_alert["task"]) == (MULTIVECTOR, "mteb/STSBenchmark")
+        broken_alert = next(a for a in receiver.alerts if a["partition"] == BROKEN)
+        assert (broken_alert["model"], broken_alert["task"]) == (UNINSTALLED, "mteb/STSBenchmark")
         assert receiver.alerts[0]["run_url"].startswith(f"http://127.0.0.1:{port}/runs/")
 
         _asset_pages(dagster.url)
@@ -288,9 +296,9 @@ def _asset_pages(url: str) -> None:
         checks_text = page.text_content("body")
         page.screenshot(path=str(checks_shot), full_page=True)
 
-        # the Partitions page with the undeclared cell selected: its row's health dots (red and
-        # green), that row's cell per task (STS red), and the cell's failed run
-        cell = urllib.parse.quote(UNDECLARED_PARTITION)
+        # the Partitions page with the broken cell selected: its row's health dots (red, and grey for
+        # the undeclared SciFact cell), that row's cell per task (STS red), and the cell's failed run
+        cell = urllib.parse.quote(BROKEN_PARTITION)
         page.goto(f"{url}/assets/quality_scores?view=partitions&partition={cell}", wait_until="networkidle")
         page.get_by_text("did not materialize this asset").first.wait_for(timeout=60_000)
         page.wait_for_load_state("networkidle")
@@ -299,7 +307,7 @@ def _asset_pages(url: str) -> None:
         page.screenshot(path=str(matrix_shot), full_page=True)
         browser.close()
     assert checks_shot.stat().st_size > 20_000 and matrix_shot.stat().st_size > 20_000
-    # the check's per-partition view: one failed, the declared others passed, the undeclared never ran
+    # the check's per-partition view: one failed, the declared others passed, the broken cell never ran
     assert "quality_vs_target" in checks_text and f"{TWIN}:local" in checks_text, checks_text[:3000]
     assert "Failed (1)" in checks_text and f"Passed ({len(PASSING)})" in checks_text, checks_text[:3000]
     assert "Execution Failed (1)" in checks_text, checks_text[:3000]
@@ -309,4 +317,5 @@ def _asset_pages(url: str) -> None:
         assert label in matrix_text, (label, matrix_text[:3000])
     assert f"{len(ROWS) * len(TASKS)} Partitions" in matrix_text, matrix_text[:3000]
     assert "Failed (1)" in matrix_text and f"Materialized ({len(PASSING) + 1})" in matrix_text, matrix_text[:3000]
-    assert UNDECLARED_PARTITION in matrix_text, matrix_text[:3000]
+    assert f"Missing ({len(UNDECLARED)})" in matrix_text, matrix_text[:3000]  # skipped, never red
+    assert BROKEN_PARTITION in matrix_text, matrix_text[:3000]

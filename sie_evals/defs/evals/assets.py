@@ -19,7 +19,14 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from sie_evals.defs.evals.partitions import EVAL_KEYS, eval_key, eval_partitions, task_partitions, task_to_evals
+from sie_evals.defs.evals.partitions import (
+    EVAL_KEYS,
+    eval_key,
+    eval_partitions,
+    task_partitions,
+    task_to_evals,
+    undeclared_cell_message,
+)
 from sie_evals.defs.evals.resources import EvalSettings
 from sie_evals.lib.config.model_config import ModelConfig, ResolvedProfile, find_model_config
 from sie_evals.lib.core.atomic import atomic_write, atomic_write_text
@@ -119,14 +126,16 @@ def task_dataset(context: dg.AssetExecutionContext, settings: EvalSettings) -> d
     pool="gpu",  # one embedding run per accelerator at a time (limit in dagster.yaml)
     retry_policy=TRANSIENT_RETRY,
     kinds={"numpy"},
+    output_required=False,  # an undeclared cell yields nothing: it and everything downstream is skipped
 )
 def embeddings(
     context: dg.AssetExecutionContext, task_dataset: dict[str, Any], settings: EvalSettings
-) -> dg.Output[dict[str, Any]]:
+) -> Iterator[dg.Output[dict[str, Any]]]:
     """Query and document vectors for one model:task:source, through the embedding cache."""
     key = eval_key(context.partition_key)
     if key not in EVAL_KEYS:
-        context.log.warning(f"{key}: no model config declares this cell; running it as an ad-hoc eval")
+        context.log.warning(undeclared_cell_message(key))
+        return
     with _input_errors_final():
         config, profile = _config_and_profile(key, settings)
         spec = resolve_task(key.task)
@@ -152,7 +161,7 @@ def embeddings(
         "engine": emb.engine_info,
         "cache": emb.cache.as_dict(),
     }
-    return dg.Output(
+    yield dg.Output(
         value,
         metadata={
             "dims": value["dims"],

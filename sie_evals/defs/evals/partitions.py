@@ -4,11 +4,12 @@ its partitions with no code change (reload the code location: "Reload definition
 Eval assets are partitioned on two dimensions, so an asset's Partitions page is a matrix:
 - `model`: one row per model (or `model@profile` output profile) and compute source, `model:source`;
 - `task`: one column per task id, the same keys as `task_dataset`'s partitions.
-The grid is the cross product. A cell no config declares shows as missing: the nightly schedule and
-sensors launch declared cells only (`EVAL_KEYS`); materializing an undeclared cell by hand runs it as
-an ad-hoc eval (it fails with the library's own error where the model, profile, source or task cannot
-run together). The one mapping between an `EvalKey` and a Dagster partition key is here:
-`partition_key` / `eval_key`."""
+The grid is the cross product. A cell no config declares stays missing: the nightly schedule and
+sensors launch declared cells only (`EVAL_KEYS`), and a run that reaches an undeclared cell (a
+backfill of whole task columns, or a click on it) skips it with a log line saying how to declare it or
+run it ad hoc from the CLI, so a broad backfill neither fails nor alerts on combinations nobody asked
+for (an output profile on a classification task, a model on a task its config does not list). The one
+mapping between an `EvalKey` and a Dagster partition key is here: `partition_key` / `eval_key`."""
 
 from collections import defaultdict
 
@@ -18,7 +19,7 @@ from sie_evals.lib.config.model_config import ModelConfig, load_all_model_config
 from sie_evals.lib.core.errors import ConfigError
 from sie_evals.lib.core.sources import COMPUTE_SOURCES
 from sie_evals.lib.engines.outputs import partition_profiles
-from sie_evals.lib.gates.keys import SEP, EvalKey, model_part
+from sie_evals.lib.gates.keys import SEP, EvalKey, model_part, split_model_part
 from sie_evals.lib.tasks import resolve_task
 
 MODEL_DIM, TASK_DIM = "model", "task"
@@ -85,6 +86,16 @@ def eval_key(partition: str | dg.MultiPartitionKey) -> EvalKey:
     if not sep or not task:
         raise ValueError(f"partition {partition!r} is not {MODEL_DIM}:source|{TASK_DIM}")
     return EvalKey(model, task, source)
+
+
+def undeclared_cell_message(key: EvalKey) -> str:
+    model, profile = split_model_part(key.model)
+    cli = f"sie-bench eval {model} -t {key.task} -s {key.source}" + (f" -p {profile}" if profile else "")
+    return (
+        f"{key}: no model config declares this cell, so nothing was run and it stays missing. Declare it "
+        f"(the task under `tasks:` and the source under `sources:` of {model}'s config, then reload "
+        f"definitions), or run it ad hoc: {cli}"
+    )
 
 
 def storage_name(partition: str) -> str:
