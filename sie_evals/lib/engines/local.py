@@ -315,7 +315,7 @@ class _OnnxWorker(_Worker):
 class _OpenVinoWorker(_Worker):
     """One OpenVINO infer request. All of a model's requests share one compiled model that runs one
     single-threaded stream per thread (OpenVINO's throughput mode): on CPU that beats one request
-    spread over all threads by ~1.4x (benchmarks/RESULTS.md), and each batch's vectors are still the
+    spread over all threads by ~1.27x (benchmarks/RESULTS.md), and each batch's vectors are still the
     fp32 ones (within 1e-5 of torch's, as tested)."""
 
     def __init__(self, compiled, profile: ResolvedProfile):
