@@ -23,6 +23,7 @@ from ruamel.yaml.error import YAMLError
 
 from sie_evals.finesse.scoring import FinalFormula, Gap, Mode
 from sie_evals.lib.core.errors import ConfigError, validation_error_message
+from sie_evals.lib.core.strict import Float, Int
 
 DEFAULT_REFERENCE_TOKENIZER = "sentence-transformers/all-MiniLM-L6-v2"
 # Hugging Face `datasets` builders that read local/explicit files; anything else is a hub dataset.
@@ -53,7 +54,7 @@ class EmbedderSelector(_Strict):
     profile: str = Field("default", description="Profile of the model config.")
     pool_type: Literal["cls", "mean", "last"] | None = Field(None, description="Pooling; default: the profile's.")
     prefix: str | None = Field(None, description="Prepended to every text; default: the profile's document prefix.")
-    max_context_length: int | None = Field(
+    max_context_length: Int | None = Field(
         None, gt=0, description="Tokens the model may see; default: the profile's max_seq_length."
     )
     revision: str | None = Field(None, description="Model revision, when `name` is not a model config.")
@@ -82,13 +83,13 @@ class ByokEmbedder(_Strict):
     api_key_env: str | None = Field(
         None, description="Name of the environment variable holding the API key (the key is never written out)."
     )
-    max_context_length: int = Field(gt=0)
+    max_context_length: Int = Field(gt=0)
     prefix: str = ""
     tokenizer: str | None = Field(
         None, description="Tokenizer for context-length checks (default: the reference tokenizer)."
     )
-    batch_size: int = Field(32, gt=0)
-    timeout_s: float = Field(120.0, gt=0)
+    batch_size: Int = Field(32, gt=0)
+    timeout_s: Float = Field(120.0, gt=0)
 
 
 class ModelsConfig(_Strict):
@@ -124,8 +125,8 @@ class DatasetConfig(_Strict):
 
 
 class SequenceLength(_Strict):
-    min: int = Field(4, ge=4, description="Shortest probe (chunks); 4 as in 0.18.9's generate (RSS and SRS).")
-    max: int = Field(16, ge=4)
+    min: Int = Field(4, ge=4, description="Shortest probe (chunks); 4 as in 0.18.9's generate (RSS and SRS).")
+    max: Int = Field(16, ge=4)
 
     @model_validator(mode="after")
     def _ordered(self) -> SequenceLength:
@@ -136,9 +137,9 @@ class SequenceLength(_Strict):
 
 class ProbeConfig(_Strict):
     sequence_length: SequenceLength = Field(default_factory=SequenceLength)
-    samples_per_length: int = Field(10, gt=0)
-    token_per_sample: int = Field(256, gt=0)
-    group_amount: int = Field(
+    samples_per_length: Int = Field(10, gt=0)
+    token_per_sample: Int = Field(256, gt=0)
+    group_amount: Int = Field(
         50, gt=0, description="SRS only: context n-grams per probe position (positive and negative groups)."
     )
     reference_tokenizer: str = Field(
@@ -148,9 +149,9 @@ class ProbeConfig(_Strict):
 
 
 class Advanced(_Strict):
-    batch_size: int = Field(32, gt=0, description="Chunk-embedding batch size.")
+    batch_size: Int = Field(32, gt=0, description="Chunk-embedding batch size.")
     device: Literal["cpu"] = Field("cpu", description="The local engine runs on CPU in this build.")
-    threads: int | None = Field(None, gt=0, description="Torch threads for the local engine (default: torch's).")
+    threads: Int | None = Field(None, gt=0, description="Torch threads for the local engine (default: torch's).")
 
 
 class FinesseConfig(_Strict):
@@ -169,7 +170,7 @@ class FinesseConfig(_Strict):
     datasets: list[DatasetConfig] = Field(min_length=1)
     probe_config: ProbeConfig = Field(default_factory=ProbeConfig)
     advanced: Advanced = Field(default_factory=Advanced)
-    seed: int = 42
+    seed: Int = 42
 
     @model_validator(mode="after")
     def _mode_models(self) -> FinesseConfig:

@@ -29,6 +29,7 @@ from sie_evals.lib.core.errors import ConfigError, UnknownNameError, validation_
 from sie_evals.lib.core.metric_names import metric_kind
 from sie_evals.lib.core.names import NAME_PATTERN, VARIANT_PATTERN, valid_name, valid_variant
 from sie_evals.lib.core.sources import ALL_SOURCES
+from sie_evals.lib.core.strict import Float, Int
 from sie_evals.lib.core.text_files import read_utf8
 
 DEFAULT_PROFILE = "default"
@@ -71,10 +72,10 @@ MUVERA_MAX_DIMS = 65_536
 class MuveraSettings(_Strict):
     """MUVERA fixed-dimensional encoding of a multivector output (SIE's field names), plus its seed."""
 
-    num_repetitions: int = Field(ge=1, le=256, description="Independent SimHash partitionings (R).")
-    num_simhash_projections: int = Field(ge=0, le=12, description="SimHash bits per repetition (2^k buckets).")
-    projection_dim: int = Field(ge=1, le=1024, description="Random projection width of each bucket's vector.")
-    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed of the random hyperplanes and projections.")
+    num_repetitions: Int = Field(ge=1, le=256, description="Independent SimHash partitionings (R).")
+    num_simhash_projections: Int = Field(ge=0, le=12, description="SimHash bits per repetition (2^k buckets).")
+    projection_dim: Int = Field(ge=1, le=1024, description="Random projection width of each bucket's vector.")
+    seed: Int = Field(0, ge=0, le=2**32 - 1, description="Seed of the random hyperplanes and projections.")
 
     @property
     def dims(self) -> int:
@@ -142,11 +143,11 @@ class ProfileSettings(_Strict):
 
     pooling: Pooling | None = Field(None, description="Token pooling: mean (default), cls or last.")
     normalize: bool | None = Field(None, description="L2-normalise the pooled vector (default true).")
-    max_seq_length: int | None = Field(None, gt=0, description="Truncate inputs to this many tokens (512).")
+    max_seq_length: Int | None = Field(None, gt=0, description="Truncate inputs to this many tokens (512).")
     query_prefix: str | None = Field(None, description="Prepended to every query text ('').")
     document_prefix: str | None = Field(None, description="Prepended to every document text ('').")
     dtype: Dtype | None = Field(None, description="Compute dtype of the local engine (float32).")
-    batch_size: int | None = Field(None, gt=0, description="Items per forward pass / request (32).")
+    batch_size: Int | None = Field(None, gt=0, description="Items per forward pass / request (32).")
     output: OutputType | None = Field(
         None, description="dense (default), sparse (SPLADE: MLM logits, max-pooled) or multivector (token vectors)."
     )
@@ -202,11 +203,11 @@ class ResolvedProfile(_Strict):
     name: str
     pooling: Pooling
     normalize: bool
-    max_seq_length: int
+    max_seq_length: Int
     query_prefix: str
     document_prefix: str
     dtype: Dtype
-    batch_size: int
+    batch_size: Int
     output: OutputType = OutputType.dense
     muvera: MuveraSettings | None = None
     runtime: Runtime = Runtime.torch
@@ -286,9 +287,9 @@ class Measurement(SavedResult):
 
 
 class MarginSet(_Strict):
-    quality: float | None = Field(None, gt=0, description="value >= quality x reference")
-    latency: float | None = Field(None, gt=0, description="value <= latency x reference")
-    throughput: float | None = Field(None, gt=0, description="value >= reference / throughput")
+    quality: Float | None = Field(None, gt=0, description="value >= quality x reference")
+    latency: Float | None = Field(None, gt=0, description="value <= latency x reference")
+    throughput: Float | None = Field(None, gt=0, description="value >= reference / throughput")
 
 
 class MarginPair(_Strict):
@@ -297,8 +298,8 @@ class MarginPair(_Strict):
 
 
 class MetricMargins(_Strict):
-    targets: float | None = Field(None, gt=0)
-    measurements: float | None = Field(None, gt=0)
+    targets: Float | None = Field(None, gt=0)
+    measurements: Float | None = Field(None, gt=0)
 
 
 class MarginOverrides(_Strict):
