@@ -488,8 +488,11 @@ def tasks_cmd(
 ) -> None:
     """List every text task the installed mteb knows (name, type, main score, languages/subsets), which have local
     data under the data root and which a native path; plus the project's own tasks (beir/<Name> folders also work)."""
+    from sie_evals.lib.tasks.registry import resolve_task_type
     from sie_evals.lib.tasks.task_listing import list_tasks
 
+    if task_type is not None:
+        task_type = resolve_task_type(task_type)
     for line in list_tasks(task_type, search, data_dir or paths.data_dir()):
         typer.echo(line)
 

@@ -175,6 +175,23 @@ def list_task_ids() -> list[str]:
 BACKENDS = ("native", "mteb")
 
 
+def mteb_task_types() -> list[str]:
+    """The MTEB task types (`Retrieval`, `Clustering`, ...) of the installed mteb's text tasks."""
+    from sie_evals.lib.tasks.mteb_tasks import text_tasks
+
+    return sorted({task.metadata.type for task in text_tasks()})
+
+
+def resolve_task_type(task_type: str) -> str:
+    """`task_type` as MTEB spells it (matched case-insensitively), or UnknownNameError listing the
+    valid ones: a typo must not list nothing and pass."""
+    valid = mteb_task_types()
+    for name in valid:
+        if name.lower() == task_type.lower():
+            return name
+    raise UnknownNameError("task type", task_type, valid)
+
+
 def _mteb_rules(task) -> EvalRules:
     """A retrieval task's rules as the installed mteb defines them."""
     return EvalRules(
