@@ -29,7 +29,7 @@ from sie_evals.lib.core.errors import ConfigError, UnknownNameError, validation_
 from sie_evals.lib.core.metric_names import metric_kind
 from sie_evals.lib.core.names import NAME_PATTERN, VARIANT_PATTERN, valid_name, valid_variant
 from sie_evals.lib.core.sources import ALL_SOURCES
-from sie_evals.lib.core.strict import Float, Int
+from sie_evals.lib.core.strict import Float, Int, reject_bool
 from sie_evals.lib.core.text_files import read_utf8
 
 DEFAULT_PROFILE = "default"
@@ -259,7 +259,7 @@ def _check_metrics(metrics: dict[str, float]) -> dict[str, float]:
 
 def _strict_number(value: Any) -> Any:
     """A metric value is a YAML number: `true` or `"0.65"` is a mistake, not 1.0 or 0.65."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if not isinstance(reject_bool(value), int | float):
         raise ValueError(f"must be a number, got {value!r} ({type(value).__name__})")
     return value
 
