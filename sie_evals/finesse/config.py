@@ -23,7 +23,7 @@ from ruamel.yaml.error import YAMLError
 
 from sie_evals.finesse.scoring import FinalFormula, Gap, Mode
 from sie_evals.lib.core.errors import ConfigError, validation_error_message
-from sie_evals.lib.core.strict import Float, Int
+from sie_evals.lib.core.strict import Float, Int, OptionalInt
 
 DEFAULT_REFERENCE_TOKENIZER = "sentence-transformers/all-MiniLM-L6-v2"
 # Hugging Face `datasets` builders that read local/explicit files; anything else is a hub dataset.
@@ -54,7 +54,7 @@ class EmbedderSelector(_Strict):
     profile: str = Field("default", description="Profile of the model config.")
     pool_type: Literal["cls", "mean", "last"] | None = Field(None, description="Pooling; default: the profile's.")
     prefix: str | None = Field(None, description="Prepended to every text; default: the profile's document prefix.")
-    max_context_length: Int | None = Field(
+    max_context_length: OptionalInt = Field(
         None, gt=0, description="Tokens the model may see; default: the profile's max_seq_length."
     )
     revision: str | None = Field(None, description="Model revision, when `name` is not a model config.")
@@ -151,7 +151,7 @@ class ProbeConfig(_Strict):
 class Advanced(_Strict):
     batch_size: Int = Field(32, gt=0, description="Chunk-embedding batch size.")
     device: Literal["cpu"] = Field("cpu", description="The local engine runs on CPU in this build.")
-    threads: Int | None = Field(None, gt=0, description="Torch threads for the local engine (default: torch's).")
+    threads: OptionalInt = Field(None, gt=0, description="Torch threads for the local engine (default: torch's).")
 
 
 class FinesseConfig(_Strict):

@@ -6,17 +6,17 @@ import dagster as dg
 
 from sie_evals.finesse.config import FinesseConfig, load_config, packaged_config_path, parse_config
 from sie_evals.lib.core.errors import InputError
-from sie_evals.lib.core.strict import Int
+from sie_evals.lib.core.strict import OptionalInt
 
 
 class FinesseRunConfig(dg.Config):
     """Run-config overrides of a Finesse task's packaged config (sie_evals/data/finesse/<name>.yaml)."""
 
     config_path: str | None = None  # use this config instead of the task's packaged one
-    samples_per_length: Int | None = None
-    min_length: Int | None = None
-    max_length: Int | None = None
-    group_amount: Int | None = None  # SRS tasks: context n-grams per probe position
+    samples_per_length: OptionalInt = None
+    min_length: OptionalInt = None
+    max_length: OptionalInt = None
+    group_amount: OptionalInt = None  # SRS tasks: context n-grams per probe position
 
     def task_config(self, task_id: str, model: str, profile: str, threads: int | None) -> tuple[FinesseConfig, Path]:
         namespace, _, name = task_id.partition("/")

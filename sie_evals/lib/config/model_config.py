@@ -29,7 +29,7 @@ from sie_evals.lib.core.errors import ConfigError, UnknownNameError, validation_
 from sie_evals.lib.core.metric_names import metric_kind
 from sie_evals.lib.core.names import NAME_PATTERN, VARIANT_PATTERN, valid_name, valid_variant
 from sie_evals.lib.core.sources import ALL_SOURCES
-from sie_evals.lib.core.strict import Float, Int, reject_bool
+from sie_evals.lib.core.strict import Int, OptionalFloat, OptionalInt, reject_bool
 from sie_evals.lib.core.text_files import read_utf8
 
 DEFAULT_PROFILE = "default"
@@ -143,11 +143,11 @@ class ProfileSettings(_Strict):
 
     pooling: Pooling | None = Field(None, description="Token pooling: mean (default), cls or last.")
     normalize: bool | None = Field(None, description="L2-normalise the pooled vector (default true).")
-    max_seq_length: Int | None = Field(None, gt=0, description="Truncate inputs to this many tokens (512).")
+    max_seq_length: OptionalInt = Field(None, gt=0, description="Truncate inputs to this many tokens (512).")
     query_prefix: str | None = Field(None, description="Prepended to every query text ('').")
     document_prefix: str | None = Field(None, description="Prepended to every document text ('').")
     dtype: Dtype | None = Field(None, description="Compute dtype of the local engine (float32).")
-    batch_size: Int | None = Field(None, gt=0, description="Items per forward pass / request (32).")
+    batch_size: OptionalInt = Field(None, gt=0, description="Items per forward pass / request (32).")
     output: OutputType | None = Field(
         None, description="dense (default), sparse (SPLADE: MLM logits, max-pooled) or multivector (token vectors)."
     )
@@ -287,9 +287,9 @@ class Measurement(SavedResult):
 
 
 class MarginSet(_Strict):
-    quality: Float | None = Field(None, gt=0, description="value >= quality x reference")
-    latency: Float | None = Field(None, gt=0, description="value <= latency x reference")
-    throughput: Float | None = Field(None, gt=0, description="value >= reference / throughput")
+    quality: OptionalFloat = Field(None, gt=0, description="value >= quality x reference")
+    latency: OptionalFloat = Field(None, gt=0, description="value <= latency x reference")
+    throughput: OptionalFloat = Field(None, gt=0, description="value >= reference / throughput")
 
 
 class MarginPair(_Strict):
@@ -298,8 +298,8 @@ class MarginPair(_Strict):
 
 
 class MetricMargins(_Strict):
-    targets: Float | None = Field(None, gt=0)
-    measurements: Float | None = Field(None, gt=0)
+    targets: OptionalFloat = Field(None, gt=0)
+    measurements: OptionalFloat = Field(None, gt=0)
 
 
 class MarginOverrides(_Strict):

@@ -11,7 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sie_evals.lib.core import paths
 from sie_evals.lib.core.errors import InputError
-from sie_evals.lib.core.strict import Float, Int
+from sie_evals.lib.core.strict import Int, OptionalFloat, OptionalInt
 
 ENV_PREFIX = "SIE_EVALS_"
 
@@ -28,10 +28,10 @@ class EvalDefaults(BaseSettings):
     model_configs_dir: str | None = Field(None, description="Model configs (unset: ./model_configs).")
     profile: str = Field("default", description="Profile from the model config.")
     split: str | None = Field(None, description="Dataset split (unset: the task's).")
-    limit_queries: Int | None = Field(None, ge=1, description="Deterministic slice: this many queries.")
-    corpus_size: Int | None = Field(None, ge=1, description="Slice corpus size (with limit_queries; default 1000).")
-    batch_size: Int | None = Field(None, ge=1, description="Quality: items per forward pass (unset: profile's).")
-    threads: Int | None = Field(None, ge=1, description="Torch threads (local engine, started servers).")
+    limit_queries: OptionalInt = Field(None, ge=1, description="Deterministic slice: this many queries.")
+    corpus_size: OptionalInt = Field(None, ge=1, description="Slice corpus size (with limit_queries; default 1000).")
+    batch_size: OptionalInt = Field(None, ge=1, description="Quality: items per forward pass (unset: profile's).")
+    threads: OptionalInt = Field(None, ge=1, description="Torch threads (local engine, started servers).")
     device: str | None = Field(None, description="Device of started servers: cpu (unset), cuda, auto.")
     perf_workload: Literal["corpus", "queries"] = Field("corpus", description="Perf: encode documents or queries.")
     perf_batch_size: Int = Field(1, ge=1, description="Perf: items per request.")
@@ -39,7 +39,7 @@ class EvalDefaults(BaseSettings):
     perf_requests: Int = Field(200, ge=1, description="Perf: counted requests per trial.")
     perf_warmup_requests: Int = Field(16, ge=0, description="Perf: warm-up requests per trial.")
     perf_trials: Int = Field(3, ge=1, description="Perf: repeated trials (median reported).")
-    perf_rate: Float | None = Field(None, description="Perf: open loop at this many requests/s (unset: closed).")
+    perf_rate: OptionalFloat = Field(None, description="Perf: open loop at this many requests/s (unset: closed).")
     perf_arrival: Literal["constant", "poisson", "gamma"] = Field("poisson", description="Perf: open-loop arrivals.")
     perf_sweep: str | None = Field(None, description="Perf: a sweep, e.g. concurrency=1,2,4,8.")
     perf_slos: str | None = Field(None, description="Perf: comma-separated SLOs, e.g. p99_ms<=250,error_rate<=0.01.")
