@@ -503,8 +503,10 @@ def validate_cmd(
     files: Annotated[list[Path] | None, typer.Argument(help="Config files (default: all).")] = None,
 ) -> None:
     """Validate model configs; exits 2 on the first invalid one, naming file and field."""
+    from sie_evals.lib.gates.target_metrics import check_saved_metrics
+
     for f in files or mc.config_files():
-        mc.load_model_config(f)
+        check_saved_metrics(mc.load_model_config(f))
         typer.echo(f"ok  {f}")
 
 

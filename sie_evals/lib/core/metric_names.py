@@ -18,7 +18,9 @@ _QUALITY_PATTERNS = (
     re.compile(r"^(pearson|spearman)$"),
     re.compile(r"^average_(rss|srs)$"),  # Finesse (sie_evals/finesse)
 )
-_LATENCY = re.compile(r"^latency_(p50|p90|p95|p99|min|max|mean)_ms$")
+_LATENCY = re.compile(r"^latency_(p50|p90|p95|p99|p99\.9|min|max|mean)_ms$")
+# Finesse SRS position bias index: a spread of scores across positions, so lower is better (gated like latency).
+_LOWER_IS_BETTER = ("average_pbi",)
 _THROUGHPUT = re.compile(r"^(items|tokens|requests)_per_s$")
 
 
@@ -26,7 +28,7 @@ def metric_kind(name: str) -> MetricKind | None:
     """The kind of a metric name, or None when sie-evals produces no metric of that name."""
     if any(p.match(name) for p in _QUALITY_PATTERNS):
         return MetricKind.quality
-    if _LATENCY.match(name):
+    if _LATENCY.match(name) or name in _LOWER_IS_BETTER:
         return MetricKind.latency
     if _THROUGHPUT.match(name):
         return MetricKind.throughput
