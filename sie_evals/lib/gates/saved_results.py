@@ -6,11 +6,19 @@ exclusive lock (a `.<config>.lock` file beside it) from read to rename, so concu
 lose each other's updates. Measurements are only ever appended. Per-query scores go to Parquet
 files under `per_query/` beside the configs, referenced from the entry.
 
-A writer killed mid-save (kill -9) can leave a temp file or a Parquet file no entry references; the
-next writer, holding the lock, removes both. A writer waiting for the lock says which process holds
-it and gives up after `SIE_EVALS_LOCK_TIMEOUT_S` seconds (default 120) with an error naming it."""
+A save is one transaction whose commit point is the config's rename. Per-query scores get a new
+name for every content (`<key>.<sha256 prefix>.parquet`) and are first written, fsynced, as a hidden
+`.<name>.pending` file; once the config that references the name is in place, the pending file is
+renamed to it and files no entry references any more (the previous target's) are deleted. So a save
+killed at any step leaves either the old config with its old, untouched Parquet or the new config
+with its new one (readers and the next writer also accept the pending file a save killed right after
+the commit left; the next writer renames it). Everything else a killed save leaves is a hidden
+file (git-ignored), removed by the next writer under the lock. A writer waiting for the lock says
+which process holds it and gives up after `SIE_EVALS_LOCK_TIMEOUT_S` seconds (default 120) with an
+error naming it."""
 
 import fcntl
+import hashlib
 import io
 import json
 import logging
@@ -25,17 +33,20 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import YAMLError
 
 from sie_evals.lib.config.model_config import Measurement, ModelConfig, SavedResult, parse_model_config
-from sie_evals.lib.core.atomic import atomic_write, atomic_write_text
-from sie_evals.lib.core.errors import ConfigError, SieEvalsError
+from sie_evals.lib.core.atomic import atomic_write_bytes, atomic_write_text, fsync_dir
+from sie_evals.lib.core.errors import ConfigError, InputError, SieEvalsError
 from sie_evals.lib.core.run_conditions import now_iso
+from sie_evals.lib.core.text_files import read_utf8
 from sie_evals.lib.gates.keys import ResultKey, perf_key_of_legacy
 
 PER_QUERY_DIR = "per_query"
+PENDING_SUFFIX = ".pending"
 LOCK_TIMEOUT_ENV = "SIE_EVALS_LOCK_TIMEOUT_S"
 DEFAULT_LOCK_TIMEOUT_S = 120.0
 log = logging.getLogger(__name__)
@@ -110,15 +121,28 @@ def config_lock(path: Path, timeout_s: float | None = None) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _remove_leftovers(path: Path, config: ModelConfig) -> list[Path]:
-    """Under the lock: temp files of an interrupted write of this config, and Parquet files under its
-    per_query folder that no entry references (a writer killed between Parquet and config)."""
-    removed = [p for p in path.parent.glob(f".{path.name}.*.tmp")]
+def _pending(file: Path) -> Path:
+    """Where a save writes a per-query file before the config that references it is in place."""
+    return file.with_name(f".{file.name}{PENDING_SUFFIX}")
+
+
+def _settle(path: Path, config: ModelConfig) -> list[Path]:
+    """Under the lock, with `config` the one in place: rename the pending per-query files it references
+    to their names (roll forward), then remove temp files of interrupted writes, pending files no
+    entry needs, and Parquet files under its per_query folder that no entry references (the ones
+    this save replaced, or a killed writer's). Returns what was removed."""
+    removed = list(path.parent.glob(f".{path.name}.*.tmp"))
     folder = path.parent / PER_QUERY_DIR / config.short_name
     if folder.is_dir():
-        removed += [p for p in folder.rglob(".*.tmp")]
         referenced = {(path.parent / entry.per_query).resolve() for entry in _all_entries(config) if entry.per_query}
-        removed += [p for p in folder.rglob("*.parquet") if p.resolve() not in referenced]
+        moved = {file.parent for file in referenced if not file.exists() and _pending(file).is_file()}
+        for file in referenced:
+            if not file.exists() and _pending(file).is_file():
+                os.replace(_pending(file), file)
+        for parent in moved:
+            fsync_dir(parent)  # the new names are durable before the old files go
+        removed += [p for p in folder.rglob(".*") if p.is_file()]  # temp and pending files: hidden
+        removed += [p for p in folder.rglob("*.parquet") if p.resolve() not in referenced and p not in removed]
     for p in removed:
         p.unlink(missing_ok=True)
     return removed
@@ -145,7 +169,7 @@ def update_config(
             before()
         yaml = _round_trip_yaml()
         try:
-            tree = yaml.load(path.read_text(encoding="utf-8"))
+            tree = yaml.load(read_utf8(path, ConfigError))
         except YAMLError as err:
             raise ConfigError(f"{path}: not valid YAML, nothing written: {err}") from None
         if not isinstance(tree, CommentedMap):
@@ -158,9 +182,9 @@ def update_config(
             config = parse_model_config(YAML(typ="safe", pure=True).load(new_text), path)
         except ConfigError as err:
             raise ConfigError(f"{err}\n(the update was not written)") from None
-        atomic_write_text(path, new_text)
-        for leftover in _remove_leftovers(path, config):
-            log.info("removed %s (left by an interrupted write)", leftover)
+        atomic_write_text(path, new_text)  # the commit point of a save
+        for leftover in _settle(path, config):
+            log.info("removed %s (replaced, or left by an interrupted write)", leftover)
         return config
 
 
@@ -197,8 +221,17 @@ def _entry(
     return e
 
 
-def _write_per_query(config_path: Path, rel: str, per_query: pd.DataFrame) -> None:
-    atomic_write(config_path.parent / rel, lambda tmp: per_query.to_parquet(tmp, index=False))
+def _stage_per_query(
+    config: ModelConfig, kind: str, stem: str, per_query: pd.DataFrame | None
+) -> tuple[str | None, Callable[[], None] | None]:
+    """The new per-query file's path relative to the config (a new name for every content, so a
+    save never overwrites a file an entry references), and the write of its pending file."""
+    if per_query is None:
+        return None, None
+    data = per_query.to_parquet(index=False)
+    rel = f"{PER_QUERY_DIR}/{config.short_name}/{kind}/{stem}.{hashlib.sha256(data).hexdigest()[:16]}.parquet"
+    file = _require_path(config).parent / rel
+    return rel, lambda: atomic_write_bytes(_pending(file), data)
 
 
 def save_target(
@@ -211,17 +244,13 @@ def save_target(
 ) -> ModelConfig:
     """Replace the target saved under `key` with this source's result."""
     path = _require_path(config)
-    rel = f"{PER_QUERY_DIR}/{config.short_name}/targets/{key.file_stem()}.parquet" if per_query is not None else None
-
-    def write_parquet() -> None:
-        if rel is not None:
-            _write_per_query(path, rel, per_query)
+    rel, write_pending = _stage_per_query(config, "targets", key.file_stem(), per_query)
 
     def mutate(tree: CommentedMap) -> None:
         per_profile = _child(_child(_child(tree, "targets"), key.task), key.profile)
         per_profile[key.variant] = _entry(source, metrics, conditions, rel)
 
-    return update_config(path, mutate, write_parquet)
+    return update_config(path, mutate, write_pending)
 
 
 def append_measurement(
@@ -235,13 +264,7 @@ def append_measurement(
     """Append one entry to the measurement history; never rewrites or drops an existing one."""
     path = _require_path(config)
     measurement_id = f"{now_iso().replace(':', '').replace('+0000', 'Z')}-{source}-{secrets.token_hex(3)}"
-    rel = (
-        f"{PER_QUERY_DIR}/{config.short_name}/measurements/{measurement_id}.parquet" if per_query is not None else None
-    )
-
-    def write_parquet() -> None:
-        if rel is not None:
-            _write_per_query(path, rel, per_query)
+    rel, write_pending = _stage_per_query(config, "measurements", measurement_id, per_query)
 
     def mutate(tree: CommentedMap) -> None:
         per_profile = _child(_child(_child(tree, "measurements"), key.task), key.profile)
@@ -250,7 +273,7 @@ def append_measurement(
             history = per_profile[key.variant] = CommentedSeq()
         history.append(_entry(source, metrics, conditions, rel, measurement_id))
 
-    return update_config(path, mutate, write_parquet), measurement_id
+    return update_config(path, mutate, write_pending), measurement_id
 
 
 def _legacy_variant(config: ModelConfig, key: ResultKey, saved: dict[str, Any]) -> str | None:
@@ -323,13 +346,43 @@ def migrate_config(path: Path) -> list[str]:
     return moved
 
 
+def _field_of(config: ModelConfig, entry: SavedResult) -> str:
+    """Where `entry` sits in the config, for error messages: targets[task][profile][variant]."""
+    for task, profiles in config.targets.items():
+        for profile, variants in profiles.items():
+            for variant, saved in variants.items():
+                if saved is entry:
+                    return f"targets[{task}][{profile}][{variant}]"
+    for task, profiles in config.measurements.items():
+        for profile, variants in profiles.items():
+            for variant, history in variants.items():
+                for i, saved in enumerate(history):
+                    if saved is entry:
+                        return f"measurements[{task}][{profile}][{variant}][{i}]"
+    return "an entry"
+
+
 def load_per_query(config: ModelConfig, entry: SavedResult) -> pd.DataFrame | None:
+    """An entry's per-query scores; None when it has none or its file is gone. Files of any naming
+    scheme (also the fixed `<key>.parquet` of older saves) are read through the entry's reference."""
     if not entry.per_query or config.path is None:
         return None
     file = config.path.parent / entry.per_query
-    if not file.is_file():
-        return None
-    return pd.read_parquet(file)
+    # a save killed right after its commit leaves the file pending; a writer may rename it meanwhile
+    for candidate in (file, _pending(file), file):
+        if not candidate.is_file():
+            continue
+        try:
+            return pd.read_parquet(candidate)
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError, pa.ArrowException) as err:
+            raise InputError(
+                f"{candidate}: the per-query scores of {_field_of(config, entry)} in {config.path} are not a "
+                f"readable Parquet file ({type(err).__name__}: {err}). Re-save the result (--save-targets SOURCE), "
+                "restore the file from git, or delete it (checks then run without per-query intervals)"
+            ) from None
+    return None
 
 
 def _require_path(config: ModelConfig) -> Path:
