@@ -7,9 +7,10 @@ error (bad config, dataset, result file, unknown model/task/source).
 import functools
 import logging
 import os
-import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
@@ -369,10 +370,15 @@ def eval_cmd(
         workload=settings.perf_workload,
         sweep=perf_sweep,
         slos=slos,
+        output=output,
     )
-    outcome = run_eval(request)
+    with paths.cache_dir_override(cache_dir):  # exports and servers' caches too, not only embeddings
+        outcome = run_eval(request)
     if output:
-        write_report(output, outcome.report, outcome.results)
+        try:
+            write_report(output, outcome.report, outcome.results)
+        except OSError as err:  # checked before the run; this is the path changing under us
+            raise InputError(f"-o {output}: cannot write the report: {err}") from None
     out_console = Console(width=max(Console().width, 110), **PLAIN)
     render_table(outcome.report, out_console)
     if output:
@@ -558,10 +564,13 @@ def ui_env(environ: Any, home: Path) -> dict[str, str]:
 def ui_cmd(port: Annotated[int, typer.Option("--port")] = 3000) -> None:
     """Start the Dagster UI (dagster dev) on 127.0.0.1 with DAGSTER_HOME (default $SIE_EVALS_HOME/.dagster_home:
     ./.dagster_home in a checkout)."""
+    from sie_evals.lib.core.atomic import atomic_write_bytes
+
     home = paths.dagster_home()
+    paths.check_dagster_home(home)  # exit 2 naming the path before Dagster starts, not its traceback
     home.mkdir(parents=True, exist_ok=True)
     if not (home / "dagster.yaml").exists():
-        shutil.copyfile(paths.instance_template(), home / "dagster.yaml")
+        atomic_write_bytes(home / "dagster.yaml", paths.instance_template().read_bytes())
     env = ui_env(os.environ, home)
     workspace = str(paths.workspace_file())  # shipped in the package: an installed one needs no checkout
     cmd = [sys.executable, "-m", "dagster", "dev", "-w", workspace, "-h", "127.0.0.1", "-p", str(port)]
@@ -569,7 +578,48 @@ def ui_cmd(port: Annotated[int, typer.Option("--port")] = 3000) -> None:
         f"DAGSTER_HOME={home}\n{paths.DATA_DIR_ENV}={env.get(paths.DATA_DIR_ENV, '(unset: Hugging Face hub)')}\n"
         f"HF_HUB_OFFLINE={env['HF_HUB_OFFLINE']}\n{' '.join(cmd)}"
     )
-    raise typer.Exit(subprocess.call(cmd, env=env, cwd=home))
+    raise typer.Exit(_run_dagster_dev(cmd, env, home))
+
+
+UI_STOP_TIMEOUT_S = 90.0  # dagster dev gives each of its children up to 60 s to stop
+
+
+def _run_dagster_dev(cmd: list[str], env: dict[str, str], cwd: Path) -> int:
+    """Run `dagster dev` in its own process group and stop it when we are told to stop (SIGTERM,
+    SIGINT, SIGHUP): the group gets SIGINT, Dagster's Ctrl-C path, which stops its webserver, daemon and
+    code servers. Whatever is left in the group when it exits, or after UI_STOP_TIMEOUT_S (or a second
+    signal), is SIGKILLed, so nothing outlives `sie-bench ui`. Returns the exit code."""
+    from sie_evals.lib.servers.managed import _killpg, _wait_group_gone
+
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, start_new_session=True)
+    received: list[int] = []
+
+    def forward(signum: int, _frame: Any) -> None:
+        received.append(signum)
+        _killpg(proc.pid, signal.SIGINT)
+
+    stop_signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    previous = {s: signal.signal(s, forward) for s in stop_signals}
+    try:
+        deadline: float | None = None
+        while True:
+            try:
+                returncode = proc.wait(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                if received and deadline is None:
+                    deadline = time.monotonic() + UI_STOP_TIMEOUT_S
+                if deadline is not None and (time.monotonic() > deadline or len(received) > 1):
+                    _killpg(proc.pid, signal.SIGKILL)
+    finally:
+        _killpg(proc.pid, signal.SIGKILL)  # what dagster dev left behind
+        _wait_group_gone(proc.pid, timeout_s=10.0)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if received:
+        err_console.print(f"{signal.Signals(received[0]).name}: dagster dev stopped")
+        return 128 + received[0]
+    return returncode if returncode >= 0 else 128 - returncode
 
 
 servers_app = typer.Typer(help="Inference servers the harness starts itself (sie, infinity).", no_args_is_help=True)

@@ -6,7 +6,12 @@ instance template inside the package, and writes results, the Dagster home and l
 SIE_EVALS_HOME (default: the checkout when there is one, else ~/.local/share/sie-evals)."""
 
 import os
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from sie_evals.lib.core.errors import ConfigError, InputError
 
 PACKAGE_DIR = Path(__file__).resolve().parents[2]  # sie_evals/
 REPO_ROOT = PACKAGE_DIR.parent  # the checkout; inside site-packages when installed non-editable
@@ -41,8 +46,27 @@ def data_dir() -> Path | None:
 
 
 def cache_dir() -> Path:
-    """Embedding cache. Outside the repo by default so clean clones and CI runs can share it."""
+    """Everything cached (embeddings, ONNX exports). Outside the repo by default so clean clones and CI
+    runs can share it."""
     return _env_path(CACHE_DIR_ENV) or Path.home() / ".cache" / "sie-evals"
+
+
+@contextmanager
+def cache_dir_override(path: Path | None) -> Iterator[None]:
+    """`--cache-dir`: cache_dir() is `path` inside the block, for every cache (embeddings, exports) and
+    the servers started meanwhile, not only the one the option is passed to. None: no change."""
+    if path is None:
+        yield
+        return
+    before = os.environ.get(CACHE_DIR_ENV)
+    os.environ[CACHE_DIR_ENV] = str(Path(path).expanduser().resolve())
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(CACHE_DIR_ENV, None)
+        else:
+            os.environ[CACHE_DIR_ENV] = before
 
 
 def results_dir() -> Path:
@@ -73,3 +97,79 @@ def instance_template() -> Path:
 def workspace_file() -> Path:
     """workspace.yaml (the `sie_evals` code location, by module name), shipped as package data."""
     return PACKAGE_DIR / "data" / "instance" / "workspace.yaml"
+
+
+def writable_dir(path: Path, what: str, named_as: Path | None = None) -> None:
+    """InputError naming `what` unless `path` is a directory this process can use, or one it can create
+    (its nearest existing ancestor is a writable directory). Checked before work whose output would
+    otherwise be lost at the end, or half-written."""
+    path = Path(path)
+    named = f"{what} {named_as or path}"
+    existing = path
+    while True:
+        try:
+            mode = existing.stat().st_mode
+            break
+        except (FileNotFoundError, NotADirectoryError):  # missing, or under a file: look further up
+            existing = existing.parent
+        except OSError as err:
+            raise InputError(f"{named}: cannot use {existing}: {err.strerror}") from None
+    if not stat.S_ISDIR(mode):
+        shown = named if existing == (named_as or path) else f"{named}: {existing}"
+        raise InputError(f"{shown} is a file, not a directory")
+    if existing == path and not os.access(existing, os.R_OK | os.W_OK | os.X_OK):
+        raise InputError(f"{named}: permission denied: this user cannot read and write the directory {existing}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"{named}: permission denied: this user cannot write in {existing}")
+
+
+def writable_file(path: Path, what: str) -> None:
+    """InputError naming `what` unless a file can be written (atomically) at `path`."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{what} {path} is a directory; give a file name (e.g. {path / 'report.json'})")
+    writable_dir(path.parent, what, named_as=path)
+
+
+def check_dagster_home(home: Path) -> None:
+    """Before `dagster dev` starts: `home` must be a usable directory, and a dagster.yaml in it valid
+    YAML (ConfigError with the line) and a valid Dagster instance config (checked against Dagster's own
+    schema), so a bad one is exit 2 naming the file, not a traceback from inside Dagster."""
+    import yaml
+
+    from sie_evals.lib.core.text_files import read_utf8
+
+    writable_dir(home, DAGSTER_HOME_ENV)
+    config = Path(home) / "dagster.yaml"
+    if not config.exists():
+        return
+    try:
+        text = read_utf8(config, ConfigError)
+    except OSError as err:
+        raise ConfigError(f"{config}: cannot read the Dagster instance config: {err.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        raise ConfigError(f"{config}{where}: not valid YAML: {getattr(err, 'problem', None) or err}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{config}: a Dagster instance config must be a YAML mapping")
+    _check_instance_config(config)
+
+
+def _check_instance_config(config: Path) -> None:
+    # Dagster's own loader and schema (what `dagster dev` applies); no public API validates without
+    # creating the instance's storage.
+    from dagster._core.errors import DagsterInvalidConfigError
+    from dagster._core.instance.config import dagster_instance_config
+
+    try:
+        dagster_instance_config(str(config.parent), config.name)
+    except DagsterInvalidConfigError as err:
+        problems = [e.message.split(' Expected: "')[0] for e in err.errors] or [str(err).splitlines()[0]]
+        raise ConfigError(
+            f"{config}: not a valid Dagster instance config:\n" + "\n".join(f"  {p}" for p in problems)
+        ) from None
+    except Exception as err:  # a custom class that does not import, a check inside Dagster
+        raise ConfigError(f"{config}: not a usable Dagster instance config: {type(err).__name__}: {err}") from None

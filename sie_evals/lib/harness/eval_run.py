@@ -30,7 +30,7 @@ from sie_evals.lib.harness.evaluation import (
     load_task,
     parity_vs_torch,
 )
-from sie_evals.lib.harness.report import build_report
+from sie_evals.lib.harness.report import build_report, latency_png_path, per_query_path, saturation_png_path
 from sie_evals.lib.perf.load import PERF_TARGET_METRICS, LoadSpec
 from sie_evals.lib.perf.sweep import Slo, Sweep
 from sie_evals.lib.quality.parity import parity_against
@@ -57,6 +57,7 @@ class EvalRequest:
     workload: str = "corpus"
     sweep: Sweep | None = None  # perf: one load point per value
     slos: tuple[Slo, ...] = ()  # perf: goodput and max_rate_at_slo
+    output: Path | None = None  # -o: the JSON report; the caller writes it, checked here before the run
 
 
 @dataclass
@@ -105,6 +106,22 @@ def _validate(req: EvalRequest) -> None:
             raise InputError(f"{flag} {source}: saved results cannot be saved again as results")
     if (req.check_targets or req.check_measurements) and not any(s in COMPUTE_SOURCES for s in req.sources):
         raise InputError("--check-targets/--check-measurements need a computed source in --sources (e.g. local)")
+    if req.output is not None:  # before the run: an unwritable -o must not cost the run, nor leave files
+        for path in report_files(req.output, req.sources, req.eval_type, req.sweep is not None):
+            paths.writable_file(path, "-o")
+
+
+def report_files(output: Path, sources: tuple[str, ...], eval_type: str, sweep: bool) -> list[Path]:
+    """Every file write_report may write for `-o output`: the JSON and, per computed source, the
+    per-query Parquet and the perf plots."""
+    files = [Path(output)]
+    for s in (s for s in sources if s in COMPUTE_SOURCES):
+        files.append(per_query_path(files[0], s))
+        if eval_type == "perf":
+            files.append(latency_png_path(files[0], s))
+        if sweep:
+            files.append(saturation_png_path(files[0], s))
+    return files
 
 
 @lru_cache(maxsize=8)

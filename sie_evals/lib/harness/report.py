@@ -126,6 +126,10 @@ def saturation_png_path(report_path: Path, source: str) -> Path:
     return report_path.with_name(f"{report_path.stem}.{source}.saturation.png")
 
 
+def latency_png_path(report_path: Path, source: str) -> Path:
+    return report_path.with_name(f"{report_path.stem}.{source}.latency.png")
+
+
 SWEEP_COLUMNS = (
     ("offered/s", "offered_rate_per_s"),
     ("achieved/s", "requests_per_s"),
@@ -187,7 +191,7 @@ def write_report(path: Path, report: dict[str, Any], results: list[SourceResult]
         if perf_result is not None:
             from sie_evals.lib.perf.load import latency_histogram_png
 
-            png = path.with_name(f"{path.stem}.{r.source}.latency.png")
+            png = latency_png_path(path, r.source)
             title = f"{report['model']} via {r.source}: {report.get('variant', '')}"
             atomic_write(png, lambda tmp, pr=perf_result, t=title: latency_histogram_png(pr, tmp, t))
             report["sources"][r.source]["latency_histogram_file"] = png.name
