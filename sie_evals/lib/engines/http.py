@@ -3,20 +3,29 @@
 Either the harness starts the server itself (a `ManagedServer`: free port on 127.0.0.1, log kept
 with the run, stopped on every exit path) or it talks to a running one (`url=`). Requests are JSON
 over keep-alive connections, one connection per thread, so several threads may call `embed` at once
-(the perf generator does). 5xx replies, timeouts and connection errors are retried a bounded number
-of times with exponential backoff; when a managed server has died, the error says so at once, with
-the tail of its log. Malformed JSON, wrong counts, wrong dimensions and NaN are rejected.
+(the perf generator does). Retries follow the official OpenAI client's rules (openai-python
+`_should_retry` / `_calculate_retry_timeout`): HTTP 408, 409, 429 and every 5xx, timeouts and
+connection errors are retried up to `retries` times; the wait is the server's `retry-after-ms` or
+`Retry-After` (seconds or an HTTP-date) when it gives one, else exponential backoff with jitter. A
+server asking for a longer wait than `RetryPolicy.max_retry_after_s` fails the request at once, with
+that said, rather than stalling the run. When a managed server has died, the error says so at once,
+with the tail of its log. Malformed JSON, wrong counts, wrong dimensions and NaN are rejected.
 """
 
+import dataclasses
+import datetime
+import email.utils
 import http.client
 import json
+import math
 import os
+import random
 import shutil
 import tempfile
 import threading
 import time
 from abc import abstractmethod
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,14 +35,70 @@ import numpy as np
 from sie_evals.lib.config.model_config import ModelConfig, ResolvedProfile
 from sie_evals.lib.core import paths
 from sie_evals.lib.core.errors import EngineError, InputError
-from sie_evals.lib.core.urls import redact_url
+from sie_evals.lib.core.urls import http_url_problem, redact_url
 from sie_evals.lib.engines.base import EmbedKind, Engine, EngineInfo, validate_embeddings
 from sie_evals.lib.servers.managed import ManagedServer, ServerCommand
 
-RETRY_STATUS = frozenset({500, 502, 503, 504})
+RETRY_STATUS = frozenset({408, 409, 429})  # and every 5xx: request timeout, lock timeout, rate limit
 
 
-@dataclass
+def should_retry(status: int, headers: Mapping[str, str] | None = None) -> bool:
+    """Whether a reply with this status is worth another attempt (lower-case `headers`): the server's
+    `x-should-retry: true|false` wins, as in the OpenAI client."""
+    hint = (headers or {}).get("x-should-retry")
+    if hint in ("true", "false"):
+        return hint == "true"
+    return status in RETRY_STATUS or status >= 500
+
+
+def retry_after_s(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """The wait a reply asks for, in seconds, from its lower-case `headers`: `retry-after-ms`, else
+    `retry-after` as seconds or as an HTTP-date; None when absent or unreadable."""
+    for name, divisor in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            delay = float(value)
+        except ValueError:
+            continue
+        return delay / divisor if not math.isnan(delay) else None
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:  # "-0000": HTTP-dates are GMT
+        when = when.replace(tzinfo=datetime.UTC)
+    return when.timestamp() - (time.time() if now is None else now)
+
+
+@dataclasses.dataclass(frozen=True)
+class RetryPolicy:
+    """How many times and how long to wait: the OpenAI client's constants (0.5 s doubling up to 8 s,
+    and a 120 s ceiling on a server-requested wait). Its jitter is up to 25 % of the wait; here it is
+    added rather than taken off, so no retry comes sooner than the nominal backoff."""
+
+    retries: int = 3
+    initial_delay_s: float = 0.5
+    max_delay_s: float = 8.0
+    max_retry_after_s: float = 120.0
+
+    def backoff_s(self, retry: int, rand: Callable[[], float] = random.random) -> float:
+        """The wait before retry number `retry` (0-based) when the server named none."""
+        return min(self.initial_delay_s * 2.0 ** min(retry, 60), self.max_delay_s) * (1 + 0.25 * rand())
+
+    def wait_s(self, retry: int, asked_s: float | None) -> float:
+        """The server's wait when it gave a usable one (the caller refuses one above the ceiling),
+        else backoff."""
+        if asked_s is not None and math.isfinite(asked_s) and 0 < asked_s <= self.max_retry_after_s:
+            return asked_s
+        return self.backoff_s(retry)
+
+
+@dataclasses.dataclass
 class Reply:
     status: int
     headers: dict[str, str]
@@ -42,13 +107,11 @@ class Reply:
 
 def parse_base_url(url: str, what: str) -> tuple[str, str, int, str]:
     """scheme, host, port, path prefix of a server URL; a clear InputError for anything else."""
+    if problem := http_url_problem(url):
+        raise InputError(f"{what}: {redact_url(url)!r} is not an http(s)://host[:port] URL: {problem}")
     parts = urlsplit(url.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InputError(f"{what}: {redact_url(url)!r} is not an http(s)://host[:port] URL")
-    try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError:
-        raise InputError(f"{what}: {redact_url(url)!r} has an invalid port") from None
+    assert parts.hostname is not None
+    port = parts.port or (443 if parts.scheme == "https" else 80)
     return parts.scheme, parts.hostname, port, parts.path.rstrip("/")
 
 
@@ -75,6 +138,7 @@ class HttpEngine(Engine):
         retries: int = 3,
         backoff_s: float = 0.5,
         timeout_s: float = 120.0,
+        max_retry_after_s: float = RetryPolicy.max_retry_after_s,
         log_dir: Path | None = None,
         port: int | None = None,
         startup_timeout_s: float | None = None,
@@ -88,8 +152,7 @@ class HttpEngine(Engine):
         self.batch_size = batch_size or profile.batch_size
         self.threads = threads
         self.progress = progress
-        self.retries = retries
-        self.backoff_s = backoff_s
+        self.retry = RetryPolicy(retries=retries, initial_delay_s=backoff_s, max_retry_after_s=max_retry_after_s)
         self.timeout_s = timeout_s
         self.log_dir = Path(log_dir) if log_dir else None
         self.port = port
@@ -104,6 +167,22 @@ class HttpEngine(Engine):
         self._count_lock = threading.Lock()
         self._start_lock = threading.RLock()
 
+    @property
+    def retries(self) -> int:
+        return self.retry.retries
+
+    @retries.setter
+    def retries(self, value: int) -> None:
+        self.retry = dataclasses.replace(self.retry, retries=value)
+
+    @property
+    def backoff_s(self) -> float:
+        return self.retry.initial_delay_s
+
+    @backoff_s.setter
+    def backoff_s(self, value: float) -> None:
+        self.retry = dataclasses.replace(self.retry, initial_delay_s=value)
+
     # ----- what subclasses provide
     @abstractmethod
     def server_command(self) -> ServerCommand:
@@ -117,6 +196,10 @@ class HttpEngine(Engine):
     def request_headers(self) -> dict[str, str]:
         """Extra headers for every request (e.g. authorization)."""
         return {}
+
+    def timeout_hint(self) -> str:
+        """Where the per-request timeout is set, for the message of a request that timed out."""
+        return ""
 
     def redact(self, text: str) -> str:
         """Error text with secrets removed (a server may echo a request back)."""
@@ -253,9 +336,14 @@ class HttpEngine(Engine):
         if payload is not None:
             headers["Content-Type"] = "application/json"
         failure = ""
-        for attempt in range(self.retries + 1):
+        waited = 0.0
+        attempts = self.retry.retries + 1
+        wait = 0.0
+        for attempt in range(attempts):
             if attempt:
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+                time.sleep(wait)
+                waited += wait
+            wait = self.retry.backoff_s(attempt)  # unless the reply names its own
             try:
                 conn = self._conn()
                 conn.request(method, self._base[3] + path, body=payload, headers=headers)
@@ -264,14 +352,22 @@ class HttpEngine(Engine):
                 status, resp_headers = resp.status, {k.lower(): v for k, v in resp.getheaders()}
             except (OSError, http.client.HTTPException) as err:
                 self._drop_conn()
-                failure = f"{type(err).__name__}: {err}"
+                failure = self._describe(err)
                 if died := self._died():
                     raise died from None
                 continue
-            if status in RETRY_STATUS:
+            if status >= 300 and should_retry(status, resp_headers):
                 failure = f"HTTP {status}: {_excerpt(raw, self.redact)}"
                 if died := self._died():
                     raise died from None
+                asked = retry_after_s(resp_headers)
+                if asked is not None and math.isfinite(asked) and asked > self.retry.max_retry_after_s:
+                    raise EngineError(
+                        f"{self.name}: {method} {url} returned HTTP {status} asking to retry after {asked:g} s "
+                        f"(Retry-After), more than the {self.retry.max_retry_after_s:g} s this client waits; "
+                        f"not retried: {_excerpt(raw, self.redact)}"
+                    )
+                wait = self.retry.wait_s(attempt, asked)
                 continue
             if status >= 300:
                 raise EngineError(f"{self.name}: {method} {url} returned HTTP {status}: {_excerpt(raw, self.redact)}")
@@ -283,8 +379,15 @@ class HttpEngine(Engine):
                 ) from None
             return Reply(status, resp_headers, parsed)
         raise EngineError(
-            f"{self.name}: {method} {url} failed after {self.retries + 1} attempts; last error: {failure}"
+            f"{self.name}: {method} {url} failed after {attempts} attempts ({waited:.1f} s of waits between them); "
+            f"last error: {failure}"
         )
+
+    def _describe(self, err: Exception) -> str:
+        if isinstance(err, TimeoutError):  # socket.timeout: no reply within timeout_s
+            hint = self.timeout_hint()
+            return f"no reply within the {self.timeout_s:g} s timeout" + (f" (set by {hint})" if hint else "")
+        return f"{type(err).__name__}: {err}"
 
     # ----- embedding
     @property
