@@ -196,21 +196,27 @@ def gate_cmd(
     model: Annotated[
         str | None, typer.Option("--model", help="Model config (id, short name or file stem); default: the results'.")
     ] = None,
-    task: Annotated[str, typer.Option("--task", help="Finesse task id in the model config.")] = "finesse/rss-default",
+    task: Annotated[
+        str | None,
+        typer.Option("--task", help="Finesse task id in the model config; default: finesse/<rss|srs>-default."),
+    ] = None,
     profile: Annotated[str | None, typer.Option("--profile", help="Profile; default: the results'.")] = None,
     check_targets: Annotated[bool, typer.Option("--check-targets", help="Exit 1 below 0.99 x target.")] = False,
     check_measurements: Annotated[
         bool, typer.Option("--check-measurements", help="Exit 1 below 0.98 x the latest measurement.")
     ] = False,
     require_targets: Annotated[bool, typer.Option("--require-targets", help="Nothing saved fails.")] = False,
-    save_target: Annotated[bool, typer.Option("--save-target", help="Save average_rss as the target.")] = False,
+    save_target: Annotated[
+        bool, typer.Option("--save-target", help="Save the score (average_rss or average_srs) as the target.")
+    ] = False,
     save_measurement: Annotated[
-        bool, typer.Option("--save-measurement", help="Append average_rss to the measurement history.")
+        bool, typer.Option("--save-measurement", help="Append the score to the measurement history.")
     ] = False,
 ) -> None:
     """Check a results file against the model config's Finesse target/measurements and save it there:
-    the same keys, margins and run-conditions diagnosis as `sie-bench eval` (sie_evals/lib/gates)."""
-    from sie_evals.finesse.results import checksum, load_results
+    the same keys, margins and run-conditions diagnosis as `sie-bench eval` (sie_evals/lib/gates). RSS
+    results gate average_rss; SRS results gate average_srs, and average_pbi where a target names it."""
+    from sie_evals.finesse.results import checksum, gate_metrics, load_results, results_metric
     from sie_evals.lib.config.model_config import find_model_config
     from sie_evals.lib.gates.conditions import from_finesse_results
     from sie_evals.lib.gates.gate import gate_result
@@ -228,12 +234,17 @@ def gate_cmd(
     model = model or engine.get("model_id")
     if not model:
         raise InputError(f"{json_path}: the results name no model config; pass --model")
+    metrics = gate_metrics(results, json_path)
     config = find_model_config(model)
-    spec = resolve_task(task)
+    spec = resolve_task(task or f"finesse/{results_metric(results, json_path)}-default")
     if spec.type != "finesse":
         raise InputError(f"--task {task}: not a Finesse task")
+    if spec.rules.main_score not in metrics:
+        raise InputError(
+            f"--task {spec.task_id} gates {spec.rules.main_score}, but {json_path} holds {', '.join(metrics)}: "
+            "pass the task of this results file's metric"
+        )
     key = ResultKey.finesse(config.short_name, spec.task_id, profile or conditions.get("profile") or "default")
-    metrics = {"average_rss": float(results["average_rss"])}
     against = tuple(
         a for flag, a in ((check_targets, Against.targets), (check_measurements, Against.measurements)) if flag
     )
@@ -241,13 +252,16 @@ def gate_cmd(
         config, spec, key, "finesse", metrics, conditions, against, require_targets, save_target, save_measurement
     )
     for c in outcome.checks:
-        v = c.verdicts[0] if c.verdicts else None
         if c.no_target:
             out.print(f"WARN no {c.against[:-1]} saved for {key}: " + ("FAIL" if not c.passed else "nothing checked"))
-        elif v:
+            continue
+        for v in c.verdicts:
+            if v["ratio"] is None:  # a metric the saved entry names but this file lacks
+                out.print(f"{c.against}: {v['metric']}: {v['status']}: FAIL")
+                continue
             out.print(
-                f"{c.against}: average_rss {v['value']:.4f} vs {v['reference']:.4f} "
-                f"(ratio {v['ratio']:.4f}, margin {v['margin']:g}): {'pass' if c.passed else 'FAIL'}"
+                f"{c.against}: {v['metric']} {v['value']:.4f} vs {v['reference']:.4f} "
+                f"(ratio {v['ratio']:.4f}, margin {v['margin']:g}): {'pass' if v['passed'] else 'FAIL'}"
             )
         if c.diagnosis:
             err.print(f"drift: {c.diagnosis}", highlight=False, soft_wrap=True)

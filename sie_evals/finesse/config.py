@@ -24,6 +24,7 @@ from ruamel.yaml.error import YAMLError
 from sie_evals.finesse.scoring import FinalFormula, Gap, Mode
 from sie_evals.lib.core.errors import ConfigError, validation_error_message
 from sie_evals.lib.core.strict import Float, Int, OptionalInt
+from sie_evals.lib.core.text_files import read_utf8
 
 DEFAULT_REFERENCE_TOKENIZER = "sentence-transformers/all-MiniLM-L6-v2"
 # Hugging Face `datasets` builders that read local/explicit files; anything else is a hub dataset.
@@ -222,13 +223,15 @@ def parse_config(data: Any, source: str = "<config>") -> FinesseConfig:
 def load_config(path: Path) -> FinesseConfig:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_utf8(path, ConfigError)  # a stray Latin-1 byte: exit 2 naming file:line:column
     except OSError as err:
         raise ConfigError(f"{path}: cannot read Finesse config: {err.strerror}") from None
     try:
         data = YAML(typ="safe", pure=True).load(text)
     except YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        raise ConfigError(f"{where}: not valid YAML: {err}") from None
     return parse_config(data, str(path))
 
 

@@ -14,6 +14,7 @@ from sie_evals.finesse.io import EmbeddingsFile, read_embeddings
 from sie_evals.finesse.scoring import FinalFormula, Gap, Mode, aggregate, aggregate_srs
 from sie_evals.lib.core.atomic import atomic_write_text
 from sie_evals.lib.core.errors import InputError
+from sie_evals.lib.core.text_files import decode_utf8
 
 RESULTS_NAME = "benchmark_results.json"
 
@@ -104,18 +105,44 @@ def score_file(pt_path: Path, output_dir: Path, final_formula: str | None = None
 
 
 def load_results(path: Path) -> dict[str, Any]:
+    """A results file, or InputError (exit 2) naming file:line:column of what is wrong, like sie-bench."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
     except OSError as err:
         raise InputError(f"{path}: cannot read results: {err.strerror}") from None
-    except UnicodeDecodeError as err:  # bad input (exit 2), not a tampered file (exit 1)
-        raise InputError(f"{path}: not UTF-8 text (byte {err.start}): not a Finesse results file") from None
+    text = decode_utf8(raw, path)  # bad input (exit 2), not a tampered file (exit 1)
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as err:
-        raise InputError(f"{path}: not valid JSON: {err}") from None
+        raise InputError(f"{path}:{err.lineno}:{err.colno}: not valid JSON ({err.msg})") from None
     if not isinstance(data, dict) or "content_hash" not in data:
         raise InputError(f"{path}: not a Finesse results file (no content_hash)")
     return data
+
+
+# What `finesse gate` checks and saves, by the results' metric: the main score first, then the rest.
+GATE_METRICS = {"rss": ("average_rss",), "srs": ("average_srs", "average_pbi")}
+
+
+def results_metric(results: dict[str, Any], path: Path) -> str:
+    """rss | srs: the results' `metric` (ours), else whichever average a finesse-benchmark file holds."""
+    metric = results.get("metric") or next((m for m in GATE_METRICS if f"average_{m}" in results), None)
+    if metric not in GATE_METRICS:
+        raise InputError(f"{path}: field 'metric': {metric!r} is not one of {', '.join(GATE_METRICS)}")
+    return str(metric)
+
+
+def gate_metrics(results: dict[str, Any], path: Path) -> dict[str, float]:
+    """The numbers `finesse gate` checks: average_rss, or average_srs and average_pbi (the PBI is only
+    compared where a saved target or measurement names it)."""
+    metrics: dict[str, float] = {}
+    for name in GATE_METRICS[results_metric(results, path)]:
+        value = results.get(name)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise InputError(f"{path}: field '{name}': expected a finite number, got {value!r}")
+        metrics[name] = float(value)
+    return metrics
 
 
 def is_legacy(results: dict[str, Any]) -> bool:

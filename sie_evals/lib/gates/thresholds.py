@@ -80,7 +80,9 @@ def check_value(
         return Verdict(metric, kind, value, reference, None, margin, None, "no value", False)
     ratio = value / reference if reference else math.inf
     if kind is MetricKind.quality:
-        bound = margin * reference
+        # the allowed drop is a fraction of |reference|: margin x reference would sit above a negative
+        # reference (Finesse SRS, a negative correlation), failing a run that matches it exactly
+        bound = reference - (1 - margin) * abs(reference)
         ok = value >= bound
     elif kind is MetricKind.latency:
         bound = margin * reference
