@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import dagster as dg
 
 from sie_evals.defs.evals.partitions import eval_key
+from sie_evals.lib.core.errors import ConfigError
 from sie_evals.lib.gates.keys import EvalKey
 from sie_evals.lib.reporting.alerts import (
     Alert,
@@ -130,7 +131,11 @@ def make_check_failure_sensor(check_keys: Sequence[dg.AssetCheckKey]) -> dg.Sens
     def check_failure_alerts(context: dg.SensorEvaluationContext):
         instance = context.instance
         state = json.loads(context.cursor) if context.cursor else {}
-        sinks = sinks_from_env()
+        try:
+            sinks = sinks_from_env()
+        except ConfigError as exc:  # the cursor stays: every alert goes out once the setting is fixed
+            context.log.error(f"alerts not sent: {exc}")
+            return dg.SkipReason(f"alert destinations misconfigured: {exc}")
         finished: dict[str, bool] = {}
         sent = 0
         errors: list[str] = []
@@ -191,13 +196,13 @@ def run_failure_alerts(context: dg.RunFailureSensorContext) -> None:
         dedupe_key=f"run:{run.run_id}",
         **_key_parts(partition),
     )
-    sinks = sinks_from_env()
-    if not sinks:
-        context.log.warning(f"no alert destination configured; not sent: {alert.text()}")
-        return
     try:
+        sinks = sinks_from_env()
+        if not sinks:
+            context.log.warning(f"no alert destination configured; not sent: {alert.text()}")
+            return
         deliver(alert, sinks)
-    except AlertDeliveryError as exc:
+    except (AlertDeliveryError, ConfigError) as exc:
         # Dagster moves a run-status sensor's cursor past the run even when the tick fails, so a retry
         # cannot be had by raising: say so loudly in the sensor's log instead.
         context.log.error(f"alert for failed run {run.run_id} not delivered: {exc}")

@@ -42,7 +42,7 @@ def http_url_problem(url: str) -> str | None:
         _ = parts.port  # raises for a port that is not a number in range
     except ValueError:
         return "its host or port is malformed (the port must be a number from 0 to 65535)"
-    if not parts.scheme or not parts.netloc:
+    if "://" not in url:
         return "it has no scheme: it must start with http:// or https://"
     if parts.scheme not in ("http", "https"):
         return f"its scheme is {parts.scheme[:20]!r}, not http or https"

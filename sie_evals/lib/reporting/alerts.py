@@ -3,7 +3,9 @@ that makes each failed check evaluation alert exactly once.
 
 Destinations are configured only through the environment (secrets are never written anywhere):
 - SIE_EVALS_ALERT_WEBHOOK_URL: a generic webhook; receives JSON {"text": ..., "alert": {...}}
-  (the "text" field is also what a Slack incoming webhook expects).
+  (the "text" field is also what a Slack incoming webhook expects). It must be an http(s)://host URL:
+  anything else is a ConfigError when the sinks are built, not at the first delivery. Its path and
+  query may be the secret (Slack's are), so messages show its scheme://host only.
 - SIE_EVALS_SLACK_TOKEN (or SLACK_BOT_TOKEN) and SIE_EVALS_SLACK_CHANNEL: Slack through dagster-slack.
 - SIE_EVALS_DAGSTER_URL: base URL of the Dagster UI for run links (default http://127.0.0.1:3000).
 """
@@ -16,11 +18,18 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from sie_evals.lib.core.urls import redact_text, redact_url, split_credentials
+from sie_evals.lib.core.errors import ConfigError
+from sie_evals.lib.core.urls import (
+    http_url_problem,
+    redact_url,
+    redact_webhook_text,
+    split_credentials,
+    webhook_origin,
+)
 
 WEBHOOK_ENV = "SIE_EVALS_ALERT_WEBHOOK_URL"
 SLACK_TOKEN_ENVS = ("SIE_EVALS_SLACK_TOKEN", "SLACK_BOT_TOKEN")
@@ -97,7 +106,7 @@ class AlertDeliveryError(RuntimeError):
 
 @dataclass
 class WebhookSink:
-    url: str = field(repr=False)  # may carry a token in its path or user:password: never printed whole
+    url: str = field(repr=False)  # may carry a token in its path, query or user:password: never printed
     timeout_s: float = 10.0
     attempts: int = 3
     name: str = "webhook"
@@ -108,16 +117,10 @@ class WebhookSink:
         except AlertDeliveryError:
             raise
         except (ValueError, http.client.HTTPException, OSError) as exc:  # a malformed URL, a broken reply
-            raise AlertDeliveryError(
-                f"alert webhook at {self._where()} failed: {redact_text(f'{type(exc).__name__}: {exc}', self.url)}"
-            ) from None
+            raise AlertDeliveryError(self._failure(f"{type(exc).__name__}: {exc}")) from None
 
-    def _where(self) -> str:
-        # the path may be the secret (Slack webhooks), the user info is one: name the host only
-        try:
-            return urllib.parse.urlsplit(self.url).netloc.rpartition("@")[2] or "(no host)"
-        except ValueError:
-            return "(malformed URL)"
+    def _failure(self, detail: str) -> str:
+        return f"alert webhook at {webhook_origin(self.url)} failed: {redact_webhook_text(detail, self.url)}"
 
     def _send(self, alert: Alert) -> None:
         body = json.dumps(alert.payload()).encode()
@@ -143,7 +146,7 @@ class WebhookSink:
                 last = exc
             if attempt + 1 < self.attempts:
                 time.sleep(0.5 * 2**attempt)
-        raise AlertDeliveryError(f"alert webhook at {self._where()} failed: {redact_text(str(last), self.url)}")
+        raise AlertDeliveryError(self._failure(str(last)))
 
 
 @dataclass
@@ -161,11 +164,23 @@ class SlackSink:
             raise AlertDeliveryError(f"Slack post to {self.channel} failed: {type(exc).__name__}") from None
 
 
-def sinks_from_env(environ: dict[str, str] | None = None) -> list[AlertSink]:
+def webhook_sink(url: str, what: str = f"${WEBHOOK_ENV}") -> WebhookSink:
+    """A webhook sink for a URL that is one; a ConfigError otherwise, which says what is wrong without
+    quoting the URL (its path may be the token)."""
+    if problem := http_url_problem(url):
+        raise ConfigError(
+            f"{what} is not an http(s)://host URL: {problem} (the value is not shown: it may hold a token)"
+        )
+    return WebhookSink(url.strip())
+
+
+def sinks_from_env(environ: Mapping[str, str] | None = None) -> list[AlertSink]:
+    """The destinations configured in the environment; a malformed one is a ConfigError here, at
+    configuration time, rather than a delivery failure later."""
     env = os.environ if environ is None else environ
     sinks: list[AlertSink] = []
-    if env.get(WEBHOOK_ENV):
-        sinks.append(WebhookSink(env[WEBHOOK_ENV]))
+    if env.get(WEBHOOK_ENV, "").strip():
+        sinks.append(webhook_sink(env[WEBHOOK_ENV]))
     token = next((env[k] for k in SLACK_TOKEN_ENVS if env.get(k)), None)
     if token and env.get(SLACK_CHANNEL_ENV):
         sinks.append(SlackSink(token, env[SLACK_CHANNEL_ENV]))
