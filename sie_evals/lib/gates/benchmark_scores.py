@@ -1,6 +1,10 @@
 """The `benchmark` source: published MTEB scores shipped with the project (sie_evals/data/
 published_scores.yaml), each with its provenance; for any other task, a local copy of MTEB's results
-repository (`results/<org>__<model>/<revision>/<Task>.json`, `--results-repo DIR` or $SIE_EVALS_RESULTS_REPO)."""
+repository (`results/<org>__<model>/<revision>/<Task>.json`, `--results-repo DIR` or $SIE_EVALS_RESULTS_REPO).
+
+A score published for another model revision than the one the model config pins is used, never
+silently: its provenance carries a `warning` naming both revisions, which the CLI prints and the
+report keeps (MTEB's results often exist only for an older revision of the same weights)."""
 
 import json
 import os
@@ -75,7 +79,7 @@ def results_repo_score(
     revisions = sorted(p for p in model_dir.iterdir() if (p / f"{mteb_name}.json").is_file())
     if not revisions:
         return None
-    chosen = next((p for p in revisions if p.name == model_revision), revisions[-1])
+    chosen = next((p for p in revisions if same_revision(p.name, model_revision)), revisions[-1])
     path = chosen / f"{mteb_name}.json"
     try:
         result = json.loads(path.read_text(encoding="utf-8"))
@@ -99,6 +103,25 @@ def results_repo_score(
     return metrics, provenance
 
 
+def same_revision(a: str | None, b: str | None) -> bool:
+    """Equal, or one an abbreviation (7+ hex digits) of the other, as git shows commits."""
+    if not a or not b:
+        return False
+    short, full = sorted((a.lower(), b.lower()), key=len)
+    return short == full or (len(short) >= 7 and full.startswith(short))
+
+
+def _revision_warning(provenance: dict[str, Any], model_revision: str | None) -> dict[str, Any]:
+    published = provenance.get("model_revision")
+    if not model_revision or same_revision(published, model_revision):
+        return provenance
+    return {
+        **provenance,
+        "warning": f"published score is for model revision {published or '(none recorded)'} "
+        f"({provenance.get('path')}), not the model config's revision {model_revision}",
+    }
+
+
 def published_score(
     model_id: str,
     task_id: str,
@@ -114,7 +137,10 @@ def published_score(
     repo = os.environ.get(RESULTS_REPO_ENV)
     if found is None and repo and mteb_name:
         found = results_repo_score(Path(repo), model_id, model_revision, mteb_name, split, hf_subset)
-    return found
+    if found is None:
+        return None
+    metrics, provenance = found
+    return metrics, _revision_warning(provenance, model_revision)
 
 
 def _curated_score(model_id: str, task_id: str, split: str) -> tuple[dict[str, float], dict[str, Any]] | None:

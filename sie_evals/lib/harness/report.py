@@ -299,6 +299,8 @@ def render_table(report: dict[str, Any], console: Console | None = None) -> None
             console.print(Text(f"{s}: nothing saved/published for this model, task, profile and data variant"))
         elif (src.get("info") or {}).get("note"):
             console.print(Text(f"{s}: {src['info']['note']}"))
+        if src.get("available") and (src.get("info") or {}).get("warning"):  # e.g. another model revision's score
+            console.print(Text.assemble(("warning:", "yellow"), f" {s}: {src['info']['warning']}"))
     for check in report.get("checks", []):
         render_verdicts(check, console)
     for line in report.get("saved", []):
