@@ -2,10 +2,18 @@
 target_comparison, eval_report, the perf checks, blocking behaviour, the nightly chain and the
 alert sensors (with a real HTTP receiver on 127.0.0.1)."""
 
+import http.client
+import inspect
+import os
+import subprocess
+import sys
+import threading
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import dagster as dg
+import pandas as pd
 import pytest
 
 from sie_evals.defs.alerts.sensors import make_check_failure_sensor, run_failure_alerts
@@ -18,8 +26,10 @@ from sie_evals.defs.evals.sensors import evals_after_dataset, night_is_done
 from sie_evals.defs.reports.assets import eval_report
 from sie_evals.lib.config.model_config import find_model_config
 from sie_evals.lib.core.run_conditions import hardware
+from sie_evals.lib.engines.http import HttpEngine
 from sie_evals.lib.gates.keys import EvalKey, LoadShape, ResultKey
 from sie_evals.lib.gates.saved_results import append_measurement, save_target
+from sie_evals_tests.conftest import REPO_ROOT
 from sie_evals_tests.webhook import WebhookReceiver
 
 SCIFACT = "all-MiniLM-L6-v2:beir/SciFact:local"
@@ -123,7 +133,15 @@ def test_full_graph_then_report(graph, tmp_path):
     assert perf["result_key"]["engine"] == "local" and perf["result_key"]["hardware"] == PERF.hardware
     assert 0 < m["latency_min_ms"] <= m["latency_p50_ms"] <= m["latency_p99_ms"] <= m["latency_max_ms"]
     assert m["items_per_s"] > 0 and m["tokens_per_s"] > m["items_per_s"]  # every text has several tokens
-    assert (tmp_path / "results" / "perf_scores").glob("*.latency.png")
+    # exactly this partition's files: its per-request Parquet and its latency histogram, a real PNG
+    perf_dir = tmp_path / "results" / "perf_scores"
+    slug = EvalKey.parse(SCIFACT).path_slug()
+    assert sorted(p.name for p in perf_dir.iterdir()) == [f"{slug}.latency.png", f"{slug}.requests.parquet"]
+    assert perf["histogram_path"] == str(perf_dir / f"{slug}.latency.png")
+    png = (perf_dir / f"{slug}.latency.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5_000
+    requests = pd.read_parquet(perf_dir / f"{slug}.requests.parquet")
+    assert len(requests) == 6  # perf_requests, warm-up excluded
 
     comparison = res.output_for_node("target_comparison")
     rows = {r["metric"]: r for r in comparison["quality"]}
@@ -363,7 +381,7 @@ def test_settings_from_env(monkeypatch):
         EvalSettings.from_env()
 
 
-def test_bad_config_fails_without_retry_transient_errors_retry(graph):
+def test_bad_config_fails_without_retry(graph):
     _, _, configs_dir = graph
     path = configs_dir / "sentence-transformers__all-MiniLM-L6-v2.yaml"
     text = path.read_text()
@@ -375,6 +393,153 @@ def test_bad_config_fails_without_retry_transient_errors_retry(graph):
     retries = [e for e in res.all_events if e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY]
     assert len(failures) == 1 and not retries  # a config error is final
     assert "no-such-weights-package" in failures[0].step_failure_data.error.message
-    for asset in (embeddings, perf_scores):  # transient engine errors are retried with backoff
+    for asset in (embeddings, perf_scores):  # engine errors are retried with backoff
         policy = asset.op.retry_policy
         assert policy.max_retries == 2 and policy.backoff == dg.Backoff.EXPONENTIAL
+
+
+# --- transient engine errors ------------------------------------------------------------------
+
+INFINITY = "all-MiniLM-L6-v2:beir/SciFact:infinity"  # a declared cell whose engine is an HTTP server
+
+
+class FlakyServer:
+    """A real HTTP server on 127.0.0.1 in front of the tests' OpenAI-compatible embeddings server
+    (sentence-transformers, sie_evals_tests/openai_server.py), speaking infinity's `POST /embeddings`.
+    Its first `fail_first` requests fail as overloaded servers fail: HTTP 503, then a connection closed
+    without a reply, alternately. Every request is counted."""
+
+    def __init__(self, upstream_port: int, fail_first: int):
+        self.fail_first, self.outcomes, lock = fail_first, [], threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                with lock:
+                    n = len(server.outcomes)
+                    outcome = ("503", "closed")[n % 2] if n < server.fail_first else "forwarded"
+                    server.outcomes.append(outcome)
+                if outcome == "closed":
+                    self.close_connection = True  # no status line at all: the client sees a dropped connection
+                    return
+                status, reply = 503, b'{"error": "overloaded"}'
+                if outcome == "forwarded":
+                    assert self.path == "/embeddings", self.path
+                    upstream = http.client.HTTPConnection("127.0.0.1", upstream_port, timeout=120)
+                    upstream.request("POST", "/v1/embeddings", body, {"Content-Type": "application/json"})
+                    answer = upstream.getresponse()
+                    status, reply = answer.status, answer.read()
+                    upstream.close()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def embeddings_server(tmp_path_factory):
+    """The tests' OpenAI-compatible server running the real model; yields its port."""
+    log = tmp_path_factory.mktemp("openai-server") / "server.log"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT)}
+    env.pop("OPENAI_TEST_KEY", None)
+    with open(log, "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sie_evals_tests.openai_server"],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            env=env,
+            cwd=REPO_ROOT,
+        )
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("PORT "), f"test server did not start: {log.read_text()[-2000:]}"
+        yield int(line.split()[1])
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+# the HTTP engine's own budget per request: its first attempt plus `retries` more
+ENGINE_ATTEMPTS = inspect.signature(HttpEngine.__init__).parameters["retries"].default + 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("fail_first", "step_retries"),
+    [
+        (2, 0),  # within the engine's budget: the engine retries, the step succeeds first time
+        (ENGINE_ATTEMPTS, 1),  # the engine gives up on its first request: Dagster retries the step
+    ],
+)
+def test_transient_engine_errors_retry(graph, embeddings_server, monkeypatch, fail_first, step_retries):
+    resources, instance, _ = graph
+    flaky = FlakyServer(embeddings_server, fail_first)
+    monkeypatch.setenv("SIE_EVALS_INFINITY_URL", flaky.url)
+    delays = []
+    backoff = dg.RetryPolicy.calculate_delay
+
+    def no_wait(policy, attempt_num):  # the policy's real delay (15 s +- 15 s) is recorded, not waited for
+        delays.append(backoff(policy, attempt_num))
+        return 0
+
+    monkeypatch.setattr(dg.RetryPolicy, "calculate_delay", no_wait)
+    try:
+        res = dg.materialize(
+            ALL,
+            selection=dg.AssetSelection.assets(embeddings, quality_scores),
+            partition_key=pkey(INFINITY),
+            instance=instance,
+            resources=resources,
+            raise_on_error=False,
+        )
+    finally:
+        flaky.close()
+    assert res.success
+    retries = [e for e in res.all_events if e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY]
+    assert [e.step_key for e in retries] == ["embeddings"] * step_retries
+    if step_retries:
+        cause = retries[0].event_specific_data.error.cause  # the engine's error, under Dagster's retry request
+        assert cause.cls_name == "EngineError" and f"failed after {ENGINE_ATTEMPTS} attempts" in cause.message, cause
+    # the policy asked for its backoff once per retry: exponential from 15 s, jitter +- 15 s
+    assert len(delays) == step_retries and all(0 <= d <= 30 for d in delays), delays
+    # every failure was retried, and only the failures: 1 request for the 20 queries, 7 for the 200 documents
+    forwarded = 1 + 7
+    assert (
+        flaky.outcomes == ["503", "closed"] * (fail_first // 2) + ["503"] * (fail_first % 2) + ["forwarded"] * forwarded
+    )
+    mat = next(
+        e.materialization
+        for e in res.get_asset_materialization_events()
+        if e.materialization.asset_key.to_user_string() == "embeddings"
+    )
+    assert mat.metadata["forward_calls"].value == forwarded and mat.metadata["cache_misses"].value == 2
+
+    # the result is right: every metric as the local engine's on the same slice
+    served = res.output_for_node("quality_scores")["metrics"]
+    local = dg.materialize(
+        ALL,
+        selection=dg.AssetSelection.assets(embeddings, quality_scores),
+        partition_key=pkey(SCIFACT),
+        instance=instance,
+        resources=resources,
+    ).output_for_node("quality_scores")["metrics"]
+    assert served.keys() == local.keys() and "ndcg_at_10" in served
+    for name, value in local.items():
+        assert served[name] == pytest.approx(value, abs=1e-4), name
