@@ -253,3 +253,8 @@ def test_corrupt_per_query_parquet_of_a_target_is_an_input_error(tmp_path, confi
     assert "Traceback" not in res.output
     assert str(file) in text and "targets[beir/SciFact][default][test@q5-c50]" in text
     assert "not a readable Parquet file" in text and "--save-targets" in text
+    # the remedy it names works, although the same scores give the file the same name
+    assert runner.invoke(app, [*args, "--save-targets", "local"]).exit_code == 0
+    assert saved.find_target(load_model_config(configs_dir / CONFIG_NAME), key).per_query == entry.per_query
+    res = runner.invoke(app, [*args, "-s", "local,targets", "--check-targets"])
+    assert res.exit_code == 0, res.output

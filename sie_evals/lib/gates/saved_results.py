@@ -135,9 +135,10 @@ def _settle(path: Path, config: ModelConfig) -> list[Path]:
     folder = path.parent / PER_QUERY_DIR / config.short_name
     if folder.is_dir():
         referenced = {(path.parent / entry.per_query).resolve() for entry in _all_entries(config) if entry.per_query}
-        moved = {file.parent for file in referenced if not file.exists() and _pending(file).is_file()}
+        # also over an existing file: same name, same content hash, and a damaged copy gets repaired
+        moved = {file.parent for file in referenced if _pending(file).is_file()}
         for file in referenced:
-            if not file.exists() and _pending(file).is_file():
+            if _pending(file).is_file():
                 os.replace(_pending(file), file)
         for parent in moved:
             fsync_dir(parent)  # the new names are durable before the old files go
