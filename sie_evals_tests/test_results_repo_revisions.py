@@ -63,3 +63,23 @@ def test_another_revisions_score_is_used_with_a_warning_naming_both(tmp_path):
     warning = source["info"]["warning"]
     assert f"model revision {OTHER}" in warning and f"model config's revision {PINNED}" in warning
     assert f"warning: benchmark: {warning}" in text  # the CLI prints what the report keeps
+
+
+def test_dagster_comparison_table_carries_the_warning(tmp_path, monkeypatch):
+    """The `target_comparison` asset's markdown shows the same warning under its benchmark column."""
+    from sie_evals.lib.gates.comparison import compare, comparison_markdown
+    from sie_evals.lib.gates.keys import ResultKey
+    from sie_evals.lib.tasks import resolve_task
+
+    config = find_model_config(MODEL_ID, REPO_ROOT / "model_configs")
+    key = ResultKey.quality(config.short_name, "beir/SciFact", "train")
+    spec = resolve_task("beir/SciFact")
+    for revision, warned in ((PINNED, False), (OTHER, True)):
+        repo = tmp_path / revision
+        _publish(repo, revision, 0.5)
+        monkeypatch.setenv("SIE_EVALS_RESULTS_REPO", str(repo))
+        comparison = compare("x", "local", {"ndcg_at_10": 0.4}, None, config, spec, key, ("ndcg_at_10",))
+        assert comparison.rows[0]["benchmark"] == 0.5
+        markdown = comparison_markdown(comparison)
+        assert ("**warning:** benchmark: published score is for model revision" in markdown) is warned
+        assert (OTHER in markdown and PINNED in markdown) is warned

@@ -21,6 +21,7 @@ class Comparison:
     key: str
     rows: list[dict[str, Any]]  # one per metric
     checks: dict[str, CheckResult] = field(default_factory=dict)  # targets / measurements
+    warnings: list[str] = field(default_factory=list)  # e.g. a benchmark score for another model revision
 
     def worst_ratio(self, against: str) -> float | None:
         """The ratio closest to failing (lowest for quality/throughput, highest for latency), as a
@@ -74,7 +75,8 @@ def compare(
             row[f"{against}_margin"] = verdict["margin"] if verdict else None
             row[f"{against}_status"] = verdict["status"] if verdict else "no target"
         rows.append(row)
-    return Comparison(label, rows, checks)
+    warnings = [f"benchmark: {bench.info['warning']}"] if bench and bench.info.get("warning") else []
+    return Comparison(label, rows, checks, warnings)
 
 
 def _verdict_metrics(checks: dict[str, CheckResult]) -> list[str]:
@@ -98,6 +100,7 @@ def comparison_markdown(comparison: Comparison) -> str:
             f"| {_num(r['targets_ratio'], 4)} | {r['targets_status']} | {_num(r['measurements'])} "
             f"| {_num(r['measurements_ratio'], 4)} | {r['measurements_status']} |"
         )
+    lines += [f"\n**warning:** {w}" for w in comparison.warnings]
     for against, check in comparison.checks.items():
         if check.no_target:
             lines.append(f"\n**no {against[:-1]} saved** for {check.key or comparison.key}: nothing is checked.")
