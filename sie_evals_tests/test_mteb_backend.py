@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from sie_evals.cli import app
 from sie_evals.lib.config.model_config import find_model_config
+from sie_evals.lib.engines.cache import DEFAULT_CHUNK_SIZE
 from sie_evals.lib.harness.evaluation import DataOptions, EngineOptions, evaluate_source, load_task
 from sie_evals_tests.conftest import DATA, MODEL_ID, SCIFACT
 from sie_evals_tests.mteb_reference import sentence_transformer
@@ -290,7 +291,7 @@ def test_tasks_command_lists_every_mteb_text_task():
     assert "mteb/STSBenchmarkMultilingualSTS: STS" in res.output and "subsets en,de,es" in res.output
 
 
-def test_mteb_only_task_materializes_through_the_eval_assets(tmp_path, session_cache, monkeypatch):
+def test_mteb_only_task_materializes_through_the_eval_assets(tmp_path, monkeypatch):
     """The Dagster steps of an MTEB-only task type (clustering): task_dataset snapshots it, embeddings fills the
     cache through MTEB's evaluator, quality_scores re-runs the evaluator on cache hits and equals the CLI path."""
     import dagster as dg
@@ -301,16 +302,27 @@ def test_mteb_only_task_materializes_through_the_eval_assets(tmp_path, session_c
     from sie_evals.lib.gates.keys import EvalKey
 
     _clustering_folder(tmp_path / "data")
+    # a cache of its own: what this test embeds is a miss, and only that
     settings = EvalSettings(
-        data_dir=str(tmp_path / "data"), results_dir=str(tmp_path / "results"), cache_dir=str(session_cache)
+        data_dir=str(tmp_path / "data"), results_dir=str(tmp_path / "results"), cache_dir=str(tmp_path / "cache")
     )
     task = "mteb/TwentyNewsgroupsClustering.v2"
     key = f"all-MiniLM-L6-v2:local|{task}"  # the model:source x task partition
     # declared, as a model config listing the task declares it (undeclared cells are skipped)
     monkeypatch.setattr(assets, "EVAL_KEYS", [*assets.EVAL_KEYS, EvalKey("all-MiniLM-L6-v2", task, "local")])
     snap = task_dataset(dg.build_asset_context(partition_key=task), settings=settings).value
-    emb = next(iter(embeddings(dg.build_asset_context(partition_key=key), task_dataset=snap, settings=settings))).value
-    assert emb["cache"]["misses"] > 0 or emb["cache"]["hits"] > 0
+
+    def embed() -> dict:
+        context = dg.build_asset_context(partition_key=key)
+        return next(iter(embeddings(context, task_dataset=snap, settings=settings))).value
+
+    # the task's texts (fewer than a cache chunk's 2048) are one entry: embedded once, then read back
+    rows = (tmp_path / "data" / "twentynewsgroupsclustering.v2" / "test.jsonl").read_text().splitlines()
+    assert 0 < sum(len(json.loads(r)["sentences"]) for r in rows) < DEFAULT_CHUNK_SIZE
+    emb = embed()
+    assert emb["cache"] == {"hits": 0, "misses": 1, "corrupt": 0}
+    again = embed()
+    assert again["cache"] == {"hits": 1, "misses": 0, "corrupt": 0}
     scores = quality_scores(
         dg.build_asset_context(partition_key=key), task_dataset=snap, embeddings=emb, settings=settings
     )
