@@ -1,6 +1,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from sie_evals.lib.gates.bootstrap import paired_bootstrap
 from sie_evals.lib.gates.thresholds import Against, MetricKind, check_against, check_value, metric_kind, resolve_margin
@@ -80,9 +81,45 @@ def test_bootstrap_detects_a_real_shift_and_not_noise():
     shifted = np.clip(ref - 0.05 + rng.normal(0, 0.01, 300), 0, 1)
     ci = paired_bootstrap(_frame(shifted), _frame(ref), "ndcg_at_10")
     assert ci.beyond_noise and ci.high < 0 and ci.low < ci.delta < ci.high
-    noisy = np.clip(ref + rng.normal(0, 0.2, 300), 0, 1)
-    noise_ci = paired_bootstrap(_frame(noisy), _frame(ref), "ndcg_at_10")
-    assert noise_ci.low < 0 < noise_ci.high or abs(noise_ci.delta) < 0.02
+    assert ci.delta == pytest.approx(float(np.mean(shifted - ref)), abs=1e-12) and ci.n_queries == 300
+    # the same data and seed give the same interval, to the bit
+    assert paired_bootstrap(_frame(shifted), _frame(ref), "ndcg_at_10") == ci
+
+
+def _scipy_interval(diff: np.ndarray) -> tuple[float, float]:
+    """An independent percentile bootstrap of the mean difference (scipy's, many resamples)."""
+    res = stats.bootstrap((diff,), np.mean, n_resamples=50_000, method="percentile", rng=np.random.default_rng(7))
+    return res.confidence_interval.low, res.confidence_interval.high
+
+
+def test_bootstrap_noise_without_a_shift_is_not_beyond_noise():
+    """Per-query changes of both signs that cancel exactly: the mean change is 0 and the interval, as wide as
+    scipy's bootstrap says, holds 0 on both sides."""
+    ref = np.random.default_rng(3).uniform(0.2, 0.8, 300)
+    swing = np.random.default_rng(4).uniform(0, 0.2, 150)
+    current = ref + np.concatenate([swing, -swing])  # each +x has its -x: the mean change is exactly 0
+    ci = paired_bootstrap(_frame(current), _frame(ref), "ndcg_at_10")
+    assert ci.delta == pytest.approx(0, abs=1e-12) and not ci.beyond_noise
+    low, high = _scipy_interval(current - ref)
+    half = (high - low) / 2  # about 0.013 here
+    assert ci.low == pytest.approx(low, abs=0.1 * half) and ci.high == pytest.approx(high, abs=0.1 * half)
+    assert ci.low < -0.5 * half and ci.high > 0.5 * half  # 0 well inside, not on an edge
+
+
+def test_bootstrap_a_real_gain_excludes_zero_and_matches_scipy():
+    """A gain of 0.02 per query, 8 standard errors of the mean under the noise: beyond noise, positive,
+    with scipy's interval."""
+    rng = np.random.default_rng(5)
+    ref = rng.uniform(0.2, 0.8, 400)
+    current = ref + 0.02 + rng.normal(0, 0.05, 400)
+    ci = paired_bootstrap(_frame(current), _frame(ref), "ndcg_at_10")
+    assert ci.beyond_noise and 0 < ci.low < ci.delta < ci.high
+    low, high = _scipy_interval(current - ref)
+    half = (high - low) / 2
+    assert ci.low == pytest.approx(low, abs=0.1 * half) and ci.high == pytest.approx(high, abs=0.1 * half)
+    # seed-independent: another seed moves the edges by Monte Carlo error only, and 0 stays outside
+    other = paired_bootstrap(_frame(current), _frame(ref), "ndcg_at_10", seed=11)
+    assert other.low > 0 and other.low == pytest.approx(ci.low, abs=0.1 * half)
 
 
 def test_bootstrap_without_common_queries_or_metric_is_none():
