@@ -183,7 +183,7 @@ def update_config(
             config = parse_model_config(YAML(typ="safe", pure=True).load(new_text), path)
         except ConfigError as err:
             raise ConfigError(f"{err}\n(the update was not written)") from None
-        atomic_write_text(path, new_text)  # the commit point of a save
+        atomic_write_text(path, new_text, sync_dir=True)  # the commit point of a save
         for leftover in _settle(path, config):
             log.info("removed %s (replaced, or left by an interrupted write)", leftover)
         return config
@@ -232,7 +232,7 @@ def _stage_per_query(
     data = per_query.to_parquet(index=False)
     rel = f"{PER_QUERY_DIR}/{config.short_name}/{kind}/{stem}.{hashlib.sha256(data).hexdigest()[:16]}.parquet"
     file = _require_path(config).parent / rel
-    return rel, lambda: atomic_write_bytes(_pending(file), data)
+    return rel, lambda: atomic_write_bytes(_pending(file), data, sync_dir=True)
 
 
 def save_target(
