@@ -2,6 +2,7 @@
 model x source of a scenario, with a live display (target vs achieved rps, rolling p50/p99, errors
 per model). Ctrl-C stops the run cleanly: in-flight requests finish, and what ran is written."""
 
+import math
 import threading
 import time
 from collections import deque
@@ -19,7 +20,7 @@ from sie_evals.lib.core.atomic import atomic_write_json
 from sie_evals.lib.core.run_conditions import hardware, now_iso, software
 from sie_evals.lib.perf import histogram
 from sie_evals.lib.perf.load import request_items, trial_from_records
-from sie_evals.lib.perf.openloop import run_schedule, schedule_for_rate_curve
+from sie_evals.lib.perf.openloop import duration_deadline, rate_curve_chunks, run_schedule, with_warmup
 from sie_evals.lib.perf.scenario import LoadProfile, Scenario, load_scenario
 from sie_evals.lib.perf.sweep import goodput, parse_slo, with_error_rate
 
@@ -90,28 +91,26 @@ def _run_profile(
     from sie_evals.lib.harness.evaluation import send_timed
 
     start_rate = profile.target_at(0.0)
-    warm = (
-        schedule_for_rate_curve(np.array([0.0, profile.warmup_s]), np.array([start_rate] * 2), "constant")
-        if profile.warmup_s > 0
-        else np.zeros(0)
-    )
+    # warm-up: constant arrivals at the starting rate, every one that falls within warmup_s
+    warm = math.ceil(profile.warmup_s * start_rate) if profile.warmup_s > 0 else 0
     times, rates = profile.rate_curve()
-    counted = schedule_for_rate_curve(times, rates, profile.arrival, burstiness=profile.burstiness, seed=sc.seed)
-    offsets = np.concatenate([warm, counted + profile.warmup_s])
-    stats.warmup = len(warm)
-    batches = [request_items(i, texts, profile.batch_size) for i in range(len(offsets))]
+    counted = rate_curve_chunks(times, rates, profile.arrival, burstiness=profile.burstiness, seed=sc.seed)
+    offsets = with_warmup(warm, start_rate, counted, profile.warmup_s)  # lazy: no array of rate x duration
+    stats.warmup = warm
     records: dict[str, Any] = {}
     finished = threading.Event()  # waited on instead of Thread.join: a Ctrl-C inside join() can break it
 
     def dispatch() -> None:
         try:
             records["rec"] = run_schedule(
-                lambda i: send_timed(engine, [texts[j] for j in batches[i]], kind),
+                lambda i: send_timed(engine, [texts[j] for j in request_items(i, texts, profile.batch_size)], kind),
                 offsets,
                 profile.concurrency,
                 profile.on_cap,
                 stop,
                 stats.on_done,
+                first_counted=warm,
+                deadline_s=profile.warmup_s + duration_deadline(profile.duration_s),
             )
         except BaseException as err:  # re-raised in the main thread below
             records["error"] = err
@@ -132,7 +131,7 @@ def _run_profile(
             stop.set()  # the dispatcher stops sending; in-flight requests finish
     if "error" in records:
         raise records["error"]
-    return trial_from_records(records["rec"], len(warm), batches, counts), interrupted
+    return trial_from_records(records["rec"], len(texts), profile.batch_size, counts), interrupted
 
 
 def _write(output: Path, sc: Scenario, scenario: Path, started: str, interrupted: bool, results, complete: bool):
@@ -143,7 +142,9 @@ def _write(output: Path, sc: Scenario, scenario: Path, started: str, interrupted
         "scenario_file": str(scenario),
         "started": started,
         "finished": now_iso(),
-        "complete": complete,  # false while profiles remain (a file written after each profile)
+        # complete: every profile ran to its end; false while profiles remain (a file is written after
+        # each) and after Ctrl-C, so a file never says both interrupted and complete
+        "complete": complete and not interrupted,
         "interrupted": interrupted,
         "hardware": hardware(),
         "software": software(),
@@ -255,7 +256,7 @@ def loadtest_cmd(
                         if interrupted:
                             break
         live.update(_live_table(done_rows, "interrupted" if interrupted else "done"))
-    _write(output, sc, scenario, started, interrupted, results, complete=True)
+    _write(output, sc, scenario, started, interrupted, results, complete=not interrupted)
     out = Console(width=max(Console().width, 140))
     summary = Table(title=f"loadtest {sc.name}" + (" (interrupted)" if interrupted else ""))
     for h in (

@@ -413,6 +413,11 @@ def evaluate_perf_source(
             "latencies may be inflated"
         )
     errors = sum(r.errors for _, r in results)
+    if not any(len(t.latencies_ms) for _, r in results for t in r.trials):  # no latency to report
+        from sie_evals.lib.core.errors import EngineError
+
+        first = next((m for _, r in results for t in r.trials for m in t.error_messages), "none sent")
+        raise EngineError(f"{source}: no perf request succeeded ({errors} failed), e.g. {first}")
     if errors:
         first = next(r for _, r in results if r.errors)
         warnings.append(f"{errors} request(s) failed, e.g. {first.trials[0].error_messages[:1]}")

@@ -22,7 +22,16 @@ import pandas as pd
 
 from sie_evals.lib.core.errors import InputError
 from sie_evals.lib.perf import histogram
-from sie_evals.lib.perf.openloop import ARRIVALS, CAP_POLICIES, arrival_schedule, run_schedule
+from sie_evals.lib.perf.limits import duration_problem, in_flight_problem, rate_problem
+from sie_evals.lib.perf.openloop import (
+    ARRIVALS,
+    CAP_POLICIES,
+    OpenLoopRecords,
+    arrival_chunks,
+    duration_deadline,
+    run_schedule,
+    with_warmup,
+)
 
 PERCENTILES = {"p50": 50, "p90": 90, "p95": 95, "p99": 99}  # numpy percentiles of server timings
 # What --save-targets stores for perf and --check-targets gates on.
@@ -54,19 +63,22 @@ class LoadSpec:
         def bad(field_name: str, why: str) -> None:
             raise LoadSpecError(f"{field_name}: {why}, got {getattr(self, field_name)!r}")
 
-        for name in ("batch_size", "concurrency", "trials", "max_concurrency"):
+        for name in ("batch_size", "trials"):
             if getattr(self, name) < 1:
                 bad(name, "must be >= 1")
+        for name in ("concurrency", "max_concurrency"):  # a thread each
+            if why := in_flight_problem(getattr(self, name)):
+                raise LoadSpecError(f"{name}: {why}")
         if self.warmup_requests < 0:
             bad("warmup_requests", "must be >= 0")
         if (self.requests is None) == (self.duration_s is None):
             raise LoadSpecError("requests/duration_s: set exactly one of them")
         if self.requests is not None and self.requests < 1:
             bad("requests", "must be >= 1")
-        if self.duration_s is not None and not (self.duration_s > 0 and math.isfinite(self.duration_s)):
-            bad("duration_s", "must be > 0")
-        if self.rate is not None and not (self.rate > 0 and math.isfinite(self.rate)):
-            bad("rate", "must be > 0 requests/s")
+        if self.duration_s is not None and (why := duration_problem(self.duration_s)):
+            raise LoadSpecError(f"duration_s: {why}")
+        if self.rate is not None and (why := rate_problem(self.rate)):
+            raise LoadSpecError(f"rate: {why}")
         if self.arrival not in ARRIVALS:
             bad("arrival", f"must be one of {', '.join(ARRIVALS)}")
         if not (self.burstiness > 0 and math.isfinite(self.burstiness)):
@@ -104,7 +116,8 @@ class LoadSpec:
             parts = f"perf@{what}{batch}" + ("" if swept == "concurrency" else f"-c{self.concurrency}")
         else:
             arrival = f"gamma{self.burstiness:g}" if self.arrival == "gamma" else self.arrival
-            rate = "" if swept == "rate" else f"-r{self.rate:g}"
+            # 6 significant digits as before; 1e+06 has no '+' (not allowed in a key): 1e06
+            rate = "" if swept == "rate" else f"-r{self.rate:g}".replace("e+", "e")
             cap = f"-m{self.max_concurrency}" + ("-drop" if self.on_cap == "drop" else "")
             parts = f"perf@{what}{batch}-{arrival}{rate}{cap}"
         return parts + (f"-sweep-{swept}" if swept else "")
@@ -133,6 +146,7 @@ class Trial:
     scheduled: int = 0
     late: int = 0
     dropped: int = 0
+    dropped_at_end: int = 0  # of dropped: still due when the trial's duration (and grace) ended
     offered_rate: float | None = None
     stopped_early: bool = False
 
@@ -171,6 +185,7 @@ class Trial:
             out["scheduled"] = float(self.scheduled)
             out["late"] = float(self.late)
             out["dropped"] = float(self.dropped)
+            out["dropped_at_end"] = float(self.dropped_at_end)
             if self.offered_rate is not None:
                 out["offered_rate_per_s"] = self.offered_rate
         if self.duration_s > 0:
@@ -312,10 +327,11 @@ def run_open_trial(
     on_done: Callable[[int, float, float, float, bool], None] | None = None,
 ) -> Trial:
     """One open-loop trial: warm-up requests at the same rate first (not counted), then the counted
-    ones (spec.requests, or all scheduled within spec.duration_s)."""
+    ones (spec.requests, or all scheduled within spec.duration_s). The schedule is lazy: memory does
+    not grow with rate x duration."""
     rate = float(spec.rate)  # type: ignore[arg-type]
     warm = spec.warmup_requests
-    counted = arrival_schedule(
+    counted = arrival_chunks(
         rate,
         spec.arrival,
         requests=spec.requests,
@@ -323,51 +339,45 @@ def run_open_trial(
         burstiness=spec.burstiness,
         seed=spec.seed,
     )
-    offsets = np.concatenate([np.arange(warm) / rate, counted + warm / rate])
-    batches = [request_items(i, texts, spec.batch_size) for i in range(len(offsets))]
     rec = run_schedule(
-        lambda i: send([texts[j] for j in batches[i]]),
-        offsets,
+        lambda i: send([texts[j] for j in request_items(i, texts, spec.batch_size)]),
+        with_warmup(warm, rate, counted, warm / rate),
         spec.max_concurrency,
         spec.on_cap,
         stop,
         on_done,
+        first_counted=warm,
+        deadline_s=None if spec.duration_s is None else warm / rate + duration_deadline(spec.duration_s),
     )
-    return trial_from_records(rec, warm, batches, token_counts)
+    return trial_from_records(rec, len(texts), spec.batch_size, token_counts)
 
 
-def trial_from_records(rec, first_counted: int, batches: list[list[int]], token_counts: Sequence[int]) -> Trial:
-    """An open-loop Trial from run_schedule's records, counting requests first_counted.. that were
-    scheduled (a stopped run counts only what was scheduled before the stop)."""
-    idx = np.arange(first_counted, len(rec.scheduled))
-    idx = idx[~np.isnan(rec.scheduled[idx])]
-    good = idx[rec.ok[idx]]
-    sched, sent, ended = rec.scheduled[good], rec.sent[good], rec.ended[good]
-    timings = [rec.timings[i] for i in good]
-    server: dict[str, np.ndarray] = {}
-    if len(good) and all(timings):
-        for key in sorted(set.intersection(*(set(t) for t in timings))):
-            server[key] = np.array([float(t[key]) for t in timings])
-    n_errors = int(len(idx) - len(good) - rec.dropped[idx].sum())
-    first = rec.scheduled[idx].min() if len(idx) else 0.0
-    last_end = np.nanmax(rec.ended[idx]) if len(idx) and not np.isnan(rec.ended[idx]).all() else first
-    window = max(last_end, rec.scheduled[idx].max() if len(idx) else first) - first
-    span = (rec.scheduled[idx].max() - first) if len(idx) > 1 else 0.0
+def trial_from_records(rec: OpenLoopRecords, n_texts: int, batch_size: int, token_counts: Sequence[int]) -> Trial:
+    """An open-loop Trial from run_schedule's records of the counted requests (a stopped run counts
+    only what was scheduled before the stop). Request i carries request_items(i, texts, batch_size)."""
+    good = rec.index
+    items = (good[:, None] * batch_size + np.arange(batch_size)) % max(n_texts, 1)  # request_items, vectorized
+    tokens = int(np.asarray(token_counts, dtype=np.int64)[items].sum()) if len(good) else 0
+    first = rec.first_scheduled if rec.n_scheduled else 0.0
+    last_end = rec.last_ended if not math.isnan(rec.last_ended) else first
+    last_scheduled = rec.last_scheduled if rec.n_scheduled else first
+    span = last_scheduled - first if rec.n_scheduled > 1 else 0.0
     return Trial(
-        latencies_ms=(ended - sched) * 1000.0,
-        items=sum(len(batches[i]) for i in good),
-        tokens=sum(token_counts[j] for i in good for j in batches[i]),
-        errors=n_errors,
-        duration_s=float(window),
+        latencies_ms=(rec.ended - rec.scheduled) * 1000.0,
+        items=len(good) * batch_size,
+        tokens=tokens,
+        errors=rec.n_failed,
+        duration_s=float(max(last_end, last_scheduled) - first),
         error_messages=rec.errors[:5],
-        server_timing_ms=server,
-        service_ms=(ended - sent) * 1000.0,
-        scheduled_at_s=sched - first,
-        send_lag_ms=(sent - sched) * 1000.0,
-        scheduled=len(idx),
-        late=int(rec.late[idx].sum()),
-        dropped=int(rec.dropped[idx].sum()),
-        offered_rate=float((len(idx) - 1) / span) if span > 0 else None,
+        server_timing_ms=rec.server_timing_ms,
+        service_ms=(rec.ended - rec.sent) * 1000.0,
+        scheduled_at_s=rec.scheduled - first,
+        send_lag_ms=(rec.sent - rec.scheduled) * 1000.0,
+        scheduled=rec.n_scheduled,
+        late=rec.n_late,
+        dropped=rec.n_dropped,
+        dropped_at_end=rec.n_dropped_at_end,
+        offered_rate=float((rec.n_scheduled - 1) / span) if span > 0 else None,
         stopped_early=rec.stopped_early,
     )
 

@@ -2,15 +2,24 @@
 texts, and a list of load profiles run one after another, each open-loop with a target request rate
 that is constant, ramps linearly, or steps, an in-flight cap, a duration and a warm-up."""
 
+import math
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from sie_evals.lib.core.errors import InputError
 from sie_evals.lib.core.sources import COMPUTE_SOURCES
+from sie_evals.lib.core.text_files import read_utf8
+from sie_evals.lib.perf.limits import duration_problem, in_flight_problem, rate_problem
+
+
+def _in_range(why: str | None) -> None:
+    if why:  # a custom error type: pydantic then shows the message as it is (no "Value error, ")
+        raise PydanticCustomError("out_of_range", why)
 
 
 class _Strict(BaseModel):
@@ -25,26 +34,64 @@ class ModelEntry(_Strict):
 class LoadProfile(_Strict):
     name: str
     pattern: Literal["constant", "ramp", "step"] = "constant"
-    rps: float = Field(gt=0, description="target requests/s (ramp: at the end; step: unused, see steps)")
-    start_rps: float | None = Field(default=None, gt=0, description="ramp: target requests/s at the start")
+    # rates, durations and the cap: range-checked below (limits.py), the range named in the error
+    rps: float = Field(description="target requests/s (ramp: at the end; step: unused, see steps)")
+    start_rps: float | None = Field(default=None, description="ramp: target requests/s at the start")
     steps: list[float] | None = Field(default=None, description="step: target requests/s of each equal step")
-    duration_s: float = Field(gt=0, le=24 * 3600)
-    warmup_s: float = Field(default=0.0, ge=0)
-    concurrency: int = Field(default=64, ge=1, description="in-flight cap")
+    duration_s: float
+    warmup_s: float = 0.0
+    concurrency: int = Field(default=64, description="in-flight cap")
     on_cap: Literal["late", "drop"] = "late"
     arrival: Literal["constant", "poisson", "gamma"] = "poisson"
-    burstiness: float = Field(default=1.0, gt=0)
+    burstiness: float = 1.0
     batch_size: int = Field(default=1, ge=1)
+
+    @field_validator("rps", "start_rps")
+    @classmethod
+    def _rate(cls, v: float | None) -> float | None:
+        if v is not None:
+            _in_range(rate_problem(v))
+        return v
+
+    @field_validator("steps")
+    @classmethod
+    def _step_rates(cls, steps: list[float] | None) -> list[float] | None:
+        for k, v in enumerate(steps or []):
+            if why := rate_problem(v):
+                _in_range(f"step {k}: {why}")
+        return steps
+
+    @field_validator("duration_s")
+    @classmethod
+    def _duration(cls, v: float) -> float:
+        _in_range(duration_problem(v))
+        return v
+
+    @field_validator("warmup_s")
+    @classmethod
+    def _warmup(cls, v: float) -> float:
+        _in_range(duration_problem(v, allow_zero=True))
+        return v
+
+    @field_validator("concurrency")
+    @classmethod
+    def _cap(cls, v: int) -> int:
+        _in_range(in_flight_problem(v))
+        return v
+
+    @field_validator("burstiness")
+    @classmethod
+    def _burstiness(cls, v: float) -> float:
+        if not (v > 0 and math.isfinite(v)):
+            _in_range(f"must be a finite number > 0, got {v!r}")
+        return v
 
     @model_validator(mode="after")
     def _pattern_fields(self) -> "LoadProfile":
         if self.pattern == "ramp" and self.start_rps is None:
             raise ValueError("pattern ramp needs start_rps")
-        if self.pattern == "step":
-            if not self.steps:
-                raise ValueError("pattern step needs steps: [rps, rps, ...]")
-            if any(not (v > 0) for v in self.steps):
-                raise ValueError("steps must all be > 0")
+        if self.pattern == "step" and not self.steps:
+            raise ValueError("pattern step needs steps: [rps, rps, ...]")
         return self
 
     def rate_curve(self) -> tuple[np.ndarray, np.ndarray]:
@@ -83,7 +130,7 @@ class Scenario(_Strict):
     profiles: list[LoadProfile] = Field(min_length=1)
     seed: int = 0
     slos: list[str] = Field(default_factory=list)
-    window_s: float = Field(default=5.0, gt=0, description="rolling window of the live display")
+    window_s: float = Field(default=5.0, gt=0, le=3600, description="rolling window of the live display")
 
     @field_validator("sources")
     @classmethod
@@ -118,7 +165,7 @@ def load_scenario(path: Path) -> Scenario:
     """Parse and validate; InputError (exit 2) naming the file and the field or line."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(read_utf8(path))  # a non-UTF-8 byte: InputError naming line and column
     except OSError as err:
         raise InputError(f"{path}: cannot read scenario: {err.strerror}") from None
     except yaml.YAMLError as err:
