@@ -586,21 +586,30 @@ UI_STOP_TIMEOUT_S = 90.0  # dagster dev gives each of its children up to 60 s to
 
 def _run_dagster_dev(cmd: list[str], env: dict[str, str], cwd: Path) -> int:
     """Run `dagster dev` in its own process group and stop it when we are told to stop (SIGTERM,
-    SIGINT, SIGHUP): the group gets SIGINT, Dagster's Ctrl-C path, which stops its webserver, daemon and
-    code servers. Whatever is left in the group when it exits, or after UI_STOP_TIMEOUT_S (or a second
-    signal), is SIGKILLed, so nothing outlives `sie-bench ui`. Returns the exit code."""
+    SIGINT, SIGHUP unless ignored as under nohup): the group gets SIGINT, Dagster's Ctrl-C path, which
+    stops its webserver, daemon and code servers. Whatever is left in the group when it exits, or after
+    UI_STOP_TIMEOUT_S (or a second signal), is SIGKILLed, so nothing outlives `sie-bench ui`. Returns
+    the exit code."""
     from sie_evals.lib.servers.managed import _killpg, _wait_group_gone
 
-    proc = subprocess.Popen(cmd, env=env, cwd=cwd, start_new_session=True)
+    proc: subprocess.Popen[bytes] | None = None
     received: list[int] = []
 
     def forward(signum: int, _frame: Any) -> None:
         received.append(signum)
-        _killpg(proc.pid, signal.SIGINT)
+        if proc is not None:
+            _killpg(proc.pid, signal.SIGINT)
 
-    stop_signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    stop_signals = [signal.SIGTERM, signal.SIGINT]
+    if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:
+        stop_signals.append(signal.SIGHUP)
+    # Installed before the child starts: exec resets handled signals to their default, so dagster dev does
+    # not inherit an ignored SIGINT (a `sie-bench ui &` in a script), under which it ignores SIGTERM too.
     previous = {s: signal.signal(s, forward) for s in stop_signals}
     try:
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, start_new_session=True)
+        if received:  # a signal that came while it was starting
+            _killpg(proc.pid, signal.SIGINT)
         deadline: float | None = None
         while True:
             try:
@@ -612,8 +621,9 @@ def _run_dagster_dev(cmd: list[str], env: dict[str, str], cwd: Path) -> int:
                 if deadline is not None and (time.monotonic() > deadline or len(received) > 1):
                     _killpg(proc.pid, signal.SIGKILL)
     finally:
-        _killpg(proc.pid, signal.SIGKILL)  # what dagster dev left behind
-        _wait_group_gone(proc.pid, timeout_s=10.0)
+        if proc is not None:
+            _killpg(proc.pid, signal.SIGKILL)  # what dagster dev left behind
+            _wait_group_gone(proc.pid, timeout_s=10.0)
         for s, handler in previous.items():
             signal.signal(s, handler)
     if received:
