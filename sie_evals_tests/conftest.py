@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -20,6 +21,29 @@ MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
 if not SCIFACT.is_dir():
     raise RuntimeError(f"shared data not found at {SCIFACT}; set SIE_EVALS_SHARED_DIR")
+
+
+def required_everything() -> bool:
+    """Under CI ($CI, set where .ci/run runs) or SIE_EVALS_REQUIRE_SERVERS=1 nothing a test needs may be missing."""
+    ci = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+    return ci or os.environ.get("SIE_EVALS_REQUIRE_SERVERS") == "1"
+
+
+def skip_unless_required(why: str) -> NoReturn:
+    """A missing prerequisite (Chromium, PostgreSQL, a server venv): skip locally, fail where it is required."""
+    if required_everything():
+        pytest.fail(f"{why} (required: $CI or SIE_EVALS_REQUIRE_SERVERS=1 is set)")
+    pytest.skip(why)
+
+
+def published_decimals(published: float) -> int:
+    """How many decimals a published score was given with (0.64508: 5; 0.8004220779220779: 16)."""
+    return len(repr(published).partition(".")[2])
+
+
+def agrees_with_published(ours: float, published: float) -> bool:
+    """`ours` rounds to `published` at the precision it was published with: every published digit holds."""
+    return round(ours, published_decimals(published)) == published
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ import pytest
 from sie_evals.defs.evals.assets import embeddings, quality_scores, task_dataset
 from sie_evals.defs.evals.checks import quality_vs_target
 from sie_evals.defs.evals.resources import EvalSettings, JsonIOManager
-from sie_evals_tests.conftest import REPO_ROOT
+from sie_evals_tests.conftest import REPO_ROOT, skip_unless_required
 
 KEY = "all-MiniLM-L6-v2:local|beir/SciFact"  # model:source x task: all-MiniLM-L6-v2:beir/SciFact:local
 PASSWORD = "pw-" + os.urandom(6).hex()
@@ -41,7 +41,7 @@ def _free_port() -> int:
 def postgres():
     bindir = _bindir()
     if bindir is None:
-        pytest.skip("PostgreSQL is not installed (.ci/run installs it: apt-get install postgresql)")
+        skip_unless_required("PostgreSQL is not installed (.ci/run installs it: apt-get install postgresql)")
     root = Path(tempfile.mkdtemp(prefix="sie-pg-"))
     as_user: list[str] = []
     if os.geteuid() == 0:  # initdb refuses to run as root: use the Debian package's postgres user

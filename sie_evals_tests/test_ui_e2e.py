@@ -12,6 +12,7 @@ neither fails nor alerts. The other cells of the same backfill succeed. Screensh
 test-artifacts/ for a human to look at; the test asserts on the page's text and on the partition
 statuses the UI reads."""
 
+import importlib.util
 import os
 import shutil
 import signal
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import time
 import urllib.parse
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -29,7 +31,7 @@ from ruamel.yaml import YAML
 from sie_evals.lib.config.model_config import find_model_config
 from sie_evals.lib.gates.keys import ResultKey
 from sie_evals.lib.gates.saved_results import save_target
-from sie_evals_tests.conftest import DATA, REPO_ROOT
+from sie_evals_tests.conftest import DATA, REPO_ROOT, skip_unless_required
 from sie_evals_tests.webhook import WebhookReceiver
 
 pytestmark = pytest.mark.slow
@@ -167,8 +169,19 @@ def _eval_key(row: str, task: str) -> str:
     return f"{model}:{task}:{source}"
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="no system Chromium (.ci/run installs Debian's chromium)")
-def test_backfill_checks_alerts_and_asset_page(tmp_path, session_cache):
+@dataclass
+class Backfill:
+    dagster: Dagster
+    port: int
+    status: str  # the backfill's final status
+    receiver: WebhookReceiver
+
+
+@pytest.fixture(scope="module")
+def backfill(tmp_path_factory, session_cache):
+    """`dagster dev` with the test's configs, a two-task backfill launched over GraphQL and waited for; the
+    webserver stays up for the module's tests (no browser needed for any of this)."""
+    tmp_path = tmp_path_factory.mktemp("ui-e2e")
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
@@ -234,32 +247,7 @@ def test_backfill_checks_alerts_and_asset_page(tmp_path, session_cache):
             assert time.monotonic() < deadline, f"backfill still {status}: {log.read_text()[-3000:]}"
             time.sleep(3)
         print(f"backfill {status} after {time.monotonic() - started:.0f}s")
-        # completed: one declared cell fails its blocking check, the uninstalled model's cell fails to embed
-        assert status.startswith("COMPLETED"), status
-        assert dagster.materialized_partitions("task_dataset") == set(TASKS)
-        quality = dagster.cell_statuses("quality_scores")
-        assert quality == {"materialized": {FAILING, *PASSING}, "failed": {BROKEN}}, quality
-        comparison = dagster.cell_statuses("target_comparison")  # blocked for FAILING
-        assert comparison == {"materialized": set(PASSING), "failed": {FAILING, BROKEN}}, comparison
-
-        # the daemon's sensors alert once for the failed check and once for each failed run
-        deadline = time.monotonic() + 120
-        while len(receiver.alerts) < 3 and time.monotonic() < deadline:
-            time.sleep(2)
-        time.sleep(12)  # two more sensor intervals: nothing further may arrive
-        kinds = sorted((a["kind"], a["partition"], a["title"]) for a in receiver.alerts)
-        assert kinds == sorted(
-            [
-                ("check", FAILING, "quality_scores.quality_vs_target"),
-                ("run", FAILING, "__ASSET_JOB"),
-                ("run", BROKEN, "__ASSET_JOB"),
-            ]
-        ), receiver.alerts
-        broken_alert = next(a for a in receiver.alerts if a["partition"] == BROKEN)
-        assert (broken_alert["model"], broken_alert["task"]) == (UNINSTALLED, "mteb/STSBenchmark")
-        assert receiver.alerts[0]["run_url"].startswith(f"http://127.0.0.1:{port}/runs/")
-
-        _asset_pages(dagster.url)
+        yield Backfill(dagster, port, status, receiver)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -270,7 +258,48 @@ def test_backfill_checks_alerts_and_asset_page(tmp_path, session_cache):
         receiver.close()
 
 
-def _asset_pages(url: str) -> None:
+def test_backfill_statuses_and_alerts(backfill):
+    dagster, receiver, port = backfill.dagster, backfill.receiver, backfill.port
+    # completed: one declared cell fails its blocking check, the uninstalled model's cell fails to embed
+    assert backfill.status.startswith("COMPLETED"), backfill.status
+    assert dagster.materialized_partitions("task_dataset") == set(TASKS)
+    quality = dagster.cell_statuses("quality_scores")
+    assert quality == {"materialized": {FAILING, *PASSING}, "failed": {BROKEN}}, quality
+    comparison = dagster.cell_statuses("target_comparison")  # blocked for FAILING
+    assert comparison == {"materialized": set(PASSING), "failed": {FAILING, BROKEN}}, comparison
+
+    # the daemon's sensors alert once for the failed check and once for each failed run
+    deadline = time.monotonic() + 120
+    while len(receiver.alerts) < 3 and time.monotonic() < deadline:
+        time.sleep(2)
+    time.sleep(12)  # two more sensor intervals: nothing further may arrive
+    kinds = sorted((a["kind"], a["partition"], a["title"]) for a in receiver.alerts)
+    assert kinds == sorted(
+        [
+            ("check", FAILING, "quality_scores.quality_vs_target"),
+            ("run", FAILING, "__ASSET_JOB"),
+            ("run", BROKEN, "__ASSET_JOB"),
+        ]
+    ), receiver.alerts
+    broken_alert = next(a for a in receiver.alerts if a["partition"] == BROKEN)
+    assert (broken_alert["model"], broken_alert["task"]) == (UNINSTALLED, "mteb/STSBenchmark")
+    assert receiver.alerts[0]["run_url"].startswith(f"http://127.0.0.1:{port}/runs/")
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    """The system's Chromium and Playwright: only the asset-page screenshots need them."""
+    if CHROMIUM is None or importlib.util.find_spec("playwright") is None:
+        skip_unless_required("no system Chromium or no playwright (.ci/run installs Debian's chromium)")
+    return CHROMIUM
+
+
+def test_asset_pages_in_chromium(chromium, backfill):  # chromium first: a missing browser starts no Dagster
+    assert backfill.status.startswith("COMPLETED"), backfill.status
+    _asset_pages(backfill.dagster.url, chromium)
+
+
+def _asset_pages(url: str, chromium: str) -> None:
     """Headless Chromium on quality_scores: the failed check per partition, and the Partitions page's
     model x task matrix with the red cell selected. Screenshots under test-artifacts/."""
     from playwright.sync_api import sync_playwright
@@ -278,7 +307,7 @@ def _asset_pages(url: str) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     checks_shot, matrix_shot = ARTIFACTS / "quality_scores_checks.png", ARTIFACTS / "quality_scores_partitions.png"
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        browser = pw.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1600, "height": 1000})
         # the first-visit "Join the Dagster community" dialog may open at any moment: dismiss it
         page.add_locator_handler(
