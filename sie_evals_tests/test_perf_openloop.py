@@ -90,6 +90,10 @@ def test_open_loop_mean_matches_md1(awake_cpu):  # noqa: F811
         pytest.fail(f"open-loop mean not within 5% of the exact M/D/1 mean: {attempts}")
 
 
+# slow: a wall-clock bound (10% of s) that a loaded machine's wake-up latency can break; it cannot be
+# made immune without asserting something weaker, so it runs with the other timing tests, not in the
+# fast suite (which runs beside other work)
+@pytest.mark.slow
 def test_closed_loop_c1_sees_the_service_time(awake_cpu):  # noqa: F811
     """One closed-loop client never queues: its mean is s, not the open loop's 1.5 s. Each of its
     requests pays the VM's wake-up latency on both sides (measured 5-8 ms at load average 6), so the
