@@ -116,9 +116,9 @@ def _referenced(config: ModelConfig) -> set[Path]:
     return {(config.path.parent / e.per_query).resolve() for e in saved._all_entries(config) if e.per_query}
 
 
-def _git_ignored(files: list[Path], configs: Path) -> set[Path]:
-    """Which of these files git ignores, were the config folder the repo's model_configs/."""
-    rel = {f"model_configs/{f.relative_to(configs)}": f for f in files}
+def _git_ignored(files: set[Path]) -> set[Path]:
+    """Which of these paths (relative to a config folder) git ignores, were it the repo's model_configs/."""
+    rel = {f"model_configs/{f}": f for f in files}
     if not rel:
         return set()
     out = subprocess.run(
@@ -189,19 +189,18 @@ def test_save_killed_at_every_write_step_keeps_targets_consistent(tmp_path, conf
     runs = json.loads(proc.stdout.strip().splitlines()[-1])
     assert len(runs) > 30 and runs[-1]["killed"] is False and all(r["killed"] for r in runs[:-1])
 
-    outcomes = []
+    outcomes, left = [], {}
     for run in runs:
         work = Path(run["dir"])
         config = load_model_config(work / CONFIG_NAME)  # parses and validates
         which = _check_consistent(config)
         outcomes.append(which)
-        # what the kill left is hidden (git-ignored), or is a replaced target's own file
+        # what the kill left (checked below, one git call for all runs)
         folder = work / saved.PER_QUERY_DIR / config.short_name
         loose = [p for p in folder.rglob("*") if p.is_file() and p.resolve() not in _referenced(config)]
         loose += list(work.glob(".*.tmp"))
-        visible = set(loose) - _git_ignored(loose, work)
         replaced = {work / old_files[s].relative_to(template) for s, w in which.items() if w == "new"}
-        assert visible <= replaced, (run["k"], visible, which)
+        left[run["k"]] = ({p.relative_to(work) for p in loose}, {p.relative_to(work) for p in replaced})
         # the next writer (under the lock, after its own commit) settles it: only referenced files remain
         with saved.config_lock(work / CONFIG_NAME):
             saved._settle(work / CONFIG_NAME, config)
@@ -216,6 +215,11 @@ def test_save_killed_at_every_write_step_keeps_targets_consistent(tmp_path, conf
     assert outcomes[-1] == {"test": "new", "train": "new"}
     final = load_model_config(Path(runs[-1]["dir"]) / CONFIG_NAME)
     assert len(saved.find_history(final, _key(final))) == 2
+    # what a kill left is hidden and git-ignored, or is a replaced target's own (committed) file
+    ignored = _git_ignored(set().union(*(loose for loose, _ in left.values())))
+    for k, (loose, replaced) in left.items():
+        assert loose - ignored <= replaced, (k, loose - ignored)
+    assert any(loose for loose, _ in left.values())  # the kills did leave files to check
 
 
 def test_new_names_are_committable_and_leftovers_git_ignored(tmp_path, configs_dir):
@@ -230,8 +234,8 @@ def test_new_names_are_committable_and_leftovers_git_ignored(tmp_path, configs_d
     hidden = [saved._pending(f) for f in files]
     hidden += [f.with_name(f".{f.name}.pending.abc123.tmp") for f in files]  # atomic_write's temp of a pending file
     hidden += [configs_dir / f".{CONFIG_NAME}.x1y2.tmp", configs_dir / f".{CONFIG_NAME}.lock"]
-    assert _git_ignored(files, configs_dir) == set()
-    assert _git_ignored(hidden, configs_dir) == set(hidden)
+    assert _git_ignored({f.relative_to(configs_dir) for f in files}) == set()
+    assert _git_ignored({f.relative_to(configs_dir) for f in hidden}) == {f.relative_to(configs_dir) for f in hidden}
 
 
 def test_corrupt_per_query_parquet_of_a_target_is_an_input_error(tmp_path, configs_dir, monkeypatch):
