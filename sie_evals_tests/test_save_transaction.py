@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from typer.testing import CliRunner
 
 from sie_evals.cli import app
@@ -262,3 +263,15 @@ def test_corrupt_per_query_parquet_of_a_target_is_an_input_error(tmp_path, confi
     assert saved.find_target(load_model_config(configs_dir / CONFIG_NAME), key).per_query == entry.per_query
     res = runner.invoke(app, [*args, "-s", "local,targets", "--check-targets"])
     assert res.exit_code == 0, res.output
+
+
+def test_a_save_that_does_not_validate_writes_no_per_query_file(configs_dir):
+    """The pending file is written after the new config validates: a refused save leaves nothing."""
+    from sie_evals.lib.core.errors import ConfigError
+
+    config = load_model_config(configs_dir / CONFIG_NAME)
+    before = sorted(p for p in configs_dir.rglob("*") if p.is_file() and not p.name.endswith(".lock"))
+    new = SCORES["test"][1]
+    with pytest.raises(ConfigError, match="not written"):
+        saved.save_target(config, _key(config), "local", {"ndcg_at_10": float("nan")}, {}, new)
+    assert sorted(p for p in configs_dir.rglob("*") if p.is_file() and not p.name.endswith(".lock")) == before

@@ -162,12 +162,11 @@ def _all_entries(config: ModelConfig) -> Iterator[SavedResult]:
 def update_config(
     path: Path, mutate: Callable[[CommentedMap], None], before: Callable[[], None] | None = None
 ) -> ModelConfig:
-    """Apply `mutate` to the config's round-trip tree; validate; atomically replace; then remove what
-    an interrupted writer left. Under the lock (`before` runs under it first: Parquet writes)."""
+    """Apply `mutate` to the config's round-trip tree; validate; run `before` (the pending per-query
+    writes: nothing is written for an update that does not validate); atomically replace; then settle
+    per-query files. All under the lock."""
     path = Path(path)
     with config_lock(path):
-        if before is not None:
-            before()
         yaml = _round_trip_yaml()
         try:
             tree = yaml.load(read_utf8(path, ConfigError))
@@ -183,6 +182,8 @@ def update_config(
             config = parse_model_config(YAML(typ="safe", pure=True).load(new_text), path)
         except ConfigError as err:
             raise ConfigError(f"{err}\n(the update was not written)") from None
+        if before is not None:
+            before()
         atomic_write_text(path, new_text, sync_dir=True)  # the commit point of a save
         for leftover in _settle(path, config):
             log.info("removed %s (replaced, or left by an interrupted write)", leftover)
