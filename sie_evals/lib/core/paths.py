@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sie_evals.lib.core.errors import ConfigError, InputError
+from sie_evals.lib.core.errors import ConfigError, EngineError, InputError
 
 PACKAGE_DIR = Path(__file__).resolve().parents[2]  # sie_evals/
 REPO_ROOT = PACKAGE_DIR.parent  # the checkout; inside site-packages when installed non-editable
@@ -52,21 +52,28 @@ def cache_dir() -> Path:
 
 
 @contextmanager
+def _env_set(name: str, value: str) -> Iterator[None]:
+    """os.environ[name] = value inside the block, as it was after it."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
+@contextmanager
 def cache_dir_override(path: Path | None) -> Iterator[None]:
     """`--cache-dir`: cache_dir() is `path` inside the block, for every cache (embeddings, exports) and
     the servers started meanwhile, not only the one the option is passed to. None: no change."""
     if path is None:
         yield
         return
-    before = os.environ.get(CACHE_DIR_ENV)
-    os.environ[CACHE_DIR_ENV] = str(Path(path).expanduser().resolve())
-    try:
+    with _env_set(CACHE_DIR_ENV, str(Path(path).expanduser().resolve())):
         yield
-    finally:
-        if before is None:
-            os.environ.pop(CACHE_DIR_ENV, None)
-        else:
-            os.environ[CACHE_DIR_ENV] = before
 
 
 def results_dir() -> Path:
@@ -159,17 +166,19 @@ def check_dagster_home(home: Path) -> None:
 
 
 def _check_instance_config(config: Path) -> None:
-    # Dagster's own loader and schema (what `dagster dev` applies); no public API validates without
-    # creating the instance's storage.
-    from dagster._core.errors import DagsterInvalidConfigError
-    from dagster._core.instance.config import dagster_instance_config
+    # Dagster's public API validates the config against its instance schema only by opening the instance
+    # (what `dagster dev` does next anyway); an invalid config raises before any storage is created.
+    from dagster import DagsterInstance, DagsterInvalidConfigError
 
     try:
-        dagster_instance_config(str(config.parent), config.name)
+        with _env_set(DAGSTER_HOME_ENV, str(config.parent)), DagsterInstance.get():
+            pass
     except DagsterInvalidConfigError as err:
         problems = [e.message.split(' Expected: "')[0] for e in err.errors] or [str(err).splitlines()[0]]
         raise ConfigError(
             f"{config}: not a valid Dagster instance config:\n" + "\n".join(f"  {p}" for p in problems)
         ) from None
-    except Exception as err:  # a custom class that does not import, a check inside Dagster
-        raise ConfigError(f"{config}: not a usable Dagster instance config: {type(err).__name__}: {err}") from None
+    except Exception as err:  # e.g. its storage cannot be reached: not bad input, but no traceback either
+        raise EngineError(
+            f"{config}: cannot open the Dagster instance it configures: {type(err).__name__}: {err}"
+        ) from None
