@@ -92,14 +92,7 @@ ROOTS = {
     "finesse config": FinesseConfig,
     "finesse dagster run config": FinesseRunConfig,
     "settings": EvalDefaults,
-    "loadtest scenario": pytest.param(
-        Scenario,
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="lib/perf/scenario.py (another owner) still uses plain int/float: switch its fields to "
-            "sie_evals.lib.core.strict Int/Float, then drop this mark",
-        ),
-    ),
+    "loadtest scenario": Scenario,
 }
 
 

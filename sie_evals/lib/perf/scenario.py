@@ -13,6 +13,7 @@ from pydantic_core import PydanticCustomError
 
 from sie_evals.lib.core.errors import InputError
 from sie_evals.lib.core.sources import COMPUTE_SOURCES
+from sie_evals.lib.core.strict import Float, Int, OptionalFloat, OptionalInt
 from sie_evals.lib.core.text_files import read_utf8
 from sie_evals.lib.perf.limits import duration_problem, in_flight_problem, rate_problem
 
@@ -35,16 +36,16 @@ class LoadProfile(_Strict):
     name: str
     pattern: Literal["constant", "ramp", "step"] = "constant"
     # rates, durations and the cap: range-checked below (limits.py), the range named in the error
-    rps: float = Field(description="target requests/s (ramp: at the end; step: unused, see steps)")
-    start_rps: float | None = Field(default=None, description="ramp: target requests/s at the start")
-    steps: list[float] | None = Field(default=None, description="step: target requests/s of each equal step")
-    duration_s: float
-    warmup_s: float = 0.0
-    concurrency: int = Field(default=64, description="in-flight cap")
+    rps: Float = Field(description="target requests/s (ramp: at the end; step: unused, see steps)")
+    start_rps: OptionalFloat = Field(default=None, description="ramp: target requests/s at the start")
+    steps: list[Float] | None = Field(default=None, description="step: target requests/s of each equal step")
+    duration_s: Float
+    warmup_s: Float = 0.0
+    concurrency: Int = Field(default=64, description="in-flight cap")
     on_cap: Literal["late", "drop"] = "late"
     arrival: Literal["constant", "poisson", "gamma"] = "poisson"
-    burstiness: float = 1.0
-    batch_size: int = Field(default=1, ge=1)
+    burstiness: Float = 1.0
+    batch_size: Int = Field(default=1, ge=1)
 
     @field_validator("rps", "start_rps")
     @classmethod
@@ -115,22 +116,22 @@ class LoadProfile(_Strict):
 
 
 class DataSlice(_Strict):
-    limit_queries: int | None = Field(default=None, ge=1)
-    corpus_size: int | None = Field(default=None, ge=1)
+    limit_queries: OptionalInt = Field(default=None, ge=1)
+    corpus_size: OptionalInt = Field(default=None, ge=1)
 
 
 class Scenario(_Strict):
     name: str = "loadtest"
     task: str = "beir/SciFact"
     workload: Literal["corpus", "queries"] = "corpus"
-    tokens: int | None = Field(default=None, ge=1, description="texts of exactly this many tokens")
+    tokens: OptionalInt = Field(default=None, ge=1, description="texts of exactly this many tokens")
     data: DataSlice = Field(default_factory=DataSlice)
     models: list[ModelEntry] = Field(min_length=1)
     sources: list[str] = Field(min_length=1)
     profiles: list[LoadProfile] = Field(min_length=1)
-    seed: int = 0
+    seed: Int = 0
     slos: list[str] = Field(default_factory=list)
-    window_s: float = Field(default=5.0, gt=0, le=3600, description="rolling window of the live display")
+    window_s: Float = Field(default=5.0, gt=0, le=3600, description="rolling window of the live display")
 
     @field_validator("sources")
     @classmethod
