@@ -212,7 +212,11 @@ def eval_cmd(
     ] = None,
     cache_dir: Annotated[
         Path | None,
-        typer.Option("--cache-dir", help=f"Embedding cache (default ${paths.CACHE_DIR_ENV} or ~/.cache/sie-evals)."),
+        typer.Option(
+            "--cache-dir",
+            help=f"Cache root for this run: embeddings and ONNX/OpenVINO exports "
+            f"(default ${paths.CACHE_DIR_ENV} or ~/.cache/sie-evals).",
+        ),
     ] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
     record: Annotated[
@@ -563,7 +567,7 @@ def ui_env(environ: Any, home: Path) -> dict[str, str]:
 @_handle_errors
 def ui_cmd(port: Annotated[int, typer.Option("--port")] = 3000) -> None:
     """Start the Dagster UI (dagster dev) on 127.0.0.1 with DAGSTER_HOME (default $SIE_EVALS_HOME/.dagster_home:
-    ./.dagster_home in a checkout)."""
+    ./.dagster_home in a checkout). SIGTERM or Ctrl-C stops it with every process it started."""
     from sie_evals.lib.core.atomic import atomic_write_bytes
 
     home = paths.dagster_home()

@@ -109,7 +109,7 @@ def workspace_file() -> Path:
 def writable_dir(path: Path, what: str, named_as: Path | None = None) -> None:
     """InputError naming `what` unless `path` is a directory this process can use, or one it can create
     (its nearest existing ancestor is a writable directory). Checked before work whose output would
-    otherwise be lost at the end, or half-written."""
+    otherwise be lost at the end, or half-written. `named_as`: the path the message names (a file in `path`)."""
     path = Path(path)
     named = f"{what} {named_as or path}"
     existing = path
