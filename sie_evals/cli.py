@@ -594,7 +594,7 @@ def _run_dagster_dev(cmd: list[str], env: dict[str, str], cwd: Path) -> int:
     stops its webserver, daemon and code servers. Whatever is left in the group when it exits, or after
     UI_STOP_TIMEOUT_S (or a second signal), is SIGKILLed, so nothing outlives `sie-bench ui`. Returns
     the exit code."""
-    from sie_evals.lib.servers.managed import _killpg, _wait_group_gone
+    from sie_evals.lib.servers.managed import signal_group, wait_group_gone
 
     proc: subprocess.Popen[bytes] | None = None
     received: list[int] = []
@@ -602,7 +602,7 @@ def _run_dagster_dev(cmd: list[str], env: dict[str, str], cwd: Path) -> int:
     def forward(signum: int, _frame: Any) -> None:
         received.append(signum)
         if proc is not None:
-            _killpg(proc.pid, signal.SIGINT)
+            signal_group(proc.pid, signal.SIGINT)
 
     stop_signals = [signal.SIGTERM, signal.SIGINT]
     if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:
@@ -613,7 +613,7 @@ def _run_dagster_dev(cmd: list[str], env: dict[str, str], cwd: Path) -> int:
     try:
         proc = subprocess.Popen(cmd, env=env, cwd=cwd, start_new_session=True)
         if received:  # a signal that came while it was starting
-            _killpg(proc.pid, signal.SIGINT)
+            signal_group(proc.pid, signal.SIGINT)
         deadline: float | None = None
         while True:
             try:
@@ -623,11 +623,11 @@ def _run_dagster_dev(cmd: list[str], env: dict[str, str], cwd: Path) -> int:
                 if received and deadline is None:
                     deadline = time.monotonic() + UI_STOP_TIMEOUT_S
                 if deadline is not None and (time.monotonic() > deadline or len(received) > 1):
-                    _killpg(proc.pid, signal.SIGKILL)
+                    signal_group(proc.pid, signal.SIGKILL)
     finally:
         if proc is not None:
-            _killpg(proc.pid, signal.SIGKILL)  # what dagster dev left behind
-            _wait_group_gone(proc.pid, timeout_s=10.0)
+            signal_group(proc.pid, signal.SIGKILL)  # what dagster dev left behind
+            wait_group_gone(proc.pid, timeout_s=10.0)
         for s, handler in previous.items():
             signal.signal(s, handler)
     if received:

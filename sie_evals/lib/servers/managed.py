@@ -214,15 +214,15 @@ class ManagedServer:
                 return
             try:
                 if proc.poll() is None:
-                    _killpg(pgid, signal.SIGTERM)
+                    signal_group(pgid, signal.SIGTERM)
                     try:
                         proc.wait(self.command.stop_timeout_s)
                     except subprocess.TimeoutExpired:
-                        _killpg(pgid, signal.SIGKILL)
+                        signal_group(pgid, signal.SIGKILL)
                         proc.wait(10)
                 # The leader is gone; anything it left in its group goes too.
-                _killpg(pgid, signal.SIGKILL)
-                _wait_group_gone(pgid, timeout_s=5.0)
+                signal_group(pgid, signal.SIGKILL)
+                wait_group_gone(pgid, timeout_s=5.0)
             finally:
                 with contextlib.suppress(OSError), open(self.log_path, "ab") as log:
                     log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} stopped ({proc.returncode})\n".encode())
@@ -244,7 +244,7 @@ def _group_alive(pgid: int) -> bool:
     return False
 
 
-def _wait_group_gone(pgid: int, timeout_s: float) -> None:
+def wait_group_gone(pgid: int, timeout_s: float) -> None:
     """SIGKILL is delivered asynchronously: wait (bounded) until the group's processes are gone, so
     stop() returning means nothing of the server still runs."""
     if not Path("/proc/self/stat").exists():
@@ -254,7 +254,7 @@ def _wait_group_gone(pgid: int, timeout_s: float) -> None:
         time.sleep(0.02)
 
 
-def _killpg(pgid: int, sig: int) -> None:
+def signal_group(pgid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
 
