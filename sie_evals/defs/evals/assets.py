@@ -140,8 +140,10 @@ def embeddings(
         config, profile = _config_and_profile(key, settings)
         spec = resolve_task(key.task)
         data = read_snapshot(Path(task_dataset["snapshot_dir"]))
-        engine = create_engine(key.source, config, profile, **settings.engine_options().for_engine())
-        with engine:
+        with (
+            settings.cache_scope(),
+            create_engine(key.source, config, profile, **settings.engine_options().for_engine()) as engine,
+        ):
             emb = embed_task(engine, spec, data, settings.cache())
     folder = settings.results_root() / "embeddings" / key.path_slug() / data.content_hash[:16]
     files = {
@@ -213,8 +215,10 @@ def quality_scores(
         # MTEB's evaluator embeds while it scores: the embeddings step filled the cache, so this reads it
         with _input_errors_final():
             config, profile = _config_and_profile(key, settings)
-        engine = create_engine(key.source, config, profile, **settings.engine_options().for_engine())
-        with engine:
+        with (
+            settings.cache_scope(),
+            create_engine(key.source, config, profile, **settings.engine_options().for_engine()) as engine,
+        ):
             metrics, per_query, _, _ = task_type.evaluate(data, engine, settings.cache(), CacheStats())
     else:
         vectors = {EmbedKind(kind): outputs.load_file(Path(path)) for kind, path in embeddings["vectors"].items()}
@@ -294,6 +298,7 @@ def perf_scores(
         config, profile = _config_and_profile(key, settings)
         spec = resolve_task(key.task)
         data = read_snapshot(Path(task_dataset["snapshot_dir"]))
+    with _input_errors_final(), settings.cache_scope():
         result = evaluate_perf_source(
             config,
             profile,

@@ -1,6 +1,7 @@
 """Resources: where data, cache and results live, and how big a slice to evaluate."""
 
 import json
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,11 @@ class EvalSettings(dg.ConfigurableResource):
 
     def cache(self) -> EmbeddingCache:
         return EmbeddingCache(Path(self.cache_dir) if self.cache_dir else paths.cache_dir())
+
+    def cache_scope(self) -> AbstractContextManager[None]:
+        """`cache_dir` for every cache of a step (embeddings, ONNX/OpenVINO exports, servers it starts),
+        as the CLI's --cache-dir does."""
+        return paths.cache_dir_override(Path(self.cache_dir) if self.cache_dir else None)
 
     def results_root(self) -> Path:
         return Path(self.results_dir) if self.results_dir else paths.results_dir()
