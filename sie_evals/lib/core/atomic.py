@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 
-def atomic_write(path: Path, write: Callable[[Path], None], sync_dir: bool = False) -> None:
-    """Call `write(tmp_path)` on a temp file in the target folder, fsync it, then rename over `path`;
-    `sync_dir` also makes the rename itself survive a crash (saved targets; a cache can do without)."""
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call `write(tmp_path)` on a temp file in the target folder, fsync it, then rename over `path`.
+    Where the rename itself must survive a crash (saved targets), follow with `fsync_dir`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -27,8 +27,6 @@ def atomic_write(path: Path, write: Callable[[Path], None], sync_dir: bool = Fal
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    if sync_dir:
-        fsync_dir(path.parent)
 
 
 def fsync_dir(folder: Path) -> None:
@@ -40,12 +38,12 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes, sync_dir: bool = False) -> None:
-    atomic_write(path, lambda tmp: tmp.write_bytes(data), sync_dir)
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
-def atomic_write_text(path: Path, text: str, sync_dir: bool = False) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"), sync_dir)
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:

@@ -184,7 +184,8 @@ def update_config(
             raise ConfigError(f"{err}\n(the update was not written)") from None
         if before is not None:
             before()
-        atomic_write_text(path, new_text, sync_dir=True)  # the commit point of a save
+        atomic_write_text(path, new_text)  # the commit point of a save
+        fsync_dir(path.parent)
         for leftover in _settle(path, config):
             log.info("removed %s (replaced, or left by an interrupted write)", leftover)
         return config
@@ -233,7 +234,12 @@ def _stage_per_query(
     data = per_query.to_parquet(index=False)
     rel = f"{PER_QUERY_DIR}/{config.short_name}/{kind}/{stem}.{hashlib.sha256(data).hexdigest()[:16]}.parquet"
     file = _require_path(config).parent / rel
-    return rel, lambda: atomic_write_bytes(_pending(file), data, sync_dir=True)
+
+    def write_pending() -> None:
+        atomic_write_bytes(_pending(file), data)
+        fsync_dir(file.parent)  # durable before the config that references it
+
+    return rel, write_pending
 
 
 def save_target(
