@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# System packages the integration tests need, from Debian: PostgreSQL (the Postgres instance test)
-# and Chromium (the Dagster UI test, driven by Playwright with executable_path: no browser download).
+# System packages the integration tests need, from Debian: PostgreSQL (the Postgres instance test),
+# Chromium (the Dagster UI test, driven by Playwright with executable_path: no browser download), and
+# nginx + wrk (the perf generator against a fixed-response nginx, compared with wrk: test_perf_vs_wrk).
 # Idempotent: installs only what is missing. Needs root (or passwordless sudo).
 set -euo pipefail
 missing=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || missing+=(postgresql)
 command -v chromium >/dev/null || command -v chromium-browser >/dev/null || missing+=(chromium)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+command -v wrk >/dev/null || missing+=(wrk)
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi

@@ -6,6 +6,7 @@ Each load runs in a fresh interpreter (as `sie-bench` would, not in a test proce
 thread pools); timing-sensitive checks get up to three attempts, every attempt in the failure message."""
 
 import json
+import math
 import subprocess
 import sys
 
@@ -27,13 +28,19 @@ SERVICE_S = 0.05
 RHO = 0.5
 RATE = RHO / SERVICE_S
 
+# The probe drives the loopback server with either generator: `threads` (any engine's send) or
+# `aiohttp` (HTTP engines: lib/perf/aio.py, the same requests encoded before the run).
 PROBE = r"""
 import json, sys
 from sie_evals_tests.loopback import http_sender
+from sie_evals.lib.perf.aio import HttpTarget
 from sie_evals.lib.perf.load import LoadSpec, run_load
 
-port, spec = int(sys.argv[1]), LoadSpec(**json.loads(sys.argv[2]))
-result = run_load(http_sender(port), ["text"], [1], spec)
+port, spec, generator = int(sys.argv[1]), LoadSpec(**json.loads(sys.argv[2])), sys.argv[3]
+target = None
+if generator == "aiohttp":
+    target = HttpTarget(f"http://127.0.0.1:{port}/", {"Content-Type": "application/json"}, (b'["text"]',))
+result = run_load(http_sender(port), ["text"], [1], spec, target=target)
 t = result.trials[0]
 out = {"metrics": result.metrics(), "latency_ms": t.latencies_ms.tolist()}
 if t.open_loop:
@@ -42,9 +49,9 @@ print(json.dumps(out))
 """
 
 
-def probe(port: int, **spec) -> dict:
+def probe(port: int, generator: str = "threads", **spec) -> dict:
     out = subprocess.run(
-        [sys.executable, "-c", PROBE, str(port), json.dumps({"trials": 1, "warmup_requests": 0, **spec})],
+        [sys.executable, "-c", PROBE, str(port), json.dumps({"trials": 1, "warmup_requests": 0, **spec}), generator],
         capture_output=True,
         text=True,
         timeout=120,
@@ -62,7 +69,8 @@ def poisson_band(n: int, rate: float, service_s: float, reps: int = 2000, seed: 
 
 
 @pytest.mark.slow
-def test_open_loop_mean_matches_md1(awake_cpu):  # noqa: F811
+@pytest.mark.parametrize("generator", ["threads", "aiohttp"])
+def test_open_loop_mean_matches_md1(awake_cpu, generator):  # noqa: F811
     """Poisson arrivals at rho = 0.5: the measured mean (from the scheduled send) is within 5% of the
     queue's exact mean for the sends actually made; that exact mean lies in the textbook value's
     Poisson band, and the band holds the textbook value 1.5 s."""
@@ -75,7 +83,7 @@ def test_open_loop_mean_matches_md1(awake_cpu):  # noqa: F811
     attempts = []
     for _ in range(3):
         with loopback.queue_server(service_s) as port:
-            run = probe(port, rate=rate, arrival="poisson", requests=n, seed=7, max_concurrency=64)
+            run = probe(port, generator, rate=rate, arrival="poisson", requests=n, seed=7, max_concurrency=64)
         m = run["metrics"]
         assert m["errors"] == 0 and m["completed"] == n and m["dropped"] == 0 and m["late"] == 0
         sends = np.array(run["scheduled_at_s"]) + np.array(run["send_lag_ms"]) / 1000
@@ -88,6 +96,28 @@ def test_open_loop_mean_matches_md1(awake_cpu):  # noqa: F811
             break
     else:
         pytest.fail(f"open-loop mean not within 5% of the exact M/D/1 mean: {attempts}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("rho", "service_s"), [(0.5, 0.1), (0.9, 0.05)])
+def test_open_loop_percentiles_match_the_exact_queue(awake_cpu, rho, service_s):  # noqa: F811
+    """The fast generator (aiohttp) at 50% and 90% utilisation: p50 and p99 from the scheduled send
+    are within 12% of the exact FIFO response times of the sends it made (Lindley's recursion)."""
+    n = 200
+    attempts = []
+    for _ in range(3):
+        with loopback.queue_server(service_s) as port:
+            run = probe(port, "aiohttp", rate=rho / service_s, arrival="poisson", requests=n, seed=11)
+        m = run["metrics"]
+        assert m["errors"] == 0 and m["completed"] == n and m["dropped"] == 0
+        sends = np.array(run["scheduled_at_s"]) + np.array(run["send_lag_ms"]) / 1000
+        exact = fifo_response_times(sends, service_s) * 1000
+        got = {q: (m[f"latency_p{q}_ms"], float(np.sort(exact)[math.ceil(q / 100 * n) - 1])) for q in (50, 99)}
+        attempts.append(got)
+        if all(abs(measured - truth) <= 0.12 * truth for measured, truth in got.values()):
+            break
+    else:
+        pytest.fail(f"p50/p99 not within 12% of the exact queue at rho={rho}: {attempts}")
 
 
 # slow: a wall-clock bound (10% of s) that a loaded machine's wake-up latency can break; it cannot be
@@ -110,15 +140,16 @@ def test_closed_loop_c1_sees_the_service_time(awake_cpu):  # noqa: F811
 
 
 @pytest.mark.slow
-def test_a_stall_shows_in_open_loop_p99_and_hides_in_closed_loop(awake_cpu):  # noqa: F811
+@pytest.mark.parametrize("generator", ["threads", "aiohttp"])
+def test_a_stall_shows_in_open_loop_p99_and_hides_in_closed_loop(awake_cpu, generator):  # noqa: F811
     """The server stalls once for 1 s. Open loop: the requests scheduled during the stall wait for it,
     so p99 is near a second. Closed loop c=1: the one client waits politely, only one request sees
     the stall, and with 120 requests p99 stays at the service time (coordinated omission)."""
     stall_s, n = 1.0, 120
     with loopback.queue_server(SERVICE_S, stall_at=50, stall_s=stall_s) as port:
-        open_run = probe(port, rate=RATE, arrival="poisson", requests=n, seed=3)
+        open_run = probe(port, generator, rate=RATE, arrival="poisson", requests=n, seed=3)
     with loopback.queue_server(SERVICE_S, stall_at=50, stall_s=stall_s) as port:
-        closed_run = probe(port, concurrency=1, requests=n)
+        closed_run = probe(port, generator, concurrency=1, requests=n)
     om, cm = open_run["metrics"], closed_run["metrics"]
     assert om["errors"] == 0 == cm["errors"] and om["completed"] == n == cm["completed"]
     # open loop: several requests waited behind the stall, and p99 shows it

@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from sie_evals.lib.config.model_config import ModelConfig, ResolvedProfile
+from sie_evals.lib.config.model_config import ModelConfig, OutputType, ResolvedProfile
 from sie_evals.lib.core import paths
 from sie_evals.lib.core.errors import EngineError, InputError
 from sie_evals.lib.core.urls import http_url_problem, redact_url
@@ -417,6 +417,35 @@ class HttpEngine(Engine):
         self._local.timing = timing
         assert out is not None
         return out
+
+    # ----- perf: requests encoded before the run and sent by the fast generator (lib/perf/aio.py)
+    def perf_request(self, texts: list[str], kind: EmbedKind) -> tuple[str, dict[str, str], bytes] | None:
+        """(URL, headers, body) of the one request that embeds `texts`, or None when a call is not one
+        plain JSON request (several per call, another output or reply format, server timing to read)."""
+        if (
+            len(texts) > self.batch_size
+            or self.profile.output != OutputType.dense
+            or type(self)._embed_prepared is not HttpEngine._embed_prepared
+            or type(self)._timing is not HttpEngine._timing
+        ):
+            return None
+        self.start()
+        assert self._base is not None
+        scheme, host, port, prefix = self._base
+        path, body = self._embed_request([self.prefix(kind) + t for t in texts], kind)
+        host = f"[{host}]" if ":" in host else host
+        headers = {"Accept": "application/json", "Content-Type": "application/json", **self.request_headers()}
+        return f"{scheme}://{host}:{port}{prefix}{path}", headers, json.dumps(body).encode()
+
+    def check_perf_reply(self, raw: bytes, n: int) -> None:
+        """Validate a reply to a perf_request of n texts as embed() would (EngineError when malformed)."""
+        try:
+            parsed = json.loads(raw)
+        except ValueError as err:
+            raise EngineError(
+                f"{self.name}: a perf reply is malformed JSON ({err}): {_excerpt(raw, self.redact)}"
+            ) from None
+        validate_embeddings(self._to_array(self._parse_vectors(parsed), n), n, self.name)
 
     def _to_array(self, vectors: list[Any], expected: int) -> np.ndarray:
         if not isinstance(vectors, list):

@@ -253,6 +253,26 @@ def send_timed(engine: Engine, batch: list[str], kind: EmbedKind, sizes: list | 
     return timing() if callable(timing) else timing
 
 
+def perf_target(engine: Engine, texts: list[str], batch_size: int, kind: EmbedKind):
+    """(HttpTarget, check, redact) for the fast generator when the engine is one plain JSON request per
+    perf request (lib/perf/aio.py); (None, None, None) for the thread generator otherwise."""
+    from sie_evals.lib.engines.http import HttpEngine
+    from sie_evals.lib.perf.load import prepared_target, request_items
+
+    if not isinstance(engine, HttpEngine):
+        return None, None, None
+    target = prepared_target(
+        lambda items: engine.perf_request([texts[j] for j in items], kind), len(texts), batch_size, engine.timeout_s
+    )
+    if target is None:
+        return None, None, None
+
+    def check(i: int, body: bytes) -> None:
+        engine.check_perf_reply(body, len(request_items(i, texts, batch_size)))
+
+    return target, check, engine.redact
+
+
 class PerfWorkload:
     """The texts a perf run sends and their token counts: the task's corpus or queries as they are, or
     (tokens=N) texts of exactly N tokens cut from them."""
@@ -334,10 +354,15 @@ def evaluate_perf_source(
     rows: list[dict[str, Any]] = []
     results = []
     sizes: list = []  # sparse nnz / tokens per text of non-dense outputs
+    generators: set[str] = set()  # which generator ran: aiohttp (HTTP engines) or threads
 
     def run_point(value, point, search: bool = False) -> dict[str, float]:
         texts, counts = work.texts_and_counts(point.tokens)
-        result = run_load(lambda batch: send_timed(engine, batch, work.kind, sizes), texts, counts, point, stop)
+        target, check, redact = perf_target(engine, texts, point.batch_size, work.kind)
+        generators.add("aiohttp" if target is not None else "threads")
+        result = run_load(
+            lambda batch: send_timed(engine, batch, work.kind, sizes), texts, counts, point, stop, target, check, redact
+        )
         metrics = _point_metrics(result, slos)
         results.append((value, result))
         rows.append(
@@ -403,6 +428,7 @@ def evaluate_perf_source(
         "warmup_requests": load.warmup_requests,
         "client_threads": load.concurrency if load.mode == "closed" else load.max_concurrency,
         "seed": load.seed if load.mode == "open" else None,
+        "generator": ", ".join(sorted(generators)),
         "load_avg_before": round(load_before, 2),
         "load_avg_after": round(load_after, 2),
     }

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from sie_evals.lib.core.errors import InputError
-from sie_evals.lib.perf import histogram
+from sie_evals.lib.perf import aio, histogram
 from sie_evals.lib.perf.limits import duration_problem, in_flight_problem, rate_problem
 from sie_evals.lib.perf.openloop import (
     ARRIVALS,
@@ -58,6 +58,9 @@ class LoadSpec:
     on_cap: str = "late"  # open loop, cap reached: send when a slot frees (late) or drop
     seed: int = 0
     tokens: int | None = None  # workload of texts cut to exactly this many tokens
+    # Generator processes of the HTTP generator (aio.py); None: as many as the load needs. Not part
+    # of the load shape: it changes who sends, not what is sent.
+    processes: int | None = None
 
     def __post_init__(self) -> None:
         def bad(field_name: str, why: str) -> None:
@@ -87,6 +90,10 @@ class LoadSpec:
             bad("on_cap", f"must be one of {', '.join(CAP_POLICIES)}")
         if self.tokens is not None and self.tokens < 1:
             bad("tokens", "must be >= 1")
+        if self.processes is not None and (
+            isinstance(self.processes, bool) or not isinstance(self.processes, int) or not 1 <= self.processes <= 64
+        ):
+            bad("processes", "must be an integer from 1 to 64")
 
     @property
     def mode(self) -> str:
@@ -149,13 +156,16 @@ class Trial:
     dropped_at_end: int = 0  # of dropped: still due when the trial's duration (and grace) ended
     offered_rate: float | None = None
     stopped_early: bool = False
+    # The latency HdrHistogram when the generator processes built it (merged exactly; aio.py); else
+    # it is built from latencies_ms, with the same result.
+    hist: Any = None
 
     @property
     def open_loop(self) -> bool:
         return self.service_ms is not None
 
     def histogram(self):
-        return histogram.histogram_of(self.latencies_ms)
+        return self.hist if self.hist is not None else histogram.histogram_of(self.latencies_ms)
 
     def metrics(self) -> dict[str, float]:
         lat = self.latencies_ms
@@ -382,20 +392,103 @@ def trial_from_records(rec: OpenLoopRecords, n_texts: int, batch_size: int, toke
     )
 
 
+def prepared_target(
+    prepare: Callable[[list[int]], tuple[str, dict[str, str], bytes] | None],
+    n_texts: int,
+    batch_size: int,
+    timeout_s: float,
+) -> aio.HttpTarget | None:
+    """An HttpTarget whose bodies are every distinct request of the run, encoded now: request i
+    carries texts (i*B .. i*B+B-1) mod n, which repeat every n / gcd(n, B) requests. `prepare(items)`
+    gives (url, headers, body) of one request, or None when the engine cannot be driven this way."""
+    period = n_texts // math.gcd(n_texts, batch_size)
+    bodies = []
+    url, headers = "", {}
+    for i in range(period):
+        got = prepare(request_items(i, range(n_texts), batch_size))
+        if got is None:
+            return None
+        url, headers, body = got
+        bodies.append(body)
+    return aio.HttpTarget(url, headers, tuple(bodies), timeout_s)
+
+
+def run_http_trial(
+    target: aio.HttpTarget,
+    n_texts: int,
+    token_counts: Sequence[int],
+    spec: LoadSpec,
+    stop: threading.Event | None = None,
+    check: Callable[[int, bytes], None] | None = None,
+    redact: Callable[[str], str] | None = None,
+) -> Trial:
+    """One trial (closed or open loop, as `spec` says) by the fast HTTP generator (aio.py), split
+    over spec.processes generator processes (None: processes_for the load). `check(i, body)` validates
+    a sample of reply bodies after the trial (it raises on a malformed one); `redact` scrubs secrets
+    from the error messages kept (a server may echo a request back)."""
+    clients = spec.concurrency if spec.mode == "closed" else spec.max_concurrency
+    processes = spec.processes or aio.processes_for(spec.mode, clients, spec.rate)
+    job = aio.Job(
+        target=target,
+        mode=spec.mode,
+        clients=clients,
+        warm=spec.warmup_requests,
+        requests=spec.requests,
+        duration_s=spec.duration_s,
+        rate=spec.rate,
+        arrival=spec.arrival,
+        burstiness=spec.burstiness,
+        seed=spec.seed,
+        on_cap=spec.on_cap,
+    )
+    parts = aio.run_parts(job, processes, stop)
+    if check is not None:
+        for part in parts:
+            for i, body in part.samples:
+                check(i, body)
+    rec = aio.merged_records(parts)
+    if redact is not None:
+        rec.errors = [redact(e) for e in rec.errors]
+    hist = aio.merged_histogram(parts)
+    if spec.mode == "open":
+        trial = trial_from_records(rec, n_texts, spec.batch_size, token_counts)
+    else:
+        good = rec.index
+        items = (good[:, None] * spec.batch_size + np.arange(spec.batch_size)) % max(n_texts, 1)
+        trial = Trial(
+            latencies_ms=(rec.ended - rec.scheduled) * 1000.0,
+            items=len(good) * spec.batch_size,
+            tokens=int(np.asarray(token_counts, dtype=np.int64)[items].sum()) if len(good) else 0,
+            errors=rec.n_failed,
+            duration_s=float(rec.ended.max() - rec.sent.min()) if len(good) else 0.0,
+            error_messages=rec.errors[:5],
+            stopped_early=rec.stopped_early,
+        )
+    trial.hist = hist
+    return trial
+
+
 def run_load(
     send: Callable[[list[str]], Any],
     texts: Sequence[str],
     token_counts: Sequence[int],
     spec: LoadSpec,
     stop: threading.Event | None = None,
+    target: aio.HttpTarget | None = None,
+    check: Callable[[int, bytes], None] | None = None,
+    redact: Callable[[str], str] | None = None,
 ) -> PerfResult:
+    """Every trial of `spec`: by the fast HTTP generator when `target` is given (the requests
+    `send` would make, encoded before the run; aio.py), else through `send` on threads (any engine)."""
     if not texts:
         raise ValueError("no texts to send")
     # Every trial replays the same request sequence (and open loop the same schedule), so trials
     # differ only by noise.
     trials = []
     for _ in range(spec.trials):
-        if spec.mode == "open":
+        if target is not None:
+            trials.append(run_http_trial(target, len(texts), token_counts, spec, stop, check, redact))
+        elif spec.mode == "open":
             trials.append(run_open_trial(send, texts, token_counts, spec, stop))
         else:
             trials.append(run_trial(send, texts, token_counts, spec))
