@@ -51,10 +51,18 @@ def session_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("embedding-cache")
 
 
+@pytest.fixture(scope="session")
+def runtime_cache(tmp_path_factory) -> Path:
+    """`runtime: auto`'s choice and the exports it timed, one per session: a test with a cache dir of its
+    own would otherwise pay an ONNX export and a calibration (~30 s) each time."""
+    return tmp_path_factory.mktemp("runtime-choice")
+
+
 @pytest.fixture(autouse=True)
-def _isolated_env(monkeypatch, tmp_path, session_cache):
+def _isolated_env(monkeypatch, tmp_path, session_cache, runtime_cache):
     monkeypatch.setenv("SIE_EVALS_DATA_DIR", str(DATA))
     monkeypatch.setenv("SIE_EVALS_CACHE_DIR", str(session_cache))
+    monkeypatch.setenv("SIE_EVALS_RUNTIME_CACHE_DIR", str(runtime_cache))  # runtime_choice.RUNTIME_CACHE_ENV
     monkeypatch.setenv("SIE_EVALS_RESULTS_DIR", str(tmp_path / "results"))
     monkeypatch.delenv("SIE_EVALS_MODEL_CONFIGS_DIR", raising=False)
     monkeypatch.delenv("DAGSTER_HOME", raising=False)

@@ -93,11 +93,14 @@ class MuveraSettings(_Strict):
 
 class Runtime(StrEnum):
     """What runs the `local` engine's forward pass. onnx/openvino run an ONNX export of the model
-    (exported once per model revision and profile, eager attention so padded batches stay exact)."""
+    (exported once per model revision and profile, eager attention so padded batches stay exact).
+    auto: the fastest of them on this machine whose vectors are within 1e-5 of torch's, calibrated
+    once per machine, model and runtime versions (engines/runtime_choice.py); torch on a GPU."""
 
     torch = "torch"
     onnx = "onnx"
     openvino = "openvino"
+    auto = "auto"
 
 
 # cpu, auto, mps, cuda (every visible GPU), cuda:N, or a comma-separated list of devices: one
@@ -155,7 +158,11 @@ class ProfileSettings(_Strict):
         None,
         description="Turn the multivector output into one dense MUVERA vector per text (needs output: multivector).",
     )
-    runtime: Runtime | None = Field(None, description="local engine runtime: torch (default), onnx or openvino.")
+    runtime: Runtime | None = Field(
+        None,
+        description="local engine runtime: torch (default), onnx, openvino, or auto (the fastest of them "
+        "whose vectors pass the 1e-5 parity gate against torch on this machine; torch on a GPU).",
+    )
     device: str | None = Field(
         None,
         pattern=DEVICE_PATTERN,

@@ -12,7 +12,18 @@ from typing import Any
 
 import sie_evals
 
-_PACKAGES = ("torch", "transformers", "tokenizers", "numpy", "pytrec-eval-terrier", "dagster", "datasets")
+# onnxruntime and openvino: the local engine's `runtime: auto` may pick either (None when not installed)
+_PACKAGES = (
+    "torch",
+    "transformers",
+    "tokenizers",
+    "numpy",
+    "pytrec-eval-terrier",
+    "dagster",
+    "datasets",
+    "onnxruntime",
+    "openvino",
+)
 
 
 def _version(dist: str) -> str | None:
@@ -23,7 +34,7 @@ def _version(dist: str) -> str | None:
 
 
 @lru_cache(maxsize=1)
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
@@ -110,7 +121,7 @@ def hardware() -> dict[str, Any]:
     return {
         "host": socket.gethostname(),
         "platform": platform.platform(),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "memory_gib": _memory_gib(),
         "gpus": _gpus(),

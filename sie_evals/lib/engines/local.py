@@ -8,8 +8,10 @@ L2-normalise. Batches are formed after sorting by token length so little compute
 
 import importlib
 import importlib.metadata as md
+import logging
 import os
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,20 @@ from sie_evals.lib.core.errors import ConfigError, EngineError
 from sie_evals.lib.engines.base import EmbedKind, Engine, EngineInfo
 from sie_evals.lib.engines.devices import device_type, resolve_devices
 from sie_evals.lib.engines.export import OPSET
+from sie_evals.lib.engines.runtime_choice import (
+    RUNTIME_MODULES,
+    RuntimeChoice,
+    calibrate,
+    calibration_texts,
+    choice_file,
+    choice_identity,
+    load_choice,
+    runtime_cache_root,
+    save_choice,
+    static_choice,
+)
+
+log = logging.getLogger(__name__)
 
 
 def _version(dist: str) -> str:
@@ -90,7 +106,7 @@ class LocalEngine(Engine):
         self.progress = progress
         self.device_spec = device or profile.device
         self.devices = resolve_devices(self.device_spec, "--device" if device else f"profile {profile.name!r} device")
-        if profile.runtime != Runtime.torch and device_type(self.devices) != "cpu":
+        if profile.runtime not in (Runtime.torch, Runtime.auto) and device_type(self.devices) != "cpu":
             raise ConfigError(
                 f"{model.path}: profile {profile.name!r}: runtime {profile.runtime.value} runs on the CPU here; "
                 f"device {self.device_spec!r} needs runtime torch"
@@ -103,9 +119,27 @@ class LocalEngine(Engine):
         # threads); concurrent callers queue here, as they would at a single-worker server.
         self._lock = threading.Lock()
         self._count_lock = threading.Lock()
+        self._choice: RuntimeChoice | None = None  # runtime auto: what it resolved to, and why
+        self._choice_lock = threading.Lock()
+        self._calibrated: list[_Worker] | None = None  # the chosen runtime's workers, built while calibrating
+
+    @property
+    def runtime(self) -> Runtime:
+        """The runtime that runs the forward pass: the profile's, or what `auto` chose."""
+        choice = self.runtime_choice()
+        return choice.runtime if choice else self.profile.runtime
+
+    def runtime_choice(self) -> RuntimeChoice | None:
+        """`auto`'s choice (calibrating on first use per machine, model and runtime versions); None otherwise."""
+        if self.profile.runtime != Runtime.auto:
+            return None
+        with self._choice_lock:
+            if self._choice is None:
+                self._choice = self._choose_runtime()
+            return self._choice
 
     def _software(self) -> str:
-        runtime = self.profile.runtime
+        runtime = self.runtime
         if runtime == Runtime.torch:
             version = f"transformers {_version('transformers')}; torch {_version('torch')}"
             kind = device_type(self.devices)
@@ -127,7 +161,8 @@ class LocalEngine(Engine):
                 "threads": self.threads,
                 "batch_size": self.batch_size,
                 "dtype": self.profile.dtype.value,
-                "runtime": self.profile.runtime.value,
+                "runtime": self.runtime.value,
+                **({"runtime_choice": self._choice.as_dict()} if self.runtime_choice() else {}),
                 "device": self.device_spec,
                 "devices": self.devices,
                 # model replicas (one per device) or, for openvino, CPU streams running batches in parallel
@@ -136,9 +171,12 @@ class LocalEngine(Engine):
             },
         )
 
-    def _start(self) -> None:
+    def _source(self) -> tuple[str, dict]:
+        source = resolve_weights(self.model)
+        return source, {"revision": self.model.revision} if self.model.weights.hf_id and self.model.revision else {}
+
+    def _load_tokenizer(self) -> None:
         import torch
-        from transformers import AutoTokenizer
 
         if self.threads:
             torch.set_num_threads(self.threads)
@@ -146,32 +184,87 @@ class LocalEngine(Engine):
             from transformers.utils import logging as hf_logging
 
             hf_logging.disable_progress_bar()
-        source = resolve_weights(self.model)
-        kwargs = {"revision": self.model.revision} if self.model.weights.hf_id and self.model.revision else {}
+        if self._tokenizer is not None:
+            return
+        from transformers import AutoTokenizer
+
+        source, kwargs = self._source()
         try:
             self._tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
         except OSError as err:
             raise EngineError(f"local: cannot load the tokenizer from {source}: {err}") from None
-        if self.profile.runtime == Runtime.torch:
-            self._workers = [_TorchWorker(source, kwargs, device, self.profile) for device in self.devices]
-            return
+
+    def _start(self) -> None:
+        self._load_tokenizer()
+        runtime = self.runtime  # auto: calibrated (or read from its cache) here at the latest
+        workers, self._calibrated = self._calibrated, None
+        self._workers = workers or self._build_workers(runtime)
+
+    def _build_workers(self, runtime: Runtime) -> list["_Worker"]:
+        source, kwargs = self._source()
+        if runtime == Runtime.torch:
+            return [_TorchWorker(source, kwargs, device, self.profile) for device in self.devices]
         if self.profile.output != OutputType.dense:
             raise ConfigError(
-                f"profile {self.profile.name!r}: runtime {self.profile.runtime.value} exports dense outputs only; "
+                f"profile {self.profile.name!r}: runtime {runtime.value} exports dense outputs only; "
                 f"output {self.profile.output.value} runs with runtime torch"
             )
         from sie_evals.lib.core import paths
         from sie_evals.lib.engines.export import ONNX_FILE, ensure_onnx_export
 
+        importlib.import_module(RUNTIME_MODULES[runtime])  # ImportError (not installed) before any export work
+        root = self.export_cache or paths.cache_dir()
+        if self.profile.runtime == Runtime.auto:
+            root = runtime_cache_root(root)
         self.export_dir = ensure_onnx_export(
-            self.model, self.profile, source, weights_id(self.model), self.export_cache or paths.cache_dir()
+            self.model, self.profile.model_copy(update={"runtime": runtime}), source, weights_id(self.model), root
         )
         onnx_path = self.export_dir / ONNX_FILE
-        if self.profile.runtime == Runtime.openvino:
-            self._workers = _OpenVinoWorker.streams(onnx_path, self.threads, self.profile)
-            return
+        if runtime == Runtime.openvino:
+            return _OpenVinoWorker.streams(onnx_path, self.threads, self.profile)
         threads = max(1, self.threads // len(self.devices)) if self.threads else None
-        self._workers = [_OnnxWorker(onnx_path, threads, self.profile) for _ in self.devices]
+        return [_OnnxWorker(onnx_path, threads, self.profile) for _ in self.devices]
+
+    def _choose_runtime(self) -> RuntimeChoice:
+        """`auto`: the cached choice for this machine, model and runtime versions, or a calibration."""
+        from sie_evals.lib.core import paths
+        from sie_evals.lib.engines.export import EXPORT_TOLERANCE
+
+        fixed = static_choice(self.profile, device_type(self.devices))
+        if fixed:
+            return fixed
+        threads = self.threads or len(os.sched_getaffinity(0))
+        identity = choice_identity(self.model, self.profile, weights_id(self.model), threads, self.batch_size)
+        path = choice_file(runtime_cache_root(self.export_cache or paths.cache_dir()), self.model, identity)
+        cached = load_choice(path, identity)
+        if cached:
+            log.info("runtime auto: %s (cached in %s: %s)", cached.runtime.value, path, cached.reason)
+            return cached
+        self._load_tokenizer()
+        built: dict[Runtime, list[_Worker]] = {}
+
+        def build(runtime: Runtime):
+            built[runtime] = workers = self._build_workers(runtime)
+            return lambda texts: self._embed_with(workers, texts, count=False)
+
+        start = time.perf_counter()
+        choice, _ = calibrate(build, calibration_texts(), self.batch_size, EXPORT_TOLERANCE)
+        self._calibrated = built[choice.runtime]
+        if choice.runtime != Runtime.openvino and choice.runtime != Runtime.onnx:
+            self.export_dir = None
+        save_choice(path, choice, identity)
+        say = log.warning if choice.rejected else log.info
+        say(
+            "runtime auto for %s profile %r: %s (%s; calibrated in %.1fs on %d texts, saved in %s)",
+            self.model.model_id,
+            self.profile.name,
+            choice.runtime.value,
+            choice.reason,
+            time.perf_counter() - start,
+            choice.texts,
+            path,
+        )
+        return choice
 
     @property
     def _model(self):
@@ -195,6 +288,10 @@ class LocalEngine(Engine):
             from sie_evals.lib.engines.outputs import encode_local
 
             return encode_local(self, texts)
+        return self._embed_with(self._workers, texts)
+
+    def _embed_with(self, workers: list["_Worker"], texts: list[str], count: bool = True) -> np.ndarray:
+        """Dense vectors of `texts` by `workers`: tokenized once, length-sorted batches, in input order."""
         from tqdm.auto import tqdm
 
         tok = self._tokenizer
@@ -207,22 +304,23 @@ class LocalEngine(Engine):
             total=len(texts),
             desc="embed (local)",
             unit="text",
-            disable=not self.progress or os.environ.get("CI") == "true",
+            disable=not count or not self.progress or os.environ.get("CI") == "true",
         )
 
         def run(worker: "_Worker", b: int) -> None:
             idx = batches[b]
             features = {k: [encoded[k][i] for i in idx] for k in encoded}
             results[b] = worker.embed(tok.pad(features, padding=True, return_tensors="pt"))
-            with self._count_lock:
-                self.forward_calls += 1
-                bar.update(len(idx))
+            if count:
+                with self._count_lock:
+                    self.forward_calls += 1
+                    bar.update(len(idx))
 
-        if len(self._workers) == 1:
+        if len(workers) == 1:
             for b in range(len(batches)):
-                run(self._workers[0], b)
+                run(workers[0], b)
         else:
-            _data_parallel(self._workers, len(batches), run)
+            _data_parallel(workers, len(batches), run)
         bar.close()
         out = np.empty((len(texts), results[0].shape[1]), dtype=np.float32)
         for idx, vecs in zip(batches, results, strict=True):

@@ -14,6 +14,7 @@ DIFF_FIELDS: tuple[tuple[str, str], ...] = (
     ("tokenizers", "software.tokenizers"),
     ("engine", "engine"),
     ("engine version", "engine_version"),
+    ("runtime", "runtime"),
     ("model revision", "model_revision"),
     ("weights", "weights"),
     ("weights hash", "weights_hash"),
@@ -44,6 +45,8 @@ def summarize(rc: dict[str, Any], profile_settings: dict[str, Any] | None = None
     return {
         "engine": rc.get("engine"),
         "engine_version": rc.get("engine_version"),
+        "runtime": rc.get("runtime"),  # local engine; with runtime auto, what it chose and why:
+        "runtime_choice": rc.get("runtime_choice"),
         "model_revision": rc.get("model_revision"),
         "weights": rc.get("weights"),
         "weights_hash": rc.get("weights_hash"),

@@ -303,7 +303,8 @@ def run_eval(req: EvalRequest) -> EvalOutcome:
     if req.eval_type == "quality":
         for s, par in parity_against(results, "local").items():
             report["sources"][s]["parity_vs_local"] = par
-        if profile.runtime != Runtime.torch and "local" in by_source:  # an exported runtime: how exact is it?
+        # an exported runtime named by the profile: how exact is it? (auto's choice passed its gate already)
+        if profile.runtime in (Runtime.onnx, Runtime.openvino) and "local" in by_source:
             report["sources"]["local"]["parity_vs_torch"] = parity_vs_torch(
                 config, profile, spec, data, by_source["local"], req.engine, cache
             )

@@ -129,6 +129,7 @@ def _conditions_base(
         "profile": profile.name,
         "dtype": profile.dtype.value,
         "runtime": engine_info.get("extra", {}).get("runtime"),  # local engine: torch, onnx, openvino
+        "runtime_choice": engine_info.get("extra", {}).get("runtime_choice"),  # runtime auto: why, timings
         "devices": engine_info.get("extra", {}).get("devices"),
         "batch_size": engine_opts.batch_size or profile.batch_size,
         "concurrency": None,
