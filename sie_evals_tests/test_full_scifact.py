@@ -9,9 +9,10 @@ import pytest
 from typer.testing import CliRunner
 
 from sie_evals.cli import app
-from sie_evals_tests.conftest import MODEL_ID
+from sie_evals_tests.conftest import MODEL_ID, agrees_with_published
 
-# shared/reference/published-scores.md (embeddings-benchmark/results, mteb 1.12.75)
+# shared/reference/published-scores.md (embeddings-benchmark/results, mteb 1.12.75). The README claims these
+# (ndcg@10 0.64508, map@10 0.59593, recall@10 0.78333): every published digit must hold, nothing looser.
 PUBLISHED = {
     "ndcg_at_10": 0.64508,
     "map_at_10": 0.59593,
@@ -23,7 +24,6 @@ PUBLISHED = {
     "precision_at_10": 0.08833,
     "mrr_at_10": 0.6047248677248677,
 }
-TOLERANCE = 0.0005
 
 
 @pytest.mark.slow
@@ -50,12 +50,11 @@ def test_full_scifact_matches_published_mteb_scores(tmp_path, monkeypatch):
     local, benchmark = report["sources"]["local"], report["sources"]["benchmark"]
     assert local["cache"]["misses"] > 0 and local["forward_calls"] > 0
     for name, published in PUBLISHED.items():
-        assert local["metrics"][name] == pytest.approx(published, abs=TOLERANCE), name
+        assert agrees_with_published(local["metrics"][name], published), (name, local["metrics"][name], published)
     # the benchmark column is the shipped published data, with its provenance
     assert benchmark["available"] and benchmark["info"]["mteb_version"] == "1.12.75"
     for name in ("ndcg_at_10", "map_at_10", "recall_at_10"):
         assert benchmark["metrics"][name] == PUBLISHED[name]
-        assert abs(local["metrics"][name] - benchmark["metrics"][name]) <= TOLERANCE
 
     start = time.perf_counter()
     res = CliRunner().invoke(app, args)

@@ -6,13 +6,14 @@ import pytest
 from typer.testing import CliRunner
 
 from sie_evals.cli import app
-from sie_evals_tests.conftest import MODEL_ID
+from sie_evals_tests.conftest import MODEL_ID, agrees_with_published
 
 CASES = [
-    # task, main score, published value (shared/reference/published-scores.md), tolerance
-    ("mteb/Banking77Classification", "accuracy", 0.8004220779220779, 0.0005),
+    # task, main score, published value (shared/reference/published-scores.md), tolerance; None: every published
+    # digit holds (the README: Banking77 reproduces MTEB's published accuracy to every digit)
+    ("mteb/Banking77Classification", "accuracy", 0.8004220779220779, None),
     ("mteb/TwitterURLCorpus", "max_ap", 0.8470165732885377, 0.00005),
-    ("mteb/STSBenchmark", "cosine_spearman", 0.8203247283076371, 0.00005),
+    ("mteb/STSBenchmark", "cosine_spearman", 0.8203247283076371, 1e-7),  # README: ours 0.82032467
 ]
 
 
@@ -27,8 +28,14 @@ def test_full_task_matches_published(task, main, published, tolerance, tmp_path)
     report = json.loads(out.read_text())
     local = report["sources"]["local"]["metrics"]
     assert report["main_score"] == main
-    assert local[main] == pytest.approx(published, abs=tolerance)
+    if tolerance is None:
+        assert agrees_with_published(local[main], published), (local[main], published)
+    else:
+        assert local[main] == pytest.approx(published, abs=tolerance)
     assert report["sources"]["benchmark"]["metrics"][main] == published
     if main == "accuracy":  # MTEB's seeds reproduce each experiment, not only the mean
-        assert local["experiment_0_accuracy"] == pytest.approx(0.798051948051948, abs=tolerance)
-        assert local["experiment_1_accuracy"] == pytest.approx(0.8016233766233766, abs=tolerance)
+        for name, value in (
+            ("experiment_0_accuracy", 0.798051948051948),
+            ("experiment_1_accuracy", 0.8016233766233766),
+        ):
+            assert agrees_with_published(local[name], value), (name, local[name], value)
