@@ -59,6 +59,8 @@ def summarize(rc: dict[str, Any], profile_settings: dict[str, Any] | None = None
         "workload": rc.get("workload"),
         "hardware": {k: hw.get(k) for k in ("cpu", "cpu_count", "gpus", "host")},
         "load_avg": rc.get("load_avg_before", hw.get("load_avg_1m")),
+        # perf: the load generator's own latency on this machine (lib/perf/overhead.py)
+        "generator_overhead": rc.get("generator_overhead"),
         "software": {k: sw.get(k) for k in ("python", "torch", "transformers", "tokenizers", "numpy") if k in sw},
         "harness_version": sw.get("sie_evals"),
         "dataset_hash": dataset.get("content_hash"),

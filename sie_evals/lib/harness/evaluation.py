@@ -254,9 +254,10 @@ def send_timed(engine: Engine, batch: list[str], kind: EmbedKind, sizes: list | 
     return timing() if callable(timing) else timing
 
 
-def perf_target(engine: Engine, texts: list[str], batch_size: int, kind: EmbedKind):
+def perf_target(engine: Engine, texts: list[str], batch_size: int, kind: EmbedKind, replies: list | None = None):
     """(HttpTarget, check, redact) for the fast generator when the engine is one plain JSON request per
-    perf request (lib/perf/aio.py); (None, None, None) for the thread generator otherwise."""
+    perf request (lib/perf/aio.py); (None, None, None) for the thread generator otherwise. The first
+    reply checked is appended to `replies`."""
     from sie_evals.lib.engines.http import HttpEngine
     from sie_evals.lib.perf.load import prepared_target, request_items
 
@@ -270,8 +271,29 @@ def perf_target(engine: Engine, texts: list[str], batch_size: int, kind: EmbedKi
 
     def check(i: int, body: bytes) -> None:
         engine.check_perf_reply(body, len(request_items(i, texts, batch_size)))
+        if replies is not None and not replies:
+            replies.append(body)
 
     return target, check, engine.redact
+
+
+def calibrate_overhead(spec, texts: list[str], counts: list[int], target, reply: bytes) -> dict[str, Any]:
+    """The generator's own latency at this load against a null endpoint answering `reply` (HTTP
+    engines), or with a send that returns at once (in-process engines): lib/perf/overhead.py."""
+    import dataclasses
+    from urllib.parse import urlsplit
+
+    from sie_evals.lib.perf.load import run_load
+    from sie_evals.lib.perf.overhead import calibration_spec, null_endpoint, overhead_summary
+
+    calib = calibration_spec(spec)
+    if target is None:
+        result = run_load(lambda batch: None, texts, counts, calib)
+        return overhead_summary(result.metrics(), "thread generator, a send that returns at once")
+    with null_endpoint(reply) as base:
+        null = dataclasses.replace(target, url=base + urlsplit(target.url).path)
+        result = run_load(None, texts, counts, calib, target=null)
+    return overhead_summary(result.metrics(), "aiohttp generator, the same requests to a loopback null endpoint")
 
 
 class PerfWorkload:
@@ -356,10 +378,11 @@ def evaluate_perf_source(
     results = []
     sizes: list = []  # sparse nnz / tokens per text of non-dense outputs
     generators: set[str] = set()  # which generator ran: aiohttp (HTTP engines) or threads
+    replies: list[bytes] = []  # one reply of the server: what the overhead calibration's null endpoint sends
 
     def run_point(value, point, search: bool = False) -> dict[str, float]:
         texts, counts = work.texts_and_counts(point.tokens)
-        target, check, redact = perf_target(engine, texts, point.batch_size, work.kind)
+        target, check, redact = perf_target(engine, texts, point.batch_size, work.kind, replies)
         generators.add("aiohttp" if target is not None else "threads")
         result = run_load(
             lambda batch: send_timed(engine, batch, work.kind, sizes), texts, counts, point, stop, target, check, redact
@@ -392,6 +415,13 @@ def evaluate_perf_source(
                 sweep.param,
                 slo_search_steps,
             )
+        # the generator's own overhead at the heaviest load run (lib/perf/overhead.py)
+        overhead = None
+        if not (stop is not None and stop.is_set()):
+            heaviest = points[-1][1]
+            texts, counts = work.texts_and_counts(heaviest.tokens)
+            target = perf_target(engine, texts, heaviest.batch_size, work.kind)[0]
+            overhead = calibrate_overhead(heaviest, texts, counts, target, replies[0] if replies else b"{}")
     load_after = os.getloadavg()[0]
     rows.sort(key=lambda r: r["value"] if r["value"] is not None else 0)
     main = results[0][1]
@@ -430,10 +460,16 @@ def evaluate_perf_source(
         "client_threads": load.concurrency if load.mode == "closed" else load.max_concurrency,
         "seed": load.seed if load.mode == "open" else None,
         "generator": ", ".join(sorted(generators)),
+        "generator_overhead": overhead,
         "load_avg_before": round(load_before, 2),
         "load_avg_after": round(load_after, 2),
     }
     warnings = []
+    if overhead is not None:
+        from sie_evals.lib.perf.overhead import overhead_warnings
+
+        metrics = {**metrics, **{f"generator_overhead_{k}": v for k, v in overhead.items() if k.endswith("_ms")}}
+        warnings.extend(overhead_warnings(overhead, metrics))
     if load_before > 0.5 * cpus:
         warnings.append(
             f"machine was busy before the run (load average {load_before:.2f} on {cpus} CPUs): "

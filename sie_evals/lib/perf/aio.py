@@ -35,7 +35,11 @@ from sie_evals.lib.perf.openloop import (
 )
 
 SAMPLES = 8  # reply bodies kept per process for validation after the run
-SPIN_S = 0.001  # timers are millisecond-grained: sleep to this close to a send, then yield-spin
+# Spin (yield to the loop until the send time) only this close to a send. 0: the loop's millisecond
+# timers alone, sends up to ~1 ms late. Spinning sends on time on an idle machine, but on a shared one
+# (load average 8 on 2 cores) a spinning process is preempted for whole time slices: measured p99 at
+# 1,000 req/s against nginx 9-12 ms without spinning, 15-170 ms with 1 ms of it.
+SPIN_S = 0.0
 # What one generator process sustains against a fast server on one core (~10k req/s measured with
 # nginx on 127.0.0.1, benchmarks/RESULTS.md), with headroom: above it the load is split.
 RATE_PER_PROCESS = 4000.0

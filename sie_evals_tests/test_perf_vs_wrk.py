@@ -1,0 +1,219 @@
+"""The perf generator against `wrk` on a server faster than any embedding server: nginx on 127.0.0.1
+returning a fixed OpenAI-style embedding for POST /v1/embeddings (Debian's nginx-light and wrk, from
+scripts/system_deps.sh). Both send the same 2 KB JSON body; wrk -t1 -c16 is the reference.
+
+The bounds here are loose enough for a loaded CI machine yet fail the old thread-per-request
+generator (issue 25 measured it at 0.026x wrk closed loop and p99 19 ms at 1,000 req/s open loop on a
+quiet machine); benchmarks/bench_perf_vs_wrk.py measures the real ratios (benchmarks/RESULTS.md).
+
+Each generator run is a fresh interpreter (as sie-bench would run), and nginx and wrk are processes
+the test starts and stops; nginx's config, pid and logs live in the test's temp folder."""
+
+import json
+import random
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from sie_evals_tests.conftest import skip_unless_required
+
+DIMS = 384  # all-MiniLM-L6-v2's width: the openai engine accepts the reply for the default model
+# A 2 KB request body, as the openai engine encodes one (real prose, repeated to the size).
+TEXT = (
+    "Alterations of the architecture of cerebral white matter in the developing human brain can affect "
+    "cortical development and result in functional disabilities. "
+)
+REQUEST_BODY = json.dumps(
+    {"model": "m", "input": [(TEXT * 20)[:1990]], "encoding_format": "float"}, separators=(",", ":")
+).encode()
+
+
+def reply_json() -> str:
+    rng = random.Random(0)
+    vector = [round(rng.uniform(-0.1, 0.1), 6) for _ in range(DIMS)]
+    data = [{"object": "embedding", "index": 0, "embedding": vector}]
+    usage = {"prompt_tokens": 8, "total_tokens": 8}
+    return json.dumps({"object": "list", "data": data, "model": "m", "usage": usage}, separators=(",", ":"))
+
+
+def tool(name: str) -> str:
+    """The path of nginx or wrk; a missing one skips locally and fails in CI."""
+    found = shutil.which(name) or (f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None)
+    if not found:
+        skip_unless_required(f"{name} is not installed (scripts/system_deps.sh installs it)")
+    return found
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def fixed_nginx(folder: Path) -> Iterator[str]:
+    """nginx (one worker) answering POST /v1/embeddings with a fixed embedding; yields its base URL."""
+    folder.mkdir(parents=True, exist_ok=True)
+    port = _free_port()
+    temps = " ".join(
+        f"{name}_temp_path {folder / name};" for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    (folder / "nginx.conf").write_text(
+        f"""worker_processes 1;
+daemon off;
+pid {folder / "nginx.pid"};
+error_log {folder / "error.log"};
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  keepalive_requests 10000000;
+  client_body_buffer_size 64k;
+  {temps}
+  server {{
+    listen 127.0.0.1:{port};
+    location = /v1/embeddings {{ default_type application/json; return 200 '{reply_json()}'; }}
+  }}
+}}
+"""
+    )
+    proc = subprocess.Popen(
+        [tool("nginx"), "-e", str(folder / "error.log"), "-p", str(folder), "-c", str(folder / "nginx.conf")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    err = proc.stderr.read().decode() if proc.stderr else ""
+                    raise RuntimeError(f"nginx did not start on port {port}: {err}") from None
+                time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def wrk(url: str, folder: Path, seconds: float = 3.0, connections: int = 16) -> dict[str, float]:
+    """wrk -t1 -cN POSTing REQUEST_BODY: requests/s and its p50/p99 (ms)."""
+    (folder / "body.json").write_bytes(REQUEST_BODY)
+    script = folder / "post.lua"
+    script.write_text(
+        'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+        f'local f = io.open("{folder / "body.json"}", "rb")\nwrk.body = f:read("*a")\nf:close()\n'
+    )
+    out = subprocess.run(
+        [tool("wrk"), "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+        check=True,
+    ).stdout
+    unit = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
+
+    def latency(pct: str) -> float:
+        m = re.search(rf"^\s*{pct}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        assert m, out
+        return float(m.group(1)) * unit[m.group(2)]
+
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    assert rps, out
+    return {"requests_per_s": float(rps.group(1)), "latency_p50_ms": latency("50"), "latency_p99_ms": latency("99")}
+
+
+PROBE = r"""
+import json, sys
+from sie_evals.lib.perf.aio import HttpTarget
+from sie_evals.lib.perf.load import LoadSpec, run_load
+
+url, spec, body = sys.argv[1], LoadSpec(**json.loads(sys.argv[2])), open(sys.argv[3], "rb").read()
+target = HttpTarget(url, {"Content-Type": "application/json"}, (body,))
+print(json.dumps(run_load(None, ["x"], [1], spec, target=target).metrics()))
+"""
+
+
+def generator(url: str, folder: Path, **spec) -> dict[str, float]:
+    """The project's generator (a fresh interpreter) against url with REQUEST_BODY: median metrics."""
+    (folder / "body.json").write_bytes(REQUEST_BODY)
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, url, json.dumps(spec), str(folder / "body.json")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    return json.loads(out.stdout)
+
+
+@pytest.mark.slow
+def test_generator_keeps_up_with_nginx_like_wrk(tmp_path):
+    """Closed loop c=16 reaches >= 0.08x wrk -t1 -c16's requests/s (old: 0.026x); open loop at
+    1,000 req/s has p99 <= 15 ms (old: 19 ms on a quiet machine; new: 9-12 ms at load average 8 on 2
+    cores) with nothing dropped; at 10,000 req/s offered it achieves >= 35% of it and counts whatever
+    it did not send. Best of 3 attempts: CI machines are shared."""
+    attempts = []
+    with fixed_nginx(tmp_path / "nginx") as base:
+        url = f"{base}/v1/embeddings"
+        for _ in range(3):
+            ref = wrk(url, tmp_path)
+            closed = generator(url, tmp_path, concurrency=16, requests=30000, warmup_requests=500, trials=1)
+            open_1k = generator(
+                url, tmp_path, rate=1000.0, requests=None, duration_s=3.0, warmup_requests=200, trials=1
+            )
+            open_10k = generator(
+                url, tmp_path, rate=10000.0, requests=None, duration_s=3.0, warmup_requests=1000, trials=1
+            )
+            got = {
+                "wrk_rps": ref["requests_per_s"],
+                "closed_ratio": closed["requests_per_s"] / ref["requests_per_s"],
+                "closed_errors": closed["errors"],
+                "open_1k_p99_ms": open_1k["latency_p99_ms"],
+                "open_1k_dropped": open_1k["dropped"],
+                "open_10k_achieved": open_10k["requests_per_s"] / 10000.0,
+                "open_10k_counted": open_10k["completed"] + open_10k["errors"] + open_10k["dropped"],
+                "open_10k_scheduled": open_10k["scheduled"],
+            }
+            attempts.append(got)
+            # every request whose time came is accounted for: completed, failed or dropped
+            assert got["open_10k_counted"] == got["open_10k_scheduled"], got
+            assert closed["errors"] == 0 == open_1k["errors"], got
+            if (
+                got["closed_ratio"] >= 0.08
+                and got["open_1k_p99_ms"] <= 15.0
+                and got["open_1k_dropped"] == 0
+                and got["open_10k_achieved"] >= 0.35
+            ):
+                break
+        else:
+            pytest.fail(f"the generator did not keep up with nginx: {attempts}")
+
+
+def test_nginx_serves_an_openai_reply_the_engine_accepts(tmp_path):
+    """The fixed reply is a valid OpenAI embeddings reply for the default model (384 dimensions)."""
+    from sie_evals.lib.engines.openai import parse_openai_embeddings
+
+    tool("nginx")
+    with fixed_nginx(tmp_path / "nginx") as base:
+        import urllib.request
+
+        req = urllib.request.Request(f"{base}/v1/embeddings", data=REQUEST_BODY, method="POST")
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            vectors = parse_openai_embeddings("openai", json.loads(resp.read()))
+    assert len(vectors) == 1 and len(vectors[0]) == DIMS
+    assert 1900 <= len(REQUEST_BODY) <= 2100  # the 2 KB body of the comparison
