@@ -41,7 +41,7 @@ def _target(metrics: str, variant: str = "test") -> str:
 
 @pytest.mark.parametrize(
     ("metrics", "shown"),
-    [("{ndcg_at_10: true}", "True (bool)"), ("{ndcg_at_10: '0.65'}", "'0.65' (str)")],
+    [("{ndcg_at_10: true}", "not a boolean (true)"), ("{ndcg_at_10: '0.65'}", "'0.65' (str)")],
 )
 def test_boolean_or_quoted_target_is_not_a_number(configs, metrics, shown):
     cfg = configs / CONFIG_NAME
