@@ -61,6 +61,7 @@ def summarize(rc: dict[str, Any], profile_settings: dict[str, Any] | None = None
         "load_avg": rc.get("load_avg_before", hw.get("load_avg_1m")),
         # perf: the load generator's own latency on this machine (lib/perf/overhead.py)
         "generator_overhead": rc.get("generator_overhead"),
+        "trial_values": rc.get("trial_values"),  # perf: each trial's p50/p99/throughput (lib/perf/trials.py)
         "software": {k: sw.get(k) for k in ("python", "torch", "transformers", "tokenizers", "numpy") if k in sw},
         "harness_version": sw.get("sie_evals"),
         "dataset_hash": dataset.get("content_hash"),

@@ -17,6 +17,7 @@ from sie_evals.lib.gates.conditions import Change, comparable, diagnosis, diff_c
 from sie_evals.lib.gates.keys import ResultKey, ResultKind
 from sie_evals.lib.gates.saved_results import find_history, find_target, load_per_query
 from sie_evals.lib.gates.thresholds import Against, MetricKind, check_against
+from sie_evals.lib.perf.trials import conditions_change_interval
 from sie_evals.lib.tasks import TaskSpec
 
 
@@ -165,6 +166,9 @@ def check_source(
         if ref is not None and ref.per_query is not None and per_query is not None and v.kind == MetricKind.quality:
             interval = paired_bootstrap(per_query, ref.per_query, v.metric)
             row["delta_interval"] = interval.as_dict() if interval else None
+        elif ref is not None and key is not None and key.kind is ResultKind.perf:
+            # perf: Welch's t over the two runs' trials (lib/perf/trials.py), beside the margin verdict
+            row["delta_interval"] = conditions_change_interval(conditions, ref.info.get("conditions"), v.metric)
         rows.append(row)
     info = {k: ref.info.get(k) for k in ("id", "source", "saved")} if ref else None
     result = CheckResult(against.value, source, info, rows, key)

@@ -367,6 +367,7 @@ def evaluate_perf_source(
 
     from sie_evals.lib.perf.load import run_load
     from sie_evals.lib.perf.sweep import search_max_at_slo
+    from sie_evals.lib.perf.trials import trial_intervals, trial_values
 
     work = PerfWorkload(model, profile, spec, data, workload)
     points = [(None, load)] if sweep is None else [(v, sweep.spec_at(load, v)) for v in sweep.values]
@@ -461,6 +462,7 @@ def evaluate_perf_source(
         "seed": load.seed if load.mode == "open" else None,
         "generator": ", ".join(sorted(generators)),
         "generator_overhead": overhead,
+        "trial_values": trial_values([t.metrics() for t in main.trials]) if sweep is None else None,
         "load_avg_before": round(load_before, 2),
         "load_avg_after": round(load_after, 2),
     }
@@ -508,6 +510,8 @@ def evaluate_perf_source(
         "spread": main.spread() if sweep is None else {},
         "warnings": warnings,
         "trials": [t.metrics() for t in main.trials] if sweep is None else [],
+        # mean and 95% t interval over trials of p50/p99/throughput (lib/perf/trials.py, AIPerf's way)
+        "trials_ci": trial_intervals([t.metrics() for t in main.trials]) if sweep is None else {},
         "load_shape": load.load_shape(workload),
         "histograms": main.histograms() if sweep is None else None,
         "perf_result": main if sweep is None else None,
