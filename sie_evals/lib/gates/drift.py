@@ -2,7 +2,8 @@
 the Dagster asset checks: look up the reference (a target, the latest measurement, published
 scores) by its ResultKey, apply the margins of thresholds.py, add paired-bootstrap intervals where
 per-item scores exist on both sides, and say what changed in the run conditions since the last
-passing result when a check fails."""
+passing result when a check fails. A failed quality check also names the queries that regressed
+most against the reference and the run conditions that differ from it (lib/gates/diff.py)."""
 
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,11 +15,14 @@ from sie_evals.lib.core.errors import ConfigError
 from sie_evals.lib.gates.benchmark_scores import published_score
 from sie_evals.lib.gates.bootstrap import paired_bootstrap
 from sie_evals.lib.gates.conditions import Change, comparable, diagnosis, diff_conditions
+from sie_evals.lib.gates.diff import changed_queries, condition_diff
 from sie_evals.lib.gates.keys import ResultKey, ResultKind
 from sie_evals.lib.gates.saved_results import find_history, find_target, load_per_query
 from sie_evals.lib.gates.thresholds import Against, MetricKind, check_against
 from sie_evals.lib.perf.trials import conditions_change_interval
 from sie_evals.lib.tasks import TaskSpec
+
+REGRESSED_QUERIES = 10  # how many of the most regressed queries a failed check names
 
 
 @dataclass
@@ -41,6 +45,11 @@ class CheckResult:
     changes: list[Change] = field(default_factory=list)  # run conditions: last pass -> this run
     baseline: str | None = None  # which saved result was the last pass
     diagnosis: str | None = None  # one line, set when the check failed
+    # set when the check failed: run conditions that differ between the reference and this run, and the
+    # queries whose value of `regressed_metric` dropped most from the reference (regressed_queries)
+    changes_vs_reference: list[Change] = field(default_factory=list)
+    regressed_metric: str | None = None
+    regressed: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -61,6 +70,9 @@ class CheckResult:
             "changes_since_last_pass": [c.as_dict() for c in self.changes],
             "last_pass": self.baseline,
             "diagnosis": self.diagnosis,
+            "changes_vs_reference": [c.as_dict() for c in self.changes_vs_reference],
+            "regressed_metric": self.regressed_metric,
+            "regressed_queries": self.regressed,
         }
 
 
@@ -118,6 +130,34 @@ def last_pass(
     label = "target" if against is Against.targets else "measurement"
     what = f" {ref.info['id']}" if ref.info.get("id") else ""
     return f"{label}{what} from {ref.info.get('source')}, {ref.info.get('saved')}", ref.info.get("conditions") or {}
+
+
+def regressed_queries(
+    failed: list[dict[str, Any]],
+    per_query: pd.DataFrame | None,
+    reference_per_query: pd.DataFrame | None,
+    n: int = REGRESSED_QUERIES,
+) -> tuple[str | None, list[dict[str, Any]]]:
+    """The first failed metric that both per-query tables hold, and its `n` most regressed queries
+    (reference -> now, most negative delta first, ties by query id); (None, []) without per-query
+    scores on both sides (perf, a reference saved without them, a metric with no per-query values)."""
+    if per_query is None or reference_per_query is None:
+        return None, []
+    for verdict in failed:
+        metric = verdict["metric"]
+        if metric in per_query.columns and metric in reference_per_query.columns:
+            moved = changed_queries(reference_per_query, per_query, metric, n)
+            rows = moved[moved["direction"] == "regressed"]
+            return metric, [
+                {
+                    "query_id": r.query_id,
+                    "reference": float(r.value_a),
+                    "value": float(r.value_b),
+                    "delta": float(r.delta),
+                }
+                for r in rows.itertuples(index=False)
+            ]
+    return None, []
 
 
 def _unknown_reference_metrics(
@@ -178,6 +218,8 @@ def check_source(
         ok = comparable(before) and comparable(conditions)
         result.changes = diff_conditions(before, conditions, perf=key.kind is ResultKind.perf) if ok else []
         result.diagnosis = diagnosis(failed, result.changes, result.baseline, ok)
+        result.changes_vs_reference = condition_diff(ref.info.get("conditions"), conditions)
+        result.regressed_metric, result.regressed = regressed_queries(failed, per_query, ref.per_query)
     elif failed:
         result.diagnosis = "no target saved for " + (str(key) if key else "this result") + " (--require-targets)"
     return result
