@@ -66,14 +66,28 @@ def task_inputs(spec: TaskSpec, data: TaskData) -> dict[EmbedKind, list[str]]:
 # ---------------------------------------------------------------- scoring
 
 
-def score_retrieval(
-    spec: TaskSpec, data: RetrievalData, queries: np.ndarray, documents: np.ndarray, similarity: str = "cosine"
-) -> tuple[dict[str, float], pd.DataFrame]:
-    rules = spec.rules
+def retrieval_top_k(
+    spec: TaskSpec, queries: np.ndarray, documents: np.ndarray, similarity: str = "cosine"
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ranking score_retrieval scores (also what --save-run writes): (scores, indices), top
+    max(k_values) per query, best first, ties by document index ascending."""
+    k = max(spec.rules.k_values)
     if similarity == "cosine" and isinstance(queries, np.ndarray) and isinstance(documents, np.ndarray):
-        scores, indices = exact_top_k(queries, documents, k=max(rules.k_values))
-    else:  # sparse, multivector (MaxSim) or MUVERA (dot): engines/outputs.py
-        scores, indices = output_search.top_k(queries, documents, max(rules.k_values), similarity)
+        return exact_top_k(queries, documents, k=k)
+    return output_search.top_k(queries, documents, k, similarity)  # sparse, MaxSim, MUVERA: engines/outputs.py
+
+
+def score_retrieval(
+    spec: TaskSpec,
+    data: RetrievalData,
+    queries: np.ndarray,
+    documents: np.ndarray,
+    similarity: str = "cosine",
+    top: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[dict[str, float], pd.DataFrame]:
+    """`top`: retrieval_top_k's result, when the caller keeps the ranking too (lib/quality/ranking.py)."""
+    rules = spec.rules
+    scores, indices = top if top is not None else retrieval_top_k(spec, queries, documents, similarity)
     run = to_run(data.query_ids, data.corpus_ids, scores, indices)
     return retrieval_scores(data.qrels, run, rules.k_values, rules.ignore_identical_ids, rules.skip_first_result)
 
