@@ -6,8 +6,10 @@ The bounds here are loose enough for a loaded CI machine yet fail the old thread
 generator (issue 25 measured it at 0.026x wrk closed loop and p99 19 ms at 1,000 req/s open loop on a
 quiet machine); benchmarks/bench_perf_vs_wrk.py measures the real ratios (benchmarks/RESULTS.md).
 
-Each generator run is a fresh interpreter (as sie-bench would run), and nginx and wrk are processes
-the test starts and stops; nginx's config, pid and logs live in the test's temp folder."""
+The generator runs as `sie-bench eval --type perf -s openai` runs it: the openai engine's prepared
+requests on the fast generator, its reply checks after each trial; each run is a fresh interpreter.
+nginx and wrk are processes the test starts and stops; nginx's config, pid and logs live in the
+test's temp folder."""
 
 import json
 import random
@@ -138,24 +140,54 @@ def wrk(url: str, folder: Path, seconds: float = 3.0, connections: int = 16) -> 
 
 
 PROBE = r"""
-import json, sys
+import http.client, json, sys, threading
+from urllib.parse import urlsplit
 from sie_evals.lib.perf.aio import HttpTarget
 from sie_evals.lib.perf.load import LoadSpec, run_load
 
-url, spec, body = sys.argv[1], LoadSpec(**json.loads(sys.argv[2])), open(sys.argv[3], "rb").read()
-target = HttpTarget(url, {"Content-Type": "application/json"}, (body,))
-print(json.dumps(run_load(None, ["x"], [1], spec, target=target).metrics()))
+url, spec, body, gen = sys.argv[1], LoadSpec(**json.loads(sys.argv[2])), open(sys.argv[3], "rb").read(), sys.argv[4]
+parts, local = urlsplit(url), threading.local()
+
+def send(batch):  # the thread generator's client: one keep-alive http.client connection per thread
+    if not hasattr(local, "conn"):
+        local.conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    local.conn.request("POST", parts.path, body=body, headers={"Content-Type": "application/json"})
+    reply = local.conn.getresponse()
+    reply.read()
+    if reply.status != 200:
+        raise ValueError(f"HTTP {reply.status}")
+
+target = HttpTarget(url, {"Content-Type": "application/json"}, (body,)) if gen == "aiohttp" else None
+texts = ["x"]
+if gen.startswith("engine"):  # what `sie-bench eval --type perf -s openai` runs, through the openai engine
+    from sie_evals.lib.config.model_config import find_model_config
+    from sie_evals.lib.engines.base import EmbedKind
+    from sie_evals.lib.engines.registry import create_engine
+    from sie_evals.lib.harness.evaluation import perf_target, send_timed
+
+    model = find_model_config("sentence-transformers/all-MiniLM-L6-v2")
+    engine = create_engine("openai", model, model.resolve_profile(), openai_url=url.removesuffix("/v1/embeddings"))
+    engine.start()
+    texts = json.loads(body)["input"]
+    send = lambda batch: send_timed(engine, batch, EmbedKind.query)  # noqa: E731
+    target, check, redact = (None, None, None) if gen == "engine-threads" else perf_target(
+        engine, texts, spec.batch_size, EmbedKind.query)
+    print(json.dumps(run_load(send, texts, [1], spec, target=target, check=check, redact=redact).metrics()))
+else:
+    print(json.dumps(run_load(send, texts, [1], spec, target=target).metrics()))
 """
 
 
-def generator(url: str, folder: Path, **spec) -> dict[str, float]:
-    """The project's generator (a fresh interpreter) against url with REQUEST_BODY: median metrics."""
+def generator(url: str, folder: Path, gen: str = "engine-aiohttp", **spec) -> dict[str, float]:
+    """One generator run (a fresh interpreter) against url with REQUEST_BODY: its metrics. `gen`:
+    engine-aiohttp (the openai engine on the fast generator: what the CLI runs), engine-threads (the
+    openai engine on the thread generator: what the CLI ran before), aiohttp or threads (bare bodies)."""
     (folder / "body.json").write_bytes(REQUEST_BODY)
     out = subprocess.run(
-        [sys.executable, "-c", PROBE, url, json.dumps(spec), str(folder / "body.json")],
+        [sys.executable, "-c", PROBE, url, json.dumps(spec), str(folder / "body.json"), gen],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
         check=True,
     )
     return json.loads(out.stdout)
