@@ -3,8 +3,9 @@
 The real save path (`save_target` then `append_measurement` into a copy of the shipped config) runs in
 a forked child that SIGKILLs itself right before its k-th write step (open for writing, fsync,
 rename, unlink), for k = 1, 2, ... until a save completes unkilled. After every kill the config must
-parse, every target and measurement must read back per-query scores whose means are its metrics, the
-target must be wholly the old one or wholly the new one, the history only appended to, and whatever
+parse, every target and measurement must read back per-query scores whose means are its metrics
+(and the ranking saved with them), the target must be wholly the old one or wholly the new one, the
+history only appended to, and whatever
 the kill left must be git-ignored (or be the replaced target's own file); the next save cleans up.
 Synthetic per-query scores keep it fast enough to run many times in a row."""
 
@@ -38,6 +39,20 @@ def _per_query(seed: int) -> pd.DataFrame:
     return pd.DataFrame({"query_id": [f"q{i}" for i in range(20)], **{m: rng.random(20) for m in METRICS}})
 
 
+def _run(df: pd.DataFrame) -> pd.DataFrame:
+    """A ranking that belongs to these per-query scores: each query's top score is its ndcg_at_10, so a
+    target whose ranking came from another save than its scores is caught."""
+    n = len(df)
+    return pd.DataFrame(
+        {
+            "query_id": np.repeat(df["query_id"].to_numpy(dtype=object), 3),
+            "doc_id": [f"d{i}" for i in range(3 * n)],
+            "rank": np.tile(np.arange(1, 4), n),
+            "score": np.repeat(df["ndcg_at_10"].to_numpy(), 3) - np.tile([0.0, 0.5, 1.0], n),
+        }
+    )
+
+
 def _metrics(df: pd.DataFrame) -> dict[str, float]:
     return {m: float(df[m].mean()) for m in METRICS}
 
@@ -57,7 +72,7 @@ DRIVER = textwrap.dedent(
     from pathlib import Path
     from sie_evals.lib.config.model_config import load_model_config
     from sie_evals.lib.gates import saved_results as saved
-    from sie_evals_tests.test_save_transaction import CONFIG_NAME, MEASURED, SCORES, _key, _metrics
+    from sie_evals_tests.test_save_transaction import CONFIG_NAME, MEASURED, SCORES, _key, _metrics, _run
 
     template, root = Path(sys.argv[1]), Path(sys.argv[2])
     WRITES = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
@@ -92,8 +107,9 @@ DRIVER = textwrap.dedent(
                 config = loaded
                 arm(k)
                 for split, (_, new) in SCORES.items():
-                    config = saved.save_target(config, _key(config, split), "local", _metrics(new), {}, new)
-                saved.append_measurement(config, _key(config), "local", _metrics(MEASURED), {}, MEASURED)
+                    config = saved.save_target(config, _key(config, split), "local", _metrics(new), {}, new, _run(new))
+                run = _run(MEASURED)
+                saved.append_measurement(config, _key(config), "local", _metrics(MEASURED), {}, MEASURED, run)
                 os._exit(0)
             except BaseException:
                 traceback.print_exc()
@@ -114,7 +130,7 @@ DRIVER = textwrap.dedent(
 
 def _referenced(config: ModelConfig) -> set[Path]:
     assert config.path is not None
-    return {(config.path.parent / e.per_query).resolve() for e in saved._all_entries(config) if e.per_query}
+    return {(config.path.parent / rel).resolve() for e in saved._all_entries(config) for rel in saved._files(e)}
 
 
 def _git_ignored(files: set[Path]) -> set[Path]:
@@ -143,6 +159,11 @@ def _check_consistent(config: ModelConfig) -> dict[str, str]:
         assert df is not None, f"{entry.per_query} is referenced but gone"
         for m in METRICS:
             assert math.isclose(float(df[m].mean()), entry.metrics[m], rel_tol=1e-12), (entry.per_query, m)
+        if entry.run is not None:  # the ranking saved in the same transaction as the scores
+            run = saved.load_run(config, entry)
+            assert run is not None, f"{entry.run} is referenced but gone"
+            top = run[run["rank"] == 1].set_index("query_id")["score"]
+            assert top.to_dict() == df.set_index("query_id")["ndcg_at_10"].to_dict(), entry.run
     which = {}
     for split, (old, new) in SCORES.items():
         target = saved.find_target(config, _key(config, split))
@@ -153,7 +174,7 @@ def _check_consistent(config: ModelConfig) -> dict[str, str]:
     return which
 
 
-def _template(tmp_path: Path, configs_dir: Path) -> tuple[Path, dict[str, Path]]:
+def _template(tmp_path: Path, configs_dir: Path) -> tuple[Path, dict[str, list[Path]]]:
     """The shipped config with an old target per split and one measurement, each with per-query
     scores; the train target's file has the fixed name saves wrote before the transaction."""
     template = tmp_path / "template"
@@ -161,7 +182,7 @@ def _template(tmp_path: Path, configs_dir: Path) -> tuple[Path, dict[str, Path]]
     cfg = template / CONFIG_NAME
     config = load_model_config(cfg)
     for split, (old, _) in SCORES.items():
-        config = saved.save_target(config, _key(config, split), "local", _metrics(old), {}, old)
+        config = saved.save_target(config, _key(config, split), "local", _metrics(old), {}, old, _run(old))
     saved.append_measurement(config, _key(config), "local", _metrics(SCORES["test"][0]), {}, SCORES["test"][0])
     rel = saved.find_target(load_model_config(cfg), _key(config, "train")).per_query
     legacy = f"{saved.PER_QUERY_DIR}/{config.short_name}/targets/{_key(config, 'train').file_stem()}.parquet"
@@ -169,7 +190,11 @@ def _template(tmp_path: Path, configs_dir: Path) -> tuple[Path, dict[str, Path]]
     cfg.write_text(cfg.read_text().replace(f"per_query: {rel}\n", f"per_query: {legacy}\n", 1))
     config = load_model_config(cfg)
     assert saved.find_target(config, _key(config, "train")).per_query == legacy
-    old_files = {split: template / saved.find_target(config, _key(config, split)).per_query for split in SCORES}
+    old_files = {
+        split: [template / rel for rel in saved._files(saved.find_target(config, _key(config, split)))]
+        for split in SCORES
+    }
+    assert all(len(files) == 2 for files in old_files.values())  # scores and ranking
     assert _check_consistent(config) == {"test": "old", "train": "old"}
     return template, old_files
 
@@ -200,7 +225,7 @@ def test_save_killed_at_every_write_step_keeps_targets_consistent(tmp_path, conf
         folder = work / saved.PER_QUERY_DIR / config.short_name
         loose = [p for p in folder.rglob("*") if p.is_file() and p.resolve() not in _referenced(config)]
         loose += list(work.glob(".*.tmp"))
-        replaced = {work / old_files[s].relative_to(template) for s, w in which.items() if w == "new"}
+        replaced = {work / f.relative_to(template) for s, w in which.items() if w == "new" for f in old_files[s]}
         left[run["k"]] = ({p.relative_to(work) for p in loose}, {p.relative_to(work) for p in replaced})
         # the next writer (under the lock, after its own commit) settles it: only referenced files remain
         with saved.config_lock(work / CONFIG_NAME):
@@ -228,10 +253,10 @@ def test_new_names_are_committable_and_leftovers_git_ignored(tmp_path, configs_d
     configs_dir = configs_dir.resolve()
     config = load_model_config(configs_dir / CONFIG_NAME)
     new = SCORES["test"][1]
-    config = saved.save_target(config, _key(config), "local", _metrics(new), {}, new)
-    config, _ = saved.append_measurement(config, _key(config), "local", _metrics(new), {}, new)
+    config = saved.save_target(config, _key(config), "local", _metrics(new), {}, new, _run(new))
+    config, _ = saved.append_measurement(config, _key(config), "local", _metrics(new), {}, new, _run(new))
     files = sorted(_referenced(config))
-    assert len(files) == 2 and all(f.is_file() for f in files)
+    assert len(files) == 4 and all(f.is_file() for f in files)
     hidden = [saved._pending(f) for f in files]
     hidden += [f.with_name(f".{f.name}.pending.abc123.tmp") for f in files]  # atomic_write's temp of a pending file
     hidden += [configs_dir / f".{CONFIG_NAME}.x1y2.tmp", configs_dir / f".{CONFIG_NAME}.lock"]

@@ -282,6 +282,9 @@ class SavedResult(_Strict):
     metrics: dict[str, MetricValue] = Field(description="Metric name -> value (quality, latency_*_ms, *_per_s).")
     conditions: dict[str, Any] = Field(default_factory=dict, description="Run conditions it was measured under.")
     per_query: str | None = Field(None, description="Per-query scores (Parquet), relative to this config file.")
+    run: str | None = Field(
+        None, description="Ranked results (Parquet: query_id, doc_id, rank, score; top k, default 100), relative to it."
+    )
 
     @field_validator("metrics")
     @classmethod

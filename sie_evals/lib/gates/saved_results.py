@@ -4,7 +4,9 @@ Writes keep comments, key order and formatting (ruamel round-trip), validate the
 against the schema before anything is replaced, go through a temp file + rename, and hold an
 exclusive lock (a `.<config>.lock` file beside it) from read to rename, so concurrent writers never
 lose each other's updates. Measurements are only ever appended. Per-query scores go to Parquet
-files under `per_query/` beside the configs, referenced from the entry.
+files under `per_query/` beside the configs, referenced from the entry; so does a retrieval result's
+ranking (`run`: query_id, doc_id, rank, score, the top k of 100 by default: lib/quality/ranking.py),
+named `<key>.<sha256 prefix>.run.parquet` and saved by exactly the same scheme as the per-query file.
 
 A save is one transaction whose commit point is the config's rename. Per-query scores get a new
 name for every content (`<key>.<sha256 prefix>.parquet`) and are first written, fsynced, as a hidden
@@ -134,7 +136,7 @@ def _settle(path: Path, config: ModelConfig) -> list[Path]:
     removed = list(path.parent.glob(f".{path.name}.*.tmp"))
     folder = path.parent / PER_QUERY_DIR / config.short_name
     if folder.is_dir():
-        referenced = {(path.parent / entry.per_query).resolve() for entry in _all_entries(config) if entry.per_query}
+        referenced = {(path.parent / rel).resolve() for entry in _all_entries(config) for rel in _files(entry)}
         # also over an existing file: same name, same content hash, and a damaged copy gets repaired
         moved = {file.parent for file in referenced if _pending(file).is_file()}
         for file in referenced:
@@ -147,6 +149,11 @@ def _settle(path: Path, config: ModelConfig) -> list[Path]:
     for p in removed:
         p.unlink(missing_ok=True)
     return removed
+
+
+def _files(entry: SavedResult) -> list[str]:
+    """The files an entry references (per-query scores, ranking), relative to its config."""
+    return [rel for rel in (entry.per_query, entry.run) if rel]
 
 
 def _all_entries(config: ModelConfig) -> Iterator[SavedResult]:
@@ -211,6 +218,7 @@ def _entry(
     conditions: dict[str, Any],
     per_query: str | None,
     measurement_id: str | None = None,
+    run: str | None = None,
 ) -> CommentedMap:
     e = CommentedMap()
     if measurement_id:
@@ -221,18 +229,21 @@ def _entry(
     e["conditions"] = CommentedMap(conditions)
     if per_query:
         e["per_query"] = per_query
+    if run:
+        e["run"] = run
     return e
 
 
 def _stage_per_query(
-    config: ModelConfig, kind: str, stem: str, per_query: pd.DataFrame | None
+    config: ModelConfig, kind: str, stem: str, per_query: pd.DataFrame | None, suffix: str = ".parquet"
 ) -> tuple[str | None, Callable[[], None] | None]:
-    """The new per-query file's path relative to the config (a new name for every content, so a
-    save never overwrites a file an entry references), and the write of its pending file."""
+    """The new per-query (or, with suffix .run.parquet, ranking) file's path relative to the config (a
+    new name for every content, so a save never overwrites a file an entry references), and the write
+    of its pending file."""
     if per_query is None:
         return None, None
     data = per_query.to_parquet(index=False)
-    rel = f"{PER_QUERY_DIR}/{config.short_name}/{kind}/{stem}.{hashlib.sha256(data).hexdigest()[:16]}.parquet"
+    rel = f"{PER_QUERY_DIR}/{config.short_name}/{kind}/{stem}.{hashlib.sha256(data).hexdigest()[:16]}{suffix}"
     file = _require_path(config).parent / rel
 
     def write_pending() -> None:
@@ -242,6 +253,21 @@ def _stage_per_query(
     return rel, write_pending
 
 
+def _stage(
+    config: ModelConfig, kind: str, stem: str, per_query: pd.DataFrame | None, run: pd.DataFrame | None
+) -> tuple[str | None, str | None, Callable[[], None]]:
+    """Both files of an entry staged: their names, and one step writing both pending files."""
+    rel, write_scores = _stage_per_query(config, kind, stem, per_query)
+    run_rel, write_run = _stage_per_query(config, kind, stem, run, ".run.parquet")
+
+    def write_pending() -> None:
+        for write in (write_scores, write_run):
+            if write is not None:
+                write()
+
+    return rel, run_rel, write_pending
+
+
 def save_target(
     config: ModelConfig,
     key: ResultKey,
@@ -249,14 +275,15 @@ def save_target(
     metrics: dict[str, float],
     conditions: dict[str, Any],
     per_query: pd.DataFrame | None = None,
+    run: pd.DataFrame | None = None,
 ) -> ModelConfig:
-    """Replace the target saved under `key` with this source's result."""
+    """Replace the target saved under `key` with this source's result (`run`: its ranking)."""
     path = _require_path(config)
-    rel, write_pending = _stage_per_query(config, "targets", key.file_stem(), per_query)
+    rel, run_rel, write_pending = _stage(config, "targets", key.file_stem(), per_query, run)
 
     def mutate(tree: CommentedMap) -> None:
         per_profile = _child(_child(_child(tree, "targets"), key.task), key.profile)
-        per_profile[key.variant] = _entry(source, metrics, conditions, rel)
+        per_profile[key.variant] = _entry(source, metrics, conditions, rel, run=run_rel)
 
     return update_config(path, mutate, write_pending)
 
@@ -268,18 +295,19 @@ def append_measurement(
     metrics: dict[str, float],
     conditions: dict[str, Any],
     per_query: pd.DataFrame | None = None,
+    run: pd.DataFrame | None = None,
 ) -> tuple[ModelConfig, str]:
     """Append one entry to the measurement history; never rewrites or drops an existing one."""
     path = _require_path(config)
     measurement_id = f"{now_iso().replace(':', '').replace('+0000', 'Z')}-{source}-{secrets.token_hex(3)}"
-    rel, write_pending = _stage_per_query(config, "measurements", measurement_id, per_query)
+    rel, run_rel, write_pending = _stage(config, "measurements", measurement_id, per_query, run)
 
     def mutate(tree: CommentedMap) -> None:
         per_profile = _child(_child(_child(tree, "measurements"), key.task), key.profile)
         history = per_profile.get(key.variant)
         if history is None:
             history = per_profile[key.variant] = CommentedSeq()
-        history.append(_entry(source, metrics, conditions, rel, measurement_id))
+        history.append(_entry(source, metrics, conditions, rel, measurement_id, run_rel))
 
     return update_config(path, mutate, write_pending), measurement_id
 
@@ -370,12 +398,26 @@ def _field_of(config: ModelConfig, entry: SavedResult) -> str:
     return "an entry"
 
 
+def load_run(config: ModelConfig, entry: SavedResult) -> pd.DataFrame | None:
+    """An entry's ranking (query_id, doc_id, rank, score); None when it has none or its file is gone."""
+    from sie_evals.lib.quality.ranking import check_run_frame
+
+    frame = _load_parquet(config, entry, entry.run, "ranked results")
+    if frame is None or config.path is None or entry.run is None:
+        return None
+    return check_run_frame(frame, f"{config.path.parent / entry.run} ({_field_of(config, entry)} in {config.path})")
+
+
 def load_per_query(config: ModelConfig, entry: SavedResult) -> pd.DataFrame | None:
     """An entry's per-query scores; None when it has none or its file is gone. Files of any naming
     scheme (also the fixed `<key>.parquet` of older saves) are read through the entry's reference."""
-    if not entry.per_query or config.path is None:
+    return _load_parquet(config, entry, entry.per_query, "per-query scores")
+
+
+def _load_parquet(config: ModelConfig, entry: SavedResult, rel: str | None, what: str) -> pd.DataFrame | None:
+    if not rel or config.path is None:
         return None
-    file = config.path.parent / entry.per_query
+    file = config.path.parent / rel
     # a save killed right after its commit leaves the file pending; a writer may rename it meanwhile
     for candidate in (file, _pending(file), file):
         if not candidate.is_file():
@@ -386,7 +428,7 @@ def load_per_query(config: ModelConfig, entry: SavedResult) -> pd.DataFrame | No
             continue
         except (OSError, ValueError, pa.ArrowException) as err:
             raise InputError(
-                f"{candidate}: the per-query scores of {_field_of(config, entry)} in {config.path} are not a "
+                f"{candidate}: the {what} of {_field_of(config, entry)} in {config.path} are not a "
                 f"readable Parquet file ({type(err).__name__}: {err}). Re-save the result (--save-targets SOURCE), "
                 "restore the file from git, or delete it (checks then run without per-query intervals)"
             ) from None

@@ -16,6 +16,7 @@ from sie_evals.lib.core.errors import InputError
 from sie_evals.lib.core.run_conditions import hardware, now_iso, software
 from sie_evals.lib.engines import EmbedKind, Engine, create_engine, outputs
 from sie_evals.lib.engines.cache import CacheStats, EmbeddingCache
+from sie_evals.lib.quality.ranking import Ranking
 from sie_evals.lib.quality.scoring import TaskData, task_inputs
 from sie_evals.lib.quality.task_types import MtebTaskType, task_type_for
 from sie_evals.lib.tasks import RetrievalData, TaskSpec, resolve_task
@@ -82,6 +83,8 @@ class SourceResult:
     extra: dict[str, Any] = field(default_factory=dict)
     # The vectors scored (quality evals), kept in memory for parity between sources; not in the report.
     vectors: dict[EmbedKind, np.ndarray] | None = field(default=None, repr=False)
+    # Retrieval: the ranking the metrics came from (--save-run, saved results); not in the report.
+    ranking: Ranking | None = field(default=None, repr=False)
 
     @property
     def main_score(self) -> float:
@@ -164,6 +167,7 @@ def evaluate_source(
     start = time.perf_counter()
     with engine:
         metrics, per_query, task_extra, vectors = task_type.evaluate(data, engine, cache, stats)
+        ranking = task_extra.pop("ranking", None)
         emb = Embeddings(
             vectors or {},
             engine.info().as_dict(),
@@ -192,6 +196,7 @@ def evaluate_source(
             ),
         },
         vectors=vectors,
+        ranking=ranking,
     )
 
 

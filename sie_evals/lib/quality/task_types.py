@@ -73,6 +73,20 @@ class RetrievalTaskType(TaskType):
     def load(self, split: str | None, data_root: Path | None) -> Any:
         return load_retrieval_data(self.spec, split or self.spec.default_split, data_root)
 
+    def evaluate(self, data: Any, engine: Engine, cache: EmbeddingCache, stats: CacheStats):
+        """Also keeps the ranking the metrics came from, as extra["ranking"] (the harness takes it out of
+        the report: --save-run and saved results write it)."""
+        from sie_evals.lib.quality.ranking import Ranking
+
+        vectors = self.embed(data, engine, cache, stats)
+        similarity = outputs.similarity(engine.profile)
+        queries, documents = vectors[EmbedKind.query], vectors[EmbedKind.document]
+        top = scoring.retrieval_top_k(self.spec, queries, documents, similarity)
+        metrics, per_query = scoring.score_retrieval(self.spec, data, queries, documents, similarity, top)
+        rules = self.spec.rules
+        ranking = Ranking(data.query_ids, data.corpus_ids, *top, rules.ignore_identical_ids, rules.skip_first_result)
+        return metrics, per_query, {"ranking": ranking}, vectors
+
 
 class _LocalFileTaskType(TaskType):
     """Classification, pair classification and STS from the local layouts of ../shared/data."""
