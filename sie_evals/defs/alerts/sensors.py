@@ -16,11 +16,13 @@ from sie_evals.defs.evals.partitions import eval_key
 from sie_evals.lib.core.errors import ConfigError
 from sie_evals.lib.gates.keys import EvalKey
 from sie_evals.lib.reporting.alerts import (
+    ALERT_QUERIES,
     Alert,
     AlertDeliveryError,
     CheckCursor,
     CheckRecord,
     FailedMetric,
+    check_url,
     deliver,
     plan_check_alerts,
     run_url,
@@ -76,8 +78,20 @@ def check_alert(record) -> Alert:
         dedupe_key=f"check:{record.key.to_user_string()}:{record.id}",
         diagnosis=_diagnosis(metadata),
         changes=tuple(_meta_value(metadata, "changes_since_last_pass") or ()),
+        check_url=check_url(record.key.asset_key.path, record.key.name, record.partition),
+        **_regressed(metadata),
         **_key_parts(record.partition),
     )
+
+
+def _regressed(metadata: dict) -> dict:
+    """The metric and the ids of the top regressed queries a failed quality check recorded."""
+    regressed = _meta_value(metadata, "regressed_query_ids") or {}
+    queries = regressed.get("queries") or []
+    return {
+        "regressed_metric": regressed.get("metric"),
+        "regressed_queries": tuple(str(q["query_id"]) for q in queries[:ALERT_QUERIES]),
+    }
 
 
 def _history_since(instance: dg.DagsterInstance, check_key: dg.AssetCheckKey, low: int) -> list:

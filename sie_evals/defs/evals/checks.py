@@ -8,8 +8,12 @@
   target, throughput >= target / 2.5): perf on shared hardware is noisy, so it alerts, not blocks.
 A partition with nothing saved passes, but says so: description "NO TARGET saved ... nothing was
 checked", metadata `target_status: no target`, and a warning in the run log. A failure's description
-names what changed in the run conditions since the last passing result (lib/gates/conditions.py)."""
+names what changed in the run conditions since the last passing result (lib/gates/conditions.py); a
+failed quality check's metadata holds the queries that regressed most against the reference (table
+`regressed_queries`, ids and values in `regressed_query_ids`) and the run conditions that differ
+from it (`conditions_vs_reference`). A passing check carries neither."""
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +21,16 @@ import dagster as dg
 import pandas as pd
 
 from sie_evals.defs.evals.assets import perf_scores, quality_scores
-from sie_evals.defs.evals.partitions import eval_key, eval_partitions
+from sie_evals.defs.evals.partitions import eval_key, eval_partitions, task_to_evals
 from sie_evals.defs.evals.resources import EvalSettings
 from sie_evals.lib.config.model_config import find_model_config
 from sie_evals.lib.gates.drift import CheckResult, ReferenceColumn, check_source, reference
 from sie_evals.lib.gates.keys import ResultKey, ResultKind, split_model_part
 from sie_evals.lib.gates.thresholds import Against, MetricKind, metric_kind
 from sie_evals.lib.perf.load import PERF_TARGET_METRICS
+from sie_evals.lib.reporting.regressions import changes_markdown, regressed_markdown
 from sie_evals.lib.tasks import resolve_task
+from sie_evals.lib.tasks.snapshot import read_snapshot
 
 
 def drift_check(
@@ -66,6 +72,13 @@ def drift_check(
     )
 
 
+def query_texts(task_dataset: dict[str, Any]) -> dict[str, str]:
+    """Query id -> text of the task's snapshot; {} for a task whose snapshot has no query texts."""
+    data = read_snapshot(Path(task_dataset["snapshot_dir"]))
+    ids, texts = getattr(data, "query_ids", None), getattr(data, "query_texts", None)
+    return dict(zip(map(str, ids), texts, strict=True)) if ids is not None and texts is not None else {}
+
+
 def _fmt(x: float | None, digits: int = 5) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
@@ -86,7 +99,29 @@ def _verdict_table(result: CheckResult) -> str:
     return "\n".join(rows)
 
 
-def to_check_result(result: CheckResult, severity: dg.AssetCheckSeverity, log: Any = None) -> dg.AssetCheckResult:
+def _why_metadata(result: CheckResult, texts: Mapping[str, str] | None) -> dict[str, Any]:
+    """A failed check's regressed queries and condition diff against its reference."""
+    label = "target" if result.against == "targets" else "measurement"
+    metadata: dict[str, Any] = {
+        "conditions_vs_reference": dg.MetadataValue.md(changes_markdown(result.changes_vs_reference, label))
+    }
+    if result.regressed_metric is not None:
+        table = regressed_markdown(result.regressed_metric, result.regressed, texts, label)
+        metadata["regressed_queries"] = dg.MetadataValue.md(
+            f"Queries whose {result.regressed_metric} dropped most from the {label}:\n\n{table}"
+            if result.regressed
+            else f"No query's {result.regressed_metric} dropped from the {label}."
+        )
+        metadata["regressed_query_ids"] = dg.MetadataValue.json(
+            {"metric": result.regressed_metric, "queries": result.regressed}
+        )
+    return metadata
+
+
+def to_check_result(
+    result: CheckResult, severity: dg.AssetCheckSeverity, log: Any = None, texts: Mapping[str, str] | None = None
+) -> dg.AssetCheckResult:
+    """`texts`: query id -> text, shown beside a failed check's regressed queries."""
     failed = [v for v in result.verdicts if not v["passed"]]
     metadata: dict[str, Any] = {
         "verdicts": dg.MetadataValue.md(_verdict_table(result)),
@@ -114,6 +149,7 @@ def to_check_result(result: CheckResult, severity: dg.AssetCheckSeverity, log: A
         metadata["changes_since_last_pass"] = dg.MetadataValue.json([c.as_dict() for c in result.changes])
         metadata["last_pass"] = result.baseline or "-"
         metadata["diagnosis"] = result.diagnosis or "-"
+        metadata.update(_why_metadata(result, texts))
         description = "drift: " + (result.diagnosis or ", ".join(v["metric"] for v in failed))
     elif result.no_target:
         where = f" for {result.key}" if result.key else ""
@@ -128,29 +164,43 @@ def to_check_result(result: CheckResult, severity: dg.AssetCheckSeverity, log: A
     return dg.AssetCheckResult(passed=not failed, severity=severity, metadata=metadata, description=description)
 
 
+# the task's queries: the texts shown beside a failed check's regressed queries
+TEXTS = {"task_dataset": dg.AssetIn(partition_mapping=task_to_evals)}
+
+
 @dg.asset_check(
     asset=quality_scores,
     partitions_def=eval_partitions,
+    additional_ins=TEXTS,
     blocking=True,
     description="Quality >= 0.99 x the saved target (margins: lib/gates/thresholds.py). Blocking, ERROR.",
 )
 def quality_vs_target(
-    context: dg.AssetCheckExecutionContext, quality_scores: dict[str, Any], settings: EvalSettings
+    context: dg.AssetCheckExecutionContext,
+    quality_scores: dict[str, Any],
+    task_dataset: dict[str, Any],
+    settings: EvalSettings,
 ) -> dg.AssetCheckResult:
     result = drift_check(context.partition_key, quality_scores, Against.targets, settings)
-    return to_check_result(result, dg.AssetCheckSeverity.ERROR, context.log)
+    texts = query_texts(task_dataset) if result.regressed else None
+    return to_check_result(result, dg.AssetCheckSeverity.ERROR, context.log, texts)
 
 
 @dg.asset_check(
     asset=quality_scores,
     partitions_def=eval_partitions,
+    additional_ins=TEXTS,
     description="Quality >= 0.98 x the latest saved measurement. WARN.",
 )
 def quality_vs_measurement(
-    context: dg.AssetCheckExecutionContext, quality_scores: dict[str, Any], settings: EvalSettings
+    context: dg.AssetCheckExecutionContext,
+    quality_scores: dict[str, Any],
+    task_dataset: dict[str, Any],
+    settings: EvalSettings,
 ) -> dg.AssetCheckResult:
     result = drift_check(context.partition_key, quality_scores, Against.measurements, settings)
-    return to_check_result(result, dg.AssetCheckSeverity.WARN, context.log)
+    texts = query_texts(task_dataset) if result.regressed else None
+    return to_check_result(result, dg.AssetCheckSeverity.WARN, context.log, texts)
 
 
 @dg.asset_check(

@@ -1,5 +1,6 @@
 """eval_report: one unpartitioned asset that summarizes the latest result of every eval partition
-(read from the instance's materialization and check history) as markdown and a PNG."""
+(read from the instance's materialization and check history) as markdown and a PNG, with the lowest
+scoring queries of each cell's latest quality result."""
 
 import time
 from pathlib import Path
@@ -8,6 +9,7 @@ from typing import Any
 import dagster as dg
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from sie_evals.defs.evals.assets import perf_scores, png_metadata, quality_scores, target_comparison
 from sie_evals.defs.evals.checks import EVAL_CHECKS
@@ -16,6 +18,7 @@ from sie_evals.defs.evals.resources import EvalSettings
 from sie_evals.lib.core.atomic import atomic_write, atomic_write_text
 from sie_evals.lib.gates.keys import EvalKey
 from sie_evals.lib.reporting.eval_report import PartitionSummary, report_markdown, report_png
+from sie_evals.lib.reporting.regressions import worst_queries, worst_queries_markdown
 
 HISTORY_LIMIT = 30  # materializations per partition shown in the over-time plot
 REPORTED_CHECKS = tuple(key for check in EVAL_CHECKS for key in check.check_keys)
@@ -103,6 +106,36 @@ def gather_summaries(instance: dg.DagsterInstance, eval_keys: list[EvalKey]) -> 
     return summaries
 
 
+def gather_worst_queries(
+    instance: dg.DagsterInstance, eval_keys: list[EvalKey], log: Any = None
+) -> dict[str, tuple[str, list[dict[str, Any]]]]:
+    """model:task:source -> (main score name, its lowest queries) from each cell's latest quality
+    materialization whose per-query file is still there."""
+    cells = {}
+    for eval_key in eval_keys:
+        latest = instance.fetch_materializations(
+            dg.AssetRecordsFilter(
+                asset_key=dg.AssetKey("quality_scores"), asset_partitions=[str(partition_key(eval_key))]
+            ),
+            limit=1,
+        ).records
+        if not latest:
+            continue
+        metadata = latest[0].asset_materialization.metadata
+        metric, path = _text(metadata, "main_score_name"), _text(metadata, "per_query_path")
+        if not (metric and path and Path(path).is_file()):
+            continue
+        try:
+            rows = worst_queries(pd.read_parquet(path), metric)
+        except (OSError, ValueError, pa.ArrowException) as err:  # one unreadable file must not sink the report
+            if log is not None:
+                log.warning(f"{path}: per-query scores of {eval_key} unreadable ({type(err).__name__}: {err})")
+            continue
+        if rows:
+            cells[str(eval_key)] = (metric, rows)
+    return cells
+
+
 @dg.asset(
     group_name="reports",
     deps=[quality_scores, perf_scores, target_comparison],
@@ -112,7 +145,11 @@ def eval_report(context: dg.AssetExecutionContext, settings: EvalSettings) -> dg
     """The latest result and check state of every partition, with history, as markdown + PNG."""
     summaries = gather_summaries(context.instance, EVAL_KEYS)
     now = time.time()
-    markdown = report_markdown(summaries, now)
+    markdown = (
+        report_markdown(summaries, now)
+        + "\n\n"
+        + worst_queries_markdown(gather_worst_queries(context.instance, EVAL_KEYS, context.log))
+    )
     folder = settings.results_root() / "reports"
     md_path = folder / "eval_report.md"
     png_path = folder / "eval_report.png"

@@ -7,7 +7,9 @@ Destinations are configured only through the environment (secrets are never writ
   anything else is a ConfigError when the sinks are built, not at the first delivery. Its path and
   query may be the secret (Slack's are), so messages show its scheme://host only.
 - SIE_EVALS_SLACK_TOKEN (or SLACK_BOT_TOKEN) and SIE_EVALS_SLACK_CHANNEL: Slack through dagster-slack.
-- SIE_EVALS_DAGSTER_URL: base URL of the Dagster UI for run links (default http://127.0.0.1:3000).
+- SIE_EVALS_DAGSTER_URL: base URL of the Dagster UI for run and check links (default http://127.0.0.1:3000).
+A failed check's alert links to the check in the UI (its metadata holds the regressed-queries table) and
+names the queries that regressed most.
 """
 
 import base64
@@ -18,7 +20,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -36,6 +38,7 @@ SLACK_TOKEN_ENVS = ("SIE_EVALS_SLACK_TOKEN", "SLACK_BOT_TOKEN")
 SLACK_CHANNEL_ENV = "SIE_EVALS_SLACK_CHANNEL"
 DAGSTER_URL_ENV = "SIE_EVALS_DAGSTER_URL"
 DEFAULT_DAGSTER_URL = "http://127.0.0.1:3000"
+ALERT_QUERIES = 3  # regressed queries an alert names (the check's metadata lists more)
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,9 @@ class Alert:
     # what changed in the run conditions since the last passing result (lib/gates/conditions.py)
     diagnosis: str | None = None
     changes: tuple[dict[str, Any], ...] = ()
+    check_url: str | None = None  # the check in the Dagster UI, where its metadata explains the failure
+    regressed_metric: str | None = None
+    regressed_queries: tuple[str, ...] = ()  # ids of the queries that regressed most, worst first
 
     def text(self) -> str:
         where = f"{self.model} · {self.task} · {self.source}" if self.model else (self.partition or "-")
@@ -78,6 +84,10 @@ class Alert:
             lines.append(f"  why: {self.diagnosis}")
         elif self.description and not self.metrics:
             lines.append(f"  {self.description}")
+        if self.regressed_queries:
+            lines.append(f"  most regressed queries ({self.regressed_metric}): {', '.join(self.regressed_queries)}")
+        if self.check_url:
+            lines.append(f"  check: {self.check_url}")
         lines.append(f"  run: {self.run_url}")
         return "\n".join(lines)
 
@@ -89,9 +99,20 @@ def _num(x: float | None) -> str:
     return "-" if x is None else f"{x:.5g}"
 
 
+def _ui_base() -> str:
+    return redact_url(os.environ.get(DAGSTER_URL_ENV, DEFAULT_DAGSTER_URL).rstrip("/"))
+
+
 def run_url(run_id: str) -> str:
-    base = redact_url(os.environ.get(DAGSTER_URL_ENV, DEFAULT_DAGSTER_URL).rstrip("/"))
-    return f"{base}/runs/{run_id}"
+    return f"{_ui_base()}/runs/{run_id}"
+
+
+def check_url(asset_path: Sequence[str], check_name: str, partition: str | None = None) -> str:
+    """The check's page in the Dagster UI (the asset's Checks tab with the check open, as the UI's own
+    links are); the partition rides along as the asset pages' `partition` parameter."""
+    path = "/".join(urllib.parse.quote(part, safe="") for part in asset_path)
+    query = {"view": "checks", "checkDetail": check_name, **({"partition": partition} if partition else {})}
+    return f"{_ui_base()}/assets/{path}?{urllib.parse.urlencode(query)}"
 
 
 class AlertSink(Protocol):
