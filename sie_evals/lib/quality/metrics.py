@@ -27,7 +27,10 @@ Run = Mapping[str, Mapping[str, float]]
 
 
 def apply_mteb_run_rules(run: Run, ignore_identical_ids: bool, skip_first_result: bool) -> dict[str, dict[str, float]]:
-    """MTEB's RetrievalEvaluator.evaluate pre-processing of the run."""
+    """MTEB's RetrievalEvaluator.evaluate pre-processing of the run (the run itself when neither applies:
+    a copy of a million pairs is not free)."""
+    if not ignore_identical_ids and not skip_first_result:
+        return {q: docs if isinstance(docs, dict) else dict(docs) for q, docs in run.items()}
     out = {q: dict(docs) for q, docs in run.items()}
     if ignore_identical_ids:
         for q, docs in out.items():
@@ -38,13 +41,19 @@ def apply_mteb_run_rules(run: Run, ignore_identical_ids: bool, skip_first_result
 
 
 def mrr_at_k(qrels: Qrels, run: Run, k_values: Sequence[int]) -> dict[str, dict[int, float]]:
-    """Per query: {query_id: {k: reciprocal rank of the first relevant doc within the top k}}."""
-    k_max = max(k_values)
+    """Per query: {query_id: {k: reciprocal rank of the first relevant doc within the top k}}.
+
+    MTEB sorts each query's run by (score, doc id) descending and takes the first relevant document;
+    the same rank without the sort: the best relevant document by (score, doc id), ranked by how many
+    documents beat it."""
     out: dict[str, dict[int, float]] = {}
     for qid, doc_scores in run.items():
-        ranked = sorted(doc_scores.items(), key=lambda item: (item[1], item[0]), reverse=True)[:k_max]
-        relevant = {d for d, rel in qrels[qid].items() if rel > 0}
-        first = next((rank for rank, (d, _) in enumerate(ranked, start=1) if d in relevant), None)
+        relevant = [d for d, rel in qrels[qid].items() if rel > 0 and d in doc_scores]
+        first = None
+        if relevant:
+            best = max(relevant, key=lambda d: (doc_scores[d], d))
+            s = doc_scores[best]
+            first = 1 + sum(1 for d, v in doc_scores.items() if v > s or (v == s and d > best))
         out[qid] = {k: (1.0 / first if first is not None and first <= k else 0.0) for k in k_values}
     return out
 
@@ -58,7 +67,7 @@ def per_query_scores(qrels: Qrels, run: Run, k_values: Sequence[int]) -> pd.Data
     evaluator = pytrec_eval.RelevanceEvaluator(
         {q: dict(d) for q, d in qrels.items()}, {f"{m}.{ks}" for m in PYTREC_MEASURES}
     )
-    scores = evaluator.evaluate({q: dict(d) for q, d in run.items()})
+    scores = evaluator.evaluate({q: d if isinstance(d, dict) else dict(d) for q, d in run.items()})
     mrr = mrr_at_k(qrels, {q: run[q] for q in scores}, k_values)
     rows = []
     for qid in (q for q in run if q in scores):  # run order, as MTEB iterates

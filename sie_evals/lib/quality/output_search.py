@@ -3,30 +3,16 @@
 dot product is what approximates MaxSim; normalising documents would change the ranking)."""
 
 import numpy as np
-import torch
 
 from sie_evals.lib.engines.outputs import MultiVectors, SparseVectors
 from sie_evals.lib.quality.maxsim import maxsim_top_k
-from sie_evals.lib.quality.search import exact_top_k, merge_top_k
+from sie_evals.lib.quality.search import exact_top_k, inner_product_top_k
 from sie_evals.lib.quality.sparse_search import sparse_top_k
 
-DEFAULT_DOC_CHUNK = 20_000
 
-
-def dot_top_k(
-    queries: np.ndarray, docs: np.ndarray, k: int, doc_chunk: int = DEFAULT_DOC_CHUNK
-) -> tuple[np.ndarray, np.ndarray]:
-    """Unnormalised dot-product top-k over dense vectors, documents in chunks with a running top-k."""
-    if queries.shape[1] != docs.shape[1]:
-        raise ValueError(f"query dims {queries.shape[1]} != document dims {docs.shape[1]}")
-    k = min(k, docs.shape[0])
-    q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
-    with torch.inference_mode():
-        chunks = (
-            (start, q @ torch.from_numpy(np.ascontiguousarray(docs[start : start + doc_chunk], dtype=np.float32)).T)
-            for start in range(0, docs.shape[0], doc_chunk)
-        )
-        return merge_top_k(chunks, q.shape[0], k)
+def dot_top_k(queries: np.ndarray, docs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unnormalised dot-product top-k over dense vectors (faiss's exact flat search, as for dense)."""
+    return inner_product_top_k(queries, docs, k)
 
 
 def top_k(queries, docs, k: int, similarity: str = "cosine") -> tuple[np.ndarray, np.ndarray]:
