@@ -204,8 +204,25 @@ def eval_cmd(
     ] = None,
     output: Annotated[
         Path | None,
-        typer.Option("-o", "--output", help="Write the JSON report here (and per-query Parquet beside it)."),
+        typer.Option(
+            "-o",
+            "--output",
+            help="Write the JSON report here (and per-query Parquet and, for retrieval, the top-k ranking beside it).",
+        ),
     ] = None,
+    save_run: Annotated[
+        Path | None,
+        typer.Option(
+            "--save-run",
+            metavar="PATH",
+            help="Retrieval: write the ranked results as a TREC run (PATH) and Parquet (PATH with suffix .parquet); "
+            "with several computed sources, PATH gets .<source> before its suffix.",
+        ),
+    ] = None,
+    save_run_k: Annotated[
+        int,
+        typer.Option("--save-run-k", min=1, help="Documents per query in --save-run, -o and saved results' rankings."),
+    ] = 100,
     data_dir: Annotated[
         Path | None,
         typer.Option("--data-dir", help=f"Local data root (default ${paths.DATA_DIR_ENV}; unset = Hugging Face hub)."),
@@ -293,7 +310,7 @@ def eval_cmd(
     unless --require-targets. Exit codes: 0 pass, 1 drift (a check failed) or an engine failure, 2
     usage or input error."""
     from sie_evals.lib.config.settings import eval_defaults
-    from sie_evals.lib.harness.eval_run import EvalRequest, parse_sources, run_eval
+    from sie_evals.lib.harness.eval_run import EvalRequest, parse_sources, run_eval, write_runs
     from sie_evals.lib.harness.evaluation import DataOptions, EngineOptions
     from sie_evals.lib.harness.report import render_table, write_report
 
@@ -375,18 +392,26 @@ def eval_cmd(
         sweep=perf_sweep,
         slos=slos,
         output=output,
+        save_run=save_run,
+        save_run_k=save_run_k,
     )
     with paths.cache_dir_override(cache_dir):  # exports and servers' caches too, not only embeddings
         outcome = run_eval(request)
     if output:
         try:
-            write_report(output, outcome.report, outcome.results)
+            write_report(output, outcome.report, outcome.results, save_run_k)
         except OSError as err:  # checked before the run; this is the path changing under us
             raise InputError(f"-o {output}: cannot write the report: {err}") from None
+    try:
+        runs = write_runs(request, outcome)
+    except OSError as err:
+        raise InputError(f"--save-run {save_run}: cannot write the ranked results: {err}") from None
     out_console = Console(width=max(Console().width, 110), **PLAIN)
     render_table(outcome.report, out_console)
     if output:
         out_console.print(f"report written to {output}")
+    if runs:
+        out_console.print(f"ranked results written to {', '.join(map(str, runs))}", soft_wrap=True)
     if record and outcome.results and os.environ.get("DAGSTER_HOME"):
         from sie_evals.defs.evals.recording import record_report
 

@@ -30,10 +30,17 @@ from sie_evals.lib.harness.evaluation import (
     load_task,
     parity_vs_torch,
 )
-from sie_evals.lib.harness.report import build_report, latency_png_path, per_query_path, saturation_png_path
+from sie_evals.lib.harness.report import (
+    build_report,
+    latency_png_path,
+    per_query_path,
+    run_path,
+    saturation_png_path,
+)
 from sie_evals.lib.perf.load import PERF_TARGET_METRICS, LoadSpec
 from sie_evals.lib.perf.sweep import Slo, Sweep
 from sie_evals.lib.quality.parity import parity_against
+from sie_evals.lib.quality.ranking import DEFAULT_RUN_K, run_paths, run_tag, source_run_path, write_run
 from sie_evals.lib.quality.scoring import TaskData
 from sie_evals.lib.tasks import TaskSpec
 
@@ -58,6 +65,8 @@ class EvalRequest:
     sweep: Sweep | None = None  # perf: one load point per value
     slos: tuple[Slo, ...] = ()  # perf: goodput and max_rate_at_slo
     output: Path | None = None  # -o: the JSON report; the caller writes it, checked here before the run
+    save_run: Path | None = None  # --save-run: ranked results (TREC + Parquet); the caller writes them
+    save_run_k: int = DEFAULT_RUN_K  # documents per query in --save-run files and in saved results' rankings
 
 
 @dataclass
@@ -109,6 +118,49 @@ def _validate(req: EvalRequest) -> None:
     if req.output is not None:  # before the run: an unwritable -o must not cost the run, nor leave files
         for path in report_files(req.output, req.sources, req.eval_type, req.sweep is not None):
             paths.writable_file(path, "-o")
+    if req.save_run_k < 1:
+        raise InputError(f"--save-run-k must be at least 1, got {req.save_run_k}")
+    if req.save_run is not None:
+        if req.eval_type != "quality":
+            raise InputError("--save-run: only quality evals rank documents (not --type perf)")
+        taken = set(report_files(req.output, req.sources, req.eval_type, False)) if req.output else set()
+        for path in run_files(req.save_run, req.sources):
+            if path in taken:
+                raise InputError(f"--save-run {req.save_run}: {path} is also a file of the -o report")
+            paths.writable_file(path, "--save-run")
+
+
+def run_files(save_run: Path, sources: tuple[str, ...]) -> list[Path]:
+    """Every file --save-run writes: a TREC file and a Parquet per computed source."""
+    compute = [s for s in sources if s in COMPUTE_SOURCES]
+    return [f for s in compute for f in run_paths(source_run_path(save_run, s, len(compute) > 1))]
+
+
+def _check_ranked(req: EvalRequest, spec: TaskSpec) -> None:
+    """Before any embedding: --save-run needs a native retrieval task searched at least k deep."""
+    if req.save_run is None:
+        return
+    if spec.type != "retrieval" or spec.backend == "mteb":
+        raise InputError(
+            f"--save-run: {spec.task_id} is a {spec.type} task on the {spec.backend} backend; "
+            "ranked results come from retrieval tasks on the native backend"
+        )
+    depth = max(spec.rules.k_values)
+    if req.save_run_k > depth:
+        raise InputError(f"--save-run-k {req.save_run_k}: the search keeps the top {depth} per query (the task's k)")
+
+
+def write_runs(req: EvalRequest, outcome: "EvalOutcome") -> list[Path]:
+    """--save-run: each computed source's ranking, top save_run_k, as TREC and Parquet."""
+    if req.save_run is None:
+        return []
+    ranked = [(r.source, r.ranking) for r in outcome.results if r.ranking is not None]
+    written: list[Path] = []
+    for source, ranking in ranked:
+        path = source_run_path(req.save_run, source, len(ranked) > 1)
+        tag = run_tag(outcome.config.short_name, outcome.report["profile"], source)
+        written += write_run(path, ranking.frame(req.save_run_k), tag)
+    return written
 
 
 def report_files(output: Path, sources: tuple[str, ...], eval_type: str, sweep: bool) -> list[Path]:
@@ -117,6 +169,7 @@ def report_files(output: Path, sources: tuple[str, ...], eval_type: str, sweep: 
     files = [Path(output)]
     for s in (s for s in sources if s in COMPUTE_SOURCES):
         files.append(per_query_path(files[0], s))
+        files.append(run_path(files[0], s))  # retrieval only; checked for every computed source
         if eval_type == "perf":
             files.append(latency_png_path(files[0], s))
         if sweep:
@@ -177,21 +230,23 @@ def _to_save(
     target_metrics: tuple[str, ...],
     config: ModelConfig,
     profile: ResolvedProfile,
-) -> tuple[dict[str, float], dict[str, Any], pd.DataFrame | None]:
+    run_k: int = DEFAULT_RUN_K,
+) -> tuple[dict[str, float], dict[str, Any], pd.DataFrame | None, pd.DataFrame | None]:
     if source in results:
         r = results[source]
         metrics = {m: r.metrics[m] for m in target_metrics if m in r.metrics}
         if not metrics:
             raise InputError(f"{source} produced none of the metrics to save ({', '.join(target_metrics)})")
         per_query = r.per_query if "query_id" in r.per_query.columns else None  # perf rows are requests
-        return metrics, conditions_of(r, config, profile), per_query
+        run = r.ranking.frame(run_k) if r.ranking is not None else None
+        return metrics, conditions_of(r, config, profile), per_query, run
     if source == "benchmark":
         if data.subset:
             raise InputError("cannot save benchmark values for a subset: published values are for the full split")
         ref = refs.get("benchmark")
         if ref is None:
             raise InputError(f"no published quality score for this model on {spec.task_id} ({data.split})")
-        return dict(ref.metrics), _benchmark_conditions(ref, config, profile), None
+        return dict(ref.metrics), _benchmark_conditions(ref, config, profile), None, None
     raise InputError(f"cannot save source {source!r}")
 
 
@@ -221,6 +276,7 @@ def run_eval(req: EvalRequest) -> EvalOutcome:
     _validate(req)
     profile = config.resolve_profile(req.profile)
     spec, data = load_task(req.task, req.data)
+    _check_ranked(req, spec)
     compute = [s for s in req.sources if s in COMPUTE_SOURCES]
     keys = {s: result_key(req, config, spec, data, profile.name, s) for s in compute}
     if req.eval_type == "perf":
@@ -276,12 +332,14 @@ def run_eval(req: EvalRequest) -> EvalOutcome:
         if source not in keys and req.eval_type == "perf":
             raise InputError(f"--save-{flag} {source}: perf results are saved from a computed source")
         k = keys.get(source, key)
-        metrics, conditions, per_query = _to_save(source, by_source, refs, spec, data, target_metrics, config, profile)
+        metrics, conditions, per_query, run = _to_save(
+            source, by_source, refs, spec, data, target_metrics, config, profile, req.save_run_k
+        )
         if flag == "targets":
-            config = save_target(config, k, source, metrics, conditions, per_query)
+            config = save_target(config, k, source, metrics, conditions, per_query, run)
             saved.append(f"targets{k.where()} <- {source}")
         else:
-            config, mid = append_measurement(config, k, source, metrics, conditions, per_query)
+            config, mid = append_measurement(config, k, source, metrics, conditions, per_query, run)
             saved.append(f"measurements{k.where()} += {mid}")
 
     report = build_report(config.model_id, profile.name, spec, data, results, req.eval_type)

@@ -10,6 +10,7 @@ from rich.text import Text
 from sie_evals.lib.core.atomic import atomic_write, atomic_write_json
 from sie_evals.lib.core.run_conditions import now_iso
 from sie_evals.lib.harness.evaluation import SourceResult
+from sie_evals.lib.quality.ranking import DEFAULT_RUN_K
 from sie_evals.lib.quality.scoring import TaskData
 from sie_evals.lib.tasks import TaskSpec
 
@@ -122,6 +123,11 @@ def per_query_path(report_path: Path, source: str) -> Path:
     return report_path.with_name(f"{report_path.stem}.{source}.per_query.parquet")
 
 
+def run_path(report_path: Path, source: str) -> Path:
+    """A retrieval source's ranked results (top k per query: lib/quality/ranking.py), for `sie-bench diff`."""
+    return report_path.with_name(f"{report_path.stem}.{source}.run.parquet")
+
+
 def saturation_png_path(report_path: Path, source: str) -> Path:
     return report_path.with_name(f"{report_path.stem}.{source}.saturation.png")
 
@@ -179,14 +185,20 @@ def render_slo(source: str, slo: dict[str, Any], console: Console) -> None:
     console.print(Text(line))
 
 
-def write_report(path: Path, report: dict[str, Any], results: list[SourceResult]) -> None:
-    """Per-query (or per-request) Parquet and latency PNGs first, then the JSON that points at them,
-    each written atomically."""
+def write_report(path: Path, report: dict[str, Any], results: list[SourceResult], run_k: int = DEFAULT_RUN_K) -> None:
+    """Per-query (or per-request) Parquet, rankings (top `run_k`) and latency PNGs first, then the JSON
+    that points at them, each written atomically."""
     path = Path(path)
     for r in results:
         pq = per_query_path(path, r.source)
         atomic_write(pq, lambda tmp, df=r.per_query: df.to_parquet(tmp, index=False))
         report["sources"][r.source]["per_query_file"] = pq.name
+        if r.ranking is not None:
+            ranked = run_path(path, r.source)
+            frame = r.ranking.frame(run_k)
+            atomic_write(ranked, lambda tmp, df=frame: df.to_parquet(tmp, index=False))
+            report["sources"][r.source]["run_file"] = ranked.name
+            report["sources"][r.source]["run_k"] = run_k
         perf_result = r.extra.get("perf_result")
         if perf_result is not None:
             from sie_evals.lib.perf.load import latency_histogram_png
