@@ -76,6 +76,12 @@ class MuveraSettings(_Strict):
     num_simhash_projections: Int = Field(ge=0, le=12, description="SimHash bits per repetition (2^k buckets).")
     projection_dim: Int = Field(ge=1, le=1024, description="Random projection width of each bucket's vector.")
     seed: Int = Field(0, ge=0, le=2**32 - 1, description="Seed of the random hyperplanes and projections.")
+    rescore_k: Int = Field(
+        100,
+        ge=1,
+        le=100_000,
+        description="Candidates per query from the encoding search rescored with exact MaxSim (the paper's k').",
+    )
 
     @property
     def dims(self) -> int:

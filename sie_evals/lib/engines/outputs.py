@@ -12,6 +12,9 @@ plus MUVERA's fixed-dimensional encoding (FDE) that turns a multivector output i
   projected to `projection_dim` with a count sketch (AMS; identity when it equals the token width);
   a query's bucket is the SUM of its projected tokens, a document's the MEAN, and a document's empty
   bucket takes the token nearest to it in Hamming distance. FDE dot products approximate MaxSim.
+  As in the paper, retrieval searches the FDEs for candidates and rescores the top `rescore_k` with
+  exact MaxSim against the token vectors: `MuveraVectors` keeps both (the FDE is computed from the
+  cached token vectors, so the cache stores the tokens once for every MUVERA setting).
 
 Everything here is plain arrays: the embedding cache stores outputs as `.npy`/`.npz` without pickle.
 """
@@ -85,7 +88,24 @@ class MultiVectors:
         return cls(np.ascontiguousarray(values, dtype=np.float32), offsets)
 
 
-Output = np.ndarray | SparseVectors | MultiVectors
+@dataclass(frozen=True)
+class MuveraVectors:
+    """A MUVERA profile's output: the FDEs searched for candidates and the token vectors that rescore
+    the top `rescore_k` candidates with exact MaxSim (quality/output_search.py)."""
+
+    fde: np.ndarray  # (texts, R x 2^k x projection_dim) float32
+    tokens: MultiVectors
+    rescore_k: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.fde.shape
+
+    def __len__(self) -> int:
+        return len(self.fde)
+
+
+Output = np.ndarray | SparseVectors | MultiVectors | MuveraVectors
 
 
 def output_type_of(out: Output) -> OutputType:
@@ -328,6 +348,14 @@ def dump_to(file: Any, out: Output) -> None:
         )
     elif isinstance(out, MultiVectors):
         np.savez(file, multivector_offsets=out.offsets.astype(np.int64), multivector_values=out.values)
+    elif isinstance(out, MuveraVectors):
+        np.savez(
+            file,
+            muvera_fde=np.ascontiguousarray(out.fde, dtype=np.float32),
+            muvera_rescore_k=np.asarray([out.rescore_k], dtype=np.int64),
+            multivector_offsets=out.tokens.offsets.astype(np.int64),
+            multivector_values=out.tokens.values,
+        )
     else:
         np.save(file, np.ascontiguousarray(out, dtype=np.float32), allow_pickle=False)
 
@@ -358,6 +386,8 @@ def load(raw: bytes, rows: int | None = None) -> Output:
             check_sparse(out, "cache")
             return out
         out = MultiVectors(arrays["multivector_values"], arrays["multivector_offsets"])
+        fde = arrays.get("muvera_fde")
+        rescore_k = int(arrays["muvera_rescore_k"][0]) if fde is not None else 0
     except (KeyError, IndexError) as err:
         raise ValueError(f"missing array {err}") from None
     except EngineError as err:
@@ -368,7 +398,13 @@ def load(raw: bytes, rows: int | None = None) -> Output:
         check_multivector(out, "cache")
     except EngineError as err:
         raise ValueError(str(err)) from None
-    return out
+    if fde is None:
+        return out
+    if fde.dtype != np.float32 or fde.ndim != 2 or len(fde) != len(out) or not np.isfinite(fde).all():
+        raise ValueError(f"MUVERA encodings {fde.dtype} {fde.shape} do not match {len(out)} float32 rows")
+    if rescore_k < 1:
+        raise ValueError(f"MUVERA rescore_k {rescore_k} is not positive")
+    return MuveraVectors(fde, out, rescore_k)
 
 
 def load_file(path: Path, rows: int | None = None) -> Output:
@@ -502,14 +538,15 @@ def muvera_fde(mv: MultiVectors, settings: MuveraSettings, is_query: bool, block
 
 
 def postprocess(profile: ResolvedProfile, is_query: bool, out: Output) -> Output:
-    """What retrieval scores: the engine's output, or its MUVERA FDE when the profile asks for one."""
+    """What retrieval scores: the engine's output, or, when the profile asks for MUVERA, its FDE with
+    the token vectors kept for rescoring."""
     if profile.muvera is None:
         return out
     if not isinstance(out, MultiVectors):
         raise EngineError(
             f"profile {profile.name!r}: MUVERA needs a multivector output, got {output_type_of(out).value}"
         )
-    return muvera_fde(out, profile.muvera, is_query)
+    return MuveraVectors(muvera_fde(out, profile.muvera, is_query), out, profile.muvera.rescore_k)
 
 
 def describe(profile: ResolvedProfile, vectors: dict[Any, Output]) -> dict[str, Any]:
@@ -521,6 +558,7 @@ def describe(profile: ResolvedProfile, vectors: dict[Any, Output]) -> dict[str, 
     if profile.muvera is not None:
         out["muvera"] = {**profile.muvera.model_dump(), "dims": profile.muvera.dims}
     for kind, v in vectors.items():
+        v = v.tokens if isinstance(v, MuveraVectors) else v
         counts = (
             v.nnz_per_row() if isinstance(v, SparseVectors) else v.lengths() if isinstance(v, MultiVectors) else None
         )
@@ -552,7 +590,9 @@ def perf_fields(profile: ResolvedProfile, sizes: list[np.ndarray]) -> dict[str, 
 
 def item_cosines(a: Output, b: Output) -> np.ndarray:
     """Per-item cosine of two sparse outputs, or the mean per-token cosine of two multivector outputs
-    (same tokens expected: a different token count is cosine 0 for that item)."""
+    (same tokens expected: a different token count is cosine 0 for that item). MUVERA: its tokens."""
+    a = a.tokens if isinstance(a, MuveraVectors) else a
+    b = b.tokens if isinstance(b, MuveraVectors) else b
     if isinstance(a, SparseVectors) and isinstance(b, SparseVectors):
         if a.shape != b.shape:
             raise ValueError(f"parity needs sparse outputs of one shape, got {a.shape} and {b.shape}")

@@ -56,3 +56,19 @@ def maxsim_matrix(queries: MultiVectors, docs: MultiVectors, max_block: int = DE
     for start, scores in maxsim_scores(queries, docs, max_block):
         out[:, start : start + scores.shape[1]] = scores.numpy()
     return out
+
+
+def maxsim_rescore(queries: MultiVectors, docs: MultiVectors, candidates: np.ndarray) -> np.ndarray:
+    """Exact MaxSim of each query against its own candidate documents: (n_queries x candidates per
+    query), candidates[i, j] a document index. One (candidate tokens x query tokens) product per query."""
+    if queries.shape[1] != docs.shape[1]:
+        raise ValueError(f"query token dims {queries.shape[1]} != document token dims {docs.shape[1]}")
+    lengths = docs.lengths()
+    out = np.empty(candidates.shape, dtype=np.float32)
+    with torch.inference_mode():
+        for i, cand in enumerate(candidates):
+            rows = np.concatenate([np.arange(docs.offsets[j], docs.offsets[j + 1]) for j in cand])
+            sim = torch.from_numpy(docs.values[rows]) @ torch.from_numpy(np.ascontiguousarray(queries.item(i))).T
+            best = torch.segment_reduce(sim, "max", lengths=torch.from_numpy(lengths[cand]), axis=0)
+            out[i] = best.sum(dim=1).numpy()
+    return out

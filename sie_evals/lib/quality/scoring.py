@@ -21,7 +21,9 @@ import pandas as pd
 
 from sie_evals.lib.core.errors import InputError
 from sie_evals.lib.engines.base import EmbedKind
+from sie_evals.lib.engines.outputs import MuveraVectors
 from sie_evals.lib.quality import output_search
+from sie_evals.lib.quality.maxsim import maxsim_top_k
 from sie_evals.lib.quality.metrics import retrieval_scores
 from sie_evals.lib.quality.search import exact_top_k, to_run
 from sie_evals.lib.tasks.labeled import ClassificationData, PairData
@@ -90,6 +92,33 @@ def score_retrieval(
     scores, indices = top if top is not None else retrieval_top_k(spec, queries, documents, similarity)
     run = to_run(data.query_ids, data.corpus_ids, scores, indices)
     return retrieval_scores(data.qrels, run, rules.k_values, rules.ignore_identical_ids, rules.skip_first_result)
+
+
+def muvera_report(spec: TaskSpec, data: RetrievalData, queries: Any, documents: Any) -> dict[str, Any]:
+    """Report fields of MUVERA's pipeline (the headline metrics are the rescored ranking's, from
+    retrieval_top_k): the raw FDE search's metrics (top max(k) by FDE dot product) and the recall of
+    exact MaxSim's top 10 within the `rescore_k` candidates (an exact MaxSim search over the whole
+    corpus: the cost of knowing what the candidates missed). Empty for any other output."""
+    if not (isinstance(queries, MuveraVectors) and isinstance(documents, MuveraVectors)):
+        return {}
+    rules, rescore_k = spec.rules, queries.rescore_k
+    k = max(rules.k_values)
+    raw_s, raw_i = output_search.dot_top_k(queries.fde, documents.fde, max(k, rescore_k))
+    candidates = raw_i[:, :rescore_k]  # rows best first: the top rescore_k, as muvera_top_k takes them
+    run = to_run(data.query_ids, data.corpus_ids, raw_s[:, :k], raw_i[:, :k])
+    raw_metrics, _ = retrieval_scores(
+        data.qrels, run, rules.k_values, rules.ignore_identical_ids, rules.skip_first_result
+    )
+    _, exact_top10 = maxsim_top_k(queries.tokens, documents.tokens, 10)
+    found = [len(set(e) & set(c)) / len(e) for e, c in zip(exact_top10.tolist(), candidates.tolist(), strict=True)]
+    return {
+        "muvera_rescoring": {
+            "rescore_k": rescore_k,
+            "ranked_per_query": min(k, rescore_k, len(documents)),
+            "maxsim_top10_recall_in_candidates": round(float(np.mean(found)), 5) if found else None,
+            "raw_fde_metrics": raw_metrics,
+        }
+    }
 
 
 def score_task(

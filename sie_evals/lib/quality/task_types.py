@@ -85,7 +85,8 @@ class RetrievalTaskType(TaskType):
         metrics, per_query = scoring.score_retrieval(self.spec, data, queries, documents, similarity, top)
         rules = self.spec.rules
         ranking = Ranking(data.query_ids, data.corpus_ids, *top, rules.ignore_identical_ids, rules.skip_first_result)
-        return metrics, per_query, {"ranking": ranking}, vectors
+        extra = {"ranking": ranking, **scoring.muvera_report(self.spec, data, queries, documents)}
+        return metrics, per_query, extra, vectors
 
 
 class _LocalFileTaskType(TaskType):
