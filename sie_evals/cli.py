@@ -431,6 +431,64 @@ def eval_cmd(
         raise typer.Exit(1)
 
 
+class DiffFormat(StrEnum):
+    md = ".md"
+    json = ".json"
+
+
+@app.command("diff")
+@_handle_errors
+def diff_cmd(
+    a: Annotated[
+        str,
+        typer.Argument(
+            help="A: an `eval -o` report (report.json, or report.json#SOURCE for one of several sources), or a saved "
+            "result: CONFIG#targets/<task>/<profile>/<variant> or CONFIG#measurements/<task>/<profile>/<variant>[~N] "
+            "(CONFIG: a model config file or model name; ~N: N measurements before the latest).",
+            show_default=False,
+        ),
+    ],
+    b: Annotated[str, typer.Argument(help="B: the same kinds as A; deltas are B - A.", show_default=False)],
+    metric: Annotated[
+        str | None, typer.Option("--metric", help="Per-query metric that ranks the queries (default: main score).")
+    ] = None,
+    queries: Annotated[int, typer.Option("-n", "--queries", min=1, help="Queries listed each way.")] = 5,
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Also write the diff as markdown (.md) or JSON (.json).")
+    ] = None,
+    texts: Annotated[
+        bool, typer.Option("--texts/--no-texts", help="Load the task data for query and document texts.")
+    ] = True,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option("--data-dir", help=f"Local data root (default ${paths.DATA_DIR_ENV}; unset = Hugging Face hub)."),
+    ] = None,
+) -> None:
+    """What changed between two runs of the same task: metric deltas with a paired bootstrap, the queries
+    that moved most both ways (relevant documents' ranks in A and B, the documents that displaced them)
+    and the run conditions that differ. Exit 2 for unreadable or incomparable inputs."""
+    from sie_evals.lib.core.atomic import atomic_write_json, atomic_write_text
+    from sie_evals.lib.gates.diff import build_diff, render_markdown, render_terminal
+    from sie_evals.lib.harness.report import TABLE_METRICS_BY_TYPE, read_diff_side, task_texts
+
+    if output is not None:
+        if output.suffix not in {f.value for f in DiffFormat}:
+            raise InputError(f"-o {output}: give a .md (markdown) or .json file")
+        paths.writable_file(output, "-o")
+    side_a, side_b = (read_diff_side(x, paths.model_configs_dir()) for x in (a, b))
+    task_data = task_texts(side_a, data_dir or paths.data_dir()) if texts else None
+    shown = TABLE_METRICS_BY_TYPE.get(side_a.task_type)  # the eval table's metrics; others: all per-query ones
+    diff = build_diff(side_a, side_b, task_data, metric, queries, list(shown) if shown else None)
+    if output is not None:
+        if output.suffix == DiffFormat.md:
+            atomic_write_text(output, render_markdown(diff))
+        else:
+            atomic_write_json(output, diff.as_dict())
+    render_terminal(diff, Console(width=max(Console().width, 120), **PLAIN))
+    if output is not None:
+        Console(**PLAIN).print(f"diff written to {output}", soft_wrap=True)
+
+
 _LOAD_OPTIONS = {
     "rate": "--rate",
     "arrival": "--arrival",

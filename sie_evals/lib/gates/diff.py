@@ -10,7 +10,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pandas as pd
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
 
+from sie_evals.lib.core.errors import InputError
 from sie_evals.lib.gates.bootstrap import DeltaInterval, paired_bootstrap
 from sie_evals.lib.gates.conditions import Change, diff_conditions
 
@@ -73,6 +77,134 @@ def metric_deltas(
 
 
 @dataclass
+class DiffSide:
+    """One side of a diff, read by the caller: a report's computed source or a saved target/measurement."""
+
+    name: str  # as the user addressed it
+    task: str
+    split: str
+    variant: str  # split, or split@q<N>-c<M> for a slice
+    main_score: str
+    task_type: str
+    metrics: dict[str, float]
+    per_query: pd.DataFrame
+    ranking: pd.DataFrame | None  # query_id, doc_id, rank, score (top k) or None when not kept
+    conditions: dict[str, Any] | None
+    dataset_hash: str | None = None
+    subset: dict[str, int] | None = None  # the --limit-queries/--corpus-size slice it was scored on
+
+
+@dataclass(frozen=True)
+class TaskTexts:
+    """What a retrieval task's data says about the listed queries: their text, judged documents, doc texts."""
+
+    queries: dict[str, str]
+    documents: dict[str, str]
+    qrels: dict[str, dict[str, int]]
+
+
+def _first_relevant(ranks: dict[str, int], relevant: set[str]) -> int | None:
+    return min((r for d, r in ranks.items() if d in relevant), default=None)
+
+
+def _ranks(ranking: pd.DataFrame | None, query_id: str) -> dict[str, int]:
+    if ranking is None:
+        return {}
+    rows = ranking[ranking["query_id"] == query_id]
+    return dict(zip(rows["doc_id"].astype(str).tolist(), rows["rank"].astype(int).tolist(), strict=True))
+
+
+def displacing_documents(
+    worse: dict[str, int], better: dict[str, int], relevant: set[str], n: int = 3, top: int = 10
+) -> list[str]:
+    """Non-relevant documents the worse run ranks above its first relevant one (within its top `top`)
+    that the better run ranked below its own first relevant one, or not at all: what pushed the
+    relevant documents down. Best-ranked first."""
+    first_worse = _first_relevant(worse, relevant) or top + 1
+    first_better = _first_relevant(better, relevant)
+    out = []
+    for doc, rank in sorted(worse.items(), key=lambda x: x[1]):
+        if rank >= min(first_worse, top + 1) or len(out) == n:
+            break
+        if doc not in relevant and (first_better is None or better.get(doc, 1 << 30) > first_better):
+            out.append(doc)
+    return out
+
+
+def query_details(
+    query_id: str, direction: str, a: DiffSide, b: DiffSide, texts: TaskTexts | None, snippet: int = 300
+) -> dict[str, Any]:
+    """The query's text, its relevant documents with their rank in A and in B (None: not in the saved
+    top k), and the documents that displaced them in the run where it scored worse."""
+    ranks_a, ranks_b = _ranks(a.ranking, query_id), _ranks(b.ranking, query_id)
+    out: dict[str, Any] = {}
+    if texts is None:
+        return out
+    out["text"] = texts.queries.get(query_id)
+    relevant = {d for d, rel in texts.qrels.get(query_id, {}).items() if rel > 0}
+    out["relevant"] = [
+        {"doc_id": d, "rank_a": ranks_a.get(d), "rank_b": ranks_b.get(d), "text": texts.documents.get(d, "")[:snippet]}
+        for d in sorted(relevant, key=lambda d: (ranks_b.get(d, 1 << 30), ranks_a.get(d, 1 << 30), d))
+    ]
+    if a.ranking is not None and b.ranking is not None:
+        worse, better, side = (ranks_b, ranks_a, "B") if direction == "regressed" else (ranks_a, ranks_b, "A")
+        out["displacing_side"] = side
+        out["displacing"] = [
+            {
+                "doc_id": d,
+                "rank_a": ranks_a.get(d),
+                "rank_b": ranks_b.get(d),
+                "text": texts.documents.get(d, "")[:snippet],
+            }
+            for d in displacing_documents(worse, better, relevant)
+        ]
+    return out
+
+
+def check_comparable(a: DiffSide, b: DiffSide) -> None:
+    """Two runs of the same task and split that scored some queries in common, or InputError naming B."""
+    if (a.task, a.split) != (b.task, b.split):
+        raise InputError(
+            f"{b.name}: a result of {b.task} ({b.split}), but {a.name} is of {a.task} ({a.split}); "
+            "a diff compares two runs of the same task and split"
+        )
+    common = set(a.per_query["query_id"].astype(str)) & set(b.per_query["query_id"].astype(str))
+    if not common:
+        raise InputError(f"{b.name}: no query in common with {a.name} (different data slices?)")
+
+
+def build_diff(
+    a: DiffSide,
+    b: DiffSide,
+    texts: TaskTexts | None,
+    metric: str | None = None,
+    n: int = 5,
+    metrics: list[str] | None = None,
+    resamples: int = 2000,
+) -> "RunDiff":
+    """The whole diff of two sides of the same task. `metric` ranks the queries (default: A's main
+    score); `metrics`: which deltas to show (default: every metric both sides scored per query)."""
+    check_comparable(a, b)
+    metric = metric or a.main_score
+    common = [c for c in a.per_query.columns if c != "query_id" and c in b.per_query.columns]
+    if metric not in common:
+        raise InputError(f"metric {metric!r} is not a per-query score of both sides (both have: {', '.join(common)})")
+    shown = [m for m in (metrics or common) if m in common]
+    rows = changed_queries(a.per_query, b.per_query, metric, n).to_dict("records")
+    queries = [{**r, **query_details(str(r["query_id"]), r["direction"], a, b, texts)} for r in rows]
+    notes = []
+    if a.variant != b.variant or (a.dataset_hash and b.dataset_hash and a.dataset_hash != b.dataset_hash):
+        notes.append(
+            f"the two sides scored different data ({a.variant} vs {b.variant}): only the queries both scored compare"
+        )
+    for side, label in ((a, "A"), (b, "B")):
+        if side.ranking is None:
+            notes.append(f"{label} ({side.name}) kept no ranking: its documents' ranks are not shown")
+    return RunDiff(a.name, b.name, a.task, metric, metric_deltas(a.per_query, b.per_query, shown, resamples),
+                   queries, condition_diff(a.conditions, b.conditions), notes)  # fmt: skip
+
+
+@dataclass
 class RunDiff:
     """Everything `sie-bench diff` shows; `queries` rows may carry the documents (see attach_documents)."""
 
@@ -92,6 +224,9 @@ class RunDiff:
         return d
 
 
+RANK_LEGEND = "Ranks start at 1; - means not within the saved top k of that run (or no ranking kept)."
+
+
 def _cell(text: Any) -> str:
     """A markdown table cell: user text with pipes and line breaks neutralised."""
     return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
@@ -109,7 +244,7 @@ def render_markdown(diff: RunDiff, max_snippet: int = 120) -> str:
     for d in diff.deltas:
         noise = "yes" if d.beyond_noise else "no"
         lines.append(f"| {d.metric} | {d.delta:+.5f} | [{d.low:+.5f}, {d.high:+.5f}] | {noise} | {d.n_queries} |")
-    lines += ["", f"## Queries that changed most ({_cell(diff.metric)})", ""]
+    lines += ["", f"## Queries that changed most ({_cell(diff.metric)})", "", RANK_LEGEND, ""]
     if not diff.queries:
         lines.append("No query changed.")
     for q in diff.queries:
@@ -127,14 +262,58 @@ def render_markdown(diff: RunDiff, max_snippet: int = 120) -> str:
                     f"| {_cell(doc['doc_id'])} | {_rank(doc.get('rank_a'))} | {_rank(doc.get('rank_b'))} | {snippet} |"
                 )
         if q.get("displacing"):
-            lines += ["", "| ranked above them in B | rank B | rank A | text |", "|---|---:|---:|---|"]
+            side = q.get("displacing_side", "B")
+            lines += ["", f"| ranked above them in {side} | rank A | rank B | text |", "|---|---:|---:|---|"]
             for doc in q["displacing"]:
                 snippet = _cell((doc.get("text") or "")[:max_snippet])
                 lines.append(
-                    f"| {_cell(doc['doc_id'])} | {_rank(doc.get('rank_b'))} | {_rank(doc.get('rank_a'))} | {snippet} |"
+                    f"| {_cell(doc['doc_id'])} | {_rank(doc.get('rank_a'))} | {_rank(doc.get('rank_b'))} | {snippet} |"
                 )
         lines.append("")
     lines += ["", "## Run conditions that differ", ""]
     lines += [f"- {_cell(c)}" for c in diff.conditions] or ["None recorded differ."]
     lines += [f"- note: {_cell(n)}" for n in diff.notes]
     return "\n".join(lines) + "\n"
+
+
+def _t(value: Any) -> Text:
+    """User text as a literal rich Text: no markup, emoji codes or highlighting interpreted."""
+    return Text(str(value).replace("\r", " ").replace("\n", " "))
+
+
+def render_terminal(diff: RunDiff, console: Console, max_snippet: int = 100) -> None:
+    """Rich tables: metric deltas, then each changed query with its documents, then the conditions."""
+    console.print(Text.assemble((f"{diff.task}: ", "bold"), _t(f"A = {diff.a}, B = {diff.b}")))
+    table = Table(title="metrics (B - A), paired bootstrap over queries")
+    for col in ("metric", "delta", "95% CI", "beyond noise", "queries"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    for d in diff.deltas:
+        table.add_row(
+            _t(d.metric), f"{d.delta:+.5f}", f"[{d.low:+.5f}, {d.high:+.5f}]", "yes" if d.beyond_noise else "no",
+            str(d.n_queries),
+        )  # fmt: skip
+    console.print(table)
+    console.print(Text(f"queries that changed most by {diff.metric}. {RANK_LEGEND}"))
+    if not diff.queries:
+        console.print(Text("no query changed"))
+    for q in diff.queries:
+        head = f"{q['direction']} {q['query_id']}: {q['value_a']:.4f} -> {q['value_b']:.4f} ({q['delta']:+.4f})"
+        docs = Table(title=_t(head), title_justify="left", show_lines=False)
+        for col in ("", "doc", "rank A", "rank B", "text"):
+            docs.add_column(col, justify="right" if col.startswith("rank") else "left", overflow="fold")
+        if q.get("text") is not None:
+            docs.add_row("query", "", "", "", _t(q["text"][: max_snippet * 2]))
+        for label, key in (("relevant", "relevant"), (f"above in {q.get('displacing_side', 'B')}", "displacing")):
+            for doc in q.get(key) or []:
+                docs.add_row(
+                    label, _t(doc["doc_id"]), _rank(doc.get("rank_a")), _rank(doc.get("rank_b")),
+                    _t((doc.get("text") or "")[:max_snippet]),
+                )  # fmt: skip
+        console.print(docs)
+    console.print(Text("run conditions that differ:", "bold"))
+    for c in diff.conditions or []:
+        console.print(_t(f"  {c}"))
+    if not diff.conditions:
+        console.print(Text("  none recorded differ"))
+    for n in diff.notes:
+        console.print(Text.assemble(("note: ", "yellow"), _t(n)))

@@ -439,3 +439,41 @@ def _require_path(config: ModelConfig) -> Path:
     if config.path is None:
         raise ConfigError(f"model {config.model_id} was not loaded from a file; cannot save into it")
     return config.path
+
+
+def parse_saved_ref(ref: str) -> tuple[str, str, str, str, str, int]:
+    """`CONFIG#targets/<task>/<profile>/<variant>` or `CONFIG#measurements/<task>/<profile>/<variant>[~N]`
+    (N back from the latest, as in git) -> (config, kind, task, profile, variant, back). CONFIG is a model
+    config file or a model id / short name; the task may hold slashes (beir/SciFact)."""
+    config, _, where = ref.partition("#")
+    kind, _, rest = where.partition("/")
+    parts = rest.split("/")
+    if kind not in ("targets", "measurements") or len(parts) < 3 or not all(parts):
+        raise InputError(
+            f"{ref}: a saved result is addressed as CONFIG#targets/<task>/<profile>/<variant> or "
+            "CONFIG#measurements/<task>/<profile>/<variant>[~N], "
+            "e.g. all-MiniLM-L6-v2#targets/beir/SciFact/default/test"
+        )
+    variant, back = parts[-1], 0
+    if kind == "measurements" and "~" in variant:
+        variant, _, n = variant.rpartition("~")
+        if not n.isdigit():
+            raise InputError(f"{ref}: ~N must be a whole number of measurements back from the latest")
+        back = int(n)
+    return config, kind, "/".join(parts[:-2]), parts[-2], variant, back
+
+
+def saved_entry(ref: str, configs_dir: Path | None) -> tuple[ModelConfig, SavedResult]:
+    """The target or measurement `ref` (parse_saved_ref) addresses; InputError naming what is missing."""
+    from sie_evals.lib.config.model_config import find_model_config, load_model_config
+
+    name, kind, task, profile, variant, back = parse_saved_ref(ref)
+    config = load_model_config(Path(name)) if Path(name).is_file() else find_model_config(name, configs_dir)
+    saved = (config.targets if kind == "targets" else config.measurements).get(task, {}).get(profile, {})
+    entry = saved.get(variant)
+    if isinstance(entry, list):
+        entry = entry[-1 - back] if back < len(entry) else None
+    if entry is None:
+        there = ", ".join(f"{task}/{profile}/{v}" for v in saved) or "none for this task and profile"
+        raise InputError(f"{ref}: nothing saved there in {config.path} ({kind}: {there})")
+    return config, entry

@@ -344,6 +344,7 @@ def run_eval(req: EvalRequest) -> EvalOutcome:
 
     report = build_report(config.model_id, profile.name, spec, data, results, req.eval_type)
     report["variant"] = key.variant
+    report["profile_settings"] = profile.model_dump(mode="json")  # what `sie-bench diff` names when it changed
     report["result_key"] = key.as_dict()
     for s, k in keys.items():
         if s in report["sources"]:
