@@ -8,8 +8,8 @@ few in a thousand pass), so the cost beside the matrix product is a compare and 
 `torch.topk` over every chunk. The scores are the same float32 products as before (same chunk shapes).
 
 Tie order, documented and deterministic: every result row is best first, by score descending then
-document index ascending. A document whose score equals the current k-th best does not displace it
-(the earlier document stays); within one chunk's own top k, ties are torch.topk's (deterministic).
+document index ascending, and documents tied at the k-th score are kept lowest index first: the top k
+are the first k documents in (score desc, index asc) order, as a full stable sort would give.
 """
 
 from collections.abc import Iterable
@@ -76,12 +76,23 @@ def sort_rows(scores: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.n
     return np.take_along_axis(scores, order, 1), np.take_along_axis(indices, order, 1)
 
 
-def _merge(best_s, best_i, s, i, k):
-    s, i = torch.cat([best_s, s], dim=1), torch.cat([best_i, i], dim=1)
-    if s.shape[1] < k:
-        return s, i
-    s, pos = torch.topk(s, k, dim=1)  # sorted: the k-th best is last, the next chunk's threshold
-    return s, torch.gather(i, 1, pos)
+def _top(s: torch.Tensor, i: torch.Tensor | None, k: int, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top k of each row of scores `s` (document indices `i`, or start + column when None). A tie
+    across the cut-off keeps the lower document indices: rows whose k-th and (k+1)-th scores are equal
+    (rare: exact ties) are ordered by (score desc, index asc) in full."""
+    if s.shape[1] <= k:
+        cols = torch.arange(start, start + s.shape[1]).expand(s.shape[0], -1)
+        return s.clone(), (cols if i is None else i).clone()
+    vals, pos = torch.topk(s, k + 1, dim=1)
+    top_s, top_i = vals[:, :k].contiguous(), (pos[:, :k] + start if i is None else torch.gather(i, 1, pos[:, :k]))
+    tied = (vals[:, k - 1] == vals[:, k]).nonzero().flatten()
+    if len(tied):
+        rows_s = s[tied].numpy()
+        rows_i = np.arange(start, start + s.shape[1])[None, :].repeat(len(tied), 0) if i is None else i[tied].numpy()
+        order = np.lexsort((rows_i, -rows_s), axis=-1)[:, :k]
+        top_s[tied] = torch.from_numpy(np.take_along_axis(rows_s, order, 1))
+        top_i[tied] = torch.from_numpy(np.take_along_axis(rows_i, order, 1))
+    return top_s, top_i
 
 
 def _above(scores: torch.Tensor, threshold: torch.Tensor, start: int, k: int):
@@ -109,12 +120,12 @@ def merge_top_k(chunks: Iterable, n_queries: int, k: int) -> tuple[np.ndarray, n
     best_i = torch.empty((n_queries, 0), dtype=torch.long)
     for start, scores in chunks:
         scores = torch.as_tensor(scores, dtype=torch.float32)
-        packed = _above(scores, best_s[:, -1], start, k) if best_s.shape[1] == k and k > 0 else None
+        # strictly above the k-th best: a later document tying with it never displaces it
+        packed = _above(scores, best_s.amin(dim=1), start, k) if best_s.shape[1] == k and k > 0 else None
         if packed is None:
-            s, i = torch.topk(scores, min(k, scores.shape[1]), dim=1)
-            packed = (s, i + start)
+            packed = _top(scores, None, k, start)
         if packed[0].shape[1]:
-            best_s, best_i = _merge(best_s, best_i, *packed, k)
+            best_s, best_i = _top(torch.cat([best_s, packed[0]], 1), torch.cat([best_i, packed[1]], 1), k)
     return sort_rows(best_s.numpy(), best_i.numpy())
 
 
