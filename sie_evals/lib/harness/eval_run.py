@@ -169,7 +169,8 @@ def report_files(output: Path, sources: tuple[str, ...], eval_type: str, sweep: 
     files = [Path(output)]
     for s in (s for s in sources if s in COMPUTE_SOURCES):
         files.append(per_query_path(files[0], s))
-        files.append(run_path(files[0], s))  # retrieval only; checked for every computed source
+        if eval_type == "quality":  # the ranking: written for retrieval tasks only, checked for any
+            files.append(run_path(files[0], s))
         if eval_type == "perf":
             files.append(latency_png_path(files[0], s))
         if sweep:
