@@ -2,7 +2,6 @@
 on real SciFact text with the real model."""
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ from sie_evals.lib.config.model_config import Dtype, Runtime, parse_model_config
 from sie_evals.lib.core.errors import ConfigError, InputError
 from sie_evals.lib.engines import EmbedKind
 from sie_evals.lib.engines.local import LocalEngine
-from sie_evals_tests.conftest import MODEL_ID, REPO_ROOT, SCIFACT
+from sie_evals_tests.conftest import MODEL_ID, REPO_ROOT, SCIFACT, required_everything
 
 SLICE = ["--limit-queries", "5", "--corpus-size", "40", "--no-progress", "--no-record"]
 
@@ -123,7 +122,7 @@ def test_run_conditions_record_the_gpu_fields():
 def test_fastembed_runs_the_export_offline_and_matches_torch(minilm, texts, torch_vectors):
     # fastembed is not in pyproject (its huggingface-hub pin would replace transformers' one): scripts/bootstrap.sh
     # installs it with --no-deps, so under CI it must be there; elsewhere the test skips without it.
-    if os.environ.get("CI"):
+    if required_everything():
         import fastembed  # noqa: F401
     else:
         pytest.importorskip("fastembed")

@@ -10,12 +10,11 @@ import subprocess
 
 import pytest
 
-from sie_evals_tests.conftest import REPO_ROOT
+from sie_evals_tests.conftest import REPO_ROOT, required_everything
 
 MISE = shutil.which("mise")
-REQUIRED = bool(os.environ.get("CI") or os.environ.get("SIE_EVALS_REQUIRE_SERVERS") == "1")
 pytestmark = pytest.mark.skipif(
-    not MISE and not REQUIRED, reason="mise not installed (scripts/bootstrap.sh installs it)"
+    not MISE and not required_everything(), reason="mise not installed (scripts/bootstrap.sh installs it)"
 )
 
 ARGV_PRINTER = """#!/usr/bin/env python3

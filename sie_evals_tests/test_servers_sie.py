@@ -22,7 +22,7 @@ from sie_evals.lib.engines.cache import EmbeddingCache, engine_identity
 from sie_evals.lib.engines.sie import SieEngine
 from sie_evals.lib.quality.parity import per_item_cosine
 from sie_evals.lib.servers import install
-from sie_evals_tests.conftest import MODEL_ID, REPO_ROOT
+from sie_evals_tests.conftest import MODEL_ID, REPO_ROOT, skip_unless_required
 from sie_evals_tests.test_servers_http import alive, children, group_members, is_loopback, listening_sockets
 
 pytestmark = [pytest.mark.servers, pytest.mark.slow]
@@ -32,9 +32,7 @@ SIE_BENCH = str(Path(sys.executable).parent / "sie-bench")
 def require_server(name: str) -> None:
     if not install.installed(name):
         why = f"{name} server venv not provisioned in {install.home(name)} (run `sie-bench servers install {name}`)"
-        if os.environ.get("SIE_EVALS_REQUIRE_SERVERS") == "1":
-            pytest.fail(why)
-        pytest.skip(why)
+        skip_unless_required(why)
 
 
 @pytest.fixture(scope="module")
