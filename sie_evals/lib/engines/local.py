@@ -401,6 +401,11 @@ class _OnnxWorker(_Worker):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads or 0
         options.inter_op_num_threads = 1
+        # Idle pool threads sleep instead of spinning: on a shared CPU (CI runners, a busy host) spinning
+        # threads take the cores the working ones need (SciFact abstracts beside a busy loop: 8.05 s
+        # spinning, 5.68 s not; benchmarks/RESULTS.md).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
         self.inputs = [i.name for i in self.session.get_inputs()]
 
@@ -433,6 +438,8 @@ class _OpenVinoWorker(_Worker):
             "INFERENCE_PRECISION_HINT": "f32",  # never the bf16/fp16 default of newer CPUs: exact
             "INFERENCE_NUM_THREADS": n_threads,
             "NUM_STREAMS": n_threads,
+            # Threads may move off a core another process is busy on (a pinned one waits for it).
+            "ENABLE_CPU_PINNING": False,
         }
         compiled = core.compile_model(core.read_model(str(onnx_path)), "CPU", config)
         return [cls(compiled, profile) for _ in range(int(compiled.get_property("NUM_STREAMS")))]
