@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from sie_evals.lib.core.errors import EngineError
 from sie_evals.lib.perf import histogram
 from sie_evals.lib.perf.openloop import (
     LEAD_IN_S,
@@ -339,6 +340,10 @@ def run_job(job: Job, stop: Any = None) -> Part:
 
 
 def _child(job: Job, conn: Any, stop: Any) -> None:  # a generator process (spawned)
+    import signal
+
+    # Ctrl-C reaches the whole process group: the parent decides, and stops its children through `stop`
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         conn.send("ready")
         start = conn.recv()
@@ -378,7 +383,7 @@ def run_parts(job: Job, processes: int, stop: threading.Event | None = None) -> 
     try:
         for c in conns:
             if not c.poll(SPAWN_TIMEOUT_S):
-                raise RuntimeError(f"a generator process did not start within {SPAWN_TIMEOUT_S:g} s")
+                raise EngineError(f"perf: a generator process did not start within {SPAWN_TIMEOUT_S:g} s")
             c.recv()
         start = time.perf_counter() + LEAD_IN_S
         for c in conns:
@@ -387,9 +392,11 @@ def run_parts(job: Job, processes: int, stop: threading.Event | None = None) -> 
         for c in conns:
             status, value = c.recv()
             if status != "ok":
-                raise RuntimeError(f"a generator process failed: {value}")
+                raise EngineError(f"perf: a generator process failed: {value}")
             parts.append(value)
         return parts
+    except (EOFError, OSError) as err:  # a child died without a word (killed, out of memory)
+        raise EngineError(f"perf: a generator process exited during the trial ({type(err).__name__})") from None
     finally:
         watcher_done.set()
         for p in procs:

@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
+from sie_evals.lib.core.errors import EngineError
+
 OVERHEAD_WARN_FRACTION = 0.25
 CALIBRATION_REQUESTS = 2000  # at most, per calibration (closed loop or a set request count)
 CALIBRATION_S = 2.0  # at most, for a trial of a set duration
@@ -74,7 +76,7 @@ def null_endpoint(reply: bytes = b"{}") -> Iterator[str]:
         proc.stdin.close()
         line = proc.stdout.readline()
         if not line.strip():
-            raise RuntimeError("the null endpoint did not start")
+            raise EngineError("perf: the overhead calibration's null endpoint did not start")
         yield f"http://127.0.0.1:{int(line)}"
     finally:
         proc.kill()
