@@ -39,10 +39,16 @@ def _scored_chunks(q: torch.Tensor, docs: np.ndarray, doc_chunk: int, normalize:
     out_buf = torch.empty(q.shape[0] * width, dtype=torch.float32)
     for start in range(0, n, doc_chunk):
         rows = min(doc_chunk, n - start)
+        src = np.ascontiguousarray(docs[start : start + rows], dtype=np.float32)
         d = doc_buf[:rows]
-        d.numpy()[...] = docs[start : start + rows]  # also reads a read-only memory map, casting to float32
-        if normalize:  # torch.nn.functional.normalize's own ops, in place: the same bits
-            d.div_(d.norm(2, 1, keepdim=True).clamp_min(1e-12))
+        if not src.flags.writeable:  # a read-only memory map (embedding cache): torch wants writable memory
+            d.numpy()[...] = src
+            src = d.numpy()
+        elif not normalize:
+            d = torch.from_numpy(src)
+        if normalize:  # torch.nn.functional.normalize's own ops (x / max(norm, eps)): the same bits
+            t = torch.from_numpy(src)
+            torch.div(t, t.norm(2, 1, keepdim=True).clamp_min(1e-12), out=d)
         scores = out_buf[: q.shape[0] * rows].view(q.shape[0], rows)
         torch.matmul(q, d.T, out=scores)
         yield start, scores
@@ -81,8 +87,9 @@ def _top(s: torch.Tensor, i: torch.Tensor | None, k: int, start: int = 0) -> tup
     across the cut-off keeps the lower document indices: rows whose k-th and (k+1)-th scores are equal
     (rare: exact ties) are ordered by (score desc, index asc) in full."""
     if s.shape[1] <= k:
-        cols = torch.arange(start, start + s.shape[1]).expand(s.shape[0], -1)
-        return s.clone(), (cols if i is None else i).clone()
+        if i is None:  # a chunk's scores (a buffer the next chunk overwrites): copied
+            return s.clone(), torch.arange(start, start + s.shape[1]).expand(s.shape[0], -1).clone()
+        return s, i
     vals, pos = torch.topk(s, k + 1, dim=1)
     top_s, top_i = vals[:, :k].contiguous(), (pos[:, :k] + start if i is None else torch.gather(i, 1, pos[:, :k]))
     tied = (vals[:, k - 1] == vals[:, k]).nonzero().flatten()
@@ -124,7 +131,9 @@ def merge_top_k(chunks: Iterable, n_queries: int, k: int) -> tuple[np.ndarray, n
         packed = _above(scores, best_s.amin(dim=1), start, k) if best_s.shape[1] == k and k > 0 else None
         if packed is None:
             packed = _top(scores, None, k, start)
-        if packed[0].shape[1]:
+        if best_s.shape[1] == 0:
+            best_s, best_i = packed
+        elif packed[0].shape[1]:
             best_s, best_i = _top(torch.cat([best_s, packed[0]], 1), torch.cat([best_i, packed[1]], 1), k)
     return sort_rows(best_s.numpy(), best_i.numpy())
 
