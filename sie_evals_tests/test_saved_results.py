@@ -151,15 +151,16 @@ def test_save_killed_mid_write_leaves_nothing_behind(configs):
     assert res.exit_code == 0, res.output
     config = load_model_config(cfg)
     referenced = {
-        (configs / e.per_query).resolve()
+        (configs / rel).resolve()
         for p in config.targets.values()
         for v in p.values()
         for e in v.values()
-        if e.per_query
+        for rel in (e.per_query, e.run)  # per-query scores and ranking
+        if rel
     }
     left = [p for p in configs.rglob("*") if p.name.endswith(".tmp")]
     parquet = {p.resolve() for p in configs.rglob("*.parquet")} - shipped
-    assert left == [] and parquet == referenced and len(referenced) == 1
+    assert left == [] and parquet == referenced and len(referenced) == 2
     assert all(p.exists() for p in shipped)  # another model's saved per-query files are never touched
 
 
