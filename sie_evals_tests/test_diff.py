@@ -207,3 +207,16 @@ def test_terminal_prints_user_text_literally():
     render_terminal(RunDiff("A", "B", "t", "ndcg_at_10", [], rows, []), console)
     text = console.export_text()
     assert "[bold red]q[/bold red] :100:" in text and "[x]" in text
+
+
+def test_saved_result_addresses():
+    from sie_evals.lib.core.errors import InputError
+    from sie_evals.lib.gates.saved_results import parse_saved_ref
+
+    assert parse_saved_ref("m#targets/beir/SciFact/default/test@q20-c300") == (
+        "m", "targets", "beir/SciFact", "default", "test@q20-c300", 0,
+    )  # fmt: skip
+    assert parse_saved_ref("c.yaml#measurements/mteb/X/en/bf16/test~2")[2:] == ("mteb/X/en", "bf16", "test", 2)
+    for bad in ("m#targets/beir/SciFact", "m#other/a/b/c", "m#measurements/a/b/c~x"):
+        with pytest.raises(InputError, match=r"addressed as|~N"):
+            parse_saved_ref(bad)

@@ -133,3 +133,17 @@ def test_saved_target_keeps_its_ranking(tmp_path, configs_dir, monkeypatch):
     report = json.loads((tmp_path / "r.json").read_text())
     assert run.equals(read_run(tmp_path / report["sources"]["local"]["run_file"]))
     assert Path(configs_dir / target.run).is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("profile", ["multivector", "muvera"])
+def test_saved_run_of_multivector_and_muvera_reproduces_the_report(tmp_path, profile):
+    """The same contract on the MaxSim and MUVERA searches (lib/quality/output_search.py)."""
+    args = ["-p", profile, "-o", str(tmp_path / "r.json"), "--save-run", str(tmp_path / "run.trec")]
+    code, out = _eval(*args)
+    assert code == 0, out
+    metrics = json.loads((tmp_path / "r.json").read_text())["sources"]["local"]["metrics"]
+    with open(tmp_path / "run.trec") as fh:
+        run = pytrec_eval.parse_run(fh)
+    expected = {m: v for m, v in _pytrec_metrics(_qrels(), run, [1, 3, 5, 10, 20, 100]).items() if m in metrics}
+    assert len(expected) >= 20 and expected == {m: metrics[m] for m in expected}
