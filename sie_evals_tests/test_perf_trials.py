@@ -60,6 +60,7 @@ def test_report_has_trial_intervals_and_the_check_says_beyond_noise(configs_dir,
         for name, interval in ci.items():
             values = [t[name] for t in src["trials"]]
             assert interval["n"] == 3 and interval["low"] <= np.mean(values) <= interval["high"]
+        assert "95% CI over trials: latency_p50_ms" in res.output
         res = run("-s", "openai,targets", "--check-targets")
     report = json.loads(out.read_text())
     verdicts = {v["metric"]: v for v in report["checks"][0]["verdicts"]}

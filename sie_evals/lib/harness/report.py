@@ -300,6 +300,18 @@ def render_table(report: dict[str, Any], console: Console | None = None) -> None
                     f"{c['trials']} trials (median shown), errors {src['errors']}, load avg {c['load_avg_before']}"
                 )
             )
+            # perf (lib/perf/overhead.py, trials.py): the generator's own latency, the trials' 95% CIs
+            overhead = c.get("generator_overhead") or {}
+            if "p50_ms" in overhead and "p99_ms" in overhead:
+                console.print(
+                    Text(
+                        f"{s}: generator overhead p50 {overhead['p50_ms']:.3f} ms, p99 {overhead['p99_ms']:.3f} ms "
+                        f"({overhead['method']})"
+                    )
+                )
+            if ci := src.get("trials_ci"):
+                spans = ", ".join(f"{k} {v['mean']:.4g} [{v['low']:.4g}, {v['high']:.4g}]" for k, v in ci.items())
+                console.print(Text(f"{s}: mean and 95% CI over trials: {spans}"))
             if src.get("sweep"):
                 render_sweep(s, src, console)
             if src.get("slo"):
