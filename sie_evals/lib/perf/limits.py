@@ -3,7 +3,8 @@ LoadSpec and the loadtest scenario so both refuse the same values with the same 
 
 Bounds: a rate above a million requests/s is beyond what one Python generator can offer (its
 dispatcher hands over at most some 10^5 requests/s), and a trial over 24 h is a typo, not a plan.
-The in-flight cap is a thread per request in flight: thousands of threads exhaust a small VM."""
+The in-flight cap is a thread per request in flight for the thread generator (and a connection each
+for the HTTP one): thousands of them exhaust a small VM."""
 
 import math
 

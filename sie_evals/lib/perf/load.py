@@ -7,7 +7,10 @@ run is repeatable. Tokens are counted once per text with the model's own tokeniz
 the profile's max_seq_length, special tokens included): the same rule for every engine.
 Open loop (LoadSpec.rate set): requests leave on a seeded arrival schedule (openloop.py) and latency
 runs from each request's scheduled send time. Latency percentiles, min, max and mean come from an
-HdrHistogram of every counted request (histogram.py), kept encoded in the report."""
+HdrHistogram of every counted request (histogram.py), kept encoded in the report.
+Two generators with these semantics: HTTP engines whose request is one JSON POST get the fast one
+(aio.py: aiohttp, bodies encoded before the run, several processes when the load needs them); any
+other engine is called through `send` on threads (run_trial, run_open_trial)."""
 
 import math
 import statistics
