@@ -123,6 +123,9 @@ def _validate(req: EvalRequest) -> None:
     if req.save_run is not None:
         if req.eval_type != "quality":
             raise InputError("--save-run: only quality evals rank documents (not --type perf)")
+        if Path(req.save_run).is_dir():
+            example = Path(req.save_run) / "run.trec"
+            raise InputError(f"--save-run {req.save_run} is a directory; give a file name (e.g. {example})")
         taken = set(report_files(req.output, req.sources, req.eval_type, False)) if req.output else set()
         for path in run_files(req.save_run, req.sources):
             if path in taken:
