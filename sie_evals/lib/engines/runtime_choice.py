@@ -31,7 +31,7 @@ from sie_evals.lib.core.run_conditions import cpu_model, now_iso
 
 log = logging.getLogger(__name__)
 
-CHOICE_FORMAT = 1
+CHOICE_FORMAT = 2  # 2: ONNX Runtime without spinning threads
 # Where auto keeps its choices (and the exports it calibrates): the cache root unless this is set. The
 # test suite points it at one folder per session so each test with its own cache does not re-export.
 RUNTIME_CACHE_ENV = "SIE_EVALS_RUNTIME_CACHE_DIR"
