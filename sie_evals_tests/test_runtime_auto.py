@@ -165,3 +165,12 @@ def test_auto_picks_the_fastest_exact_runtime_and_records_it(tmp_path, monkeypat
     assert torch_local["run_conditions"]["runtime"] == "torch"
     for name, value in torch_local["metrics"].items():
         assert round(local["metrics"][name], 5) == round(value, 5), name
+
+
+def test_a_named_exported_runtime_that_is_not_installed_exits_2_naming_it(minilm, monkeypatch):
+    """`-p onnx` where onnxruntime is missing: a ConfigError (exit 2) before any export work, not an ImportError."""
+    from sie_evals.lib.core.errors import ConfigError
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` raises ImportError
+    with pytest.raises(ConfigError, match="runtime onnx needs onnxruntime, which is not installed"):
+        LocalEngine(minilm, minilm.resolve_profile("onnx"), threads=2).start()

@@ -212,7 +212,16 @@ class LocalEngine(Engine):
         from sie_evals.lib.core import paths
         from sie_evals.lib.engines.export import ONNX_FILE, ensure_onnx_export
 
-        importlib.import_module(RUNTIME_MODULES[runtime])  # ImportError (not installed) before any export work
+        module = RUNTIME_MODULES[runtime]
+        try:  # before any export work
+            importlib.import_module(module)
+        except ImportError as err:
+            if self.profile.runtime == Runtime.auto:
+                raise  # auto runs another runtime and says why
+            raise ConfigError(
+                f"{self.model.path}: profile {self.profile.name!r}: runtime {runtime.value} needs {module}, "
+                f"which is not installed ({err}); pip install {module}, or use runtime torch"
+            ) from None
         root = self.export_cache or paths.cache_dir()
         if self.profile.runtime == Runtime.auto:
             root = runtime_cache_root(root)
