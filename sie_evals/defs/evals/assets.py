@@ -255,6 +255,7 @@ def quality_scores(
         "main_score": spec.rules.main_score,
         "metrics": metrics,
         "per_query_path": str(pq_path),
+        "snapshot_dir": task_dataset["snapshot_dir"],  # query texts for a failed check's regressed queries
         "dataset": data.describe(),
         "engine": embeddings["engine"],
         "profile": embeddings["profile"],

@@ -21,7 +21,7 @@ import dagster as dg
 import pandas as pd
 
 from sie_evals.defs.evals.assets import perf_scores, quality_scores
-from sie_evals.defs.evals.partitions import eval_key, eval_partitions, task_to_evals
+from sie_evals.defs.evals.partitions import eval_key, eval_partitions
 from sie_evals.defs.evals.resources import EvalSettings
 from sie_evals.lib.config.model_config import find_model_config
 from sie_evals.lib.gates.drift import CheckResult, ReferenceColumn, check_source, reference
@@ -72,9 +72,12 @@ def drift_check(
     )
 
 
-def query_texts(task_dataset: dict[str, Any]) -> dict[str, str]:
-    """Query id -> text of the task's snapshot; {} for a task whose snapshot has no query texts."""
-    data = read_snapshot(Path(task_dataset["snapshot_dir"]))
+def query_texts(scores: dict[str, Any]) -> dict[str, str]:
+    """Query id -> text of the snapshot a quality_scores output was computed on; {} for a task whose
+    snapshot has no query texts, or an output from before outputs named their snapshot."""
+    if not scores.get("snapshot_dir"):
+        return {}
+    data = read_snapshot(Path(scores["snapshot_dir"]))
     ids, texts = getattr(data, "query_ids", None), getattr(data, "query_texts", None)
     return dict(zip(map(str, ids), texts, strict=True)) if ids is not None and texts is not None else {}
 
@@ -164,42 +167,34 @@ def to_check_result(
     return dg.AssetCheckResult(passed=not failed, severity=severity, metadata=metadata, description=description)
 
 
-# the task's queries: the texts shown beside a failed check's regressed queries
-TEXTS = {"task_dataset": dg.AssetIn(partition_mapping=task_to_evals)}
-
-
 @dg.asset_check(
     asset=quality_scores,
     partitions_def=eval_partitions,
-    additional_ins=TEXTS,
     blocking=True,
     description="Quality >= 0.99 x the saved target (margins: lib/gates/thresholds.py). Blocking, ERROR.",
 )
 def quality_vs_target(
     context: dg.AssetCheckExecutionContext,
     quality_scores: dict[str, Any],
-    task_dataset: dict[str, Any],
     settings: EvalSettings,
 ) -> dg.AssetCheckResult:
     result = drift_check(context.partition_key, quality_scores, Against.targets, settings)
-    texts = query_texts(task_dataset) if result.regressed else None
+    texts = query_texts(quality_scores) if result.regressed else None
     return to_check_result(result, dg.AssetCheckSeverity.ERROR, context.log, texts)
 
 
 @dg.asset_check(
     asset=quality_scores,
     partitions_def=eval_partitions,
-    additional_ins=TEXTS,
     description="Quality >= 0.98 x the latest saved measurement. WARN.",
 )
 def quality_vs_measurement(
     context: dg.AssetCheckExecutionContext,
     quality_scores: dict[str, Any],
-    task_dataset: dict[str, Any],
     settings: EvalSettings,
 ) -> dg.AssetCheckResult:
     result = drift_check(context.partition_key, quality_scores, Against.measurements, settings)
-    texts = query_texts(task_dataset) if result.regressed else None
+    texts = query_texts(quality_scores) if result.regressed else None
     return to_check_result(result, dg.AssetCheckSeverity.WARN, context.log, texts)
 
 
