@@ -54,7 +54,9 @@ def test_save_then_check_then_drift(configs, tmp_path):
     assert "saved targets[beir/SciFact][default][test@q20-c200] <- local" in res.output
     saved = load_model_config(cfg).target("beir/SciFact", "default", "test@q20-c200")
     assert saved.source == "local" and "ndcg_at_10" in saved.metrics
-    assert saved.conditions["dataset_hash"] and saved.conditions["engine_version"].startswith("transformers")
+    # the default profile's runtime is auto: the version of the runtime it chose (and which) is recorded
+    engine = {"torch": "transformers ", "onnx": "onnxruntime ", "openvino": "openvino "}[saved.conditions["runtime"]]
+    assert saved.conditions["dataset_hash"] and saved.conditions["engine_version"].startswith(engine)
     assert (configs / saved.per_query).is_file()
 
     out = tmp_path / "r.json"
