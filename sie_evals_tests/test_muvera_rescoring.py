@@ -84,7 +84,7 @@ def test_muvera_vectors_round_trip_the_file_format(muvera_vectors):
     np.testing.assert_array_equal(back.tokens.offsets, q.tokens.offsets)
 
 
-def _eval(tmp_path, profile: str) -> dict:
+def _eval(tmp_path, profile: str, printed: list[str] | None = None) -> dict:
     out = tmp_path / f"{profile}.json"
     res = runner.invoke(
         app,
@@ -92,6 +92,8 @@ def _eval(tmp_path, profile: str) -> dict:
          "--no-progress", "--no-record", "-o", str(out)],
     )  # fmt: skip
     assert res.exit_code == 0, res.output
+    if printed is not None:
+        printed.append(" ".join(res.output.split()))
     return json.loads(out.read_text())["sources"]["local"]
 
 
@@ -99,8 +101,12 @@ def _eval(tmp_path, profile: str) -> dict:
 def test_cli_muvera_reports_rescored_headline_raw_metrics_and_recall(tmp_path, configs_dir, monkeypatch):
     monkeypatch.setenv("SIE_EVALS_MODEL_CONFIGS_DIR", str(configs_dir))
     exact = _eval(tmp_path, "multivector")
-    default = _eval(tmp_path, "muvera")  # rescore_k 100 of 300 documents
+    printed: list[str] = []
+    default = _eval(tmp_path, "muvera", printed)  # rescore_k 100 of 300 documents
     info = default["muvera_rescoring"]
+    # the terminal shows the raw FDE's figures and the recall beside the rescored headline
+    assert f"raw FDE ndcg_at_10 {info['raw_fde_metrics']['ndcg_at_10']:.5f}" in printed[0], printed[0]
+    assert f"top-10 recall in the candidates {info['maxsim_top10_recall_in_candidates']}" in printed[0]
     assert info["rescore_k"] == 100 and info["ranked_per_query"] == 100
     assert 0.5 <= info["maxsim_top10_recall_in_candidates"] <= 1
     raw = info["raw_fde_metrics"]

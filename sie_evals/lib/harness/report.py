@@ -327,6 +327,15 @@ def render_table(report: dict[str, Any], console: Console | None = None) -> None
                     + (f", server log {src['server']['log']}" if (src.get("server") or {}).get("log") else "")
                 )
             )
+            if mr := src.get("muvera_rescoring"):  # the headline is the rescored ranking; the raw FDE's beside it
+                raw = mr["raw_fde_metrics"]
+                console.print(
+                    Text(
+                        f"{s}: MUVERA rescored the top {mr['rescore_k']} FDE candidates with exact MaxSim; raw FDE "
+                        + ", ".join(f"{m} {raw[m]:.5f}" for m in ("ndcg_at_10", "recall_at_10") if m in raw)
+                        + f"; exact MaxSim top-10 recall in the candidates {mr['maxsim_top10_recall_in_candidates']}"
+                    )
+                )
         elif not src.get("available"):
             console.print(Text(f"{s}: nothing saved/published for this model, task, profile and data variant"))
         elif (src.get("info") or {}).get("note"):
