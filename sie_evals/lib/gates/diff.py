@@ -227,7 +227,7 @@ class RunDiff:
 RANK_LEGEND = "Ranks start at 1; - means not within the saved top k of that run (or no ranking kept)."
 
 
-def markdown_cell(text: Any) -> str:
+def md_cell(text: Any) -> str:
     """A markdown table cell: user text with pipes and line breaks neutralised."""
     return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
 
@@ -239,40 +239,42 @@ def _rank(r: int | None) -> str:
 def render_markdown(diff: RunDiff, max_snippet: int = 120) -> str:
     """The diff as markdown: metric deltas, changed queries (with relevant documents' ranks and the
     documents that displaced them, when attached), changed run conditions."""
-    lines = [f"# {markdown_cell(diff.task)}: {markdown_cell(diff.a)} (A) vs {markdown_cell(diff.b)} (B)", "", "## Metrics (B - A)", ""]
+    lines = [f"# {md_cell(diff.task)}: {md_cell(diff.a)} (A) vs {md_cell(diff.b)} (B)", "", "## Metrics (B - A)", ""]
     lines += ["| metric | delta | 95% CI | beyond noise | queries |", "|---|---:|---:|---|---:|"]
     for d in diff.deltas:
         noise = "yes" if d.beyond_noise else "no"
         lines.append(f"| {d.metric} | {d.delta:+.5f} | [{d.low:+.5f}, {d.high:+.5f}] | {noise} | {d.n_queries} |")
-    lines += ["", f"## Queries that changed most ({markdown_cell(diff.metric)})", "", RANK_LEGEND, ""]
+    lines += ["", f"## Queries that changed most ({md_cell(diff.metric)})", "", RANK_LEGEND, ""]
     if not diff.queries:
         lines.append("No query changed.")
     for q in diff.queries:
         lines.append(
-            f"### {q['direction']}: {markdown_cell(q['query_id'])} "
+            f"### {q['direction']}: {md_cell(q['query_id'])} "
             f"({q['value_a']:.4f} -> {q['value_b']:.4f}, {q['delta']:+.4f})"
         )
         if q.get("text") is not None:
-            lines += ["", f"> {markdown_cell(q['text'][: max_snippet * 2])}"]
+            lines += ["", f"> {md_cell(q['text'][: max_snippet * 2])}"]
         if q.get("relevant"):
             lines += ["", "| relevant doc | rank A | rank B | text |", "|---|---:|---:|---|"]
             for doc in q["relevant"]:
-                snippet = markdown_cell((doc.get("text") or "")[:max_snippet])
+                snippet = md_cell((doc.get("text") or "")[:max_snippet])
                 lines.append(
-                    f"| {markdown_cell(doc['doc_id'])} | {_rank(doc.get('rank_a'))} | {_rank(doc.get('rank_b'))} | {snippet} |"
+                    f"| {md_cell(doc['doc_id'])} | {_rank(doc.get('rank_a'))} | {_rank(doc.get('rank_b'))} "
+                    f"| {snippet} |"
                 )
         if q.get("displacing"):
             side = q.get("displacing_side", "B")
             lines += ["", f"| ranked above them in {side} | rank A | rank B | text |", "|---|---:|---:|---|"]
             for doc in q["displacing"]:
-                snippet = markdown_cell((doc.get("text") or "")[:max_snippet])
+                snippet = md_cell((doc.get("text") or "")[:max_snippet])
                 lines.append(
-                    f"| {markdown_cell(doc['doc_id'])} | {_rank(doc.get('rank_a'))} | {_rank(doc.get('rank_b'))} | {snippet} |"
+                    f"| {md_cell(doc['doc_id'])} | {_rank(doc.get('rank_a'))} | {_rank(doc.get('rank_b'))} "
+                    f"| {snippet} |"
                 )
         lines.append("")
     lines += ["", "## Run conditions that differ", ""]
-    lines += [f"- {markdown_cell(c)}" for c in diff.conditions] or ["None recorded differ."]
-    lines += [f"- note: {markdown_cell(n)}" for n in diff.notes]
+    lines += [f"- {md_cell(c)}" for c in diff.conditions] or ["None recorded differ."]
+    lines += [f"- note: {md_cell(n)}" for n in diff.notes]
     return "\n".join(lines) + "\n"
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 
 from sie_evals.lib.gates.conditions import Change
-from sie_evals.lib.gates.diff import markdown_cell as cell
+from sie_evals.lib.gates.diff import md_cell as cell
 
 SNIPPET_CHARS = 80
 _MARKDOWN = re.compile(r"([`*_\[\]<>#!~])")  # shown literally, not as emphasis, links or HTML
