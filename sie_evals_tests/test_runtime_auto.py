@@ -174,3 +174,12 @@ def test_a_named_exported_runtime_that_is_not_installed_exits_2_naming_it(minilm
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` raises ImportError
     with pytest.raises(ConfigError, match="runtime onnx needs onnxruntime, which is not installed"):
         LocalEngine(minilm, minilm.resolve_profile("onnx"), threads=2).start()
+
+
+def test_saved_conditions_keep_the_choice_but_not_this_machines_cache_path():
+    from sie_evals.lib.gates.conditions import summarize
+
+    choice = {"runtime": "onnx", "reason": "the fastest exact runtime", "file": "/root/.cache/x/choice.json"}
+    saved = summarize({"runtime": "onnx", "runtime_choice": choice})
+    assert saved["runtime_choice"] == {"runtime": "onnx", "reason": "the fastest exact runtime"}
+    assert summarize({"runtime": "torch"})["runtime_choice"] is None

@@ -46,7 +46,10 @@ def summarize(rc: dict[str, Any], profile_settings: dict[str, Any] | None = None
         "engine": rc.get("engine"),
         "engine_version": rc.get("engine_version"),
         "runtime": rc.get("runtime"),  # local engine; with runtime auto, what it chose and why:
-        "runtime_choice": rc.get("runtime_choice"),
+        # not where this machine cached the choice: a local path means nothing in a shared config
+        "runtime_choice": {k: v for k, v in rc["runtime_choice"].items() if k != "file"}
+        if rc.get("runtime_choice")
+        else None,
         "model_revision": rc.get("model_revision"),
         "weights": rc.get("weights"),
         "weights_hash": rc.get("weights_hash"),
