@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from sie_evals.cli import app
 from sie_evals.lib.harness.eval_run import report_files
-from sie_evals_tests.conftest import MODEL_ID
+from sie_evals_tests.conftest import MODEL_ID, skip_unless_required
 
 runner = CliRunner()
 CONFIG_NAME = "sentence-transformers__all-MiniLM-L6-v2.yaml"
@@ -34,7 +34,7 @@ def _as_unprivileged() -> list[str]:
     if os.geteuid() != 0:
         return []
     if shutil.which("setpriv") is None:
-        pytest.skip("running as root without setpriv: root reads and writes any directory")
+        skip_unless_required("running as root without setpriv (util-linux): root reads and writes any directory")
     return NO_DAC
 
 
