@@ -12,8 +12,39 @@ each with its index, as the API allows.
 
 import json
 import os
+import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextmanager
+def running(log: Path, key: str | None = None) -> Iterator[int]:
+    """This server in a subprocess (its stderr to `log`), requiring `key` when given; yields its port."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT)}
+    env.pop("OPENAI_TEST_KEY", None)
+    if key is not None:
+        env["OPENAI_TEST_KEY"] = key
+    with open(log, "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sie_evals_tests.openai_server"],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            env=env,
+            cwd=REPO_ROOT,
+        )
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("PORT "), f"test server did not start: {log.read_text()[-2000:]}"
+        yield int(line.split()[1])
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def main() -> None:

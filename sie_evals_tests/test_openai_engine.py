@@ -4,8 +4,6 @@ sentence-transformers (sie_evals_tests/openai_server.py), through the CLI and th
 import json
 import os
 import secrets
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +11,7 @@ from typer.testing import CliRunner
 
 from sie_evals.cli import app
 from sie_evals.lib.core.errors import ConfigError, EngineError, InputError
+from sie_evals_tests import openai_server
 from sie_evals_tests.conftest import REPO_ROOT
 
 KEY = "sk-test-" + secrets.token_hex(16)
@@ -22,24 +21,8 @@ SLICE = ["--limit-queries", "20", "--corpus-size", "200", "--no-progress", "--no
 
 @pytest.fixture(scope="module")
 def openai_url(tmp_path_factory):
-    env = {**os.environ, "OPENAI_TEST_KEY": KEY, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT)}
-    log = tmp_path_factory.mktemp("openai-server") / "server.log"
-    with open(log, "w") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "sie_evals_tests.openai_server"],
-            stdout=subprocess.PIPE,
-            stderr=err,
-            text=True,
-            env=env,
-            cwd=REPO_ROOT,
-        )
-    try:
-        line = proc.stdout.readline()
-        assert line.startswith("PORT "), f"test server did not start: {log.read_text()[-2000:]}"
-        yield f"http://127.0.0.1:{int(line.split()[1])}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    with openai_server.running(tmp_path_factory.mktemp("openai-server") / "server.log", key=KEY) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture

@@ -4,9 +4,6 @@ alert sensors (with a real HTTP receiver on 127.0.0.1)."""
 
 import http.client
 import inspect
-import os
-import subprocess
-import sys
 import threading
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,7 +26,7 @@ from sie_evals.lib.core.run_conditions import hardware
 from sie_evals.lib.engines.http import HttpEngine
 from sie_evals.lib.gates.keys import EvalKey, LoadShape, ResultKey
 from sie_evals.lib.gates.saved_results import append_measurement, save_target
-from sie_evals_tests.conftest import REPO_ROOT
+from sie_evals_tests import openai_server
 from sie_evals_tests.webhook import WebhookReceiver
 
 SCIFACT = "all-MiniLM-L6-v2:beir/SciFact:local"
@@ -455,25 +452,8 @@ class FlakyServer:
 @pytest.fixture(scope="module")
 def embeddings_server(tmp_path_factory):
     """The tests' OpenAI-compatible server running the real model; yields its port."""
-    log = tmp_path_factory.mktemp("openai-server") / "server.log"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT)}
-    env.pop("OPENAI_TEST_KEY", None)
-    with open(log, "w") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "sie_evals_tests.openai_server"],
-            stdout=subprocess.PIPE,
-            stderr=err,
-            text=True,
-            env=env,
-            cwd=REPO_ROOT,
-        )
-    try:
-        line = proc.stdout.readline()
-        assert line.startswith("PORT "), f"test server did not start: {log.read_text()[-2000:]}"
-        yield int(line.split()[1])
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    with openai_server.running(tmp_path_factory.mktemp("openai-server") / "server.log") as port:
+        yield port
 
 
 # the HTTP engine's own budget per request: its first attempt plus `retries` more
