@@ -1,4 +1,4 @@
-"""The README's Finesse run end to end through the `finesse` console script, and tampering detection."""
+"""The Finesse run of docs/finesse.md end to end through the `finesse` console script, and tampering detection."""
 
 import json
 import os

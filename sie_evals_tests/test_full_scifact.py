@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from sie_evals.cli import app
 from sie_evals_tests.conftest import MODEL_ID, agrees_with_published
 
-# shared/reference/published-scores.md (embeddings-benchmark/results, mteb 1.12.75). The README claims these
+# shared/reference/published-scores.md (embeddings-benchmark/results, mteb 1.12.75). docs/tasks.md and the README claim these
 # (ndcg@10 0.64508, map@10 0.59593, recall@10 0.78333): every published digit must hold, nothing looser.
 PUBLISHED = {
     "ndcg_at_10": 0.64508,
@@ -65,7 +65,7 @@ def test_full_scifact_matches_published_mteb_scores(tmp_path, monkeypatch):
     assert warm["metrics"] == local["metrics"]
     print(f"warm re-run: {warm_seconds:.1f}s")
 
-    # the README's CI gate passes with the shipped targets (benchmark values; warm cache: seconds)
+    # the CI gate of docs/targets.md passes with the shipped targets (benchmark values; warm cache: seconds)
     gate = ["eval", MODEL_ID, "-t", "beir/SciFact", "-s", "local,targets", "--check-targets", "--require-targets",
             "--no-progress", "--no-record"]  # fmt: skip
     res = CliRunner().invoke(app, gate)

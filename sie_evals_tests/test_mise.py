@@ -1,7 +1,7 @@
 """`mise run eval ...` forwards every argument to `sie-bench eval` verbatim (issue 17, point 1), with the
 real mise (installed by scripts/bootstrap.sh from npm) on the real mise.toml and task files; only the
 callee is a stand-in that prints its argv, so no model runs. The full command is run from a fresh
-clone by hand (see the README)."""
+clone by hand (see docs/setup.md)."""
 
 import json
 import os

@@ -244,7 +244,7 @@ def packaged_config_path(name: str) -> Path:
 
 
 TEMPLATE = """\
-# Finesse benchmark config (sie-evals). Unknown keys are errors. Docs: README "Finesse (long-context benchmark)".
+# Finesse benchmark config (sie-evals). Unknown keys are errors. Docs: docs/finesse.md.
 metric: rss                 # rss = Robust Separation Score; srs = Sequence Recognition Sensitivity (+ PBI)
 sampler: sie-evals          # sie-evals: same chunk texts for every model; finesse-0.18.9: leaderboard draws
 formula: q1q3               # gap per row: q1q3 = Q1(memory) - Q3(noise); q2q2 = median - median
