@@ -1,11 +1,14 @@
-"""Per-partition drift checks on quality_scores, using the same code as --check-targets and
---check-measurements (sie_evals/lib/gates/drift.py, margins in lib/gates/thresholds.py).
+"""Per-partition drift checks on the scores assets, all from one factory (`drift_check_spec`) over the
+same code as --check-targets and --check-measurements (lib/gates/drift.py `check_scores`, margins in
+lib/gates/thresholds.py). Each check's description is generated from the default margins, and each
+result names the margins it applied (a model config's `margins:` overrides them).
 
 - quality_vs_target: blocking, ERROR. A failure fails the run, so nothing downstream of the scores
   runs on a drifted model.
-- quality_vs_measurement: non-blocking, WARN, against the latest saved measurement (98%).
-- latency_vs_target / throughput_vs_target on perf_scores: non-blocking, WARN (latency <= 2.5 x
-  target, throughput >= target / 2.5): perf on shared hardware is noisy, so it alerts, not blocks.
+- quality_vs_measurement: non-blocking, WARN, against the latest saved measurement.
+- latency_vs_target / throughput_vs_target on perf_scores: non-blocking, WARN: perf on shared
+  hardware is noisy, so it alerts, not blocks.
+- finesse_rss_vs_target / finesse_rss_vs_measurement (defs/finesse/checks.py): as the quality pair.
 A partition with nothing saved passes, but says so: description "NO TARGET saved ... nothing was
 checked", metadata `target_status: no target`, and a warning in the run log. A failure's description
 names what changed in the run conditions since the last passing result (lib/gates/conditions.py); a
@@ -18,58 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import pandas as pd
 
 from sie_evals.defs.evals.assets import perf_scores, quality_scores
-from sie_evals.defs.evals.partitions import eval_key, eval_partitions
+from sie_evals.defs.evals.partitions import eval_key
 from sie_evals.defs.evals.resources import EvalSettings
-from sie_evals.lib.config.model_config import find_model_config
-from sie_evals.lib.gates.drift import CheckResult, ReferenceColumn, check_source, reference
-from sie_evals.lib.gates.keys import ResultKey, ResultKind, split_model_part
-from sie_evals.lib.gates.thresholds import Against, MetricKind, metric_kind
-from sie_evals.lib.perf.load import PERF_TARGET_METRICS
+from sie_evals.lib.gates.drift import CheckResult, check_scores
+from sie_evals.lib.gates.keys import EvalKey
+from sie_evals.lib.gates.thresholds import Against, MetricKind, default_margin_rules, margin_rule, metric_kind
 from sie_evals.lib.reporting.regressions import changes_markdown, regressed_markdown
-from sie_evals.lib.tasks import resolve_task
 from sie_evals.lib.tasks.snapshot import read_snapshot
-
-
-def drift_check(
-    partition_key: str,
-    scores: dict[str, Any],
-    against: Against,
-    settings: EvalSettings,
-    kinds: tuple[MetricKind, ...] = (MetricKind.quality,),
-) -> CheckResult:
-    """Verdicts for the metrics of `kinds` in a quality_scores or perf_scores output, against what is
-    saved under the output's ResultKey."""
-    key = eval_key(partition_key)
-    config = find_model_config(split_model_part(key.model)[0], settings.configs_dir())
-    spec = resolve_task(key.task)
-    result_key = ResultKey.from_dict(scores["result_key"])
-    perf = result_key.kind is ResultKind.perf
-    ref = reference(against.value, config, spec, result_key)
-    if ref is not None:  # check only the metrics of this check's kinds; the other check covers the rest
-        wanted = {m: v for m, v in ref.metrics.items() if metric_kind(m) in kinds}
-        ref = ReferenceColumn(ref.source, wanted, ref.per_query, ref.info) if wanted else None
-    per_query = None
-    if not perf:
-        per_query_path = Path(scores["per_query_path"])
-        per_query = pd.read_parquet(per_query_path) if per_query_path.is_file() else None
-    target_metrics = PERF_TARGET_METRICS if perf else spec.rules.target_metrics
-    metrics = {m: v for m, v in scores["metrics"].items() if metric_kind(m) in kinds}
-    return check_source(
-        key.source,
-        metrics,
-        per_query,
-        against,
-        ref,
-        config,
-        spec,
-        False,
-        tuple(m for m in target_metrics if metric_kind(m) in kinds),
-        result_key,
-        scores.get("conditions"),
-    )
 
 
 def query_texts(scores: dict[str, Any]) -> dict[str, str]:
@@ -163,63 +123,65 @@ def to_check_result(
         if log is not None:
             log.warning(description)
     else:
-        description = f"all {len(result.verdicts)} metrics within margin"
+        applied = "; ".join(
+            margin_rule(v["metric"], metric_kind(v["metric"]), Against(result.against), v["margin"])
+            for v in result.verdicts
+        )
+        description = f"all {len(result.verdicts)} metrics within margin ({applied})"
     return dg.AssetCheckResult(passed=not failed, severity=severity, metadata=metadata, description=description)
 
 
-@dg.asset_check(
-    asset=quality_scores,
-    partitions_def=eval_partitions,
-    blocking=True,
-    description="Quality >= 0.99 x the saved target (margins: lib/gates/thresholds.py). Blocking, ERROR.",
-)
-def quality_vs_target(
-    context: dg.AssetCheckExecutionContext,
-    quality_scores: dict[str, Any],
-    settings: EvalSettings,
-) -> dg.AssetCheckResult:
-    result = drift_check(context.partition_key, quality_scores, Against.targets, settings)
-    texts = query_texts(quality_scores) if result.regressed else None
-    return to_check_result(result, dg.AssetCheckSeverity.ERROR, context.log, texts)
+def check_partition_key(partition: str | dg.MultiPartitionKey) -> EvalKey:
+    """The eval key of a checked partition: a model x task cell (`model:source|task`) or a Finesse
+    partition (`model:task:source`)."""
+    if isinstance(partition, dg.MultiPartitionKey) or "|" in partition:
+        return eval_key(partition)
+    return EvalKey.parse(partition)
 
 
-@dg.asset_check(
-    asset=quality_scores,
-    partitions_def=eval_partitions,
-    description="Quality >= 0.98 x the latest saved measurement. WARN.",
-)
-def quality_vs_measurement(
-    context: dg.AssetCheckExecutionContext,
-    quality_scores: dict[str, Any],
-    settings: EvalSettings,
-) -> dg.AssetCheckResult:
-    result = drift_check(context.partition_key, quality_scores, Against.measurements, settings)
-    texts = query_texts(quality_scores) if result.regressed else None
-    return to_check_result(result, dg.AssetCheckSeverity.WARN, context.log, texts)
+def check_description(against: Against, kinds: tuple[MetricKind, ...], blocking: bool, subject: str = "") -> str:
+    """Generated from the default margins (lib/gates/thresholds.py), never restated by hand."""
+    mode = "Blocking, ERROR" if blocking else "Non-blocking, WARN"
+    return (
+        f"{subject}{default_margin_rules(against, kinds)} (default margins; a model config's `margins:` "
+        f"overrides them, and each result names the margins it applied). {mode}."
+    )
 
 
-@dg.asset_check(
-    asset=perf_scores,
-    partitions_def=eval_partitions,
-    description="Latency <= 2.5 x the saved target (p50, p99). WARN.",
-)
-def latency_vs_target(
-    context: dg.AssetCheckExecutionContext, perf_scores: dict[str, Any], settings: EvalSettings
-) -> dg.AssetCheckResult:
-    result = drift_check(context.partition_key, perf_scores, Against.targets, settings, (MetricKind.latency,))
-    return to_check_result(result, dg.AssetCheckSeverity.WARN, context.log)
+def drift_check_spec(
+    asset: dg.AssetsDefinition,
+    name: str,
+    against: Against,
+    kinds: tuple[MetricKind, ...] = (MetricKind.quality,),
+    blocking: bool = False,
+    subject: str = "",
+) -> dg.AssetChecksDefinition:
+    """A per-partition drift check of `asset`'s metrics of `kinds` against the saved targets or the latest
+    measurement. Blocking checks are ERROR (a failure fails the run); the others WARN. `subject` prefixes
+    the description (e.g. which metric a Finesse task is checked on)."""
+    severity = dg.AssetCheckSeverity.ERROR if blocking else dg.AssetCheckSeverity.WARN
+
+    @dg.asset_check(
+        asset=asset,
+        name=name,
+        partitions_def=asset.partitions_def,
+        blocking=blocking,
+        description=check_description(against, kinds, blocking, subject),
+    )
+    def _check(
+        context: dg.AssetCheckExecutionContext, scores: dict[str, Any], settings: EvalSettings
+    ) -> dg.AssetCheckResult:
+        key = check_partition_key(context.partition_key)
+        result = check_scores(key, scores, against, kinds, settings.configs_dir())
+        texts = query_texts(scores) if result.regressed else None
+        return to_check_result(result, severity, context.log, texts)
+
+    return _check
 
 
-@dg.asset_check(
-    asset=perf_scores,
-    partitions_def=eval_partitions,
-    description="Throughput >= the saved target / 2.5 (items/s, tokens/s). WARN.",
-)
-def throughput_vs_target(
-    context: dg.AssetCheckExecutionContext, perf_scores: dict[str, Any], settings: EvalSettings
-) -> dg.AssetCheckResult:
-    result = drift_check(context.partition_key, perf_scores, Against.targets, settings, (MetricKind.throughput,))
-    return to_check_result(result, dg.AssetCheckSeverity.WARN, context.log)
-
+quality_vs_target = drift_check_spec(quality_scores, "quality_vs_target", Against.targets, blocking=True)
+quality_vs_measurement = drift_check_spec(quality_scores, "quality_vs_measurement", Against.measurements)
+latency_vs_target = drift_check_spec(perf_scores, "latency_vs_target", Against.targets, (MetricKind.latency,))
+throughput_vs_target = drift_check_spec(perf_scores, "throughput_vs_target", Against.targets, (MetricKind.throughput,))
 
 EVAL_CHECKS = (quality_vs_target, quality_vs_measurement, latency_vs_target, throughput_vs_target)

@@ -6,21 +6,23 @@ passing result when a check fails. A failed quality check also names the queries
 most against the reference and the run conditions that differ from it (lib/gates/diff.py)."""
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from sie_evals.lib.config.model_config import ModelConfig
+from sie_evals.lib.config.model_config import ModelConfig, find_model_config
 from sie_evals.lib.core.errors import ConfigError
 from sie_evals.lib.gates.benchmark_scores import published_score
 from sie_evals.lib.gates.bootstrap import paired_bootstrap
 from sie_evals.lib.gates.conditions import Change, comparable, diagnosis, diff_conditions
 from sie_evals.lib.gates.diff import changed_queries, condition_diff
-from sie_evals.lib.gates.keys import ResultKey, ResultKind
+from sie_evals.lib.gates.keys import EvalKey, ResultKey, ResultKind, split_model_part
 from sie_evals.lib.gates.saved_results import find_history, find_target, load_per_query
-from sie_evals.lib.gates.thresholds import Against, MetricKind, check_against
+from sie_evals.lib.gates.thresholds import Against, MetricKind, check_against, metric_kind
+from sie_evals.lib.perf.load import PERF_TARGET_METRICS
 from sie_evals.lib.perf.trials import conditions_change_interval
-from sie_evals.lib.tasks import TaskSpec
+from sie_evals.lib.tasks import TaskSpec, resolve_task
 
 REGRESSED_QUERIES = 10  # how many of the most regressed queries a failed check names
 
@@ -223,3 +225,46 @@ def check_source(
     elif failed:
         result.diagnosis = "no target saved for " + (str(key) if key else "this result") + " (--require-targets)"
     return result
+
+
+def scores_key(scores: dict[str, Any], config: ModelConfig, spec: TaskSpec) -> ResultKey:
+    """The ResultKey of a scores asset's output: quality and perf outputs carry theirs; a Finesse output
+    is keyed by model, task and profile alone."""
+    if scores.get("result_key"):
+        return ResultKey.from_dict(scores["result_key"])
+    return ResultKey.finesse(config.short_name, spec.task_id, scores["profile"])
+
+
+def check_scores(
+    key: EvalKey,
+    scores: dict[str, Any],
+    against: Against,
+    kinds: tuple[MetricKind, ...],
+    configs_dir: Path | None = None,
+) -> CheckResult:
+    """Verdicts for the metrics of `kinds` in a scores asset's output (quality_scores, perf_scores,
+    finesse_scores) against what is saved under its ResultKey: the one rule behind every Dagster drift
+    check. Only the reference metrics of `kinds` are checked; a check of the other kinds covers the rest."""
+    config = find_model_config(split_model_part(key.model)[0], configs_dir)
+    spec = resolve_task(key.task)
+    result_key = scores_key(scores, config, spec)
+    ref = reference(against.value, config, spec, result_key)
+    if ref is not None:
+        wanted = {m: v for m, v in ref.metrics.items() if metric_kind(m) in kinds}
+        ref = ReferenceColumn(ref.source, wanted, ref.per_query, ref.info) if wanted else None
+    path = scores.get("per_query_path")  # quality outputs only: perf and Finesse have no per-query scores
+    per_query = pd.read_parquet(path) if path and Path(path).is_file() else None
+    target_metrics = PERF_TARGET_METRICS if result_key.kind is ResultKind.perf else spec.rules.target_metrics
+    return check_source(
+        key.source,
+        {m: v for m, v in scores["metrics"].items() if metric_kind(m) in kinds},
+        per_query,
+        against,
+        ref,
+        config,
+        spec,
+        False,
+        tuple(m for m in target_metrics if metric_kind(m) in kinds),
+        result_key,
+        scores.get("conditions"),
+    )

@@ -113,3 +113,22 @@ def check_against(
         check_value(m, values.get(m), ref, resolve_margin(m, against, overrides, task), require_reference)
         for m, ref in reference.items()
     ]
+
+
+REFERENCE_LABEL = {Against.targets: "the saved target", Against.measurements: "the latest saved measurement"}
+
+
+def margin_rule(name: str, kind: MetricKind, against: Against, margin: float) -> str:
+    """One margin as the bound `check_value` applies, in words: "quality >= 0.99 x the saved target"."""
+    ref = REFERENCE_LABEL[against]
+    if kind is MetricKind.quality:
+        return f"{name} >= {margin:g} x {ref}"
+    if kind is MetricKind.latency:
+        return f"{name} <= {margin:g} x {ref}"
+    return f"{name} >= {ref} / {margin:g}"
+
+
+def default_margin_rules(against: Against, kinds: tuple[MetricKind, ...]) -> str:
+    """The default margins of `kinds` in words, generated from DEFAULT_MARGINS so no help text or check
+    description restates a number that can drift from the one applied."""
+    return "; ".join(margin_rule(kind.value, kind, against, DEFAULT_MARGINS[against][kind]) for kind in kinds)
