@@ -27,7 +27,7 @@ from sie_evals.lib.config.model_config import find_model_config
 from sie_evals.lib.core import paths
 from sie_evals.lib.engines import EmbedKind, create_engine
 from sie_evals.lib.engines.cache import EmbeddingCache
-from sie_evals.lib.engines.outputs import muvera_fde
+from sie_evals.lib.engines.muvera import muvera_fde
 from sie_evals.lib.harness.evaluation import DataOptions, load_task
 from sie_evals.lib.quality.maxsim import maxsim_matrix
 from sie_evals.lib.quality.metrics import retrieval_scores

@@ -97,7 +97,7 @@ def run_mteb(data, threads: int, batch_size: int, device: str = "cpu") -> float:
     from sentence_transformers import SentenceTransformer
 
     from sie_evals.lib.config.model_config import find_model_config
-    from sie_evals.lib.engines.local import resolve_weights
+    from sie_evals.lib.config.weights import resolve_weights
 
     torch.set_num_threads(threads)
     task = mteb.get_task("SciFact")

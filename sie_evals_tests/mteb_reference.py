@@ -12,7 +12,7 @@ MTEB_ROUNDED = ("ndcg_at", "map_at", "recall_at", "precision_at", "hit_rate_at")
 def sentence_transformer(minilm):
     from sentence_transformers import SentenceTransformer
 
-    from sie_evals.lib.engines.local import resolve_weights
+    from sie_evals.lib.config.weights import resolve_weights
 
     return SentenceTransformer(resolve_weights(minilm), device="cpu")
 

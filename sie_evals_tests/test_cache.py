@@ -93,7 +93,7 @@ def test_large_dense_output_is_a_read_only_memmap_identical_to_the_in_memory_pat
     the real retrieval scoring), and leaves no file behind."""
     import warnings
 
-    from sie_evals.lib.quality.scoring import score_task
+    from sie_evals.lib.quality.task_types import score_task
     from sie_evals.lib.tasks import resolve_task
 
     spec = resolve_task("beir/SciFact")
@@ -135,7 +135,7 @@ class TokenVectorsEngine(CountingEngine):
     supported_outputs = frozenset({OutputType.dense, OutputType.multivector})
 
     def _embed_prepared(self, texts, kind=None):
-        from sie_evals.lib.engines.outputs import MultiVectors
+        from sie_evals.lib.engines.vectors import MultiVectors
 
         self.forward_calls += 1
         rng = [np.random.default_rng(len(t)) for t in texts]
@@ -143,7 +143,7 @@ class TokenVectorsEngine(CountingEngine):
 
 
 def test_multivector_output_above_the_threshold_stays_in_memory(tmp_path, minilm):
-    from sie_evals.lib.engines.outputs import MultiVectors
+    from sie_evals.lib.engines.vectors import MultiVectors
 
     engine = TokenVectorsEngine(minilm, minilm.resolve_profile("multivector"))
     texts = [f"text {'x' * i}" for i in range(10)]
@@ -192,7 +192,8 @@ def test_output_files_round_trip_and_dense_ones_are_memory_mapped(tmp_path):
     file with a NaN or of the wrong shape is refused."""
     import scipy.sparse as sp
 
-    from sie_evals.lib.engines.outputs import MultiVectors, SparseVectors, dump_to, load_file
+    from sie_evals.lib.engines.serialization import dump_to, load_file
+    from sie_evals.lib.engines.vectors import MultiVectors, SparseVectors
 
     rng = np.random.default_rng(0)
     dense = rng.standard_normal((300, 16)).astype(np.float32)

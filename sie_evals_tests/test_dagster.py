@@ -18,12 +18,12 @@ from sie_evals.defs.evals.partitions import (
     task_to_eval_keys,
     task_to_evals,
 )
+from sie_evals.defs.evals.profile_partitions import partition_profiles
 from sie_evals.defs.evals.recording import record_report
-from sie_evals.defs.evals.resources import EvalSettings, JsonIOManager
+from sie_evals.defs.evals.resources import EngineFactory, EvalSettings, JsonIOManager
 from sie_evals.lib.config.model_config import load_all_model_configs
 from sie_evals.lib.core.errors import ConfigError
 from sie_evals.lib.core.sources import COMPUTE_SOURCES
-from sie_evals.lib.engines.outputs import partition_profiles
 from sie_evals.lib.gates.keys import EvalKey
 from sie_evals_tests.conftest import REPO_ROOT
 
@@ -105,6 +105,7 @@ def resources(tmp_path, session_cache):
         "settings": EvalSettings(
             results_dir=str(tmp_path / "results"), cache_dir=str(session_cache), limit_queries=20, corpus_size=200
         ),
+        "engines": EngineFactory(),
         "json_io": JsonIOManager(base_dir=str(tmp_path / "io")),
     }
 

@@ -76,7 +76,7 @@ def test_readme_run_end_to_end(tmp_path):
 
     # checksum --model-path: the model folder the run used hashes to the stored model hash
     from sie_evals.lib.config.model_config import find_model_config
-    from sie_evals.lib.engines.local import resolve_weights
+    from sie_evals.lib.config.weights import resolve_weights
 
     folder = resolve_weights(find_model_config("all-MiniLM-L6-v2"))
     run("checksum", *js, "--model-path", folder, cwd=tmp_path, env=key)

@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 
+from sie_evals.lib.config.weights import resolve_weights
 from sie_evals.lib.core.errors import EngineError
 from sie_evals.lib.engines import EmbedKind
 from sie_evals.lib.engines.base import validate_embeddings
-from sie_evals.lib.engines.local import LocalEngine, resolve_weights
+from sie_evals.lib.engines.local import LocalEngine
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,9 @@ from typer.testing import CliRunner
 from sie_evals.cli import app
 from sie_evals.lib.engines import EmbedKind
 from sie_evals.lib.engines.local import LocalEngine
-from sie_evals.lib.engines.outputs import MuveraVectors, dump_to, load, postprocess
+from sie_evals.lib.engines.muvera import postprocess
+from sie_evals.lib.engines.serialization import dump_to, load
+from sie_evals.lib.engines.vectors import MuveraVectors
 from sie_evals.lib.quality.maxsim import maxsim_matrix, maxsim_rescore
 from sie_evals.lib.quality.output_search import muvera_top_k, top_k
 

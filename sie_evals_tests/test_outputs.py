@@ -15,11 +15,14 @@ from typer.testing import CliRunner
 
 from sie_evals.cli import app
 from sie_evals.lib.config.model_config import MuveraSettings, find_model_config, parse_model_config
+from sie_evals.lib.config.weights import resolve_weights
 from sie_evals.lib.core.errors import ConfigError, EngineError, InputError
 from sie_evals.lib.engines import EmbedKind, create_engine
 from sie_evals.lib.engines.cache import CacheStats, CorruptEntry, EmbeddingCache
-from sie_evals.lib.engines.local import LocalEngine, resolve_weights
-from sie_evals.lib.engines.outputs import MultiVectors, SparseVectors, muvera_fde, parse_sie_items
+from sie_evals.lib.engines.local import LocalEngine
+from sie_evals.lib.engines.muvera import muvera_fde
+from sie_evals.lib.engines.sie_wire import parse_sie_items
+from sie_evals.lib.engines.vectors import MultiVectors, SparseVectors
 from sie_evals.lib.quality.maxsim import maxsim_matrix, maxsim_top_k
 from sie_evals.lib.quality.output_search import dot_top_k
 from sie_evals.lib.quality.sparse_search import sparse_top_k
@@ -343,7 +346,7 @@ def test_bad_profile_for_task_type_and_unknown_profile(tmp_path):
 def test_output_profiles_are_dagster_partitions_end_to_end(tmp_path, session_cache, configs_dir, monkeypatch):
     from sie_evals.defs.evals.assets import embeddings, quality_scores, task_dataset
     from sie_evals.defs.evals.partitions import EVAL_KEYS, partition_key
-    from sie_evals.defs.evals.resources import EvalSettings, JsonIOManager
+    from sie_evals.defs.evals.resources import EngineFactory, EvalSettings, JsonIOManager
     from sie_evals.lib.gates.keys import EvalKey
 
     keys = {str(k) for k in EVAL_KEYS}
@@ -367,7 +370,11 @@ def test_output_profiles_are_dagster_partitions_end_to_end(tmp_path, session_cac
         perf_warmup_requests=1,
         perf_trials=1,
     )
-    resources = {"settings": settings, "json_io": JsonIOManager(base_dir=str(tmp_path / "io"))}
+    resources = {
+        "settings": settings,
+        "engines": EngineFactory(),
+        "json_io": JsonIOManager(base_dir=str(tmp_path / "io")),
+    }
     instance = dg.DagsterInstance.ephemeral()
     run = dict(resources=resources, instance=instance, raise_on_error=False)
     assert dg.materialize(ALL, selection=[task_dataset], partition_key="beir/SciFact", **run).success

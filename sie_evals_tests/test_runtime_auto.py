@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from sie_evals.lib.config.model_config import Runtime
+from sie_evals.lib.config.weights import resolve_weights, weights_id
 from sie_evals.lib.engines import EmbedKind
-from sie_evals.lib.engines.local import LocalEngine, resolve_weights, weights_id
+from sie_evals.lib.engines.local import LocalEngine
 from sie_evals.lib.engines.runtime_choice import RUNTIME_CACHE_ENV, decide, static_choice
 from sie_evals.lib.gates.conditions import diff_conditions
 from sie_evals_tests.conftest import MODEL_ID, REPO_ROOT, SCIFACT

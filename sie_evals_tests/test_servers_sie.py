@@ -155,7 +155,7 @@ def test_sie_broken_weights_fail_fast_with_log(minilm, tmp_path):
     require_server("sie")
     import shutil
 
-    from sie_evals.lib.engines.local import resolve_weights
+    from sie_evals.lib.config.weights import resolve_weights
 
     weights = tmp_path / "weights"
     shutil.copytree(resolve_weights(minilm), weights)

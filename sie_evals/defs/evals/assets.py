@@ -1,9 +1,9 @@
 """Eval assets:
 
-    task_dataset [task] -> embeddings [model:source x task] -> quality_scores, perf_scores [model:source x task]
-        -> target_comparison [model:source x task];  all of them -> eval_report (unpartitioned)
+    task_dataset -> embeddings -> quality_scores, perf_scores -> target_comparison;  all -> eval_report
 
-Eval assets are two-dimensional (partitions.py): each Partitions page is a model x task matrix.
+All but the report are partitioned by the cells the model configs declare, `model:task:source`
+(partitions.py), and automated (schedules.py): the datasets on the nightly cron, the rest after them.
 
 Thin wrappers: each calls the same library functions the CLI runs, and records what it did as
 metadata (numeric metrics and run conditions plot over time in the UI)."""
@@ -19,31 +19,26 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from sie_evals.defs.evals.partitions import (
-    EVAL_KEYS,
-    eval_key,
-    eval_partitions,
-    task_partitions,
-    task_to_evals,
-    undeclared_cell_message,
-)
-from sie_evals.defs.evals.resources import EvalSettings
+from sie_evals.defs.evals.partitions import eval_key, eval_partitions
+from sie_evals.defs.evals.resources import EngineFactory, EvalSettings
+from sie_evals.defs.evals.schedules import FOLLOW, FOLLOW_IF_CHECKS_PASSED, NIGHTLY
 from sie_evals.lib.config.model_config import ModelConfig, ResolvedProfile, find_model_config
 from sie_evals.lib.core.atomic import atomic_write, atomic_write_text
 from sie_evals.lib.core.errors import InputError, SetupError
 from sie_evals.lib.core.run_conditions import hardware, now_iso, software
-from sie_evals.lib.engines import EmbedKind, create_engine, outputs
+from sie_evals.lib.engines import EmbedKind, report_fields, serialization
 from sie_evals.lib.engines.cache import CacheStats
+from sie_evals.lib.engines.vectors import similarity
 from sie_evals.lib.gates.comparison import compare, comparison_markdown
-from sie_evals.lib.gates.conditions import summarize
 from sie_evals.lib.gates.keys import EvalKey, ResultKey, path_slug, split_model_part
-from sie_evals.lib.harness.eval_run import weights_hash
 from sie_evals.lib.harness.evaluation import embed_task, evaluate_perf_source, load_task
 from sie_evals.lib.harness.report import PERF_TABLE_METRICS, headline_metrics
+from sie_evals.lib.harness.subject import EvalSubject, PerfLoad
+from sie_evals.lib.harness.subject import conditions as run_conditions
+from sie_evals.lib.harness.subject import result_key as subject_key
 from sie_evals.lib.perf.load import latency_histogram_png
 from sie_evals.lib.perf.plots import saturation_png
-from sie_evals.lib.quality.scoring import score_task
-from sie_evals.lib.quality.task_types import MtebTaskType, task_type_for
+from sie_evals.lib.quality.task_types import MtebTaskType, score_task, task_type_for
 from sie_evals.lib.tasks import resolve_task
 from sie_evals.lib.tasks.snapshot import read_snapshot, write_snapshot
 
@@ -90,7 +85,7 @@ def _save_output(path: Path, out: Any) -> None:
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as fh:  # a file object: numpy would append .npy/.npz to a path
-            outputs.dump_to(fh, out)
+            serialization.dump_to(fh, out)
 
     atomic_write(path, write)
 
@@ -100,10 +95,17 @@ def png_metadata(path: Path, alt: str) -> dg.MetadataValue:
     return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{data})")
 
 
-@dg.asset(partitions_def=task_partitions, group_name=GROUP, io_manager_key="json_io", kinds={"parquet"})
+@dg.asset(
+    partitions_def=eval_partitions,
+    group_name=GROUP,
+    io_manager_key="json_io",
+    kinds={"parquet"},
+    automation_condition=NIGHTLY,
+)
 def task_dataset(context: dg.AssetExecutionContext, settings: EvalSettings) -> dg.Output[dict[str, Any]]:
-    """Corpus, queries and qrels of one task split, snapshotted as Parquet with a content hash."""
-    spec, data = load_task(context.partition_key, settings.data_options())
+    """Corpus, queries and qrels of the cell's task split, snapshotted as Parquet in a folder named by
+    the content hash (the cells of one task share it)."""
+    spec, data = load_task(eval_key(context.partition_key).task, settings.data_options())
     folder = settings.results_root() / "datasets" / path_slug(spec.task_id) / data.split / data.content_hash[:16]
     write_snapshot(data, folder)
     value = {**data.describe(), "snapshot_dir": str(folder)}
@@ -122,27 +124,23 @@ def task_dataset(context: dg.AssetExecutionContext, settings: EvalSettings) -> d
     partitions_def=eval_partitions,
     group_name=GROUP,
     io_manager_key="json_io",
-    ins={"task_dataset": dg.AssetIn(partition_mapping=task_to_evals)},
     pool="gpu",  # one embedding run per accelerator at a time (limit in dagster.yaml)
     retry_policy=TRANSIENT_RETRY,
     kinds={"numpy"},
-    output_required=False,  # an undeclared cell yields nothing: it and everything downstream is skipped
+    automation_condition=FOLLOW,
 )
 def embeddings(
-    context: dg.AssetExecutionContext, task_dataset: dict[str, Any], settings: EvalSettings
+    context: dg.AssetExecutionContext, task_dataset: dict[str, Any], settings: EvalSettings, engines: EngineFactory
 ) -> Iterator[dg.Output[dict[str, Any]]]:
     """Query and document vectors for one model:task:source, through the embedding cache."""
     key = eval_key(context.partition_key)
-    if key not in EVAL_KEYS:
-        context.log.warning(undeclared_cell_message(key))
-        return
     with _input_errors_final():
         config, profile = _config_and_profile(key, settings)
         spec = resolve_task(key.task)
         data = read_snapshot(Path(task_dataset["snapshot_dir"]))
         with (
             settings.cache_scope(),
-            create_engine(key.source, config, profile, **settings.engine_options().for_engine()) as engine,
+            engines.create(key.source, config, profile, settings.engine_options()) as engine,
         ):
             emb = embed_task(engine, spec, data, settings.cache())
     folder = settings.results_root() / "embeddings" / key.path_slug() / data.content_hash[:16]
@@ -155,7 +153,7 @@ def embeddings(
     value = {
         "key": str(key),
         "profile": profile.name,
-        "similarity": outputs.similarity(profile),
+        "similarity": similarity(profile),
         "profile_settings": profile.model_dump(mode="json"),
         "content_hash": data.content_hash,
         "vectors": {kind.value: str(files[kind]) for kind in emb.vectors},
@@ -182,7 +180,7 @@ def embeddings(
 def _output_metadata(profile: ResolvedProfile, vectors: dict[EmbedKind, Any]) -> dict[str, Any]:
     """Sparse nnz / tokens per text of a non-dense profile, flattened to plottable numbers."""
     flat: dict[str, Any] = {}
-    for name, value in outputs.describe(profile, vectors).items():
+    for name, value in report_fields.describe(profile, vectors).items():
         if isinstance(value, dict) and name != "muvera":
             flat.update({f"{name}_{stat}": float(v) for stat, v in value.items()})
         elif isinstance(value, str):
@@ -194,11 +192,15 @@ def _output_metadata(profile: ResolvedProfile, vectors: dict[EmbedKind, Any]) ->
     partitions_def=eval_partitions,
     group_name=GROUP,
     io_manager_key="json_io",
-    ins={"task_dataset": dg.AssetIn(partition_mapping=task_to_evals)},
     kinds={"pandas"},
+    automation_condition=FOLLOW,
 )
 def quality_scores(
-    context: dg.AssetExecutionContext, task_dataset: dict[str, Any], embeddings: dict[str, Any], settings: EvalSettings
+    context: dg.AssetExecutionContext,
+    task_dataset: dict[str, Any],
+    embeddings: dict[str, Any],
+    settings: EvalSettings,
+    engines: EngineFactory,
 ) -> dg.Output[dict[str, Any]]:
     """MTEB-exact retrieval metrics (aggregate + per query) from the cached embeddings."""
     key = eval_key(context.partition_key)
@@ -217,26 +219,25 @@ def quality_scores(
             config, profile = _config_and_profile(key, settings)
         with (
             settings.cache_scope(),
-            create_engine(key.source, config, profile, **settings.engine_options().for_engine()) as engine,
+            engines.create(key.source, config, profile, settings.engine_options()) as engine,
         ):
             metrics, per_query, _, _ = task_type.evaluate(data, engine, settings.cache(), CacheStats())
     else:
-        vectors = {EmbedKind(kind): outputs.load_file(Path(path)) for kind, path in embeddings["vectors"].items()}
+        vectors = {EmbedKind(kind): serialization.load_file(Path(path)) for kind, path in embeddings["vectors"].items()}
         metrics, per_query = score_task(spec, data, vectors, embeddings.get("similarity", "cosine"))
-    model = split_model_part(key.model)[0]
-    result_key = ResultKey.quality(model, spec.task_id, data.split, data.subset, embeddings["profile"])
+    subject = EvalSubject(split_model_part(key.model)[0], embeddings["profile"], spec, data, key.source)
+    result_key = subject_key(subject)
     pq_path = settings.results_root() / "quality_scores" / f"{key.path_slug()}.per_query.parquet"
     atomic_write(pq_path, lambda tmp: per_query.to_parquet(tmp, index=False))
     engine = embeddings["engine"]
     with _input_errors_final():
         config = find_model_config(split_model_part(key.model)[0], settings.configs_dir())
-    conditions = summarize(
+    conditions = run_conditions(
         {
             "engine": engine["engine"],
             "engine_version": engine["version"],
             "model_revision": engine["model_revision"],
             "weights": engine["weights"],
-            "weights_hash": weights_hash(config),
             "profile": embeddings["profile"],
             "dtype": (embeddings.get("profile_settings") or {}).get("dtype"),
             "dataset": data.describe(),
@@ -244,6 +245,7 @@ def quality_scores(
             "software": software(),
             "date": now_iso(),
         },
+        config,
         embeddings.get("profile_settings"),
     )
     value = {
@@ -281,14 +283,14 @@ def quality_scores(
     partitions_def=eval_partitions,
     group_name=GROUP,
     io_manager_key="json_io",
-    ins={"task_dataset": dg.AssetIn(partition_mapping=task_to_evals)},
     deps=[embeddings],  # measure a model only once it embeds correctly
     pool="gpu",  # a latency run must not share the accelerator with another run
     retry_policy=TRANSIENT_RETRY,
     kinds={"pandas"},
+    automation_condition=FOLLOW,
 )
 def perf_scores(
-    context: dg.AssetExecutionContext, task_dataset: dict[str, Any], settings: EvalSettings
+    context: dg.AssetExecutionContext, task_dataset: dict[str, Any], settings: EvalSettings, engines: EngineFactory
 ) -> dg.Output[dict[str, Any]]:
     """Closed-loop latency and throughput (the CLI's --type perf) on the task's texts, with a
     latency histogram."""
@@ -306,7 +308,7 @@ def perf_scores(
             spec,
             data,
             key.source,
-            settings.engine_options(),
+            engines.engine_options(settings.engine_options()),
             load,
             settings.perf_workload,
             sweep,
@@ -314,11 +316,9 @@ def perf_scores(
         )
     for warning in result.extra["warnings"]:
         context.log.warning(warning)
-    result_key = ResultKey.perf(
-        split_model_part(key.model)[0], spec.task_id, data.split, data.subset, profile.name, key.source,
-        load.shape_key(settings.perf_workload, sweep.param if sweep is not None else None),
-        result.run_conditions["hardware"],
-    )  # fmt: skip
+    subject = EvalSubject(split_model_part(key.model)[0], profile.name, spec, data, key.source)
+    swept = sweep.param if sweep is not None else None
+    result_key = subject_key(subject, PerfLoad(load, settings.perf_workload, swept, result.run_conditions["hardware"]))
     variant = result_key.variant
     folder = settings.results_root() / "perf_scores"
     requests_path = folder / f"{key.path_slug()}.requests.parquet"
@@ -351,9 +351,7 @@ def perf_scores(
         "sweep": result.extra.get("sweep"),
         "slo": result.extra.get("slo"),
         "result_key": result_key.as_dict(),
-        "conditions": summarize(
-            {**result.run_conditions, "weights_hash": weights_hash(config)}, profile.model_dump(mode="json")
-        ),
+        "conditions": run_conditions(result.run_conditions, config, profile.model_dump(mode="json")),
         "dataset": data.describe(),
         "profile": profile.name,
     }
@@ -380,7 +378,13 @@ def perf_scores(
     return dg.Output(value, metadata=metadata)
 
 
-@dg.asset(partitions_def=eval_partitions, group_name=GROUP, io_manager_key="json_io", kinds={"pandas"})
+@dg.asset(
+    partitions_def=eval_partitions,
+    group_name=GROUP,
+    io_manager_key="json_io",
+    kinds={"pandas"},
+    automation_condition=FOLLOW_IF_CHECKS_PASSED,
+)
 def target_comparison(
     context: dg.AssetExecutionContext,
     quality_scores: dict[str, Any],

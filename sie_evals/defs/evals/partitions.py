@@ -1,30 +1,44 @@
-"""Partition keys generated from `model_configs/`: adding a model, task or source to a config adds
-its partitions with no code change (reload the code location: "Reload definitions" in the UI).
+"""Eval partitions: exactly the cells the model configs declare, one `model:task:source` key each
+(`model@profile:task:source` for an output profile), kept in the instance as dynamic partitions.
 
-Eval assets are partitioned on two dimensions, so an asset's Partitions page is a matrix:
-- `model`: one row per model (or `model@profile` output profile) and compute source, `model:source`;
-- `task`: one column per task id, the same keys as `task_dataset`'s partitions.
-The grid is the cross product. A cell no config declares stays missing: the nightly schedule and
-sensors launch declared cells only (`EVAL_KEYS`), and a run that reaches an undeclared cell (a
-backfill of whole task columns, or a click on it) skips it with a log line saying how to declare it or
-run it ad hoc from the CLI, so a broad backfill neither fails nor alerts on combinations nobody asked
-for (an output profile on a classification task, a model on a task its config does not list). The one
-mapping between an `EvalKey` and a Dagster partition key is here: `partition_key` / `eval_key`."""
+Why this shape (Dagster 1.13, see /work/shared/reference/dagster-notes.md §1):
+- A `model x task` MultiPartitionsDefinition is always a cross product: 9 of 24 cells nobody declared,
+  which every column backfill then reported as "completed with failures" and which stayed missing
+  forever. A flat key space has no such cells.
+- Static keys generated at import need "Reload definitions" after a config change. Dynamic keys do not:
+  the `eval_cells_sync` sensor (sensors.py) reads the configs directory each tick and adds the cells a
+  new config declares, and deletes the cells no config declares any more (their materialization history
+  stays in the event log; saved targets and measurements live in the configs' files, untouched).
+- The only built-in mapping from a task-keyed dataset to a sparse set of cells is `StaticPartitionMapping`,
+  which accepts static definitions only (custom mappings are dropped from the UI/daemon snapshot). So
+  `task_dataset` is keyed by cell too (identity mapping): the snapshot folder is named by the data's
+  content hash, so the cells of one task share their files on disk; a cell's whole chain (dataset,
+  embeddings, scores, comparison) runs in one run and a backfill of any selection of cells is exact.
+- The model x task view: `eval_report` (defs/reports/assets.py) renders the grid (a row per
+  model:source, a column per task, each cell's status) from these keys; in the backfill dialog a column
+  is the substring filter `:beir/SciFact:`, a row `all-MiniLM-L6-v2:` (keys sort by model first).
 
-from collections import defaultdict
+Finesse cells are a second dynamic definition (defs/finesse/partitions.py) synced by the same sensor."""
+
+from collections.abc import Sequence
+from pathlib import Path
 
 import dagster as dg
 
+from sie_evals.defs.evals.profile_partitions import partition_profiles
+from sie_evals.defs.finesse.partitions import FINESSE_CELLS, finesse_keys
 from sie_evals.lib.config.model_config import ModelConfig, load_all_model_configs
 from sie_evals.lib.core.errors import ConfigError
 from sie_evals.lib.core.sources import COMPUTE_SOURCES
-from sie_evals.lib.engines.outputs import partition_profiles
-from sie_evals.lib.gates.keys import SEP, EvalKey, model_part, split_model_part
+from sie_evals.lib.gates.keys import EvalKey, model_part
 from sie_evals.lib.tasks import resolve_task
 
-MODEL_DIM, TASK_DIM = "model", "task"
-# Dagster reserves these in multi-partition keys (`|` joins the dimensions of a serialized key).
+EVAL_CELLS = "eval_cells"
+# `,` separates keys and `[a...b]` is a range in Dagster's partition selections (UI, CLI); `|` joins
+# the dimensions of multi-partition keys.
 RESERVED_CHARACTERS = ("|", ",", "[", "]")
+
+eval_partitions = dg.DynamicPartitionsDefinition(name=EVAL_CELLS)
 
 
 def eval_keys(configs: list[ModelConfig] | None = None) -> list[EvalKey]:
@@ -34,7 +48,7 @@ def eval_keys(configs: list[ModelConfig] | None = None) -> list[EvalKey]:
     configs = load_all_model_configs() if configs is None else configs
     for c in configs:
         for value in (c.short_name, *c.profiles, *c.sources, *(resolve_task(t).task_id for t in c.tasks)):
-            _check_dimension_value(c.short_name, value)
+            _check_key_part(c.short_name, value)
     keys = {
         EvalKey(c.short_name, resolve_task(t).task_id, s)
         for c in configs
@@ -54,71 +68,77 @@ def eval_keys(configs: list[ModelConfig] | None = None) -> list[EvalKey]:
     return sorted(keys)
 
 
-def _check_dimension_value(config: str, value: str) -> None:
+def _check_key_part(config: str, value: str) -> None:
     bad = [c for c in RESERVED_CHARACTERS if c in value]
     if bad:
         raise ConfigError(
             f"model config {config!r}: {value!r} cannot be part of a Dagster partition key: it contains "
-            f"{', '.join(map(repr, bad))} (reserved in multi-partition keys)"
+            f"{', '.join(map(repr, bad))} (reserved in partition keys and selections)"
         )
 
 
-def model_row(key: EvalKey) -> str:
-    """The `model` dimension value of a key: `model[@profile]:source`."""
-    return f"{key.model}{SEP}{key.source}"
+def partition_key(key: EvalKey) -> str:
+    """The Dagster partition of an eval key: the key itself, `model:task:source`."""
+    return str(key)
 
 
-def partition_key(key: EvalKey) -> dg.MultiPartitionKey:
-    """The Dagster partition of an eval key."""
-    return dg.MultiPartitionKey({MODEL_DIM: model_row(key), TASK_DIM: key.task})
-
-
-def eval_key(partition: str | dg.MultiPartitionKey) -> EvalKey:
-    """The eval key of a Dagster partition: a MultiPartitionKey, or its serialized form
-    `model:source|task` (what run tags and event records carry). ValueError for anything else."""
-    if isinstance(partition, dg.MultiPartitionKey):
-        dims = partition.keys_by_dimension
-        row, task = dims.get(MODEL_DIM), dims.get(TASK_DIM)
-    else:
-        parts = str(partition).split("|")  # dimensions in name order: model, task
-        row, task = parts if len(parts) == 2 else (None, None)
-    model, sep, source = (row or "").partition(SEP)
-    if not sep or not task:
-        raise ValueError(f"partition {partition!r} is not {MODEL_DIM}:source|{TASK_DIM}")
-    return EvalKey(model, task, source)
-
-
-def undeclared_cell_message(key: EvalKey) -> str:
-    model, profile = split_model_part(key.model)
-    cli = f"sie-bench eval {model} -t {key.task} -s {key.source}" + (f" -p {profile}" if profile else "")
-    return (
-        f"{key}: no model config declares this cell, so nothing was run and it stays missing. Declare it "
-        f"(the task under `tasks:` and the source under `sources:` of {model}'s config, then reload "
-        f"definitions), or run it ad hoc: {cli}"
-    )
+def eval_key(partition: str) -> EvalKey:
+    """The eval key of a Dagster partition. ValueError for anything that is not `model:task:source`."""
+    return EvalKey.parse(str(partition))
 
 
 def storage_name(partition: str) -> str:
-    """What a partition's files are named by: the eval key (`model:task:source`) for an eval partition,
-    the key itself otherwise (a task)."""
-    return str(eval_key(partition)) if "|" in partition else partition
+    """What a partition's files are named by: the partition key itself."""
+    return partition
 
 
-def task_to_eval_keys(keys: list[EvalKey]) -> dict[str, list[EvalKey]]:
-    by_task: dict[str, list[EvalKey]] = defaultdict(list)
-    for k in keys:
-        by_task[k.task].append(k)
-    return dict(by_task)
+def partition_requests(
+    name: str, declared: Sequence[str], existing: Sequence[str]
+) -> list[dg.AddDynamicPartitionsRequest | dg.DeleteDynamicPartitionsRequest]:
+    """What makes dynamic partitions `name` exactly `declared`: add the new keys, delete the undeclared."""
+    add = sorted(set(declared) - set(existing))
+    delete = sorted(set(existing) - set(declared))
+    requests: list[dg.AddDynamicPartitionsRequest | dg.DeleteDynamicPartitionsRequest] = []
+    if add:
+        requests.append(dg.AddDynamicPartitionsRequest(partitions_def_name=name, partition_keys=add))
+    if delete:
+        requests.append(dg.DeleteDynamicPartitionsRequest(partitions_def_name=name, partition_keys=delete))
+    return requests
 
 
-EVAL_KEYS = eval_keys()
-TASKS = sorted({k.task for k in EVAL_KEYS})
-task_partitions = dg.StaticPartitionsDefinition(TASKS)
-eval_partitions = dg.MultiPartitionsDefinition(
-    {
-        MODEL_DIM: dg.StaticPartitionsDefinition(sorted({model_row(k) for k in EVAL_KEYS})),
-        TASK_DIM: dg.StaticPartitionsDefinition(TASKS),
+def declared_partitions(configs_dir: Path | None = None) -> dict[str, list[str]]:
+    """Dynamic partitions definition name -> the keys the configs in `configs_dir` declare."""
+    configs = load_all_model_configs(configs_dir)
+    return {
+        EVAL_CELLS: [partition_key(k) for k in eval_keys(configs)],
+        FINESSE_CELLS: [str(k) for k in finesse_keys(configs)],
     }
-)
-# Built-in mapping (visible to the UI and daemon, unlike custom PartitionMapping subclasses).
-task_to_evals = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name=TASK_DIM)
+
+
+def sync_requests(
+    instance: dg.DagsterInstance, configs_dir: Path | None = None
+) -> list[dg.AddDynamicPartitionsRequest | dg.DeleteDynamicPartitionsRequest]:
+    """The requests that make the instance's eval and Finesse partitions the cells `configs_dir` declares."""
+    return [
+        request
+        for name, keys in declared_partitions(configs_dir).items()
+        for request in partition_requests(name, keys, instance.get_dynamic_partitions(name))
+    ]
+
+
+def apply_requests(
+    instance: dg.DagsterInstance,
+    requests: Sequence[dg.AddDynamicPartitionsRequest | dg.DeleteDynamicPartitionsRequest],
+) -> None:
+    """Apply partition requests directly (what the sensor daemon does with a sensor's requests)."""
+    for r in requests:
+        if isinstance(r, dg.AddDynamicPartitionsRequest):
+            instance.add_dynamic_partitions(r.partitions_def_name, list(r.partition_keys))
+        else:
+            for key in r.partition_keys:
+                instance.delete_dynamic_partition(r.partitions_def_name, key)
+
+
+def sync_partitions(instance: dg.DagsterInstance, configs_dir: Path | None = None) -> None:
+    """Make the instance's partitions the declared cells now, without waiting for a sensor tick."""
+    apply_requests(instance, sync_requests(instance, configs_dir))

@@ -1,16 +1,16 @@
 """Record CLI results in the Dagster instance so they show in the UI beside scheduled runs.
 
-A partition (model `model:source` x task, see partitions.py) stands for the full split with the
-default profile (an output profile's `model@profile:source` row for that profile); a quality
+A partition (a declared cell `model:task:source`, see partitions.py) stands for the full split with
+the default profile (an output profile's `model@profile:task:source` cell for that profile); a quality
 run lands on `quality_scores`, a perf run on `perf_scores`. A slice (`--limit-queries`) or another
 profile is not that result, so it is not recorded at all (the CLI says so): plotting it on the
 partition's line would mix unlike numbers."""
 
 import dagster as dg
 
-from sie_evals.defs.evals.partitions import EVAL_KEYS, partition_key
+from sie_evals.defs.evals.partitions import EVAL_CELLS, eval_keys, partition_key
+from sie_evals.defs.evals.profile_partitions import partition_profiles
 from sie_evals.lib.config.model_config import ModelConfig
-from sie_evals.lib.engines.outputs import partition_profiles
 from sie_evals.lib.gates.keys import DEFAULT_PROFILE, EvalKey, ResultKey, ResultKind, model_part
 from sie_evals.lib.harness.report import PERF_TABLE_METRICS, headline_metrics
 
@@ -25,7 +25,7 @@ def record_report(
     partitions recorded and a reason for each source that was not."""
     recorded: list[str] = []
     skipped: list[str] = []
-    known = set(EVAL_KEYS)
+    known = set(eval_keys([config]))
     for source, result in report["sources"].items():
         if result.get("kind") != "computed":
             continue
@@ -61,6 +61,8 @@ def record_report(
             metadata["main_score"] = float(result["main_score"])
             metadata["main_score_name"] = report["main_score"]
         instance = instance or dg.DagsterInstance.get()
+        if not instance.has_dynamic_partition(EVAL_CELLS, partition):  # before the sync sensor's first tick
+            instance.add_dynamic_partitions(EVAL_CELLS, [partition])
         instance.report_runless_asset_event(
             dg.AssetMaterialization(
                 asset_key="perf_scores" if perf else "quality_scores",

@@ -19,7 +19,7 @@ from sie_evals.lib.config.model_config import ModelConfig, ResolvedProfile, find
 from sie_evals.lib.core.errors import ConfigError, EngineError, InputError, UnknownNameError
 from sie_evals.lib.core.urls import redact_url
 from sie_evals.lib.engines import EmbedKind, Engine, create_engine
-from sie_evals.lib.engines.base import validate_embeddings
+from sie_evals.lib.engines.validation import validate_embeddings
 
 
 def resolve_model(sel: EmbedderSelector, advanced: Advanced) -> tuple[ModelConfig, ResolvedProfile]:
@@ -76,7 +76,7 @@ class EngineEmbedder:
         return ModelChunker(self.engine.tokenizer())  # type: ignore[attr-defined]
 
     def identity(self) -> dict[str, Any]:
-        from sie_evals.lib.engines.local import resolve_weights
+        from sie_evals.lib.config.weights import resolve_weights
 
         info = self.engine.info().as_dict()
         source = resolve_weights(self.config)

@@ -14,7 +14,9 @@ from typing import Any, Self
 import numpy as np
 
 from sie_evals.lib.config.model_config import ModelConfig, OutputType, ResolvedProfile
+from sie_evals.lib.config.weights import resolve_weights
 from sie_evals.lib.core.errors import EngineError
+from sie_evals.lib.engines.validation import check_engine_supports, validate_embeddings, validate_output
 
 
 class EmbedKind(StrEnum):
@@ -39,11 +41,9 @@ class Engine(ABC):
     """Subclasses implement `_embed_batchless` on prefixed texts and `info`."""
 
     name: str = "engine"
-    supported_outputs: frozenset[OutputType] = frozenset({OutputType.dense})  # see engines/outputs.py
+    supported_outputs: frozenset[OutputType] = frozenset({OutputType.dense})  # see engines/vectors.py
 
     def __init__(self, model: ModelConfig, profile: ResolvedProfile):
-        from sie_evals.lib.engines.outputs import check_engine_supports
-
         check_engine_supports(self.name, self.supported_outputs, profile)
         self.model = model
         self.profile = profile
@@ -103,15 +103,13 @@ class Engine(ABC):
 
     def embed(self, texts: Sequence[str], kind: EmbedKind) -> np.ndarray:
         """Vectors for `texts` as float32 (n, dims), or the profile's sparse/multivector output
-        (engines/outputs.py). Validates what the engine returned."""
+        (engines/vectors.py). Validates what the engine returned."""
         if not texts:
             raise EngineError(f"{self.name}: nothing to embed")
         self.start()
         prefix = self.prefix(kind)
         vectors = self._embed_prepared([prefix + t for t in texts], kind)
         if self.profile.output != OutputType.dense:
-            from sie_evals.lib.engines.outputs import validate_output
-
             return validate_output(vectors, len(texts), self.name, self.profile)
         return validate_embeddings(vectors, len(texts), self.name)
 
@@ -122,7 +120,6 @@ def model_prompt(model: ModelConfig, profile: str, name: str) -> str:
     from pathlib import Path
 
     from sie_evals.lib.core.errors import ConfigError
-    from sie_evals.lib.engines.local import resolve_weights
 
     path = Path(resolve_weights(model)) / "config_sentence_transformers.json"
     try:
@@ -135,18 +132,3 @@ def model_prompt(model: ModelConfig, profile: str, name: str) -> str:
             f"({', '.join(sorted(prompts)) or 'none'}) in {path}"
         )
     return str(prompts[name])
-
-
-def validate_embeddings(vectors: Any, expected_rows: int, engine: str) -> np.ndarray:
-    """Reject wrong counts, wrong rank and non-finite values: a bad reply must never be scored."""
-    arr = np.asarray(vectors, dtype=np.float32)
-    if arr.ndim != 2:
-        raise EngineError(f"{engine}: expected a 2-D array of embeddings, got shape {arr.shape}")
-    if arr.shape[0] != expected_rows:
-        raise EngineError(f"{engine}: asked for {expected_rows} embeddings, got {arr.shape[0]}")
-    if arr.shape[1] == 0:
-        raise EngineError(f"{engine}: embeddings have zero dimensions")
-    bad = ~np.isfinite(arr).all(axis=1)
-    if bad.any():
-        raise EngineError(f"{engine}: {int(bad.sum())} embedding(s) contain NaN or inf (first row {int(bad.argmax())})")
-    return np.ascontiguousarray(arr)

@@ -30,8 +30,9 @@ import numpy as np
 
 from sie_evals.lib.core.atomic import atomic_write_bytes, atomic_write_json
 from sie_evals.lib.core.errors import EngineError
-from sie_evals.lib.engines import outputs
+from sie_evals.lib.engines import serialization
 from sie_evals.lib.engines.base import EmbedKind, Engine
+from sie_evals.lib.engines.vectors import concat
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ class EmbeddingCache:
             raw = data_path.read_bytes()
             if hashlib.sha256(raw).hexdigest() != meta["sha256"]:
                 raise ValueError("checksum mismatch")
-            arr = outputs.load(raw, rows)  # dense .npy, or sparse/multivector .npz: verified, no pickle
+            arr = serialization.load(raw, rows)  # dense .npy, or sparse/multivector .npz: verified, no pickle
         except (OSError, ValueError, KeyError, TypeError) as err:  # JSON and UTF-8 errors are ValueErrors
             log.warning("embedding cache entry %s is corrupt (%s); recomputing", meta_path, err)
             meta_path.unlink(missing_ok=True)
@@ -111,7 +112,7 @@ class EmbeddingCache:
 
     def put(self, key: str, arr: np.ndarray, identity: dict[str, Any]) -> None:
         data_path, meta_path = self._paths(key)
-        raw = outputs.dump(arr)
+        raw = serialization.dump(arr)
         atomic_write_bytes(data_path, raw)
         # The sidecar is written last: an entry without it is a miss, so a crash between the two is safe.
         atomic_write_json(
@@ -135,8 +136,8 @@ class EmbeddingCache:
             first = next(chunks)
             if isinstance(first, np.ndarray):
                 return self._assemble_memmap(first, chunks, len(texts))
-            return outputs.concat([first, *chunks])  # sparse and multivector outputs stay in memory
-        return outputs.concat(list(chunks))
+            return concat([first, *chunks])  # sparse and multivector outputs stay in memory
+        return concat(list(chunks))
 
     def _chunks(self, engine: Engine, texts: Sequence[str], kind: EmbedKind, stats: CacheStats) -> Iterator[Any]:
         """Each chunk's output in order, read from the cache or computed and stored (one chunk's texts at a time)."""

@@ -22,6 +22,8 @@ from typing import Any
 from sie_evals.lib.config.model_config import Dtype, ModelConfig, ResolvedProfile
 from sie_evals.lib.core.atomic import atomic_write_json
 from sie_evals.lib.core.errors import ConfigError
+from sie_evals.lib.core.versions import package_version
+from sie_evals.lib.engines.pooling import pool
 
 EXPORT_FORMAT = 3  # 3: tokenizer_config carries the profile's max_seq_length (fastembed truncates by it)
 OPSET = 17
@@ -45,16 +47,14 @@ def _sha256(path: Path) -> str:
 
 
 def export_identity(model: ModelConfig, profile: ResolvedProfile, weights: str) -> dict[str, Any]:
-    from sie_evals.lib.engines.local import _version
-
     return {
         "format": EXPORT_FORMAT,
         "model_id": model.model_id,
         "model_revision": model.revision,
         "weights": weights,
         "profile": profile.embedding_identity(),
-        "torch": _version("torch"),
-        "transformers": _version("transformers"),
+        "torch": package_version("torch"),
+        "transformers": package_version("transformers"),
         "opset": OPSET,
     }
 
@@ -121,8 +121,6 @@ def _export(model: ModelConfig, profile: ResolvedProfile, source: str, out: Path
     import numpy as np
     import torch
     from transformers import AutoConfig, AutoModel, AutoTokenizer
-
-    from sie_evals.lib.engines.local import pool
 
     kwargs = {"revision": model.revision} if model.weights.hf_id and model.revision else {}
     tok = AutoTokenizer.from_pretrained(source, **kwargs)

@@ -12,10 +12,11 @@ import threading
 import numpy as np
 
 from sie_evals.lib.config.model_config import ModelConfig, Pooling, ResolvedProfile
+from sie_evals.lib.config.weights import resolve_weights, weights_id
 from sie_evals.lib.core.errors import ConfigError, InputError
+from sie_evals.lib.core.versions import package_version
 from sie_evals.lib.engines.base import EmbedKind, Engine, EngineInfo
 from sie_evals.lib.engines.export import ONNX_FILE, OPSET, ensure_onnx_export
-from sie_evals.lib.engines.local import _version, resolve_weights, weights_id
 
 _REGISTER_LOCK = threading.Lock()
 
@@ -45,8 +46,9 @@ class FastEmbedEngine(Engine):
     def info(self) -> EngineInfo:
         return EngineInfo(
             engine=self.name,
-            version=f"fastembed {_version('fastembed')}; onnxruntime {_version('onnxruntime')}; "
-            f"ONNX export (torch {_version('torch')}, transformers {_version('transformers')}, opset {OPSET})",
+            version=f"fastembed {package_version('fastembed')}; onnxruntime {package_version('onnxruntime')}; "
+            f"ONNX export (torch {package_version('torch')}, transformers {package_version('transformers')}, "
+            f"opset {OPSET})",
             model_id=self.model.model_id,
             model_revision=self.model.revision,
             weights=weights_id(self.model),

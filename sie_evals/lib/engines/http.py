@@ -33,10 +33,12 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from sie_evals.lib.config.model_config import ModelConfig, OutputType, ResolvedProfile
+from sie_evals.lib.config.weights import weights_id
 from sie_evals.lib.core import paths
 from sie_evals.lib.core.errors import EngineError, InputError
 from sie_evals.lib.core.urls import http_url_problem, redact_url
-from sie_evals.lib.engines.base import EmbedKind, Engine, EngineInfo, validate_embeddings
+from sie_evals.lib.engines.base import EmbedKind, Engine, EngineInfo
+from sie_evals.lib.engines.validation import validate_embeddings
 from sie_evals.lib.servers.managed import ManagedServer, ServerCommand
 
 RETRY_STATUS = frozenset({408, 409, 429})  # and every 5xx: request timeout, lock timeout, rate limit
@@ -284,14 +286,11 @@ class HttpEngine(Engine):
         )
 
     def weights_id(self) -> str:
-        w = self.model.weights
         if self.url:
             # whatever that running server loaded under that name; the URL keeps two servers' vectors
             # apart in the embedding cache (the server's version cannot be asked for cheaply here)
             return f"server:{redact_url(self.url)}:{self.model.model_id}"
-        from sie_evals.lib.engines.local import _version
-
-        return f"package:{w.package}=={_version(w.package)}" if w.package else (w.path or f"hf:{w.hf_id}")
+        return weights_id(self.model)
 
     # ----- HTTP
     def _conn(self) -> http.client.HTTPConnection:

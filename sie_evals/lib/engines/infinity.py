@@ -4,6 +4,7 @@ Embeds through its OpenAI-style `POST /embeddings` route."""
 
 from typing import Any
 
+from sie_evals.lib.config.weights import resolve_weights
 from sie_evals.lib.core.errors import EngineError
 from sie_evals.lib.engines.base import EmbedKind
 from sie_evals.lib.engines.http import HttpEngine, weights_dims
@@ -22,8 +23,6 @@ class InfinityEngine(HttpEngine):
         return f"infinity-emb {install.installed_version('infinity')}"
 
     def server_command(self) -> ServerCommand:
-        from sie_evals.lib.engines.local import resolve_weights
-
         weights = resolve_weights(self.model)
         self.expected_dims = weights_dims(weights)
         assert self.run_dir is not None

@@ -21,6 +21,7 @@ from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sie_evals.lib.config.model_config import ModelConfig, ResolvedProfile
+from sie_evals.lib.config.weights import resolve_weights
 from sie_evals.lib.core.errors import ConfigError, EngineError, InputError
 from sie_evals.lib.engines.base import EmbedKind
 from sie_evals.lib.engines.http import HttpEngine, redact_url, weights_dims
@@ -88,8 +89,6 @@ class OpenAIEngine(HttpEngine):
             self._api_key, self.api_key_env = os.environ[API_KEY_ENV], API_KEY_ENV
         # The served model is meant to be this config's model: when its weights are on disk, their
         # width is the width every reply must have; otherwise the first reply sets it.
-        from sie_evals.lib.engines.local import resolve_weights
-
         try:
             self.expected_dims = weights_dims(resolve_weights(model))
         except ConfigError:

@@ -8,10 +8,12 @@ import contextlib
 from typing import Any
 
 from sie_evals.lib.config.model_config import OutputType
+from sie_evals.lib.config.weights import resolve_weights
 from sie_evals.lib.core.errors import EngineError, InputError
 from sie_evals.lib.engines.base import EmbedKind
 from sie_evals.lib.engines.http import HttpEngine, Reply, weights_dims
-from sie_evals.lib.engines.outputs import concat, parse_sie_items, vocab_size
+from sie_evals.lib.engines.sie_wire import parse_sie_items, vocab_size
+from sie_evals.lib.engines.vectors import concat
 from sie_evals.lib.servers import install
 from sie_evals.lib.servers import sie as sie_server
 from sie_evals.lib.servers.managed import ServerCommand
@@ -37,8 +39,6 @@ class SieEngine(HttpEngine):
         return f"sie-server {install.installed_version('sie')}"
 
     def server_command(self) -> ServerCommand:
-        from sie_evals.lib.engines.local import resolve_weights
-
         weights = resolve_weights(self.model)
         dims = weights_dims(weights)
         if dims is None:
@@ -73,7 +73,7 @@ class SieEngine(HttpEngine):
         return self._embed_outputs(texts, kind)
 
     def _embed_outputs(self, texts: list[str], kind: EmbedKind):
-        """Sparse or multivector outputs, one request per batch, each reply item checked (engines/outputs.py)."""
+        """Sparse or multivector outputs, one request per batch, each reply item checked (engines/sie_wire.py)."""
         parts, timing = [], None
         for start in range(0, len(texts), self.batch_size):
             batch = texts[start : start + self.batch_size]
@@ -94,8 +94,6 @@ class SieEngine(HttpEngine):
         """The model's vocabulary (sparse indices must lie below it), when its weights are here."""
         if self.profile.output != OutputType.sparse:
             return None
-        from sie_evals.lib.engines.local import resolve_weights
-
         try:
             return vocab_size(resolve_weights(self.model))
         except InputError:  # weights not installed here (a remote --sie-url): the reply's dims must do

@@ -4,6 +4,7 @@ on PATH or reached at --tei-url. Speaks TEI's native API: POST /embed, GET /info
 import contextlib
 from typing import Any
 
+from sie_evals.lib.config.weights import resolve_weights
 from sie_evals.lib.engines.base import EmbedKind
 from sie_evals.lib.engines.http import HttpEngine, Reply, weights_dims
 from sie_evals.lib.servers import tei as tei_server
@@ -28,8 +29,6 @@ class TeiEngine(HttpEngine):
         return "text-embeddings-inference"
 
     def server_command(self) -> ServerCommand:
-        from sie_evals.lib.engines.local import resolve_weights
-
         weights = resolve_weights(self.model)
         self.expected_dims = weights_dims(weights)
         assert self.run_dir is not None

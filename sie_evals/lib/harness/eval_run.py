@@ -1,9 +1,7 @@
 """One `sie-bench eval` invocation as a function: compute sources, reference sources, drift checks
 and saves. Returns everything the CLI prints; prints nothing itself."""
 
-import hashlib
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -11,12 +9,10 @@ import pandas as pd
 
 from sie_evals.lib.config.model_config import ModelConfig, ResolvedProfile, Runtime, find_model_config
 from sie_evals.lib.core import paths
-from sie_evals.lib.core.errors import InputError, SieEvalsError, UnknownNameError
+from sie_evals.lib.core.errors import InputError, UnknownNameError
 from sie_evals.lib.core.names import validate_name
-from sie_evals.lib.core.run_conditions import hardware
 from sie_evals.lib.core.sources import ALL_SOURCES, COMPUTE_SOURCES, REFERENCE_SOURCES
 from sie_evals.lib.engines.cache import EmbeddingCache
-from sie_evals.lib.gates.conditions import summarize
 from sie_evals.lib.gates.drift import CheckResult, ReferenceColumn, check_source, reference
 from sie_evals.lib.gates.keys import ResultKey
 from sie_evals.lib.gates.saved_results import append_measurement, save_target
@@ -37,6 +33,8 @@ from sie_evals.lib.harness.report import (
     run_path,
     saturation_png_path,
 )
+from sie_evals.lib.harness.subject import EvalSubject, PerfLoad, conditions
+from sie_evals.lib.harness.subject import result_key as subject_key
 from sie_evals.lib.perf.load import PERF_TARGET_METRICS, LoadSpec
 from sie_evals.lib.perf.sweep import Slo, Sweep
 from sie_evals.lib.quality.parity import parity_against
@@ -181,34 +179,9 @@ def report_files(output: Path, sources: tuple[str, ...], eval_type: str, sweep: 
     return files
 
 
-@lru_cache(maxsize=8)
-def _folder_hash(folder: str) -> str | None:
-    """sha256 over every file's relative name and content in a local weights folder."""
-    root = Path(folder)
-    if not root.is_dir():
-        return None  # a hub id: the revision names it
-    digest = hashlib.sha256()
-    for file in sorted(p for p in root.rglob("*") if p.is_file()):
-        digest.update(str(file.relative_to(root)).encode() + b"\0")
-        with open(file, "rb") as fh:
-            while chunk := fh.read(1 << 20):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
-def weights_hash(config: ModelConfig) -> str | None:
-    from sie_evals.lib.engines.local import resolve_weights
-
-    try:
-        return _folder_hash(resolve_weights(config))
-    except SieEvalsError:
-        return None
-
-
 def conditions_of(result: SourceResult, config: ModelConfig, profile: ResolvedProfile) -> dict[str, Any]:
-    """What is saved with a target or measurement, and diffed when a check fails."""
-    rc = {**result.run_conditions, "weights_hash": weights_hash(config)}
-    return summarize(rc, profile.model_dump(mode="json"))
+    """What is saved with a computed source's target or measurement (the one rule: subject.conditions)."""
+    return conditions(result.run_conditions, config, profile.model_dump(mode="json"))
 
 
 def _benchmark_conditions(ref: ReferenceColumn, config: ModelConfig, profile: ResolvedProfile) -> dict[str, Any]:
@@ -265,12 +238,10 @@ def result_key(
     req: EvalRequest, config: ModelConfig, spec: TaskSpec, data: TaskData, profile: str, source: str
 ) -> ResultKey:
     """The key of one computed source's result (perf keys name the engine and this machine)."""
-    if req.eval_type == "perf":
-        load = req.load.shape_key(req.workload, req.sweep.param if req.sweep is not None else None)
-        return ResultKey.perf(
-            config.short_name, spec.task_id, data.split, data.subset, profile, source, load, hardware()
-        )
-    return ResultKey.quality(config.short_name, spec.task_id, data.split, data.subset, profile)
+    subject = EvalSubject(config.short_name, profile, spec, data, source)
+    if req.eval_type != "perf":
+        return subject_key(subject)
+    return subject_key(subject, PerfLoad(req.load, req.workload, req.sweep.param if req.sweep is not None else None))
 
 
 def run_eval(req: EvalRequest) -> EvalOutcome:

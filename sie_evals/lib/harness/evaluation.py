@@ -17,9 +17,9 @@ from sie_evals.lib.core.run_conditions import hardware, now_iso, software
 from sie_evals.lib.engines import EmbedKind, Engine, create_engine, outputs
 from sie_evals.lib.engines.cache import CacheStats, EmbeddingCache
 from sie_evals.lib.quality.ranking import Ranking
-from sie_evals.lib.quality.scoring import TaskData, task_inputs
-from sie_evals.lib.quality.task_types import MtebTaskType, task_type_for
-from sie_evals.lib.tasks import RetrievalData, TaskSpec, resolve_task
+from sie_evals.lib.quality.task_types import PERF_WORKLOADS, MtebTaskType, task_type_for
+from sie_evals.lib.tasks import TaskSpec, resolve_task
+from sie_evals.lib.tasks.base import TaskDataBase as TaskData
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ class EngineOptions:
 
 @dataclass
 class Embeddings:
-    vectors: dict[EmbedKind, np.ndarray]  # rows align with scoring.task_inputs(spec, data)[kind]
+    vectors: dict[EmbedKind, np.ndarray]  # rows align with task_type_for(spec).inputs(data)[kind]
     engine_info: dict[str, Any]
     cache: CacheStats
     forward_calls: int
@@ -92,22 +92,17 @@ class SourceResult:
 
 
 def load_data(spec: TaskSpec, split: str | None, data_root: Path | None) -> TaskData:
-    if spec.type == "finesse":  # probes, not a dataset split: a run of its own
-        raise InputError(
-            f"task {spec.task_id} is a Finesse long-context benchmark: run it with the `finesse` CLI "
-            "(finesse generate / finesse score) or the Dagster finesse assets"
-        )
     return task_type_for(spec).load(split, data_root)
 
 
 def load_task(task: str, opts: DataOptions) -> tuple[TaskSpec, TaskData]:
     spec = resolve_task(task, opts.backend)
-    if spec.backend == "mteb":  # MTEB data is sliced inside the task instance
-        data = MtebTaskType(spec).load(opts.split, opts.data_root, opts.limit_queries, opts.corpus_size)
-        return spec, data
-    data = load_data(spec, opts.split, opts.data_root)
+    task_type = task_type_for(spec)
+    if isinstance(task_type, MtebTaskType):  # MTEB data is sliced inside the task instance
+        return spec, task_type.load(opts.split, opts.data_root, opts.limit_queries, opts.corpus_size)
+    data = task_type.load(opts.split, opts.data_root)
     if opts.limit_queries:
-        data = data.take_subset(opts.limit_queries, opts.corpus_size)
+        data = task_type.take_subset(data, opts.limit_queries, opts.corpus_size)
     return spec, data
 
 
@@ -224,12 +219,11 @@ def parity_vs_torch(
     return out
 
 
-PERF_WORKLOADS = ("corpus", "queries")
 FIXED_TOKEN_TEXTS = 256  # distinct texts per --tokens length
 
 
 def _tokenizer(model: ModelConfig):
-    from sie_evals.lib.engines.local import resolve_weights
+    from sie_evals.lib.config.weights import resolve_weights
 
     return _load_tokenizer(str(resolve_weights(model)))
 
@@ -308,12 +302,7 @@ class PerfWorkload:
     def __init__(self, model: ModelConfig, profile: ResolvedProfile, spec: TaskSpec, data: TaskData, workload: str):
         if workload not in PERF_WORKLOADS:
             raise InputError(f"--workload must be one of {', '.join(PERF_WORKLOADS)}, got {workload!r}")
-        if isinstance(data, RetrievalData):
-            self.kind = EmbedKind.document if workload == "corpus" else EmbedKind.query
-            self.texts = list(data.corpus_texts if workload == "corpus" else data.query_texts)
-        else:  # symmetric tasks: every text is encoded the same way, whatever the workload name
-            self.kind = EmbedKind.query
-            self.texts = task_inputs(spec, data)[EmbedKind.query]
+        self.kind, self.texts = task_type_for(spec).perf_texts(data, workload)
         self.model, self.profile = model, profile
         self.prefix = profile.document_prefix if self.kind == EmbedKind.document else profile.query_prefix
         self._cache: dict[int | None, tuple[list[str], list[int]]] = {}

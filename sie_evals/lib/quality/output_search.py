@@ -7,7 +7,7 @@ Every result row is best first, ties by document index ascending."""
 
 import numpy as np
 
-from sie_evals.lib.engines.outputs import MultiVectors, MuveraVectors, SparseVectors
+from sie_evals.lib.engines.vectors import MultiVectors, MuveraVectors, SparseVectors
 from sie_evals.lib.quality.maxsim import maxsim_rescore, maxsim_top_k
 from sie_evals.lib.quality.search import exact_top_k, inner_product_top_k, sort_rows
 from sie_evals.lib.quality.sparse_search import sparse_top_k

@@ -15,7 +15,7 @@ def per_item_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Cosine of row i of `a` with row i of `b` (same texts, same order). Sparse and multivector
     outputs: engines/outputs.py item_cosines."""
     if not isinstance(a, np.ndarray) or not isinstance(b, np.ndarray):
-        from sie_evals.lib.engines.outputs import item_cosines
+        from sie_evals.lib.engines.vectors import item_cosines
 
         return item_cosines(a, b)
     a = np.asarray(a, dtype=np.float64)

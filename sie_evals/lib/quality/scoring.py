@@ -21,7 +21,7 @@ import pandas as pd
 
 from sie_evals.lib.core.errors import InputError
 from sie_evals.lib.engines.base import EmbedKind
-from sie_evals.lib.engines.outputs import MuveraVectors
+from sie_evals.lib.engines.vectors import MuveraVectors
 from sie_evals.lib.quality import output_search
 from sie_evals.lib.quality.maxsim import maxsim_top_k
 from sie_evals.lib.quality.metrics import retrieval_scores
@@ -76,7 +76,7 @@ def retrieval_top_k(
     k = max(spec.rules.k_values)
     if similarity == "cosine" and isinstance(queries, np.ndarray) and isinstance(documents, np.ndarray):
         return exact_top_k(queries, documents, k=k)
-    return output_search.top_k(queries, documents, k, similarity)  # sparse, MaxSim, MUVERA: engines/outputs.py
+    return output_search.top_k(queries, documents, k, similarity)  # sparse, MaxSim, MUVERA: engines/vectors.py
 
 
 def score_retrieval(
@@ -124,7 +124,7 @@ def muvera_report(spec: TaskSpec, data: RetrievalData, queries: Any, documents: 
 def score_task(
     spec: TaskSpec, data: TaskData, vectors: dict[EmbedKind, np.ndarray], similarity: str = "cosine"
 ) -> tuple[dict[str, float], pd.DataFrame]:
-    """`similarity`: outputs.similarity(profile); cosine unless the profile is sparse, multivector or MUVERA."""
+    """`similarity`: vectors.similarity(profile); cosine unless the profile is sparse, multivector or MUVERA."""
     if isinstance(data, RetrievalData):
         return score_retrieval(spec, data, vectors[EmbedKind.query], vectors[EmbedKind.document], similarity)
     if similarity != "cosine" or not all(isinstance(v, np.ndarray) for v in vectors.values()):

@@ -6,7 +6,7 @@ doc id, as for dense)."""
 import numpy as np
 import torch
 
-from sie_evals.lib.engines.outputs import SparseVectors
+from sie_evals.lib.engines.vectors import SparseVectors
 from sie_evals.lib.quality.search import merge_top_k
 
 DEFAULT_DOC_CHUNK = 20_000
