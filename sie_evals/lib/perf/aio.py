@@ -1,15 +1,22 @@
-"""The fast generator for HTTP servers: aiohttp on an event loop (uvloop when installed), keep-alive
-connection pools, every request body encoded before the run, and nothing on the hot path but
-send, receive and two perf_counter stamps. When one core is not enough (high rates, many clients)
-the load is split over several generator processes that share one start time and one schedule;
-each keeps its own records and HdrHistogram, and the parent merges them exactly (histogram.merged).
+"""The fast generator for HTTP servers, on an event loop (uvloop when installed): keep-alive
+connections, every request encoded before the run, and nothing on the hot path but send, receive and
+two perf_counter stamps. When one core is not enough (high rates, many clients) the load is split over
+several generator processes that share one start time and one schedule; each keeps its own records
+and HdrHistogram, and the parent merges them exactly (histogram.merged).
+
+Two clients, one rule (fast_path): plain http:// (no TLS, no credentials in the URL) runs on the fast
+client, uvloop's transports with replies parsed by httptools (the pair uvicorn runs on): a request is
+one write of pre-encoded bytes, a reply one parser feed, and a closed-loop client's next request leaves
+from the callback that completed the previous one (wrk's design): ~10 us of CPU a request against
+aiohttp's ~100 us. Everything else (https, URLs with user info) runs on aiohttp.
 
 The semantics are load.py's and openloop.py's: closed loop (each client sends the next request when
 its reply came), open loop (latency from the scheduled send time, in-flight cap with `late` or
 `drop`, a deadline after which nothing is sent). Request i sends bodies[i % len(bodies)]. Every
-reply's status is checked (not 2xx: a failed request, no retry, as in wrk and k6); the bodies of the
-first SAMPLES successful replies of each process are returned so the engine can validate them after
-the run (parsing every reply would be generator work inside the measurement)."""
+reply's status is checked (not 2xx: a failed request, no retry, as in wrk and k6); a connection that
+fails or times out fails its request and is replaced; the bodies of the first SAMPLES successful
+replies of each process are returned so the engine can validate them after the run (parsing every
+reply would be generator work inside the measurement)."""
 
 import asyncio
 import contextlib
@@ -22,6 +29,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -41,12 +49,17 @@ SAMPLES = 8  # reply bodies kept per process for validation after the run
 # (load average 8 on 2 cores) a spinning process is preempted for whole time slices: measured p99 at
 # 1,000 req/s against nginx 9-12 ms without spinning, 15-170 ms with 1 ms of it.
 SPIN_S = 0.0
-# What one generator process sustains against a fast server on one core (~10k req/s measured with
-# nginx on 127.0.0.1, benchmarks/RESULTS.md), with headroom: above it the load is split.
+# What one generator process sustains against a fast server on one core, with headroom: above it the
+# load is split. aiohttp: ~10k req/s measured with nginx on 127.0.0.1 (benchmarks/RESULTS.md); the fast
+# path (~10 us of CPU a request) several times that, so one process takes 10,000/s and leaves the
+# other core to the server (two spinning generator processes and nginx on 2 cores: p99 30 ms).
 RATE_PER_PROCESS = 4000.0
 CLIENTS_PER_PROCESS = 64
+FAST_RATE_PER_PROCESS = 20000.0
+FAST_CLIENTS_PER_PROCESS = 256
 BURST = 16  # a dispatcher behind its schedule yields to the loop after this many sends
 SPAWN_TIMEOUT_S = 60.0
+PRECONNECT = 16  # open loop: connections opened before the start (more as the load needs them)
 
 
 @dataclass(frozen=True)
@@ -91,11 +104,15 @@ class Part:
     samples: list[tuple[int, bytes]] = field(default_factory=list)
 
 
-def processes_for(mode: str, clients: int, rate: float | None, cpus: int | None = None) -> int:
+def processes_for(mode: str, clients: int, rate: float | None, cpus: int | None = None, fast: bool = False) -> int:
     """How many generator processes a load needs: one per RATE_PER_PROCESS requests/s offered (open
-    loop) or per CLIENTS_PER_PROCESS clients (closed loop), never more than the CPUs."""
+    loop) or per CLIENTS_PER_PROCESS clients (closed loop), the FAST_ ones on the fast path (`fast`:
+    fast_path(target)), never more than the CPUs."""
     cpus = cpus or os.cpu_count() or 1
-    need = math.ceil(rate / RATE_PER_PROCESS) if mode == "open" and rate else math.ceil(clients / CLIENTS_PER_PROCESS)
+    per_rate, per_clients = (
+        (FAST_RATE_PER_PROCESS, FAST_CLIENTS_PER_PROCESS) if fast else (RATE_PER_PROCESS, CLIENTS_PER_PROCESS)
+    )
+    need = math.ceil(rate / per_rate) if mode == "open" and rate else math.ceil(clients / per_clients)
     return max(1, min(cpus, need))
 
 
@@ -153,14 +170,48 @@ class _Recorder:
 
 
 async def _run(job: Job, stop: Any) -> Part:
+    out = _Recorder()
+    rec = out.rec
+
+    def done(i: int, scheduled: float, sent: float, ended: float, raw: bytes | None, failure: str) -> None:
+        if raw is not None and len(out.samples) < SAMPLES:
+            out.samples.append((i, raw))
+        if i < job.warm:
+            if raw is None:
+                out.error(failure)
+            return
+        if raw is None:
+            rec.n_failed += 1
+            out.error(failure)
+        else:
+            out.index.append(i)
+            out.scheduled.append(scheduled)
+            out.sent.append(sent)
+            out.ended.append(ended)
+        if not ended <= rec.last_ended:  # NaN at first
+            rec.last_ended = ended
+
+    start = job.start if job.start is not None else time.perf_counter() + LEAD_IN_S
+    if fast_path(job.target):
+        if job.mode == "closed":
+            await _closed_fast(job, stop, start, done, out)
+        else:
+            sender = _ConnSender(job, stop, done)
+            await sender.prepare(min(job.clients, PRECONNECT))
+            await _open(job, stop, start, sender, out)
+    else:
+        await _run_aiohttp(job, stop, start, done, out)
+    return out.part()
+
+
+async def _run_aiohttp(job: Job, stop: Any, start: float, done, out: _Recorder) -> None:
+    """TLS, credentials in the URL, anything the fast path does not take: aiohttp's client."""
     import aiohttp
     import yarl
 
     target = job.target
     bodies, nb = target.bodies, len(target.bodies)
     url = yarl.URL(target.url)
-    out = _Recorder()
-    rec = out.rec
     pc = time.perf_counter
     connector = aiohttp.TCPConnector(limit=job.clients, limit_per_host=job.clients, ttl_dns_cache=None)
     session = aiohttp.ClientSession(
@@ -185,33 +236,13 @@ async def _run(job: Job, stop: Any) -> Part:
         except (aiohttp.ClientError, TimeoutError, OSError) as err:
             return t, None, f"{type(err).__name__}: {err}"
 
-    def done(i: int, scheduled: float, sent: float, ended: float, raw: bytes | None, failure: str) -> None:
-        if raw is not None and len(out.samples) < SAMPLES:
-            out.samples.append((i, raw))
-        if i < job.warm:
-            if raw is None:
-                out.error(failure)
-            return
-        if raw is None:
-            rec.n_failed += 1
-            out.error(failure)
-        else:
-            out.index.append(i)
-            out.scheduled.append(scheduled)
-            out.sent.append(sent)
-            out.ended.append(ended)
-        if not ended <= rec.last_ended:  # NaN at first
-            rec.last_ended = ended
-
-    start = job.start if job.start is not None else pc() + LEAD_IN_S
     try:
         if job.mode == "closed":
             await _closed(job, stop, start, send, done, out)
         else:
-            await _open(job, stop, start, send, done, out)
+            await _open(job, stop, start, _TaskSender(send, done), out)
     finally:
         await session.close()
-    return out.part()
 
 
 async def _until(t: float) -> None:
@@ -254,30 +285,42 @@ def _schedule(job: Job) -> Iterator[float]:
     return with_warmup(job.warm, rate, counted, job.warm / rate)
 
 
-async def _open(job: Job, stop: Any, start: float, send, done, out: _Recorder) -> None:
+class _TaskSender:
+    """Open loop's sender on aiohttp: a task per request."""
+
+    def __init__(self, send, done) -> None:
+        self.send, self.done = send, done
+        self.in_flight = 0
+        self.freed = asyncio.Event()
+        self.tasks: set[asyncio.Task] = set()
+
+    async def _one(self, i: int, t: float) -> None:
+        sent, raw, failure = await self.send(i)
+        ended = time.perf_counter()
+        self.in_flight -= 1
+        self.freed.set()
+        self.done(i, t, sent, ended, raw, failure)
+
+    def launch(self, i: int, t: float) -> None:
+        self.in_flight += 1
+        task = asyncio.get_running_loop().create_task(self._one(i, t))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def drain(self) -> None:
+        if self.tasks:
+            await asyncio.gather(*self.tasks)
+
+
+async def _open(job: Job, stop: Any, start: float, sender, out: _Recorder) -> None:
+    """The open-loop dispatcher: each request leaves at its scheduled time through `sender` (launch,
+    in_flight, freed, drain), whatever the server does."""
     rec = out.rec
-    loop = asyncio.get_running_loop()
     deadline = None if job.duration_s is None else job.warm / float(job.rate) + duration_deadline(job.duration_s)
     end = math.inf if deadline is None else start + deadline
     cap = job.clients
-    in_flight = 0
-    freed = asyncio.Event()
-    tasks: set[asyncio.Task] = set()
-
-    async def one(i: int, t: float) -> None:
-        nonlocal in_flight
-        sent, raw, failure = await send(i)
-        ended = time.perf_counter()
-        in_flight -= 1
-        freed.set()
-        done(i, t, sent, ended, raw, failure)
-
-    def launch(i: int, t: float) -> None:
-        nonlocal in_flight
-        in_flight += 1
-        task = loop.create_task(one(i, t))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
+    freed = sender.freed
+    launch = sender.launch
 
     def cut(rest: Iterable[tuple[int, float]]) -> None:  # past the deadline: counted, never sent
         for j, o in rest:
@@ -289,47 +332,353 @@ async def _open(job: Job, stop: Any, start: float, send, done, out: _Recorder) -
     schedule = enumerate(_schedule(job))
     mine = ((i, o) for i, o in schedule if i % job.processes == job.process)
     behind = 0  # sends in a row made without waiting (the dispatcher is behind its schedule)
-    for i, off in mine:
-        t = start + off
-        counted = i >= job.warm
-        if time.perf_counter() > end:
-            cut(itertools.chain([(i, off)], schedule))
-            break
-        while not stop.is_set() and time.perf_counter() < t - 0.1:
-            await asyncio.sleep(0.05)  # long gaps: stay responsive to stop
-        if stop.is_set():
-            rec.stopped_early = True
-            break
-        if t > time.perf_counter():
-            behind = 0
-            await _until(t)
-        else:
-            behind += 1
-            if behind % BURST == 0:
-                await asyncio.sleep(0)  # behind schedule: still let replies be read between sends
-        if in_flight >= cap:
-            if job.on_cap == "drop":
-                if counted:
-                    out.came(t)
-                    rec.n_dropped += 1
-                continue
-            while in_flight >= cap and not stop.is_set() and time.perf_counter() <= end:
-                freed.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(freed.wait(), 0.1)
-            if in_flight >= cap:
-                if stop.is_set():
-                    rec.stopped_early = True
-                else:
-                    cut(itertools.chain([(i, off)], schedule))
+    try:
+        for i, off in mine:
+            t = start + off
+            counted = i >= job.warm
+            if time.perf_counter() > end:
+                cut(itertools.chain([(i, off)], schedule))
                 break
+            while not stop.is_set() and time.perf_counter() < t - 0.1:
+                await asyncio.sleep(0.05)  # long gaps: stay responsive to stop
+            if stop.is_set():
+                rec.stopped_early = True
+                break
+            if t > time.perf_counter():
+                behind = 0
+                await _until(t)
+            else:
+                behind += 1
+                if behind % BURST == 0:
+                    await asyncio.sleep(0)  # behind schedule: still let replies be read between sends
+            if sender.in_flight >= cap:
+                if job.on_cap == "drop":
+                    if counted:
+                        out.came(t)
+                        rec.n_dropped += 1
+                    continue
+                while sender.in_flight >= cap and not stop.is_set() and time.perf_counter() <= end:
+                    freed.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(freed.wait(), 0.1)
+                if sender.in_flight >= cap:
+                    if stop.is_set():
+                        rec.stopped_early = True
+                    else:
+                        cut(itertools.chain([(i, off)], schedule))
+                    break
+                if counted:
+                    rec.n_late += 1
             if counted:
-                rec.n_late += 1
-        if counted:
-            out.came(t)
-        launch(i, t)
-    if tasks:
-        await asyncio.gather(*tasks)
+                out.came(t)
+            launch(i, t)
+    finally:
+        await sender.drain()
+
+
+# ----- the fast path: plain http:// keep-alive, uvloop's transports, replies parsed by httptools -----
+# aiohttp costs ~60 us of CPU per request (its request/response objects, a task and a future each);
+# here a request is one pre-encoded bytes write and a reply one httptools feed, and the next request
+# of a closed-loop client leaves from the callback that completed the previous one (wrk's design).
+
+
+def fast_path(target: HttpTarget) -> bool:
+    """The rule for which client runs: plain http:// with no user info in the URL and no line breaks in
+    header values runs on the fast client; everything else (https: TLS; credentials in the URL) runs on
+    aiohttp. Neither uses proxies (aiohttp's trust_env is off): the generator measures the server."""
+    parts = urlsplit(target.url)
+    return (
+        parts.scheme == "http"
+        and parts.username is None
+        and parts.password is None
+        and bool(parts.hostname)
+        and not any(c in f"{k}{v}" for k, v in target.headers.items() for c in "\r\n")
+    )
+
+
+def request_bytes(target: HttpTarget) -> tuple[bytes, ...]:
+    """Each body's whole HTTP/1.1 request (keep-alive is HTTP/1.1's default), encoded once."""
+    parts = urlsplit(target.url)
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    skip = {"host", "content-length", "connection", "transfer-encoding"}
+    head = f"POST {path} HTTP/1.1\r\nHost: {parts.netloc}\r\n" + "".join(
+        f"{k}: {v}\r\n" for k, v in target.headers.items() if k.lower() not in skip
+    )
+    return tuple(f"{head}Content-Length: {len(b)}\r\n\r\n".encode("latin-1") + b for b in target.bodies)
+
+
+class _Conn(asyncio.Protocol):
+    """One keep-alive connection carrying one request at a time. replied(conn, ended, status, body,
+    failure) runs when the reply is complete (or the request failed), outside the parser's callbacks."""
+
+    def __init__(self, replied: Callable[..., None]) -> None:
+        import httptools
+
+        self.replied = replied
+        self.parser = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.chunks: list[bytes] = []
+        self.complete = False
+        self.keep = True
+        self.status = 0
+        self.busy = False
+        self.open = True
+        self.i, self.scheduled, self.sent = -1, 0.0, 0.0
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def send(self, data: bytes, i: int, scheduled: float | None) -> None:
+        self.i, self.busy = i, True
+        self.sent = time.perf_counter()
+        self.scheduled = self.sent if scheduled is None else scheduled
+        self.transport.write(data)  # type: ignore[union-attr]
+
+    # httptools' callbacks (only those defined are called)
+    def on_body(self, body: bytes) -> None:
+        self.chunks.append(body)
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+        self.keep = self.parser.should_keep_alive()  # valid here, reset once the call returns
+        self.status = self.parser.get_status_code()
+
+    def data_received(self, data: bytes) -> None:
+        import httptools
+
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as err:
+            self.fail(f"malformed HTTP reply: {type(err).__name__}: {err}")
+            return
+        if self.complete:
+            ended = time.perf_counter()
+            self.complete = False
+            body = b"".join(self.chunks)
+            self.chunks.clear()
+            if not self.keep:
+                self.close()
+            if self.busy:
+                self.busy = False
+                self.replied(self, ended, self.status, body, "")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.open = False
+        reason = f"{type(exc).__name__}: {exc}" if exc else "the server closed the connection"
+        self.fail(f"ServerDisconnectedError: {reason}")
+
+    def fail(self, failure: str) -> None:
+        self.close()
+        if self.busy:
+            self.busy = False
+            self.replied(self, time.perf_counter(), 0, None, failure)
+
+    def close(self) -> None:
+        self.open = False
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.abort()
+
+
+class _FastClient:
+    """Connections to one http:// host:port, their requests pre-encoded, and a sweeper that times out
+    requests past timeout_s and notices a stop (so the hot path never polls a cross-process Event)."""
+
+    def __init__(self, target: HttpTarget, replied: Callable[..., None], stop: Any) -> None:
+        parts = urlsplit(target.url)
+        self.host, self.port = parts.hostname or "", parts.port or 80
+        self.where = f"{parts.hostname}:{self.port}"
+        self.requests = request_bytes(target)
+        self.timeout_s = target.timeout_s
+        self.replied = replied
+        self.stop = stop
+        self.halt = False
+        self.conns: set[_Conn] = set()
+        self._sweeper: asyncio.Task | None = None
+        self.tasks: set[asyncio.Task] = set()
+
+    async def connect(self) -> _Conn:
+        """A new connection (OSError or TimeoutError when the server cannot be reached)."""
+        loop = asyncio.get_running_loop()
+        _, conn = await asyncio.wait_for(
+            loop.create_connection(lambda: _Conn(self.replied), self.host, self.port), self.timeout_s
+        )
+        self.conns.add(conn)
+        return conn
+
+    def refused(self, err: BaseException) -> str:
+        return f"ClientConnectorError: cannot connect to {self.where}: {type(err).__name__}: {err}"
+
+    def spawn(self, coro) -> None:
+        """A task kept referenced until it ends (the loop holds tasks weakly)."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def start_sweeper(self) -> None:
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(0.05)
+            if not self.halt and self.stop.is_set():
+                self.halt = True
+            now = time.perf_counter()
+            for conn in [c for c in self.conns if not c.open or (c.busy and now - c.sent > self.timeout_s)]:
+                if conn.open:
+                    conn.fail(f"TimeoutError: no reply within {self.timeout_s:g} s")
+                self.conns.discard(conn)
+
+    async def aclose(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        for conn in list(self.conns):
+            conn.close()
+
+
+async def _closed_fast(job: Job, stop: Any, start: float, done, out: _Recorder) -> None:
+    """Closed loop on callbacks: each client is a connection whose reply callback sends its next
+    request at once; a client whose connection closed reconnects in a task."""
+    loop = asyncio.get_running_loop()
+    stop_at = math.inf if job.requests is None else job.warm + job.requests
+    step, warm, has_duration = job.processes, job.warm, job.duration_s is not None
+    state = {"next": job.process, "deadline": math.inf, "active": job.clients}
+    finished = loop.create_future()
+    pc = time.perf_counter
+
+    def take() -> int | None:
+        i = state["next"]
+        if i >= stop_at or client.halt or pc() >= state["deadline"]:
+            return None
+        state["next"] = i + step
+        return i
+
+    def end_client() -> None:
+        state["active"] -= 1
+        if state["active"] == 0 and not finished.done():
+            finished.set_result(None)
+
+    def replied(conn: _Conn, ended: float, status: int, raw: bytes | None, failure: str) -> None:
+        i, sent = conn.i, conn.sent
+        if raw is not None and not 200 <= status < 300:
+            raw, failure = None, f"HTTP {status}: {_excerpt(raw)}"
+        if i >= warm:
+            if has_duration and state["deadline"] == math.inf:
+                state["deadline"] = sent + job.duration_s  # type: ignore[operator]
+            out.came(sent)
+        done(i, sent, sent, ended, raw, failure)
+        if conn.open:
+            nxt = take()
+            if nxt is None:
+                end_client()
+            else:
+                conn.send(requests[nxt % nr], nxt, None)
+        else:
+            client.conns.discard(conn)
+            client.spawn(run_client(None))
+
+    async def run_client(conn: _Conn | None) -> None:
+        """Send this client's next request, connecting first when it has no connection."""
+        while True:
+            i = take()
+            if i is None:
+                end_client()
+                return
+            if conn is not None and conn.open:
+                conn.send(requests[i % nr], i, None)
+                return
+            t = pc()
+            try:
+                conn = await client.connect()
+            except (OSError, TimeoutError) as err:  # counted like any failed request
+                ended = pc()
+                if i >= warm:
+                    out.came(t)
+                done(i, t, t, ended, None, client.refused(err))
+                conn = None
+                continue
+            conn.send(requests[i % nr], i, None)
+            return
+
+    client = _FastClient(job.target, replied, stop)
+    requests, nr = client.requests, len(client.requests)
+    conns: list[_Conn | None] = []
+    for _ in range(job.clients):  # connected before the start: no handshake inside the measurement
+        try:
+            conns.append(await client.connect())
+        except (OSError, TimeoutError):
+            conns.append(None)  # run_client connects again, counting the failure
+    client.start_sweeper()
+    try:
+        await _until(start)
+        for conn in conns:
+            await run_client(conn)
+        await finished
+    finally:
+        await client.aclose()
+    out.rec.stopped_early = stop.is_set()
+
+
+class _ConnSender:
+    """Open loop's sender on the fast client: an idle-connection stack (a new connection when none is
+    idle), the replies recorded by callback."""
+
+    def __init__(self, job: Job, stop: Any, done) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.client = _FastClient(job.target, self.replied, stop)
+        self.requests, self.nr = self.client.requests, len(self.client.requests)
+        self.done = done
+        self.idle: list[_Conn] = []
+        self.in_flight = 0
+        self.freed = asyncio.Event()
+        self.drained: asyncio.Future | None = None
+
+    async def prepare(self, n: int) -> None:
+        for _ in range(n):
+            with contextlib.suppress(OSError, TimeoutError):
+                self.idle.append(await self.client.connect())
+        self.client.start_sweeper()
+
+    def replied(self, conn: _Conn, ended: float, status: int, raw: bytes | None, failure: str) -> None:
+        if raw is not None and not 200 <= status < 300:
+            raw, failure = None, f"HTTP {status}: {_excerpt(raw)}"
+        self._freed(conn if conn.open else None)
+        self.done(conn.i, conn.scheduled, conn.sent, ended, raw, failure)
+
+    def _freed(self, conn: _Conn | None) -> None:
+        self.in_flight -= 1
+        if conn is not None:
+            self.idle.append(conn)
+        self.freed.set()
+        if self.in_flight == 0 and self.drained is not None and not self.drained.done():
+            self.drained.set_result(None)
+
+    def launch(self, i: int, t: float) -> None:
+        self.in_flight += 1
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if conn.open:
+                conn.send(self.requests[i % self.nr], i, t)
+                return
+        self.client.spawn(self._connect_and_send(i, t))
+
+    async def _connect_and_send(self, i: int, t: float) -> None:
+        sent = time.perf_counter()
+        try:
+            conn = await self.client.connect()
+        except (OSError, TimeoutError) as err:
+            self._freed(None)
+            self.done(i, t, sent, time.perf_counter(), None, self.client.refused(err))
+            return
+        conn.send(self.requests[i % self.nr], i, t)
+
+    async def drain(self) -> None:
+        if self.in_flight:
+            self.drained = self.loop.create_future()
+            await self.drained
+        await self.client.aclose()
 
 
 def run_job(job: Job, stop: Any = None) -> Part:
