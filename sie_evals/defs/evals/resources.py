@@ -1,16 +1,23 @@
 """Resources: where data, cache and results live, and how big a slice to evaluate."""
 
+import dataclasses
 import json
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
+from pydantic import Field
 
 from sie_evals.defs.evals.partitions import storage_name
+from sie_evals.lib.config.model_config import ModelConfig, ResolvedProfile
 from sie_evals.lib.config.settings import DEFAULTS, EvalDefaults, eval_defaults
 from sie_evals.lib.core import paths
 from sie_evals.lib.core.atomic import atomic_write_json
+from sie_evals.lib.core.errors import ConfigError
+from sie_evals.lib.core.sources import COMPUTE_SOURCES
+from sie_evals.lib.core.urls import http_url_problem, redact_url
+from sie_evals.lib.engines import Engine, create_engine
 from sie_evals.lib.engines.cache import EmbeddingCache
 from sie_evals.lib.gates.keys import path_slug
 from sie_evals.lib.harness.evaluation import DataOptions, EngineOptions
@@ -93,6 +100,39 @@ class EvalSettings(dg.ConfigurableResource):
 
     def configs_dir(self) -> Path | None:
         return Path(self.model_configs_dir) if self.model_configs_dir else None
+
+
+class EngineFactory(dg.ConfigurableResource):
+    """Builds the engine of a compute source for the eval assets, through lib/engines' one `create_engine`.
+    Its config is what Dagster used to get only from hidden environment variables: the running server each
+    source talks to, visible in the UI and settable per run. The options the CLI shares (batch_size, threads,
+    device) stay in `EvalSettings`, the one settings model, and come in as `base`. Tests pass a subclass or
+    a server URL here to put a fake or a test server behind the assets."""
+
+    server_urls: dict[str, str] = Field(
+        default={},
+        description="Compute source -> base URL of a running server to use instead of starting one, e.g. "
+        "{sie: 'http://127.0.0.1:8080'} (unset: $SIE_EVALS_<SOURCE>_URL, else the harness starts the server). "
+        "Keep a URL with credentials in that variable: config is shown in the UI.",
+    )
+    openai_model: str | None = Field(
+        None, description="openai source: the request's `model` (unset: the profile's openai_model, else the model id)."
+    )
+
+    def engine_options(self, base: EngineOptions) -> EngineOptions:
+        """`base` (the settings' options) with this resource's server URLs and OpenAI model on top."""
+        urls = {}
+        for source, url in self.server_urls.items():
+            where = f"engines resource config server_urls.{source}"
+            if source not in COMPUTE_SOURCES:
+                raise ConfigError(f"{where}: {source!r} is not a compute source ({', '.join(COMPUTE_SOURCES)})")
+            if problem := http_url_problem(url):
+                raise ConfigError(f"{where}: {redact_url(url)!r} is not an http(s)://host[:port] URL: {problem}")
+            urls[f"{source}_url"] = url
+        return dataclasses.replace(base, openai_model=self.openai_model or base.openai_model, **urls)
+
+    def create(self, source: str, config: ModelConfig, profile: ResolvedProfile, base: EngineOptions) -> Engine:
+        return create_engine(source, config, profile, **self.engine_options(base).for_engine())
 
 
 class JsonIOManager(dg.ConfigurableIOManager):
