@@ -14,7 +14,7 @@ from ruamel.yaml import YAML
 from sie_evals.defs.alerts.sensors import make_check_failure_sensor
 from sie_evals.defs.evals.assets import embeddings, quality_scores, task_dataset
 from sie_evals.defs.evals.checks import EVAL_CHECKS, quality_vs_measurement, quality_vs_target
-from sie_evals.defs.evals.resources import EvalSettings, JsonIOManager
+from sie_evals.defs.evals.resources import EngineFactory, EvalSettings, JsonIOManager
 from sie_evals.defs.reports.assets import eval_report
 from sie_evals.lib.config.model_config import find_model_config
 from sie_evals.lib.gates.drift import REGRESSED_QUERIES
@@ -53,7 +53,7 @@ def _resources(tmp_path, session_cache, configs_dir, profile: str) -> dict:
         profile=profile,
         **SLICE,
     )
-    return {"settings": settings, "json_io": JsonIOManager(base_dir=str(tmp_path / "io"))}
+    return {"settings": settings, "engines": EngineFactory(), "json_io": JsonIOManager(base_dir=str(tmp_path / "io"))}
 
 
 def _run(resources, instance):

@@ -7,8 +7,11 @@ from typer.testing import CliRunner
 
 from sie_evals.cli import app
 from sie_evals.defs.evals.assets import embeddings, quality_scores, task_dataset
-from sie_evals.defs.evals.checks import quality_vs_measurement, quality_vs_target
-from sie_evals.defs.evals.resources import EvalSettings, JsonIOManager
+from sie_evals.defs.evals.checks import EVAL_CHECKS, check_description, quality_vs_measurement, quality_vs_target
+from sie_evals.defs.evals.resources import EngineFactory, EvalSettings, JsonIOManager
+from sie_evals.defs.finesse.checks import finesse_rss_vs_measurement, finesse_rss_vs_target
+from sie_evals.lib.gates import thresholds
+from sie_evals.lib.gates.thresholds import Against, MetricKind
 from sie_evals_tests.conftest import MODEL_ID
 
 KEY = "all-MiniLM-L6-v2:local|beir/SciFact"  # model:source x task: all-MiniLM-L6-v2:beir/SciFact:local
@@ -28,6 +31,7 @@ def setup(tmp_path, session_cache, configs_dir, monkeypatch):
             limit_queries=20,
             corpus_size=200,
         ),
+        "engines": EngineFactory(),
         "json_io": JsonIOManager(base_dir=str(tmp_path / "io")),
     }
     instance = dg.DagsterInstance.ephemeral()
@@ -97,14 +101,45 @@ def test_no_target_passes_and_says_so(setup):
     assert evals["quality_vs_target"].partition == KEY
 
 
+def _override_margins(configs_dir, margins):
+    path = configs_dir / CONFIG_NAME
+    yaml = YAML()
+    tree = yaml.load(path.read_text())
+    tree["margins"] = margins
+    with open(path, "w") as fh:
+        yaml.dump(tree, fh)
+
+
+def test_check_descriptions_come_from_the_margins(monkeypatch):
+    """The six drift checks come from one factory, and their descriptions state the margins of
+    thresholds.py, generated, not restated: a changed default changes the description."""
+    checks = [*EVAL_CHECKS, finesse_rss_vs_target, finesse_rss_vs_measurement]
+    specs = {spec.key.name: spec for check in checks for spec in check.check_specs}
+    assert specs["quality_vs_target"].description.startswith("quality >= 0.99 x the saved target")
+    assert "quality >= 0.98 x the latest saved measurement" in specs["finesse_rss_vs_measurement"].description
+    assert specs["latency_vs_target"].description.startswith("latency <= 2.5 x the saved target")
+    assert specs["throughput_vs_target"].description.startswith("throughput >= the saved target / 2.5")
+    assert specs["quality_vs_target"].blocking and specs["finesse_rss_vs_target"].blocking
+    assert not specs["quality_vs_measurement"].blocking and not specs["latency_vs_target"].blocking
+    margins = {**thresholds.DEFAULT_MARGINS, Against.targets: {MetricKind.quality: 0.97}}
+    monkeypatch.setattr(thresholds, "DEFAULT_MARGINS", margins)
+    assert check_description(Against.targets, (MetricKind.quality,), True).startswith(
+        "quality >= 0.97 x the saved target"
+    )
+
+
 def test_target_drift_fails_the_run_and_measurement_drift_warns(setup):
     resources, instance, configs_dir = setup
+    # a model config's margin override is the margin in force, and a passing check says which it applied
+    _override_margins(configs_dir, {"measurements": {"quality": 0.97}})
     _cli("--save-targets", "local")
     _cli("--save-measurements", "local")
     result = _run(resources, instance)
     evals = _evaluations(result)
     assert result.success and evals["quality_vs_target"].passed and evals["quality_vs_measurement"].passed
     assert evals["quality_vs_target"].metadata["ndcg_at_10_ratio"].value == pytest.approx(1.0)
+    assert "ndcg_at_10 >= 0.99 x the saved target" in evals["quality_vs_target"].description
+    assert "recall_at_10 >= 0.97 x the latest saved measurement" in evals["quality_vs_measurement"].description
 
     _scale(configs_dir, "measurements", "recall_at_10", 1.05)
     result = _run(resources, instance)

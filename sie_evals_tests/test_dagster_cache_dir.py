@@ -6,7 +6,7 @@ import pytest
 
 from sie_evals.defs.evals import assets
 from sie_evals.defs.evals.assets import embeddings, task_dataset
-from sie_evals.defs.evals.resources import EvalSettings
+from sie_evals.defs.evals.resources import EngineFactory, EvalSettings
 from sie_evals.lib.gates.keys import EvalKey
 
 
@@ -22,7 +22,7 @@ def test_embeddings_step_exports_under_the_resources_cache_dir(tmp_path, monkeyp
     monkeypatch.setattr(assets, "EVAL_KEYS", [*assets.EVAL_KEYS, EvalKey("all-MiniLM-L6-v2@onnx", task, "local")])
     snap = task_dataset(dg.build_asset_context(partition_key=task), settings=settings).value
     context = dg.build_asset_context(partition_key=f"all-MiniLM-L6-v2@onnx:local|{task}")
-    out = next(iter(embeddings(context, task_dataset=snap, settings=settings))).value
+    out = next(iter(embeddings(context, task_dataset=snap, settings=settings, engines=EngineFactory()))).value
 
     assert out["cache"]["misses"] > 0
     exports = sorted(p.name for p in (tmp_path / "cache" / "exports").iterdir())

@@ -298,7 +298,7 @@ def test_mteb_only_task_materializes_through_the_eval_assets(tmp_path, monkeypat
 
     from sie_evals.defs.evals import assets
     from sie_evals.defs.evals.assets import embeddings, quality_scores, task_dataset
-    from sie_evals.defs.evals.resources import EvalSettings
+    from sie_evals.defs.evals.resources import EngineFactory, EvalSettings
     from sie_evals.lib.gates.keys import EvalKey
 
     _clustering_folder(tmp_path / "data")
@@ -314,7 +314,7 @@ def test_mteb_only_task_materializes_through_the_eval_assets(tmp_path, monkeypat
 
     def embed() -> dict:
         context = dg.build_asset_context(partition_key=key)
-        return next(iter(embeddings(context, task_dataset=snap, settings=settings))).value
+        return next(iter(embeddings(context, task_dataset=snap, settings=settings, engines=EngineFactory()))).value
 
     # the task's texts (fewer than a cache chunk's 2048) are one entry: embedded once, then read back
     rows = (tmp_path / "data" / "twentynewsgroupsclustering.v2" / "test.jsonl").read_text().splitlines()
@@ -324,7 +324,11 @@ def test_mteb_only_task_materializes_through_the_eval_assets(tmp_path, monkeypat
     again = embed()
     assert again["cache"] == {"hits": 1, "misses": 0, "corrupt": 0}
     scores = quality_scores(
-        dg.build_asset_context(partition_key=key), task_dataset=snap, embeddings=emb, settings=settings
+        dg.build_asset_context(partition_key=key),
+        task_dataset=snap,
+        embeddings=emb,
+        settings=settings,
+        engines=EngineFactory(),
     )
     spec, data = load_task(task, DataOptions(data_root=tmp_path / "data"))
     config = find_model_config(MODEL_ID)

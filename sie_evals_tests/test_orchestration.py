@@ -17,7 +17,7 @@ from sie_evals.defs.alerts.sensors import make_check_failure_sensor, run_failure
 from sie_evals.defs.evals.assets import embeddings, perf_scores, quality_scores, target_comparison, task_dataset
 from sie_evals.defs.evals.checks import EVAL_CHECKS
 from sie_evals.defs.evals.partitions import EVAL_KEYS, partition_key
-from sie_evals.defs.evals.resources import EvalSettings, JsonIOManager
+from sie_evals.defs.evals.resources import EngineFactory, EvalSettings, JsonIOManager
 from sie_evals.defs.evals.schedules import NIGHTLY_TAG, nightly_evals
 from sie_evals.defs.evals.sensors import evals_after_dataset, night_is_done
 from sie_evals.defs.reports.assets import eval_report
@@ -68,6 +68,7 @@ def graph(tmp_path, session_cache, configs_dir, monkeypatch):
             perf_warmup_requests=2,
             perf_trials=1,
         ),
+        "engines": EngineFactory(),
         "json_io": JsonIOManager(base_dir=str(tmp_path / "io")),
     }
     instance = dg.DagsterInstance.ephemeral()

@@ -5,7 +5,7 @@ import dagster as dg
 import pytest
 
 from sie_evals.defs.evals.assets import perf_scores, task_dataset
-from sie_evals.defs.evals.resources import EvalSettings, JsonIOManager
+from sie_evals.defs.evals.resources import EngineFactory, EvalSettings, JsonIOManager
 
 
 @pytest.mark.slow
@@ -23,7 +23,11 @@ def test_perf_scores_sweep_attaches_the_saturation_plot(tmp_path, session_cache,
         perf_sweep="concurrency=1,2",
         perf_slos="p99_ms<=600000",
     )
-    resources = {"settings": settings, "json_io": JsonIOManager(base_dir=str(tmp_path / "io"))}
+    resources = {
+        "settings": settings,
+        "engines": EngineFactory(),
+        "json_io": JsonIOManager(base_dir=str(tmp_path / "io")),
+    }
     instance = dg.DagsterInstance.ephemeral()
     assets = [task_dataset, perf_scores]
     assert dg.materialize(

@@ -16,7 +16,7 @@ import pytest
 
 from sie_evals.defs.evals.assets import embeddings, quality_scores, task_dataset
 from sie_evals.defs.evals.checks import quality_vs_target
-from sie_evals.defs.evals.resources import EvalSettings, JsonIOManager
+from sie_evals.defs.evals.resources import EngineFactory, EvalSettings, JsonIOManager
 from sie_evals_tests.conftest import REPO_ROOT, skip_unless_required
 
 KEY = "all-MiniLM-L6-v2:local|beir/SciFact"  # model:source x task: all-MiniLM-L6-v2:beir/SciFact:local
@@ -85,6 +85,7 @@ def test_materialize_partition_on_postgres(postgres, tmp_path, session_cache, mo
         "settings": EvalSettings(
             results_dir=str(tmp_path / "results"), cache_dir=str(session_cache), limit_queries=20, corpus_size=200
         ),
+        "engines": EngineFactory(),
         "json_io": JsonIOManager(base_dir=str(tmp_path / "io")),
     }
     defs = [task_dataset, embeddings, quality_scores, quality_vs_target]

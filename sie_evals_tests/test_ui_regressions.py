@@ -16,7 +16,7 @@ from ruamel.yaml import YAML
 
 from sie_evals.defs.evals.assets import embeddings, quality_scores, task_dataset
 from sie_evals.defs.evals.checks import quality_vs_measurement, quality_vs_target
-from sie_evals.defs.evals.resources import EvalSettings, JsonIOManager
+from sie_evals.defs.evals.resources import EngineFactory, EvalSettings, JsonIOManager
 from sie_evals.lib.config.model_config import find_model_config
 from sie_evals.lib.gates.drift import REGRESSED_QUERIES
 from sie_evals.lib.gates.keys import ResultKey
@@ -59,7 +59,7 @@ def _resources(tmp_path, session_cache, configs, profile: str) -> dict:
         profile=profile,
         **SLICE,
     )
-    return {"settings": settings, "json_io": JsonIOManager(base_dir=str(tmp_path / "io"))}
+    return {"settings": settings, "engines": EngineFactory(), "json_io": JsonIOManager(base_dir=str(tmp_path / "io"))}
 
 
 def _failing_run(tmp_path, session_cache, configs, instance) -> tuple[pd.DataFrame, pd.DataFrame]:
