@@ -5,7 +5,7 @@ import dagster as dg
 from sie_evals.defs.alerts.sensors import make_check_failure_sensor, run_failure_alerts
 from sie_evals.defs.evals.assets import embeddings, perf_scores, quality_scores, target_comparison, task_dataset
 from sie_evals.defs.evals.checks import EVAL_CHECKS
-from sie_evals.defs.evals.resources import EvalSettings, JsonIOManager
+from sie_evals.defs.evals.resources import EngineFactory, EvalSettings, JsonIOManager
 from sie_evals.defs.evals.schedules import dataset_job, eval_job, nightly_evals
 from sie_evals.defs.evals.sensors import evals_after_dataset
 from sie_evals.defs.finesse.assets import finesse_embeddings, finesse_scores
@@ -28,7 +28,7 @@ def defs() -> dg.Definitions:
         jobs=[dataset_job, eval_job, report_job],
         schedules=[nightly_evals],
         sensors=[evals_after_dataset, report_after_nightly, make_check_failure_sensor(check_keys), run_failure_alerts],
-        resources={"settings": EvalSettings.from_env(), "json_io": JsonIOManager()},
+        resources={"settings": EvalSettings.from_env(), "engines": EngineFactory(), "json_io": JsonIOManager()},
         # One process per run: the model loads once and no step pays a subprocess start-up.
         executor=dg.in_process_executor,
     )
