@@ -469,7 +469,8 @@ def diff_cmd(
     and the run conditions that differ. Exit 2 for unreadable or incomparable inputs."""
     from sie_evals.lib.core.atomic import atomic_write_json, atomic_write_text
     from sie_evals.lib.gates.diff import build_diff, render_markdown, render_terminal
-    from sie_evals.lib.harness.report import TABLE_METRICS_BY_TYPE, read_diff_side, task_texts
+    from sie_evals.lib.harness.report import read_diff_side, task_texts
+    from sie_evals.lib.quality.task_types import table_metrics
 
     if output is not None:
         if output.suffix not in {f.value for f in DiffFormat}:
@@ -477,7 +478,7 @@ def diff_cmd(
         paths.writable_file(output, "-o")
     side_a, side_b = (read_diff_side(x, paths.model_configs_dir()) for x in (a, b))
     task_data = task_texts(side_a, data_dir or paths.data_dir()) if texts else None
-    shown = TABLE_METRICS_BY_TYPE.get(side_a.task_type)  # the eval table's metrics; others: all per-query ones
+    shown = table_metrics(side_a.task_type)  # the eval table's metrics; others: all per-query ones
     diff = build_diff(side_a, side_b, task_data, metric, queries, list(shown) if shown else None)
     if output is not None:
         if output.suffix == DiffFormat.md:

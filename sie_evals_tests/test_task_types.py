@@ -13,14 +13,8 @@ from sie_evals.cli import app
 from sie_evals.lib.core.errors import DatasetError
 from sie_evals.lib.engines import EmbedKind
 from sie_evals.lib.harness.evaluation import load_data
-from sie_evals.lib.quality.scoring import (
-    _best_accuracy,
-    _best_f1,
-    classification_metrics,
-    score_task,
-    task_inputs,
-    undersample_indices,
-)
+from sie_evals.lib.quality.scoring import _best_accuracy, _best_f1, classification_metrics, undersample_indices
+from sie_evals.lib.quality.task_types import score_task, task_inputs
 from sie_evals.lib.tasks import resolve_task
 from sie_evals_tests.conftest import DATA, MODEL_ID
 

@@ -19,49 +19,11 @@ from sie_evals.lib.gates.diff import DiffSide, TaskTexts
 from sie_evals.lib.gates.saved_results import load_per_query, load_run, parse_saved_ref, saved_entry
 from sie_evals.lib.harness.evaluation import SourceResult
 from sie_evals.lib.quality.ranking import DEFAULT_RUN_K, read_run
-from sie_evals.lib.quality.scoring import TaskData
+from sie_evals.lib.quality.task_types import table_metrics
 from sie_evals.lib.tasks import TaskSpec, resolve_task
+from sie_evals.lib.tasks.base import TaskDataBase as TaskData
 
 REPORT_FORMAT = 1
-TABLE_METRICS = (
-    "ndcg_at_10",
-    "map_at_10",
-    "recall_at_10",
-    "precision_at_10",
-    "mrr_at_10",
-    "ndcg_at_1",
-    "ndcg_at_100",
-    "map_at_100",
-    "recall_at_100",
-    "recall_at_1000",
-)
-
-
-TABLE_METRICS_BY_TYPE = {
-    "retrieval": TABLE_METRICS,
-    "classification": ("accuracy", "f1", "f1_weighted", "precision", "recall", "precision_weighted", "recall_weighted"),
-    "pair_classification": (
-        "max_ap",
-        "cosine_ap",
-        "cosine_accuracy",
-        "cosine_f1",
-        "cosine_precision",
-        "cosine_recall",
-        "dot_ap",
-        "euclidean_ap",
-        "manhattan_ap",
-        "max_f1",
-        "max_accuracy",
-    ),
-    "sts": (
-        "cosine_spearman",
-        "cosine_pearson",
-        "euclidean_spearman",
-        "euclidean_pearson",
-        "manhattan_spearman",
-        "manhattan_pearson",
-    ),
-}
 PERF_TABLE_METRICS = (
     "latency_p50_ms",
     "latency_p90_ms",
@@ -235,7 +197,7 @@ def _fmt(v: float | None, digits: int = 5) -> str:
 def headline_metrics(task_type: str, metrics: dict[str, Any]) -> list[str]:
     """The metrics a table row or Dagster metadata shows for one result: the task type's table, or for a
     type this project has no table for (MTEB backend) MTEB's top-level numeric metrics."""
-    names = TABLE_METRICS_BY_TYPE.get(task_type)
+    names = table_metrics(task_type)
     if names is None:
         names = [m for m, v in metrics.items() if "." not in m and m != "main_score" and isinstance(v, int | float)]
     return [m for m in names if m in metrics][:20]
@@ -258,7 +220,7 @@ def render_table(report: dict[str, Any], console: Console | None = None) -> None
     for s in sources:
         table.add_column(s, justify="right")
     perf = report.get("type") == "perf"
-    rows = TABLE_METRICS_BY_TYPE.get(report["task_type"]) or _mteb_rows(report, sources)
+    rows = table_metrics(report["task_type"]) or _mteb_rows(report, sources)
     if perf:  # server-timing rows only when some source reported them
         rows = [m for m in PERF_TABLE_METRICS if any(m in report["sources"][s]["metrics"] for s in sources)]
     for metric in rows:

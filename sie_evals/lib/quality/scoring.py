@@ -1,4 +1,4 @@
-"""What each task type embeds, and how it is scored, exactly as MTEB does it.
+"""How each native task type (lib/quality/task_types.py) is scored, exactly as MTEB does it.
 
 - retrieval: queries and documents; cosine top-k and pytrec_eval metrics (metrics.py).
 - classification (MTEB AbsTaskClassification): for each of 10 experiments, 8 training examples per
@@ -19,24 +19,23 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sie_evals.lib.core.errors import InputError
-from sie_evals.lib.engines.base import EmbedKind
 from sie_evals.lib.engines.vectors import MuveraVectors
 from sie_evals.lib.quality import output_search
 from sie_evals.lib.quality.maxsim import maxsim_top_k
 from sie_evals.lib.quality.metrics import retrieval_scores
 from sie_evals.lib.quality.search import exact_top_k, to_run
+from sie_evals.lib.tasks.base import TaskDataBase
 from sie_evals.lib.tasks.labeled import ClassificationData, PairData
-from sie_evals.lib.tasks.registry import EvalRules, TaskSpec
 from sie_evals.lib.tasks.retrieval import RetrievalData
+from sie_evals.lib.tasks.spec import ClassificationRules, RetrievalRules, STSRules
 
-TaskData = RetrievalData | ClassificationData | PairData
+TaskData = TaskDataBase  # any task type's data (kept here for the importers of the old union)
 
 
 # ---------------------------------------------------------------- inputs
 
 
-def undersample_indices(labels: list[int], rules: EvalRules) -> list[list[int]]:
+def undersample_indices(labels: list[int], rules: ClassificationRules) -> list[list[int]]:
     """MTEB's _undersample_data over all experiments: the index list is shuffled in place with a
     fresh RandomState(seed) each experiment (so shuffles compound), then the first
     `samples_per_label` rows of each label in shuffled order are kept."""
@@ -54,33 +53,22 @@ def undersample_indices(labels: list[int], rules: EvalRules) -> list[list[int]]:
     return experiments
 
 
-def task_inputs(spec: TaskSpec, data: TaskData) -> dict[EmbedKind, list[str]]:
-    """The texts to embed, per kind. Symmetric tasks use the query side (prefix) for every text."""
-    if isinstance(data, RetrievalData):
-        return {EmbedKind.query: data.query_texts, EmbedKind.document: data.corpus_texts}
-    if isinstance(data, ClassificationData):
-        union = sorted({i for exp in undersample_indices(data.train_labels, spec.rules) for i in exp})
-        texts = [data.train_texts[i] for i in union] + data.test_texts
-        return {EmbedKind.query: list(dict.fromkeys(texts))}
-    return data.embedding_inputs()
-
-
 # ---------------------------------------------------------------- scoring
 
 
 def retrieval_top_k(
-    spec: TaskSpec, queries: np.ndarray, documents: np.ndarray, similarity: str = "cosine"
+    rules: RetrievalRules, queries: np.ndarray, documents: np.ndarray, similarity: str = "cosine"
 ) -> tuple[np.ndarray, np.ndarray]:
     """The ranking score_retrieval scores (also what --save-run writes): (scores, indices), top
     max(k_values) per query, best first, ties by document index ascending."""
-    k = max(spec.rules.k_values)
+    k = max(rules.k_values)
     if similarity == "cosine" and isinstance(queries, np.ndarray) and isinstance(documents, np.ndarray):
         return exact_top_k(queries, documents, k=k)
     return output_search.top_k(queries, documents, k, similarity)  # sparse, MaxSim, MUVERA: engines/vectors.py
 
 
 def score_retrieval(
-    spec: TaskSpec,
+    rules: RetrievalRules,
     data: RetrievalData,
     queries: np.ndarray,
     documents: np.ndarray,
@@ -88,20 +76,19 @@ def score_retrieval(
     top: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[dict[str, float], pd.DataFrame]:
     """`top`: retrieval_top_k's result, when the caller keeps the ranking too (lib/quality/ranking.py)."""
-    rules = spec.rules
-    scores, indices = top if top is not None else retrieval_top_k(spec, queries, documents, similarity)
+    scores, indices = top if top is not None else retrieval_top_k(rules, queries, documents, similarity)
     run = to_run(data.query_ids, data.corpus_ids, scores, indices)
     return retrieval_scores(data.qrels, run, rules.k_values, rules.ignore_identical_ids, rules.skip_first_result)
 
 
-def muvera_report(spec: TaskSpec, data: RetrievalData, queries: Any, documents: Any) -> dict[str, Any]:
+def muvera_report(rules: RetrievalRules, data: RetrievalData, queries: Any, documents: Any) -> dict[str, Any]:
     """Report fields of MUVERA's pipeline (the headline metrics are the rescored ranking's, from
     retrieval_top_k): the raw FDE search's metrics (top max(k) by FDE dot product) and the recall of
     exact MaxSim's top 10 within the `rescore_k` candidates (an exact MaxSim search over the whole
     corpus: the cost of knowing what the candidates missed). Empty for any other output."""
     if not (isinstance(queries, MuveraVectors) and isinstance(documents, MuveraVectors)):
         return {}
-    rules, rescore_k = spec.rules, queries.rescore_k
+    rescore_k = queries.rescore_k
     k = max(rules.k_values)
     raw_s, raw_i = output_search.dot_top_k(queries.fde, documents.fde, max(k, rescore_k))
     candidates = raw_i[:, :rescore_k]  # rows best first: the top rescore_k, as muvera_top_k takes them
@@ -121,28 +108,8 @@ def muvera_report(spec: TaskSpec, data: RetrievalData, queries: Any, documents: 
     }
 
 
-def score_task(
-    spec: TaskSpec, data: TaskData, vectors: dict[EmbedKind, np.ndarray], similarity: str = "cosine"
-) -> tuple[dict[str, float], pd.DataFrame]:
-    """`similarity`: vectors.similarity(profile); cosine unless the profile is sparse, multivector or MUVERA."""
-    if isinstance(data, RetrievalData):
-        return score_retrieval(spec, data, vectors[EmbedKind.query], vectors[EmbedKind.document], similarity)
-    if similarity != "cosine" or not all(isinstance(v, np.ndarray) for v in vectors.values()):
-        raise InputError(
-            f"{spec.task_id}: {spec.type} tasks are scored on dense vectors with cosine; "
-            f"this profile's output ({similarity}) is evaluated on retrieval tasks only"
-        )
-    lookup = _lookup(task_inputs(spec, data)[EmbedKind.query], vectors[EmbedKind.query])
-    if isinstance(data, ClassificationData):
-        return score_classification(data, lookup, spec.rules)
-    e1 = np.stack([lookup[t] for t in data.sentence1])
-    e2 = np.stack([lookup[t] for t in data.sentence2])
-    if spec.type == "sts":
-        return score_sts(data, e1, e2, spec.rules)
-    return score_pair_classification(data, e1, e2)
-
-
-def _lookup(texts: list[str], vectors: np.ndarray) -> dict[str, np.ndarray]:
+def lookup(texts: list[str], vectors: np.ndarray) -> dict[str, np.ndarray]:
+    """text -> its vector (rows align with the texts embedded)."""
     if len(texts) != len(vectors):
         raise ValueError(f"{len(texts)} texts but {len(vectors)} vectors")
     return dict(zip(texts, vectors, strict=True))
@@ -167,7 +134,7 @@ def classification_metrics(y_true: list[int], y_pred: np.ndarray) -> dict[str, f
 
 
 def score_classification(
-    data: ClassificationData, lookup: dict[str, np.ndarray], rules: EvalRules
+    data: ClassificationData, lookup: dict[str, np.ndarray], rules: ClassificationRules
 ) -> tuple[dict[str, float], pd.DataFrame]:
     from sklearn.linear_model import LogisticRegression
 
@@ -274,9 +241,7 @@ def score_pair_classification(data: PairData, e1: np.ndarray, e2: np.ndarray) ->
     return metrics, frame
 
 
-def score_sts(
-    data: PairData, e1: np.ndarray, e2: np.ndarray, rules: EvalRules
-) -> tuple[dict[str, float], pd.DataFrame]:
+def score_sts(data: PairData, e1: np.ndarray, e2: np.ndarray, rules: STSRules) -> tuple[dict[str, float], pd.DataFrame]:
     from scipy.stats import pearsonr, spearmanr
 
     gold = [(s - rules.min_score) / (rules.max_score - rules.min_score) for s in data.gold]

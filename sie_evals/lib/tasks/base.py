@@ -20,6 +20,11 @@ class TaskDataBase:
         measurements are keyed by it, so a slice is never compared with the full split."""
         return self.split if not self.subset else f"{self.split}@n{self.subset['limit']}"
 
+    def snapshot_meta(self) -> dict[str, Any]:
+        """What the `task_dataset` snapshot records beside the tables (snapshot.py); the tables themselves come
+        from `snapshot_frames()` and are read back by the classmethod `from_snapshot(common, meta, frame)`."""
+        return {}
+
     def describe(self) -> dict[str, Any]:
         warnings = list(getattr(self, "warnings", ()))
         return {

@@ -5,6 +5,7 @@ reported with its file and row number."""
 import csv
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -13,11 +14,13 @@ from sie_evals.lib.core.errors import DatasetError
 from sie_evals.lib.core.text_files import open_utf8, read_utf8
 from sie_evals.lib.engines.base import EmbedKind
 from sie_evals.lib.tasks.base import TaskDataBase
-from sie_evals.lib.tasks.registry import TaskSpec
+from sie_evals.lib.tasks.slicing import stable_sample
+from sie_evals.lib.tasks.spec import STSRules, TaskSpec
 
 
-def _stable_rank(i: int, text: str) -> str:
-    return hashlib.sha256(f"{i}\x1f{text}".encode()).hexdigest()
+def row_keys(texts: list[str]) -> list[str]:
+    """Slicing keys of rows without ids: row number and text (slicing.stable_sample)."""
+    return [f"{i}\x1f{text}" for i, text in enumerate(texts)]
 
 
 def _hash(*sections: tuple[str, list[Any]]) -> str:
@@ -58,10 +61,33 @@ class ClassificationData(TaskDataBase):
     def counts(self) -> dict[str, int]:
         return {"train": len(self.train_texts), "test": len(self.test_texts), "labels": len(self.label_names)}
 
+    def snapshot_frames(self) -> dict[str, Any]:
+        import pandas as pd
+
+        return {
+            "train": pd.DataFrame({"text": self.train_texts, "label": self.train_labels}),
+            "test": pd.DataFrame({"text": self.test_texts, "label": self.test_labels}),
+        }
+
+    def snapshot_meta(self) -> dict[str, Any]:
+        return {"label_names": self.label_names}
+
+    @classmethod
+    def from_snapshot(cls, common: dict[str, Any], meta: dict[str, Any], frame: Callable[[str], Any]):
+        train, test = frame("train"), frame("test")
+        return cls(
+            train_texts=train["text"].tolist(),
+            train_labels=train["label"].tolist(),
+            test_texts=test["text"].tolist(),
+            test_labels=test["label"].tolist(),
+            label_names=meta["label_names"],
+            **common,
+        )
+
     def take_subset(self, limit: int, _corpus_size: int | None = None) -> "ClassificationData":
         """The first `limit` test rows by a hash of (row, text); the train split stays whole (MTEB
         samples from it per label anyway)."""
-        keep = set(sorted(range(len(self.test_texts)), key=lambda i: _stable_rank(i, self.test_texts[i]))[:limit])
+        keep = set(stable_sample(row_keys(self.test_texts), limit))
         return replace(
             self,
             test_texts=[t for i, t in enumerate(self.test_texts) if i in keep],
@@ -103,9 +129,23 @@ class PairData(TaskDataBase):
     def embedding_inputs(self) -> dict[EmbedKind, list[str]]:
         return {EmbedKind.query: self.unique_texts()}
 
+    def snapshot_frames(self) -> dict[str, Any]:
+        import pandas as pd
+
+        return {"pairs": pd.DataFrame({"sentence1": self.sentence1, "sentence2": self.sentence2, "gold": self.gold})}
+
+    @classmethod
+    def from_snapshot(cls, common: dict[str, Any], meta: dict[str, Any], frame: Callable[[str], Any]) -> "PairData":
+        pairs = frame("pairs")
+        return cls(
+            sentence1=pairs["sentence1"].tolist(),
+            sentence2=pairs["sentence2"].tolist(),
+            gold=pairs["gold"].tolist(),
+            **common,
+        )
+
     def take_subset(self, limit: int, _corpus_size: int | None = None) -> "PairData":
-        keep = set(sorted(range(len(self.gold)), key=lambda i: _stable_rank(i, self.sentence1[i]))[:limit])
-        pick = [i for i in range(len(self.gold)) if i in keep]
+        pick = stable_sample(row_keys(self.sentence1), limit)
         return replace(
             self,
             sentence1=[self.sentence1[i] for i in pick],
@@ -197,7 +237,9 @@ def load_sts_layout(spec: TaskSpec, split: str, data_root: Path) -> PairData:
     """`sts-<split>.csv` (STS Benchmark release): tab-separated, no header; score in column 5,
     sentences in 6 and 7 (1-based), extra trailing columns ignored; sentences kept raw as MTEB does."""
     path = _split_file(_folder(spec, data_root), split, "sts-{split}.csv", spec)
-    lo, hi = spec.rules.min_score, spec.rules.max_score
+    rules = spec.rules
+    assert isinstance(rules, STSRules), f"{spec.task_id}: STS data needs STSRules, got {type(rules).__name__}"
+    lo, hi = rules.min_score, rules.max_score
     s1, s2, gold = [], [], []
     with open_utf8(path, DatasetError) as fh:
         for lineno, line in enumerate(fh, start=1):

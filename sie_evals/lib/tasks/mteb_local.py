@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from sie_evals.lib.core.errors import DatasetError
-from sie_evals.lib.tasks.labeled import _stable_rank
-from sie_evals.lib.tasks.registry import EvalRules, TaskSpec
+from sie_evals.lib.tasks.labeled import row_keys
+from sie_evals.lib.tasks.slicing import stable_sample
+from sie_evals.lib.tasks.spec import ClassificationRules, PairClassificationRules, STSRules, TaskRules, TaskSpec
 
 
 def is_retrieval_like(task: Any) -> bool:
@@ -21,10 +22,14 @@ def _place(task: Any, hf_subset: str, value: Any, keyed_by_subset: bool) -> None
     task.data_loaded = True
 
 
-def _spec_for(task: Any, folder: Path, kind: str) -> TaskSpec:
-    """The native loaders take a TaskSpec; this one points at `folder` and carries the task's score range."""
-    rules = EvalRules(min_score=float(getattr(task, "min_score", 0)), max_score=float(getattr(task, "max_score", 5)))
+def _spec_for(task: Any, folder: Path, kind: str, rules: TaskRules) -> TaskSpec:
+    """The native loaders take a TaskSpec; this one points at `folder`."""
     return TaskSpec(task_id=f"mteb/{task.metadata.name}", type=kind, local_dir=folder.name, rules=rules)
+
+
+def _sts_rules(task: Any) -> STSRules:
+    """The task's own gold score range."""
+    return STSRules(min_score=float(getattr(task, "min_score", 0)), max_score=float(getattr(task, "max_score", 5)))
 
 
 def load_folder(task: Any, folder: Path, hf_subset: str, split: str) -> tuple[str, ...]:
@@ -53,7 +58,9 @@ def load_folder(task: Any, folder: Path, hf_subset: str, split: str) -> tuple[st
     spec_root = folder.parent
     native: Any = None
     if ttype == "Classification" and (folder / "train.csv").is_file() and (folder / "label_names.json").is_file():
-        d = labeled.load_banking77_layout(_spec_for(task, folder, "classification"), split, spec_root)
+        d = labeled.load_banking77_layout(
+            _spec_for(task, folder, "classification", ClassificationRules()), split, spec_root
+        )
         native = DatasetDict(
             {
                 "train": Dataset.from_dict(
@@ -63,7 +70,9 @@ def load_folder(task: Any, folder: Path, hf_subset: str, split: str) -> tuple[st
             }
         )
     elif ttype == "PairClassification" and (folder / f"mteb_{split}.tsv").is_file():
-        d = labeled.load_twitter_layout(_spec_for(task, folder, "pair_classification"), split, spec_root)
+        d = labeled.load_twitter_layout(
+            _spec_for(task, folder, "pair_classification", PairClassificationRules()), split, spec_root
+        )
         native = DatasetDict(
             {
                 split: Dataset.from_dict(
@@ -76,7 +85,7 @@ def load_folder(task: Any, folder: Path, hf_subset: str, split: str) -> tuple[st
             }
         )
     elif ttype == "STS" and (folder / f"sts-{split}.csv").is_file():
-        d = labeled.load_sts_layout(_spec_for(task, folder, "sts"), split, spec_root)
+        d = labeled.load_sts_layout(_spec_for(task, folder, "sts", _sts_rules(task)), split, spec_root)
         c1, c2 = task.column_names
         native = DatasetDict({split: Dataset.from_dict({c1: d.sentence1, c2: d.sentence2, "score": d.gold})})
     if native is not None:  # already in the evaluator's columns: no dataset_transform
@@ -177,7 +186,7 @@ def slice_task(task: Any, hf_subset: str, split: str, limit: int, corpus_size: i
     if len(data) > limit:
         # the native slices' rule (labeled.py): rows ranked by a hash of (row, first text), so both backends agree
         texts = data[_first_text_column(task, data)]
-        keep = sorted(sorted(range(len(data)), key=lambda i: _stable_rank(i, str(texts[i])))[:limit])
+        keep = stable_sample(row_keys([str(t) for t in texts]), limit)
         data = data.select(keep)
     _set_split_data(task, hf_subset, split, data)
 

@@ -138,6 +138,75 @@ class MtebTaskData(TaskDataBase):
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "mteb": task_metadata(self.task, self.hf_subset)}
 
+    def snapshot_frames(self) -> dict[str, Any]:
+        """The evaluated split as MTEB's evaluator reads it: a table each (retrieval: corpus, queries, qrels;
+        other types: each split of the task's dataset, `split-<name>`); snapshot_meta names the task and subset."""
+        import pandas as pd
+
+        from sie_evals.lib.tasks import mteb_local
+
+        split_data = mteb_local._split_data(self.task, self.hf_subset, self.split)
+        tables: dict[str, Any] = {}
+        if mteb_local.is_retrieval_like(self.task):
+            tables["corpus"] = split_data["corpus"].to_pandas()
+            tables["queries"] = split_data["queries"].to_pandas()
+            tables["qrels"] = pd.DataFrame(
+                [(q, d, s) for q, docs in split_data["relevant_docs"].items() for d, s in docs.items()],
+                columns=["query_id", "doc_id", "score"],
+            )
+            if split_data.get("top_ranked"):
+                tables["top_ranked"] = pd.DataFrame(
+                    [(q, d) for q, docs in split_data["top_ranked"].items() for d in docs],
+                    columns=["query_id", "doc_id"],
+                )
+        else:
+            dataset = self.task.dataset
+            splits = dataset[self.hf_subset] if self.task.metadata.is_multilingual else dataset
+            for name in splits:
+                tables[f"split-{name}"] = splits[name].to_pandas()
+        return tables
+
+    def snapshot_meta(self) -> dict[str, Any]:
+        return {"mteb_name": self.task.metadata.name, "hf_subset": self.hf_subset}
+
+    @classmethod
+    def from_snapshot(cls, common: dict[str, Any], meta: dict[str, Any], frame: Any) -> "MtebTaskData":
+        from datasets import Dataset, DatasetDict
+
+        from sie_evals.lib.tasks import mteb_local
+
+        task = get_mteb_task(meta["mteb_name"], meta["hf_subset"] if meta["hf_subset"] != "default" else None)
+        task.filter_eval_splits([meta["split"]])
+        if mteb_local.is_retrieval_like(task):
+            qrels: dict[str, dict[str, int]] = {}
+            for q, d, s in frame("qrels").itertuples(index=False):
+                qrels.setdefault(q, {})[d] = int(s)
+            top_ranked = None
+            if "top_ranked" in meta["tables"]:
+                top_ranked = {}
+                for q, d in frame("top_ranked").itertuples(index=False):
+                    top_ranked.setdefault(q, []).append(d)
+            split_data = {
+                "corpus": Dataset.from_pandas(frame("corpus"), preserve_index=False),
+                "queries": Dataset.from_pandas(frame("queries"), preserve_index=False),
+                "relevant_docs": qrels,
+                "top_ranked": top_ranked,
+            }
+            task.dataset = {meta["hf_subset"]: {meta["split"]: split_data}}
+        else:
+            dd = DatasetDict(
+                {
+                    t.removeprefix("split-"): Dataset.from_pandas(frame(t), preserve_index=False)
+                    for t in meta["tables"]
+                    if t.startswith("split-")
+                }
+            )
+            task.dataset = {meta["hf_subset"]: dd} if task.metadata.is_multilingual else dd
+        task.data_loaded = True
+        return rebuild_task_data(
+            common["task_id"], task, meta["hf_subset"], common["split"], common["origin"], common["subset"]
+        )
+
 
 def candidate_folders(task: Any, native_dir: str | None) -> list[str]:
     names = [native_dir] if native_dir else []
@@ -212,18 +281,6 @@ def _split_of(task: Any, hf_subset: str, split: str) -> Any:
     if task.metadata.is_multilingual or (isinstance(dataset, dict) and hf_subset in dataset):
         return dataset[hf_subset][split]
     return dataset[split]
-
-
-def _stable_rank(i: int) -> str:
-    return hashlib.sha256(str(i).encode()).hexdigest()
-
-
-def _slice_dataset(ds: Any, limit: int) -> Any:
-    """A deterministic row sample (by a hash of the row index) in original order."""
-    if len(ds) <= limit:
-        return ds
-    keep = sorted(sorted(range(len(ds)), key=_stable_rank)[:limit])
-    return ds.select(keep)
 
 
 def load_mteb_task_data(

@@ -8,76 +8,23 @@ ignore_identical_ids, skip_first_result) are read from the installed mteb's task
 the project has one (the default), else MTEB's own task code (`backend="mteb"`).
 """
 
-from dataclasses import dataclass, field
-
-from sie_evals.lib.core.errors import UnknownNameError
-
-# MTEB's retrieval defaults (mteb.abstasks.retrieval.AbsTaskRetrieval).
-MTEB_K_VALUES: tuple[int, ...] = (1, 3, 5, 10, 20, 100, 1000)
-
-
-RETRIEVAL_TARGETS = (
-    "ndcg_at_10",
-    "map_at_10",
-    "recall_at_10",
-    "precision_at_10",
-    "mrr_at_10",
-    "ndcg_at_100",
-    "recall_at_100",
+from sie_evals.lib.core.errors import InputError, UnknownNameError
+from sie_evals.lib.tasks.spec import (
+    MTEB_K_VALUES,
+    ClassificationRules,
+    FinesseRules,
+    MtebRules,
+    PairClassificationRules,
+    RetrievalRules,
+    STSRules,
+    TaskSpec,
 )
 
+__all__ = ["MTEB_K_VALUES", "TaskSpec", "register_task", "registered_tasks", "resolve_task", "unregister_task"]
 
-@dataclass(frozen=True)
-class EvalRules:
-    """How MTEB evaluates a task (one rules type for every task type; fields a type does not use are
-    ignored). Defaults are MTEB's AbsTaskRetrieval / AbsTaskClassification ones."""
-
-    eval_splits: tuple[str, ...] = ("test",)
-    main_score: str = "ndcg_at_10"
-    k_values: tuple[int, ...] = MTEB_K_VALUES
-    ignore_identical_ids: bool = False
-    skip_first_result: bool = False
-    # What --save-targets stores and --check-targets gates on (users may add any valid metric by hand).
-    target_metrics: tuple[str, ...] = RETRIEVAL_TARGETS
-    # classification (MTEB AbsTaskClassification): experiments, examples drawn per label, seed
-    n_experiments: int = 10
-    samples_per_label: int = 8
-    seed: int = 42
-    # STS: the gold score range, normalised to 0-1 as MTEB does
-    min_score: float = 0.0
-    max_score: float = 5.0
-
-
-CLASSIFICATION_RULES = EvalRules(
-    main_score="accuracy", target_metrics=("accuracy", "f1", "f1_weighted", "precision", "recall")
-)
-PAIR_CLASSIFICATION_RULES = EvalRules(
-    main_score="max_ap",
-    target_metrics=("max_ap", "cosine_ap", "cosine_accuracy", "cosine_f1", "cosine_precision", "cosine_recall"),
-)
-STS_RULES = EvalRules(
-    main_score="cosine_spearman",
-    target_metrics=("cosine_spearman", "cosine_pearson", "euclidean_spearman", "manhattan_spearman"),
-)
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    task_id: str
-    type: str  # retrieval | classification | pair_classification | sts
-    local_dir: str  # folder name under the data root
-    hf_dataset: str | None = None  # hub dataset with corpus/queries/default(qrels) configs (MTEB layout)
-    hf_revision: str | None = None
-    mteb_name: str | None = None
-    aliases: tuple[str, ...] = ()
-    rules: EvalRules = field(default_factory=EvalRules)
-    registered: bool = True
-    backend: str = "native"  # native (this project's code) | mteb (MTEB's task code and evaluators)
-    hf_subset: str | None = None  # an MTEB task's language subset
-
-    @property
-    def default_split(self) -> str:
-        return self.rules.eval_splits[0]
+CLASSIFICATION_RULES = ClassificationRules()
+PAIR_CLASSIFICATION_RULES = PairClassificationRules()
+STS_RULES = STSRules()
 
 
 _REGISTERED: tuple[TaskSpec, ...] = (
@@ -89,7 +36,7 @@ _REGISTERED: tuple[TaskSpec, ...] = (
         hf_revision="0228b52cf27578f30900b9e5271d331663a030d7",
         mteb_name="SciFact",
         aliases=("mteb/SciFact",),
-        rules=EvalRules(),
+        rules=RetrievalRules(),
     ),
     TaskSpec(
         task_id="beir/NFCorpus",
@@ -99,7 +46,7 @@ _REGISTERED: tuple[TaskSpec, ...] = (
         hf_revision="ec0fa4fe99da2ff19ca1214b7966684033a58814",
         mteb_name="NFCorpus",
         aliases=("mteb/NFCorpus",),
-        rules=EvalRules(),
+        rules=RetrievalRules(),
     ),
     TaskSpec(
         task_id="mteb/Banking77Classification",
@@ -137,8 +84,6 @@ class FinesseTaskSpec(TaskSpec):
 
     @property
     def default_split(self) -> str:
-        from sie_evals.lib.core.errors import InputError
-
         raise InputError(
             f"{self.task_id} is a Finesse task: run it with the `finesse` CLI (finesse generate --config "
             f"sie_evals/data/finesse/{self.task_id.split('/', 1)[1]}.yaml, then finesse score) or the Dagster "
@@ -147,29 +92,43 @@ class FinesseTaskSpec(TaskSpec):
 
 
 # Finesse tasks: task id -> the config shipped in sie_evals/data/finesse/<name>.yaml.
-FINESSE_RULES = EvalRules(eval_splits=("probes",), main_score="average_rss", target_metrics=("average_rss",))
-FINESSE_SRS_RULES = EvalRules(eval_splits=("probes",), main_score="average_srs", target_metrics=("average_srs",))
+FINESSE_RULES = FinesseRules(main_score="average_rss", target_metrics=("average_rss",))
+FINESSE_SRS_RULES = FinesseRules(main_score="average_srs", target_metrics=("average_srs",))
 _FINESSE: tuple[TaskSpec, ...] = (
     FinesseTaskSpec(task_id="finesse/rss-default", type="finesse", local_dir="scifact", rules=FINESSE_RULES),
     FinesseTaskSpec(task_id="finesse/srs-default", type="finesse", local_dir="scifact", rules=FINESSE_SRS_RULES),
 )
-_REGISTERED = (*_REGISTERED, *_FINESSE)
+_TASKS: dict[str, TaskSpec] = {spec.task_id: spec for spec in (*_REGISTERED, *_FINESSE)}
+
+
+def register_task(spec: TaskSpec) -> None:
+    """Adds a task (a task type's own tasks: lib/quality/task_types.register_task_type); its id and aliases must
+    be new."""
+    index = _index()
+    taken = [n for n in (spec.task_id, *spec.aliases) if n.lower() in index]
+    if taken:
+        raise ValueError(f"task id or alias {', '.join(taken)} is already registered")
+    _TASKS[spec.task_id] = spec
+
+
+def unregister_task(task_id: str) -> None:
+    _TASKS.pop(task_id, None)
 
 
 def _index() -> dict[str, TaskSpec]:
     index: dict[str, TaskSpec] = {}
-    for spec in _REGISTERED:
+    for spec in _TASKS.values():
         for name in (spec.task_id, *spec.aliases):
             index[name.lower()] = spec
     return index
 
 
 def registered_tasks() -> tuple[TaskSpec, ...]:
-    return _REGISTERED
+    return tuple(_TASKS.values())
 
 
 def list_task_ids() -> list[str]:
-    return sorted(spec.task_id for spec in _REGISTERED)
+    return sorted(_TASKS)
 
 
 BACKENDS = ("native", "mteb")
@@ -192,9 +151,9 @@ def resolve_task_type(task_type: str) -> str:
     raise UnknownNameError("task type", task_type, valid)
 
 
-def _mteb_rules(task) -> EvalRules:
+def _mteb_rules(task) -> RetrievalRules:
     """A retrieval task's rules as the installed mteb defines them."""
-    return EvalRules(
+    return RetrievalRules(
         eval_splits=tuple(task.metadata.eval_splits),
         main_score=task.metadata.main_score,
         k_values=tuple(getattr(task, "k_values", MTEB_K_VALUES)),
@@ -219,7 +178,7 @@ def mteb_spec(name: str, hf_subset: str | None = None, native: "TaskSpec | None"
         hf_dataset=m.dataset["path"],
         hf_revision=m.dataset.get("revision"),
         mteb_name=m.name,
-        rules=EvalRules(eval_splits=tuple(m.eval_splits), main_score=main, target_metrics=native_targets or (main,)),
+        rules=MtebRules(eval_splits=tuple(m.eval_splits), main_score=main, target_metrics=native_targets or (main,)),
         registered=False,
         backend="mteb",
         hf_subset=hf_subset,
@@ -252,7 +211,7 @@ def resolve_task(task: str, backend: str | None = None) -> TaskSpec:
             type="retrieval",
             local_dir=folder,
             mteb_name=mteb_task.metadata.name if mteb_task is not None else None,
-            rules=_mteb_rules(mteb_task) if mteb_task is not None else EvalRules(),
+            rules=_mteb_rules(mteb_task) if mteb_task is not None else RetrievalRules(),
             registered=False,
         )
     if namespace.lower() == "mteb" and rest:
@@ -261,8 +220,6 @@ def resolve_task(task: str, backend: str | None = None) -> TaskSpec:
         if native is not None and not hf_subset and backend != "mteb":
             return native
         if backend == "native":
-            from sie_evals.lib.core.errors import InputError
-
             raise InputError(f"task {task}: this project has no native implementation; use --backend mteb (or omit it)")
         return mteb_spec(name, hf_subset or None, native=native if not hf_subset else None)
     valid = [

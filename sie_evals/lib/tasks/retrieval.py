@@ -18,7 +18,8 @@ from sie_evals.lib.core import paths
 from sie_evals.lib.core.errors import DatasetError
 from sie_evals.lib.core.text_files import open_utf8
 from sie_evals.lib.tasks.base import TaskDataBase
-from sie_evals.lib.tasks.registry import TaskSpec
+from sie_evals.lib.tasks.slicing import stable_sample
+from sie_evals.lib.tasks.spec import TaskSpec
 
 DEFAULT_SUBSET_CORPUS_SIZE = 1000
 log = logging.getLogger(__name__)
@@ -57,6 +58,36 @@ class RetrievalData(TaskDataBase):
             "qrels": sum(len(d) for d in self.qrels.values()),
         }
 
+    def snapshot_frames(self) -> dict[str, Any]:
+        """Its tables for the `task_dataset` snapshot (snapshot.py)."""
+        import pandas as pd
+
+        return {
+            "corpus": pd.DataFrame({"id": self.corpus_ids, "text": self.corpus_texts}),
+            "queries": pd.DataFrame({"id": self.query_ids, "text": self.query_texts}),
+            "qrels": pd.DataFrame(
+                [(q, d, s) for q, docs in self.qrels.items() for d, s in docs.items()],
+                columns=["query_id", "doc_id", "score"],
+            ),
+        }
+
+    @classmethod
+    def from_snapshot(
+        cls, common: dict[str, Any], meta: dict[str, Any], frame: Callable[[str], Any]
+    ) -> "RetrievalData":
+        corpus, queries = frame("corpus"), frame("queries")
+        qrels: dict[str, dict[str, int]] = {}
+        for q, d, s in frame("qrels").itertuples(index=False):
+            qrels.setdefault(q, {})[d] = int(s)
+        return cls(
+            corpus_ids=corpus["id"].tolist(),
+            corpus_texts=corpus["text"].tolist(),
+            query_ids=queries["id"].tolist(),
+            query_texts=queries["text"].tolist(),
+            qrels=qrels,
+            **common,
+        )
+
     def take_subset(self, limit_queries: int, corpus_size: int | None = None) -> "RetrievalData":
         """A deterministic slice for fast runs: `limit_queries` queries chosen by a hash of their id
         (not file position), their relevant documents, and other documents, also chosen by id hash,
@@ -64,10 +95,10 @@ class RetrievalData(TaskDataBase):
         if limit_queries <= 0:
             raise DatasetError(f"--limit-queries must be positive, got {limit_queries}")
         corpus_size = corpus_size or DEFAULT_SUBSET_CORPUS_SIZE
-        chosen = set(sorted(self.query_ids, key=_stable_rank)[:limit_queries])
+        chosen = {self.query_ids[i] for i in stable_sample(self.query_ids, limit_queries)}
         relevant = {d for q in chosen for d in self.qrels[q]} & set(self.corpus_ids)  # judged docs may be absent
-        fill = [d for d in sorted(self.corpus_ids, key=_stable_rank) if d not in relevant]
-        keep_docs = relevant | set(fill[: max(0, corpus_size - len(relevant))])
+        fill = [d for d in self.corpus_ids if d not in relevant]
+        keep_docs = relevant | {fill[i] for i in stable_sample(fill, corpus_size - len(relevant))}
         q_pairs = [(q, t) for q, t in zip(self.query_ids, self.query_texts, strict=True) if q in chosen]
         d_pairs = [(d, t) for d, t in zip(self.corpus_ids, self.corpus_texts, strict=True) if d in keep_docs]
         return replace(
@@ -80,10 +111,6 @@ class RetrievalData(TaskDataBase):
             subset={"limit_queries": limit_queries, "corpus_size": corpus_size},
             content_hash="",
         )
-
-
-def _stable_rank(item_id: str) -> str:
-    return hashlib.sha256(item_id.encode("utf-8")).hexdigest()
 
 
 def _content_hash(data: RetrievalData) -> str:
