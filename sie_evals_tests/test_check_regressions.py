@@ -14,6 +14,7 @@ from ruamel.yaml import YAML
 from sie_evals.defs.alerts.sensors import make_check_failure_sensor
 from sie_evals.defs.evals.assets import embeddings, quality_scores, task_dataset
 from sie_evals.defs.evals.checks import EVAL_CHECKS, quality_vs_measurement, quality_vs_target
+from sie_evals.defs.evals.partitions import sync_partitions
 from sie_evals.defs.evals.resources import EngineFactory, EvalSettings, JsonIOManager
 from sie_evals.defs.reports.assets import eval_report
 from sie_evals.lib.config.model_config import find_model_config
@@ -26,8 +27,7 @@ from sie_evals_tests.webhook import WebhookReceiver
 
 pytestmark = pytest.mark.slow  # three real materializations (~1 min)
 
-KEY = "all-MiniLM-L6-v2:local|beir/SciFact"
-CELL = "all-MiniLM-L6-v2:beir/SciFact:local"
+KEY = CELL = "all-MiniLM-L6-v2:beir/SciFact:local"  # the partition is the declared cell
 SLICE = {"limit_queries": 20, "corpus_size": 200}
 DEFS = [task_dataset, embeddings, quality_scores, quality_vs_target, quality_vs_measurement, eval_report]
 CONFIG_NAME = "sentence-transformers__all-MiniLM-L6-v2.yaml"
@@ -94,9 +94,10 @@ def test_failed_check_lists_regressed_queries_and_alert_links_to_it(
     monkeypatch.setenv("SIE_EVALS_MODEL_CONFIGS_DIR", str(configs_dir))
     _add_short_profile(configs_dir)
     instance = dg.DagsterInstance.ephemeral()
+    sync_partitions(instance, configs_dir)  # the declared cells, as the sync sensor makes them
     default = _resources(tmp_path, session_cache, configs_dir, "default")
     assert dg.materialize(
-        DEFS, selection=[task_dataset], partition_key="beir/SciFact", instance=instance, resources=default
+        DEFS, selection=[task_dataset], partition_key=KEY, instance=instance, resources=default
     ).success
 
     # the reference run: the default profile; nothing saved for it, so its checks pass and stay small

@@ -8,13 +8,14 @@ from typer.testing import CliRunner
 from sie_evals.cli import app
 from sie_evals.defs.evals.assets import embeddings, quality_scores, task_dataset
 from sie_evals.defs.evals.checks import EVAL_CHECKS, check_description, quality_vs_measurement, quality_vs_target
+from sie_evals.defs.evals.partitions import sync_partitions
 from sie_evals.defs.evals.resources import EngineFactory, EvalSettings, JsonIOManager
 from sie_evals.defs.finesse.checks import finesse_rss_vs_measurement, finesse_rss_vs_target
 from sie_evals.lib.gates import thresholds
 from sie_evals.lib.gates.thresholds import Against, MetricKind
 from sie_evals_tests.conftest import MODEL_ID
 
-KEY = "all-MiniLM-L6-v2:local|beir/SciFact"  # model:source x task: all-MiniLM-L6-v2:beir/SciFact:local
+KEY = "all-MiniLM-L6-v2:beir/SciFact:local"  # a declared cell: model:task:source
 VARIANT = "test@q20-c200"
 DEFS = [task_dataset, embeddings, quality_scores, quality_vs_target, quality_vs_measurement]
 CONFIG_NAME = "sentence-transformers__all-MiniLM-L6-v2.yaml"
@@ -35,8 +36,9 @@ def setup(tmp_path, session_cache, configs_dir, monkeypatch):
         "json_io": JsonIOManager(base_dir=str(tmp_path / "io")),
     }
     instance = dg.DagsterInstance.ephemeral()
+    sync_partitions(instance, configs_dir)  # the declared cells, as the sync sensor makes them
     assert dg.materialize(
-        DEFS, selection=[task_dataset], partition_key="beir/SciFact", instance=instance, resources=resources
+        DEFS, selection=[task_dataset], partition_key=KEY, instance=instance, resources=resources
     ).success
     return resources, instance, configs_dir
 

@@ -6,7 +6,7 @@ import dagster as dg
 import pytest
 from ruamel.yaml import YAML
 
-from sie_evals.defs.evals.partitions import eval_keys
+from sie_evals.defs.evals.partitions import eval_keys, sync_partitions
 from sie_evals.defs.evals.resources import EvalSettings, JsonIOManager
 from sie_evals.defs.finesse.assets import finesse_embeddings, finesse_scores
 from sie_evals.defs.finesse.checks import finesse_rss_vs_measurement, finesse_rss_vs_target
@@ -61,6 +61,7 @@ def test_materialize_and_drift_check(finesse_configs, tmp_path):
         "ops": {"finesse_embeddings": {"config": {"samples_per_length": 2, "min_length": 4, "max_length": 5}}}
     }
     instance = dg.DagsterInstance.ephemeral()
+    sync_partitions(instance, folder)  # the declared cells, as the sync sensor makes them
     _write_target(folder, data, 1e6)  # unreachable target: the blocking check must fail
     res = dg.materialize(
         [finesse_embeddings, finesse_scores, finesse_rss_vs_target, finesse_rss_vs_measurement],
@@ -117,6 +118,7 @@ def test_srs_task_materializes_with_its_own_main_score(finesse_configs, tmp_path
         }
     }
     instance = dg.DagsterInstance.ephemeral()
+    sync_partitions(instance, folder)  # the declared cells, as the sync sensor makes them
     res = dg.materialize(
         [finesse_embeddings, finesse_scores, finesse_rss_vs_target],
         partition_key=srs_key,

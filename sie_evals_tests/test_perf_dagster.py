@@ -5,6 +5,7 @@ import dagster as dg
 import pytest
 
 from sie_evals.defs.evals.assets import perf_scores, task_dataset
+from sie_evals.defs.evals.partitions import sync_partitions
 from sie_evals.defs.evals.resources import EngineFactory, EvalSettings, JsonIOManager
 
 
@@ -29,11 +30,12 @@ def test_perf_scores_sweep_attaches_the_saturation_plot(tmp_path, session_cache,
         "json_io": JsonIOManager(base_dir=str(tmp_path / "io")),
     }
     instance = dg.DagsterInstance.ephemeral()
+    sync_partitions(instance, configs_dir)  # the declared cells, as the sync sensor makes them
+    key = "all-MiniLM-L6-v2:beir/SciFact:local"  # a declared cell: model:task:source
     assets = [task_dataset, perf_scores]
     assert dg.materialize(
-        assets, selection=[task_dataset], partition_key="beir/SciFact", instance=instance, resources=resources
+        assets, selection=[task_dataset], partition_key=key, instance=instance, resources=resources
     ).success
-    key = "all-MiniLM-L6-v2:local|beir/SciFact"  # the model:source x task partition
     res = dg.materialize(assets, selection=[perf_scores], partition_key=key, instance=instance, resources=resources)
     assert res.success
     value = res.output_for_node("perf_scores")

@@ -26,7 +26,6 @@ from sie_evals.defs.evals.assets import perf_scores, quality_scores
 from sie_evals.defs.evals.partitions import eval_key
 from sie_evals.defs.evals.resources import EvalSettings
 from sie_evals.lib.gates.drift import CheckResult, check_scores
-from sie_evals.lib.gates.keys import EvalKey
 from sie_evals.lib.gates.thresholds import Against, MetricKind, default_margin_rules, margin_rule, metric_kind
 from sie_evals.lib.reporting.regressions import changes_markdown, regressed_markdown
 from sie_evals.lib.tasks.snapshot import read_snapshot
@@ -131,14 +130,6 @@ def to_check_result(
     return dg.AssetCheckResult(passed=not failed, severity=severity, metadata=metadata, description=description)
 
 
-def check_partition_key(partition: str | dg.MultiPartitionKey) -> EvalKey:
-    """The eval key of a checked partition: a model x task cell (`model:source|task`) or a Finesse
-    partition (`model:task:source`)."""
-    if isinstance(partition, dg.MultiPartitionKey) or "|" in partition:
-        return eval_key(partition)
-    return EvalKey.parse(partition)
-
-
 def check_description(against: Against, kinds: tuple[MetricKind, ...], blocking: bool, subject: str = "") -> str:
     """Generated from the default margins (lib/gates/thresholds.py), never restated by hand."""
     mode = "Blocking, ERROR" if blocking else "Non-blocking, WARN"
@@ -171,7 +162,7 @@ def drift_check_spec(
     def _check(
         context: dg.AssetCheckExecutionContext, scores: dict[str, Any], settings: EvalSettings
     ) -> dg.AssetCheckResult:
-        key = check_partition_key(context.partition_key)
+        key = eval_key(context.partition_key)  # eval and Finesse cells alike: `model:task:source`
         result = check_scores(key, scores, against, kinds, settings.configs_dir())
         texts = query_texts(scores) if result.regressed else None
         return to_check_result(result, severity, context.log, texts)
