@@ -469,7 +469,7 @@ def diff_cmd(
     and the run conditions that differ. Exit 2 for unreadable or incomparable inputs."""
     from sie_evals.lib.core.atomic import atomic_write_json, atomic_write_text
     from sie_evals.lib.gates.diff import build_diff, render_markdown, render_terminal
-    from sie_evals.lib.harness.report import read_diff_side, task_texts
+    from sie_evals.lib.harness.diff_sides import read_diff_side, task_texts
     from sie_evals.lib.quality.task_types import table_metrics
 
     if output is not None:

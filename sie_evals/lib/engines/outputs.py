@@ -12,7 +12,6 @@ from sie_evals.lib.engines.validation import (
     check_engine_supports,
     check_multivector,
     check_sparse,
-    check_task_type,
     validate_output,
 )
 from sie_evals.lib.engines.vectors import (
@@ -35,7 +34,6 @@ __all__ = [
     "check_engine_supports",
     "check_multivector",
     "check_sparse",
-    "check_task_type",
     "concat",
     "describe",
     "dump",

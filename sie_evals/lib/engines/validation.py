@@ -1,6 +1,6 @@
 """What an engine returned, checked before anything is scored (a bad reply is an EngineError, never a
-metric), and the usage checks that run before anything loads: an output the engine cannot produce, a
-task type the profile's output cannot be scored on."""
+metric), and the usage check that runs before anything loads: an output the engine cannot produce (which
+outputs a task type can score is the task type's rule: lib/quality/task_types.py check_profile)."""
 
 from typing import Any
 
@@ -8,7 +8,7 @@ import numpy as np
 
 from sie_evals.lib.config.model_config import OutputType, ResolvedProfile
 from sie_evals.lib.core.errors import EngineError, InputError
-from sie_evals.lib.engines.vectors import MultiVectors, Output, SparseVectors, output_type_of, similarity
+from sie_evals.lib.engines.vectors import MultiVectors, Output, SparseVectors, output_type_of
 
 
 def check_engine_supports(engine: str, supported: frozenset[OutputType], profile: ResolvedProfile) -> None:
@@ -18,16 +18,6 @@ def check_engine_supports(engine: str, supported: frozenset[OutputType], profile
         raise InputError(
             f"source {engine!r} cannot produce {profile.output.value} output (profile {profile.name!r}); "
             f"it produces: {names}"
-        )
-
-
-def check_task_type(task_id: str, task_type: str, profile: ResolvedProfile) -> None:
-    """Sparse, multivector and MUVERA outputs are scored by retrieval only (classification, pairs and STS
-    use dense vectors with cosine): refuse before anything is embedded."""
-    if task_type != "retrieval" and similarity(profile) != "cosine":
-        raise InputError(
-            f"{task_id}: {task_type} tasks are scored on dense vectors with cosine; profile {profile.name!r} "
-            f"({profile.output.value}{', MUVERA' if profile.muvera else ''}) is evaluated on retrieval tasks only"
         )
 
 
