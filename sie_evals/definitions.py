@@ -6,13 +6,10 @@ from sie_evals.defs.alerts.sensors import make_check_failure_sensor, run_failure
 from sie_evals.defs.evals.assets import embeddings, perf_scores, quality_scores, target_comparison, task_dataset
 from sie_evals.defs.evals.checks import EVAL_CHECKS
 from sie_evals.defs.evals.resources import EngineFactory, EvalSettings, JsonIOManager
-from sie_evals.defs.evals.schedules import dataset_job, eval_job, nightly_evals
-from sie_evals.defs.evals.sensors import evals_after_dataset
+from sie_evals.defs.evals.sensors import automation_sensor, eval_cells_sync
 from sie_evals.defs.finesse.assets import finesse_embeddings, finesse_scores
 from sie_evals.defs.finesse.checks import finesse_rss_vs_measurement, finesse_rss_vs_target
 from sie_evals.defs.reports.assets import eval_report
-from sie_evals.defs.reports.schedules import report_job
-from sie_evals.defs.reports.sensors import report_after_nightly
 
 ASSETS = [task_dataset, embeddings, quality_scores, perf_scores, target_comparison, eval_report]
 ASSETS += [finesse_embeddings, finesse_scores]
@@ -25,9 +22,12 @@ def defs() -> dg.Definitions:
     return dg.Definitions(
         assets=ASSETS,
         asset_checks=CHECKS,
-        jobs=[dataset_job, eval_job, report_job],
-        schedules=[nightly_evals],
-        sensors=[evals_after_dataset, report_after_nightly, make_check_failure_sensor(check_keys), run_failure_alerts],
+        sensors=[
+            eval_cells_sync,
+            automation_sensor,
+            make_check_failure_sensor(check_keys),
+            run_failure_alerts,
+        ],
         resources={"settings": EvalSettings.from_env(), "engines": EngineFactory(), "json_io": JsonIOManager()},
         # One process per run: the model loads once and no step pays a subprocess start-up.
         executor=dg.in_process_executor,

@@ -8,16 +8,7 @@ import dagster as dg
 import pytest
 
 from sie_evals.defs.evals.assets import embeddings, quality_scores, task_dataset
-from sie_evals.defs.evals.partitions import (
-    EVAL_KEYS,
-    eval_key,
-    eval_keys,
-    eval_partitions,
-    partition_key,
-    task_partitions,
-    task_to_eval_keys,
-    task_to_evals,
-)
+from sie_evals.defs.evals.partitions import eval_key, eval_keys, partition_key, sync_partitions
 from sie_evals.defs.evals.profile_partitions import partition_profiles
 from sie_evals.defs.evals.recording import record_report
 from sie_evals.defs.evals.resources import EngineFactory, EvalSettings, JsonIOManager
@@ -28,7 +19,7 @@ from sie_evals.lib.gates.keys import EvalKey
 from sie_evals_tests.conftest import REPO_ROOT
 
 KEY = "all-MiniLM-L6-v2:beir/SciFact:local"
-PKEY = "all-MiniLM-L6-v2:local|beir/SciFact"  # its Dagster partition: model:source x task
+PKEY = KEY  # its Dagster partition: the cell itself
 ALL = [task_dataset, embeddings, quality_scores]
 
 
@@ -58,31 +49,18 @@ def test_partitions_come_from_model_configs(configs_dir):
     # plus one local key per output profile (multivector, muvera) of a retrieval task: model@profile
     expected = sorted(expected + [f"all-MiniLM-L6-v2@{p}:beir/NFCorpus:local" for p in partition_profiles(minilm)])
     assert added == expected and "all-MiniLM-L6-v2:beir/NFCorpus:local" in added
-    assert [str(k) for k in task_to_eval_keys(keys)["beir/NFCorpus"]] == expected
 
 
-def test_partitions_are_a_model_by_task_grid():
-    """Rows model[@profile]:source, columns tasks; one mapping each way between EvalKey and partition key."""
+def test_partition_keys_are_the_cells():
+    """One mapping each way between EvalKey and partition key: the key itself, model[@profile]:task:source."""
     key = EvalKey.parse(KEY)
-    assert partition_key(key) == dg.MultiPartitionKey({"model": "all-MiniLM-L6-v2:local", "task": "beir/SciFact"})
-    assert str(partition_key(key)) == PKEY and eval_key(PKEY) == key and eval_key(partition_key(key)) == key
+    assert partition_key(key) == PKEY and eval_key(PKEY) == key
     profile_key = EvalKey("all-MiniLM-L6-v2@multivector", "beir/SciFact", "local")
-    assert str(partition_key(profile_key)) == "all-MiniLM-L6-v2@multivector:local|beir/SciFact"
-    assert eval_key(str(partition_key(profile_key))) == profile_key
-    for bad in ("beir/SciFact", KEY, "a|b|c", "nosource|beir/SciFact", ""):
+    assert partition_key(profile_key) == "all-MiniLM-L6-v2@multivector:beir/SciFact:local"
+    assert eval_key(partition_key(profile_key)) == profile_key
+    for bad in ("beir/SciFact", "all-MiniLM-L6-v2:local|beir/SciFact", "a:b", ""):
         with pytest.raises(ValueError):
             eval_key(bad)
-    dims = {d.name: d.partitions_def.get_partition_keys() for d in eval_partitions.partitions_defs}
-    assert set(dims) == {"model", "task"} and dims["task"] == task_partitions.get_partition_keys()
-    assert {f"{k.model}:{k.source}" for k in EVAL_KEYS} == set(dims["model"])
-    # the grid is the cross product: every declared cell is in it, and so are undeclared ones
-    grid = set(eval_partitions.get_partition_keys())
-    assert {str(partition_key(k)) for k in EVAL_KEYS} <= grid and len(grid) == len(dims["model"]) * len(dims["task"])
-    # a task's dataset feeds every cell of its column (a built-in mapping the UI and daemon understand)
-    column = task_to_evals.get_downstream_partitions_for_partitions(
-        task_partitions.empty_subset().with_partition_keys(["beir/SciFact"]), task_partitions, eval_partitions
-    ).get_partition_keys()
-    assert sorted(column) == sorted(f"{row}|beir/SciFact" for row in dims["model"])
 
 
 def test_reserved_partition_characters_are_a_clear_config_error(configs_dir):
@@ -112,9 +90,8 @@ def resources(tmp_path, session_cache):
 
 def test_materialize_one_partition_in_process(resources):
     instance = dg.DagsterInstance.ephemeral()
-    ds = dg.materialize(
-        ALL, selection=[task_dataset], partition_key="beir/SciFact", instance=instance, resources=resources
-    )
+    sync_partitions(instance)
+    ds = dg.materialize(ALL, selection=[task_dataset], partition_key=PKEY, instance=instance, resources=resources)
     assert ds.success
     res = dg.materialize(
         ALL, selection=[embeddings, quality_scores], partition_key=PKEY, instance=instance, resources=resources
@@ -139,7 +116,8 @@ def test_cli_and_asset_agree_and_cli_run_is_recorded(resources, tmp_path):
     from sie_evals.cli import app
 
     instance = dg.DagsterInstance.ephemeral()
-    dg.materialize(ALL, selection=[task_dataset], partition_key="beir/SciFact", instance=instance, resources=resources)
+    sync_partitions(instance)
+    dg.materialize(ALL, selection=[task_dataset], partition_key=PKEY, instance=instance, resources=resources)
     asset_scores = dg.materialize(
         ALL, selection=[embeddings, quality_scores], partition_key=PKEY, instance=instance, resources=resources
     ).output_for_node("quality_scores")["metrics"]
@@ -239,7 +217,10 @@ def test_dagster_cli_validate_and_materialize(tmp_path, session_cache, monkeypat
             }
         }
     )
-    for select, partition in (("task_dataset", "beir/SciFact"), ("embeddings,quality_scores", PKEY)):
+    monkeypatch.setenv("DAGSTER_HOME", str(env_home))  # dagster.yaml reads its storage dir from it
+    with dg.DagsterInstance.from_config(str(env_home)) as instance:
+        sync_partitions(instance)  # what the eval_cells_sync sensor does on its first tick
+    for select, partition in (("task_dataset", PKEY), ("embeddings,quality_scores", PKEY)):
         res = subprocess.run(
             [
                 *dagster,
@@ -261,7 +242,6 @@ def test_dagster_cli_validate_and_materialize(tmp_path, session_cache, monkeypat
             timeout=600,
         )
         assert res.returncode == 0, res.stderr[-3000:]
-    monkeypatch.setenv("DAGSTER_HOME", str(env_home))  # dagster.yaml reads its storage dir from it
     with dg.DagsterInstance.from_config(str(env_home)) as instance:
         event = instance.get_latest_materialization_event(dg.AssetKey("quality_scores"))
         assert event.asset_materialization.partition == PKEY
@@ -269,9 +249,10 @@ def test_dagster_cli_validate_and_materialize(tmp_path, session_cache, monkeypat
 
 def test_non_retrieval_task_is_a_partition_too(resources):
     instance = dg.DagsterInstance.ephemeral()
-    sts_key = "all-MiniLM-L6-v2:local|mteb/STSBenchmark"
+    sync_partitions(instance)
+    sts_key = "all-MiniLM-L6-v2:mteb/STSBenchmark:local"
     assert dg.materialize(
-        ALL, selection=[task_dataset], partition_key="mteb/STSBenchmark", instance=instance, resources=resources
+        ALL, selection=[task_dataset], partition_key=sts_key, instance=instance, resources=resources
     ).success
     res = dg.materialize(
         ALL, selection=[embeddings, quality_scores], partition_key=sts_key, instance=instance, resources=resources

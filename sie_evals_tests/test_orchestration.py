@@ -1,11 +1,10 @@
 """The whole eval graph in process on slices of the real data with the real model: perf_scores,
-target_comparison, eval_report, the perf checks, blocking behaviour, the nightly chain and the
-alert sensors (with a real HTTP receiver on 127.0.0.1)."""
+target_comparison, eval_report, the perf checks, blocking behaviour and the alert sensors (the
+nightly automation: test_automation.py) (with a real HTTP receiver on 127.0.0.1)."""
 
 import http.client
 import inspect
 import threading
-from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -16,10 +15,8 @@ import pytest
 from sie_evals.defs.alerts.sensors import make_check_failure_sensor, run_failure_alerts
 from sie_evals.defs.evals.assets import embeddings, perf_scores, quality_scores, target_comparison, task_dataset
 from sie_evals.defs.evals.checks import EVAL_CHECKS
-from sie_evals.defs.evals.partitions import EVAL_KEYS, partition_key
+from sie_evals.defs.evals.partitions import sync_partitions
 from sie_evals.defs.evals.resources import EngineFactory, EvalSettings, JsonIOManager
-from sie_evals.defs.evals.schedules import NIGHTLY_TAG, nightly_evals
-from sie_evals.defs.evals.sensors import evals_after_dataset, night_is_done
 from sie_evals.defs.reports.assets import eval_report
 from sie_evals.lib.config.model_config import find_model_config
 from sie_evals.lib.core.run_conditions import hardware
@@ -31,11 +28,7 @@ from sie_evals_tests.webhook import WebhookReceiver
 
 SCIFACT = "all-MiniLM-L6-v2:beir/SciFact:local"
 STS = "all-MiniLM-L6-v2:mteb/STSBenchmark:local"
-
-
-def pkey(key: str) -> str:
-    """The Dagster partition (model:source|task) of an eval key."""
-    return str(partition_key(EvalKey.parse(key)))
+INFINITY = "all-MiniLM-L6-v2:beir/SciFact:infinity"  # a declared cell whose engine is an HTTP server
 
 
 ALL = [task_dataset, embeddings, quality_scores, perf_scores, target_comparison, eval_report, *EVAL_CHECKS]
@@ -72,9 +65,10 @@ def graph(tmp_path, session_cache, configs_dir, monkeypatch):
         "json_io": JsonIOManager(base_dir=str(tmp_path / "io")),
     }
     instance = dg.DagsterInstance.ephemeral()
-    for task in ("beir/SciFact", "mteb/STSBenchmark"):
+    sync_partitions(instance, configs_dir)
+    for cell in (SCIFACT, STS):
         assert dg.materialize(
-            ALL, selection=[task_dataset], partition_key=task, instance=instance, resources=resources
+            ALL, selection=[task_dataset], partition_key=cell, instance=instance, resources=resources
         ).success
     return resources, instance, configs_dir
 
@@ -84,7 +78,7 @@ def run_eval(graph, key):
     return dg.materialize(
         ALL,
         selection=EVAL_ASSETS,
-        partition_key=pkey(key),
+        partition_key=key,
         instance=instance,
         resources=resources,
         raise_on_error=False,
@@ -192,22 +186,6 @@ def test_failing_quality_check_blocks_only_its_partition(graph):
     assert ok.success and "target_comparison" in materialized(ok)
 
 
-def test_undeclared_cell_is_skipped_with_how_to_declare_it(graph):
-    """The matrix is the cross product: a run that reaches a cell no config declares (a backfill of a whole
-    task column) succeeds without running or materializing anything there, and says how to declare it or
-    run it from the CLI; so a broad backfill neither fails nor alerts on combinations nobody asked for."""
-    cell = "all-MiniLM-L6-v2@multivector:mteb/STSBenchmark:local"  # multivector declared for retrieval only
-    assert EvalKey.parse(cell) not in EVAL_KEYS
-    res = run_eval(graph, cell)
-    assert res.success and not materialized(res)
-    assert not checks_of(res)  # the checks of a skipped asset do not run (no failed check, no alert)
-    skipped = {e.step_key for e in res.all_events if e.event_type == dg.DagsterEventType.STEP_SKIPPED}
-    assert {"quality_scores", "perf_scores", "target_comparison"} <= skipped, skipped
-    logs = " ".join(r.user_message for r in graph[1].all_logs(res.run_id) if r.step_key == "embeddings")
-    assert "no model config declares this cell" in logs
-    assert "sie-bench eval all-MiniLM-L6-v2 -t mteb/STSBenchmark -s local -p multivector" in logs
-
-
 def test_perf_checks_warn_without_blocking(graph):
     _, _, configs_dir = graph
     # a latency target 1000x below anything real, a throughput target 1000x above
@@ -227,7 +205,7 @@ def test_target_comparison_needs_no_perf_run(graph):
     res = dg.materialize(
         ALL,
         selection=dg.AssetSelection.assets(embeddings, quality_scores, target_comparison),
-        partition_key=pkey(SCIFACT),
+        partition_key=SCIFACT,
         instance=instance,
         resources=resources,
     )
@@ -319,54 +297,6 @@ def test_one_alert_per_failed_check_evaluation(graph, receiver):
     assert len(run_alerts) == 1 and run_alerts[0]["partition"] == SCIFACT and run_alerts[0]["run_id"] == run.run_id
 
 
-# --- nightly chain ---------------------------------------------------------------------------
-
-
-def test_nightly_schedule_refreshes_every_task():
-    instance = dg.DagsterInstance.ephemeral()
-    tick = datetime(2026, 11, 22, 2, 0, tzinfo=UTC)
-    requests = list(nightly_evals(dg.build_schedule_context(instance=instance, scheduled_execution_time=tick)))
-    tasks = sorted(r.partition_key for r in requests)
-    # every task of every eval partition the model configs declare, once
-    assert tasks == sorted({k.task for k in EVAL_KEYS}) and "beir/SciFact" in tasks
-    assert all(r.tags[NIGHTLY_TAG] == tick.isoformat() and r.tags["dagster/max_retries"] == "1" for r in requests)
-
-
-def test_evals_after_dataset_and_report_readiness():
-    night = "2026-11-22T02:00:00+00:00"
-    dataset_run = dg.DagsterRun(
-        job_name="dataset_job",
-        run_id="r-dataset",
-        status=dg.DagsterRunStatus.SUCCESS,
-        tags={NIGHTLY_TAG: night, "dagster/partition": "beir/SciFact"},
-    )
-    instance = dg.DagsterInstance.ephemeral()
-    ctx = dg.build_run_status_sensor_context(
-        sensor_name="evals_after_dataset",
-        dagster_instance=instance,
-        dagster_run=dataset_run,
-        dagster_event=dg.DagsterEvent(event_type_value="PIPELINE_SUCCESS", job_name="dataset_job"),
-    )
-    requests = [r for r in evals_after_dataset(ctx) if isinstance(r, dg.RunRequest)]
-    # one eval run per partition of the task: every compute source the configs declare for it
-    expected = sorted(str(partition_key(k)) for k in EVAL_KEYS if k.task == "beir/SciFact")
-    assert sorted(r.partition_key for r in requests) == expected and pkey(SCIFACT) in expected
-    assert all(isinstance(r.partition_key, dg.MultiPartitionKey) for r in requests)
-    assert requests[0].tags[NIGHTLY_TAG] == night
-
-    by_task = {"beir/SciFact": [EvalKey.parse(SCIFACT)]}
-    eval_run = dg.DagsterRun(
-        job_name="eval_job",
-        run_id="r-eval",
-        status=dg.DagsterRunStatus.FAILURE,
-        tags={"dagster/partition": pkey(SCIFACT)},
-    )
-    assert not night_is_done([dataset_run], by_task)  # its eval run was not launched yet
-    assert night_is_done([dataset_run, eval_run], by_task)  # a failed eval still completes the night
-    running = dg.DagsterRun(job_name="eval_job", run_id="r2", status=dg.DagsterRunStatus.STARTED, tags={})
-    assert not night_is_done([dataset_run, eval_run, running], by_task)
-
-
 def test_settings_from_env(monkeypatch):
     from sie_evals.lib.core.errors import InputError
 
@@ -397,8 +327,6 @@ def test_bad_config_fails_without_retry(graph):
 
 
 # --- transient engine errors ------------------------------------------------------------------
-
-INFINITY = "all-MiniLM-L6-v2:beir/SciFact:infinity"  # a declared cell whose engine is an HTTP server
 
 
 class FlakyServer:
@@ -484,8 +412,8 @@ def test_transient_engine_errors_retry(graph, embeddings_server, monkeypatch, fa
     try:
         res = dg.materialize(
             ALL,
-            selection=dg.AssetSelection.assets(embeddings, quality_scores),
-            partition_key=pkey(INFINITY),
+            selection=dg.AssetSelection.assets(task_dataset, embeddings, quality_scores),
+            partition_key=INFINITY,
             instance=instance,
             resources=resources,
             raise_on_error=False,
@@ -517,7 +445,7 @@ def test_transient_engine_errors_retry(graph, embeddings_server, monkeypatch, fa
     local = dg.materialize(
         ALL,
         selection=dg.AssetSelection.assets(embeddings, quality_scores),
-        partition_key=pkey(SCIFACT),
+        partition_key=SCIFACT,
         instance=instance,
         resources=resources,
     ).output_for_node("quality_scores")["metrics"]

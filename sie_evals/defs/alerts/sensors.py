@@ -14,7 +14,6 @@ import dagster as dg
 
 from sie_evals.defs.evals.partitions import eval_key
 from sie_evals.lib.core.errors import ConfigError
-from sie_evals.lib.gates.keys import EvalKey
 from sie_evals.lib.reporting.alerts import (
     ALERT_QUERIES,
     Alert,
@@ -38,15 +37,13 @@ def _interval() -> int:
 
 
 def _key_parts(partition: str | None) -> dict[str, str | None]:
-    """Model, task and source of an eval partition (`model:source|task`) or a Finesse one
-    (`model:task:source`), and the partition named `model:task:source`; None for anything else (a task)."""
-    for parse in (eval_key, EvalKey.parse):
-        try:
-            key = parse(partition or "")
-        except ValueError:
-            continue
-        return {"partition": str(key), "model": key.model, "task": key.task, "source": key.source}
-    return {"partition": partition, "model": None, "task": None, "source": None}
+    """Model, task and source of an eval or Finesse partition (`model:task:source`); None for anything
+    else (an unpartitioned run)."""
+    try:
+        key = eval_key(partition or "")
+    except ValueError:
+        return {"partition": partition, "model": None, "task": None, "source": None}
+    return {"partition": str(key), "model": key.model, "task": key.task, "source": key.source}
 
 
 def _meta_value(metadata: dict, name: str):

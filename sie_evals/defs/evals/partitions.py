@@ -18,7 +18,8 @@ Why this shape (Dagster 1.13, see /work/shared/reference/dagster-notes.md §1):
   model:source, a column per task, each cell's status) from these keys; in the backfill dialog a column
   is the substring filter `:beir/SciFact:`, a row `all-MiniLM-L6-v2:` (keys sort by model first).
 
-Finesse cells are a second dynamic definition (defs/finesse/partitions.py) synced by the same sensor."""
+Finesse cells are a second dynamic definition (defs/finesse/partitions.py), declared here (`finesse_keys`)
+and synced by the same sensor."""
 
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,7 +27,6 @@ from pathlib import Path
 import dagster as dg
 
 from sie_evals.defs.evals.profile_partitions import partition_profiles
-from sie_evals.defs.finesse.partitions import FINESSE_CELLS, finesse_keys
 from sie_evals.lib.config.model_config import ModelConfig, load_all_model_configs
 from sie_evals.lib.core.errors import ConfigError
 from sie_evals.lib.core.sources import COMPUTE_SOURCES
@@ -34,6 +34,7 @@ from sie_evals.lib.gates.keys import EvalKey, model_part
 from sie_evals.lib.tasks import resolve_task
 
 EVAL_CELLS = "eval_cells"
+FINESSE_CELLS = "finesse_cells"  # the Finesse assets' partitions (defs/finesse/partitions.py)
 # `,` separates keys and `[a...b]` is a range in Dagster's partition selections (UI, CLI); `|` joins
 # the dimensions of multi-partition keys.
 RESERVED_CHARACTERS = ("|", ",", "[", "]")
@@ -64,6 +65,19 @@ def eval_keys(configs: list[ModelConfig] | None = None) -> list[EvalKey]:
         for p in partition_profiles(c)
         for t in c.tasks
         if "local" in c.sources and resolve_task(t).type == "retrieval"
+    }
+    return sorted(keys)
+
+
+def finesse_keys(configs: list[ModelConfig] | None = None) -> list[EvalKey]:
+    """Every model:task:source a config declares whose task is a Finesse task (type "finesse")."""
+    configs = load_all_model_configs() if configs is None else configs
+    keys = {
+        EvalKey(c.short_name, resolve_task(t).task_id, s)
+        for c in configs
+        for t in c.tasks
+        for s in c.sources
+        if s == "local" and resolve_task(t).type == "finesse"  # runs through the local engine
     }
     return sorted(keys)
 

@@ -1,35 +1,28 @@
-"""Jobs and the nightly schedule.
+"""The nightly eval, declared on the assets (Dagster declarative automation) instead of a schedule and
+sensors: the `default_automation_condition_sensor` (sensors.py) evaluates these conditions.
 
-One run has one partition key, and datasets are keyed by task while evals are keyed by
-model:task:source, so the nightly eval is a chain: the schedule refreshes every task's dataset, a
-sensor (sensors.py) launches the eval runs of a task when its dataset run succeeds, and another
-launches the report when the night's runs are done. The `gpu` pool (dagster.yaml) serialises the
-embedding and perf steps however many runs are queued.
+- `task_dataset`: `NIGHTLY`, on_cron: every declared cell's dataset once per cron tick.
+- embeddings, quality_scores, perf_scores: `FOLLOW`, eager: when a parent updates. On the tick that
+  requests a cell's dataset they are requested with it, so one run per cell holds the whole chain.
+- target_comparison: `FOLLOW` unless a blocking check of a parent failed (and the parent is not being
+  requested again): within a run the failed check blocks it, and a later tick does not run it either.
+- eval_report: `AFTER_EVALS`: once some eval updated and none is requested, queued or running.
+A result the CLI records (a runless materialization, recording.py) updates the report but triggers no
+eval asset: those read their parents' outputs, which only a run writes.
 
 Cron and timezone: SIE_EVALS_NIGHTLY_CRON (default "0 2 * * *") and SIE_EVALS_NIGHTLY_TIMEZONE
-(default UTC), read when the code location loads."""
+(default UTC), read when the code location loads. The `gpu` pool (dagster.yaml) serialises the
+embedding and perf steps however many runs are queued."""
 
 import os
 
 import dagster as dg
 
-from sie_evals.defs.evals.assets import embeddings, perf_scores, quality_scores, target_comparison, task_dataset
-from sie_evals.defs.evals.partitions import task_partitions
-
-NIGHTLY_TAG = "sie/nightly"  # value: the schedule tick (ISO time); links a night's runs together
+AC = dg.AutomationCondition
 CRON_ENV, TIMEZONE_ENV = "SIE_EVALS_NIGHTLY_CRON", "SIE_EVALS_NIGHTLY_TIMEZONE"
 # A crashed run worker (OOM, lost node) is retried once; a failed asset or check is not: asset steps
 # have their own RetryPolicy for transient errors, and a drift failure must not be re-run into a pass.
 RUN_RETRY_TAGS = {"dagster/max_retries": "1", "dagster/retry_on_asset_or_op_failure": "false"}
-
-dataset_job = dg.define_asset_job(
-    "dataset_job", selection=dg.AssetSelection.assets(task_dataset), description="Snapshot task datasets."
-)
-eval_job = dg.define_asset_job(
-    "eval_job",
-    selection=dg.AssetSelection.assets(embeddings, quality_scores, perf_scores, target_comparison),
-    description="Embed, score, measure and compare one model:task:source (with its checks).",
-)
 
 
 def nightly_cron() -> str:
@@ -40,13 +33,24 @@ def nightly_timezone() -> str:
     return os.environ.get(TIMEZONE_ENV, "UTC")
 
 
-@dg.schedule(
-    job=dataset_job,
-    cron_schedule=nightly_cron(),
-    execution_timezone=nightly_timezone(),
-    description="Nightly eval of every partition: dataset refresh first; sensors chain evals and report.",
+def _deps_updated_by_a_run() -> dg.AutomationCondition:
+    """eager()'s any_deps_updated without runless updates (a CLI-recorded result has no output to read)."""
+    updated = AC.newly_updated() & ~AC.executed_with_root_target() & AC.any_new_update_has_run_tags()
+    return AC.any_deps_match(updated.with_label("updated_by_a_run") | AC.will_be_requested()).with_label(
+        "any_deps_updated_by_a_run"
+    )
+
+
+NIGHTLY = AC.on_cron(nightly_cron(), nightly_timezone())
+FOLLOW = AC.eager().replace("any_deps_updated", _deps_updated_by_a_run())
+# not all_deps_blocking_checks_passed(): a check is never "requested" itself (it runs with its asset)
+_FAILED_BLOCKING_CHECK = AC.any_checks_match(AC.check_failed(), blocking_only=True) & ~AC.will_be_requested()
+FOLLOW_IF_CHECKS_PASSED = (FOLLOW & ~AC.any_deps_match(_FAILED_BLOCKING_CHECK)).with_label(
+    "eager, no failed blocking check upstream"
 )
-def nightly_evals(context: dg.ScheduleEvaluationContext):
-    tick = context.scheduled_execution_time.isoformat()
-    for task in task_partitions.get_partition_keys():
-        yield dg.RunRequest(partition_key=task, run_key=f"dataset:{task}", tags={NIGHTLY_TAG: tick, **RUN_RETRY_TAGS})
+AFTER_EVALS = (
+    AC.any_deps_updated().since_last_handled()
+    & ~AC.any_deps_match(AC.will_be_requested())
+    & ~AC.any_deps_in_progress()
+    & ~AC.in_progress()
+).with_label("after the evals")

@@ -1,54 +1,37 @@
-"""The nightly chain after the schedule (schedules.py): dataset run succeeded -> that task's eval
-runs. The report follows in defs/reports/sensors.py."""
+"""Sensors of the eval graph: the partitions follow the configs, and the automation conditions run.
+
+- `eval_cells_sync`: each tick, the eval and Finesse partitions become exactly the cells the configs
+  directory declares (partitions.py): a new model config needs no "Reload definitions".
+- `default_automation_condition_sensor`: evaluates the assets' automation conditions (schedules.py).
+  Its runs carry RUN_RETRY_TAGS: a crashed run is retried once, a failed step or check is not."""
 
 import dagster as dg
 
-from sie_evals.defs.evals.partitions import EVAL_KEYS, eval_key, partition_key, task_to_eval_keys
-from sie_evals.defs.evals.schedules import NIGHTLY_TAG, RUN_RETRY_TAGS, dataset_job, eval_job
-from sie_evals.lib.gates.keys import EvalKey
+from sie_evals.defs.evals.partitions import sync_requests
+from sie_evals.defs.evals.resources import EvalSettings
+from sie_evals.defs.evals.schedules import RUN_RETRY_TAGS
 
-BY_TASK = task_to_eval_keys(EVAL_KEYS)
+SYNC_INTERVAL_S = 30
 
 
-@dg.run_status_sensor(
-    run_status=dg.DagsterRunStatus.SUCCESS,
-    monitored_jobs=[dataset_job],
-    request_job=eval_job,
+@dg.sensor(
+    minimum_interval_seconds=SYNC_INTERVAL_S,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="After a nightly dataset run succeeds, launch the eval run of each of its partitions.",
+    description="Keep the eval and Finesse partitions equal to the cells the model configs declare.",
 )
-def evals_after_dataset(context: dg.RunStatusSensorContext):
-    run = context.dagster_run
-    night = run.tags.get(NIGHTLY_TAG)
-    task = run.tags.get("dagster/partition")
-    if night is None or task is None:  # a dataset materialized by hand does not start evals
-        yield dg.SkipReason(f"run {run.run_id} is not part of a nightly eval")
-        return
-    for key in BY_TASK.get(task, []):  # the cells a config declares, not the whole model x task grid
-        yield dg.RunRequest(
-            partition_key=partition_key(key),
-            run_key=f"{run.run_id}:{key}",
-            tags={NIGHTLY_TAG: night, **RUN_RETRY_TAGS},
-        )
+def eval_cells_sync(context: dg.SensorEvaluationContext, settings: EvalSettings) -> dg.SensorResult:
+    requests = sync_requests(context.instance, settings.configs_dir())
+    for r in requests:
+        verb = "adding" if isinstance(r, dg.AddDynamicPartitionsRequest) else "deleting"
+        context.log.info(f"{r.partitions_def_name}: {verb} {', '.join(r.partition_keys)}")
+    skip = None if requests else "partitions already match the model configs"
+    return dg.SensorResult(dynamic_partitions_requests=requests, skip_reason=skip)
 
 
-def _run_eval_key(run: dg.DagsterRun) -> EvalKey | None:
-    try:
-        return eval_key(run.tags.get("dagster/partition", ""))
-    except ValueError:
-        return None
-
-
-def night_is_done(runs: list[dg.DagsterRun], eval_keys_by_task: dict[str, list[EvalKey]]) -> bool:
-    """Every run of one night has finished and each successful dataset run has all its eval runs."""
-    # a failed run about to be retried looks finished until its retry exists
-    if not runs or not all(r.is_finished and r.tags.get("dagster/will_retry") != "true" for r in runs):
-        return False
-    expected = {
-        key
-        for r in runs
-        if r.job_name == dataset_job.name and r.status == dg.DagsterRunStatus.SUCCESS
-        for key in eval_keys_by_task.get(r.tags.get("dagster/partition", ""), [])
-    }
-    launched = {_run_eval_key(r) for r in runs if r.job_name == eval_job.name}
-    return expected <= launched
+automation_sensor = dg.AutomationConditionSensorDefinition(
+    "default_automation_condition_sensor",
+    target=dg.AssetSelection.all(),
+    run_tags=RUN_RETRY_TAGS,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Nightly datasets on the cron, evals after their dataset, the report after the evals.",
+)

@@ -1,6 +1,7 @@
 """eval_report: one unpartitioned asset that summarizes the latest result of every eval partition
 (read from the instance's materialization and check history) as markdown and a PNG, with the lowest
-scoring queries of each cell's latest quality result."""
+scoring queries of each cell's latest quality result. Its grid (a row per model:source, a column per
+task) is the model x task view of the flat cell partitions. It follows the evals (schedules.py)."""
 
 import time
 from pathlib import Path
@@ -13,8 +14,9 @@ import pyarrow as pa
 
 from sie_evals.defs.evals.assets import perf_scores, png_metadata, quality_scores, target_comparison
 from sie_evals.defs.evals.checks import EVAL_CHECKS
-from sie_evals.defs.evals.partitions import EVAL_KEYS, partition_key
+from sie_evals.defs.evals.partitions import EVAL_CELLS, partition_key
 from sie_evals.defs.evals.resources import EvalSettings
+from sie_evals.defs.evals.schedules import AFTER_EVALS
 from sie_evals.lib.core.atomic import atomic_write, atomic_write_text
 from sie_evals.lib.gates.keys import EvalKey
 from sie_evals.lib.reporting.eval_report import PartitionSummary, report_markdown, report_png
@@ -71,7 +73,7 @@ def _check_states(instance: dg.DagsterInstance, partitions: list[str]) -> dict[s
 
 def gather_summaries(instance: dg.DagsterInstance, eval_keys: list[EvalKey]) -> list[PartitionSummary]:
     summaries = []
-    keys = [str(partition_key(k)) for k in eval_keys]  # as records carry them: `model:source|task`
+    keys = [partition_key(k) for k in eval_keys]
     check_states = _check_states(instance, keys)
     for eval_key, key in zip(eval_keys, keys, strict=True):
         summary = PartitionSummary(str(eval_key), checks=check_states[key])
@@ -114,9 +116,7 @@ def gather_worst_queries(
     cells = {}
     for eval_key in eval_keys:
         latest = instance.fetch_materializations(
-            dg.AssetRecordsFilter(
-                asset_key=dg.AssetKey("quality_scores"), asset_partitions=[str(partition_key(eval_key))]
-            ),
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("quality_scores"), asset_partitions=[partition_key(eval_key)]),
             limit=1,
         ).records
         if not latest:
@@ -140,15 +140,17 @@ def gather_worst_queries(
     group_name="reports",
     deps=[quality_scores, perf_scores, target_comparison],
     kinds={"markdown"},
+    automation_condition=AFTER_EVALS,
 )
 def eval_report(context: dg.AssetExecutionContext, settings: EvalSettings) -> dg.MaterializeResult:
     """The latest result and check state of every partition, with history, as markdown + PNG."""
-    summaries = gather_summaries(context.instance, EVAL_KEYS)
+    cells = sorted(EvalKey.parse(p) for p in context.instance.get_dynamic_partitions(EVAL_CELLS))
+    summaries = gather_summaries(context.instance, cells)
     now = time.time()
     markdown = (
         report_markdown(summaries, now)
         + "\n\n"
-        + worst_queries_markdown(gather_worst_queries(context.instance, EVAL_KEYS, context.log))
+        + worst_queries_markdown(gather_worst_queries(context.instance, cells, context.log))
     )
     folder = settings.results_root() / "reports"
     md_path = folder / "eval_report.md"
