@@ -4,10 +4,8 @@ an ONNX profile's export lands under it, not under $SIE_EVALS_CACHE_DIR."""
 import dagster as dg
 import pytest
 
-from sie_evals.defs.evals import assets
 from sie_evals.defs.evals.assets import embeddings, task_dataset
 from sie_evals.defs.evals.resources import EngineFactory, EvalSettings
-from sie_evals.lib.gates.keys import EvalKey
 
 
 @pytest.mark.slow
@@ -17,11 +15,9 @@ def test_embeddings_step_exports_under_the_resources_cache_dir(tmp_path, monkeyp
     settings = EvalSettings(
         results_dir=str(tmp_path / "results"), cache_dir=str(tmp_path / "cache"), limit_queries=3, corpus_size=10
     )
-    task = "beir/SciFact"
-    # the onnx profile's cell, declared as a config listing it would (undeclared cells are skipped)
-    monkeypatch.setattr(assets, "EVAL_KEYS", [*assets.EVAL_KEYS, EvalKey("all-MiniLM-L6-v2@onnx", task, "local")])
-    snap = task_dataset(dg.build_asset_context(partition_key=task), settings=settings).value
-    context = dg.build_asset_context(partition_key=f"all-MiniLM-L6-v2@onnx:local|{task}")
+    cell = "all-MiniLM-L6-v2@onnx:beir/SciFact:local"  # the onnx profile's cell, called directly
+    snap = task_dataset(dg.build_asset_context(partition_key=cell), settings=settings).value
+    context = dg.build_asset_context(partition_key=cell)
     out = next(iter(embeddings(context, task_dataset=snap, settings=settings, engines=EngineFactory()))).value
 
     assert out["cache"]["misses"] > 0

@@ -16,10 +16,11 @@ import pytest
 
 from sie_evals.defs.evals.assets import embeddings, quality_scores, task_dataset
 from sie_evals.defs.evals.checks import quality_vs_target
+from sie_evals.defs.evals.partitions import sync_partitions
 from sie_evals.defs.evals.resources import EngineFactory, EvalSettings, JsonIOManager
 from sie_evals_tests.conftest import REPO_ROOT, skip_unless_required
 
-KEY = "all-MiniLM-L6-v2:local|beir/SciFact"  # model:source x task: all-MiniLM-L6-v2:beir/SciFact:local
+KEY = "all-MiniLM-L6-v2:beir/SciFact:local"
 PASSWORD = "pw-" + os.urandom(6).hex()
 
 
@@ -89,8 +90,9 @@ def test_materialize_partition_on_postgres(postgres, tmp_path, session_cache, mo
         "json_io": JsonIOManager(base_dir=str(tmp_path / "io")),
     }
     defs = [task_dataset, embeddings, quality_scores, quality_vs_target]
+    sync_partitions(instance)  # the eval_cells_sync sensor's first tick
     assert dg.materialize(
-        defs, selection=[task_dataset], partition_key="beir/SciFact", instance=instance, resources=resources
+        defs, selection=[task_dataset], partition_key=KEY, instance=instance, resources=resources
     ).success
     start = time.perf_counter()
     result = dg.materialize(

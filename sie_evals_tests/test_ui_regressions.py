@@ -16,6 +16,7 @@ from ruamel.yaml import YAML
 
 from sie_evals.defs.evals.assets import embeddings, quality_scores, task_dataset
 from sie_evals.defs.evals.checks import quality_vs_measurement, quality_vs_target
+from sie_evals.defs.evals.partitions import sync_partitions
 from sie_evals.defs.evals.resources import EngineFactory, EvalSettings, JsonIOManager
 from sie_evals.lib.config.model_config import find_model_config
 from sie_evals.lib.gates.drift import REGRESSED_QUERIES
@@ -28,7 +29,7 @@ from sie_evals_tests.ui_support import ARTIFACTS, dagster_dev, dagster_home, sys
 pytestmark = pytest.mark.slow
 
 TASK = "beir/SciFact"
-KEY = "all-MiniLM-L6-v2:local|beir/SciFact"
+KEY = "all-MiniLM-L6-v2:beir/SciFact:local"
 SLICE = {"limit_queries": 20, "corpus_size": 200}
 SHORT = "short"
 
@@ -68,7 +69,8 @@ def _failing_run(tmp_path, session_cache, configs, instance) -> tuple[pd.DataFra
     scores of both."""
     defs = [task_dataset, embeddings, quality_scores, quality_vs_target, quality_vs_measurement]
     default = _resources(tmp_path, session_cache, configs, "default")
-    assert dg.materialize(defs, selection=[task_dataset], partition_key=TASK, instance=instance, resources=default)
+    sync_partitions(instance, configs)  # the eval_cells_sync sensor's first tick
+    assert dg.materialize(defs, selection=[task_dataset], partition_key=KEY, instance=instance, resources=default)
     evals = dg.AssetSelection.assets(embeddings, quality_scores)
     reference = dg.materialize(defs, selection=evals, partition_key=KEY, instance=instance, resources=default)
     value = reference.output_for_node("quality_scores")

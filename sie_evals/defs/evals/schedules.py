@@ -2,7 +2,7 @@
 sensors: the `default_automation_condition_sensor` (sensors.py) evaluates these conditions.
 
 - `task_dataset`: `NIGHTLY`, on_cron: every declared cell's dataset once per cron tick.
-- embeddings, quality_scores, perf_scores: `FOLLOW`, eager: when a parent updates. On the tick that
+- embeddings, quality_scores, perf_scores: `FOLLOW`, eager: when a parent updates in a run. On the tick that
   requests a cell's dataset they are requested with it, so one run per cell holds the whole chain.
 - target_comparison: `FOLLOW` unless a blocking check of a parent failed (and the parent is not being
   requested again): within a run the failed check blocks it, and a later tick does not run it either.
@@ -42,7 +42,15 @@ def _deps_updated_by_a_run() -> dg.AutomationCondition:
 
 
 NIGHTLY = AC.on_cron(nightly_cron(), nightly_timezone())
-FOLLOW = AC.eager().replace("any_deps_updated", _deps_updated_by_a_run())
+# eager() without its `newly_missing` trigger: a cell the sync sensor adds waits for its dataset's night,
+# and a cell whose run failed before materializing is not re-run by the next tick.
+FOLLOW = (
+    AC.in_latest_time_window()
+    & _deps_updated_by_a_run().since_last_handled()
+    & ~AC.any_deps_missing()
+    & ~AC.any_deps_in_progress()
+    & ~AC.in_progress()
+).with_label("eager on run updates")
 # not all_deps_blocking_checks_passed(): a check is never "requested" itself (it runs with its asset)
 _FAILED_BLOCKING_CHECK = AC.any_checks_match(AC.check_failed(), blocking_only=True) & ~AC.will_be_requested()
 FOLLOW_IF_CHECKS_PASSED = (FOLLOW & ~AC.any_deps_match(_FAILED_BLOCKING_CHECK)).with_label(
