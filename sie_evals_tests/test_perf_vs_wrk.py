@@ -2,12 +2,14 @@
 returning a fixed OpenAI-style embedding for POST /v1/embeddings (Debian's nginx-light and wrk, from
 scripts/system_deps.sh). Both send the same 2 KB JSON body; wrk -t1 -c16 is the reference.
 
-The bounds here are loose enough for a loaded CI machine yet fail the old thread-per-request
-generator (issue 25 measured it at 0.026x wrk closed loop and p99 19 ms at 1,000 req/s open loop on a
-quiet machine); benchmarks/bench_perf_vs_wrk.py measures the real ratios (benchmarks/RESULTS.md).
+The bounds are issue 25's where a loaded CI machine can meet them (closed loop >= 0.20x wrk, 95% of
+10,000 req/s achieved) and looser where only a quiet one can (p99); they fail the generator's aiohttp
+client (0.15x wrk on a quiet machine) and the thread generator before it (0.026x in issue 25);
+benchmarks/bench_perf_vs_wrk.py measures the real ratios (benchmarks/RESULTS.md).
 
 The generator runs as `sie-bench eval --type perf -s openai` runs it: the openai engine's prepared
-requests on the fast generator, its reply checks after each trial; each run is a fresh interpreter.
+requests on the generator's fast path, its reply checks after each trial; each run is a fresh
+interpreter.
 nginx and wrk are processes the test starts and stops; nginx's config, pid and logs live in the
 test's temp folder."""
 
@@ -157,7 +159,11 @@ def send(batch):  # the thread generator's client: one keep-alive http.client co
     if reply.status != 200:
         raise ValueError(f"HTTP {reply.status}")
 
-target = HttpTarget(url, {"Content-Type": "application/json"}, (body,)) if gen == "aiohttp" else None
+if gen.endswith("aiohttp"):  # the generator's aiohttp client even for plain http:// (its previous path)
+    import sie_evals.lib.perf.aio as aio
+
+    aio.fast_path = lambda target: False
+target = HttpTarget(url, {"Content-Type": "application/json"}, (body,)) if gen in ("fast", "aiohttp") else None
 texts = ["x"]
 if gen.startswith("engine"):  # what `sie-bench eval --type perf -s openai` runs, through the openai engine
     from sie_evals.lib.config.model_config import find_model_config
@@ -178,10 +184,12 @@ else:
 """
 
 
-def generator(url: str, folder: Path, gen: str = "engine-aiohttp", **spec) -> dict[str, float]:
+def generator(url: str, folder: Path, gen: str = "engine", **spec) -> dict[str, float]:
     """One generator run (a fresh interpreter) against url with REQUEST_BODY: its metrics. `gen`:
-    engine-aiohttp (the openai engine on the fast generator: what the CLI runs), engine-threads (the
-    openai engine on the thread generator: what the CLI ran before), aiohttp or threads (bare bodies)."""
+    engine (the openai engine's prepared requests on the HTTP generator's fast path: what the CLI
+    runs), engine-aiohttp (the same on its aiohttp client: what the CLI ran before the fast path),
+    engine-threads (the openai engine called per request on threads: what it ran before that), and
+    fast, aiohttp or threads (a bare body)."""
     (folder / "body.json").write_bytes(REQUEST_BODY)
     out = subprocess.run(
         [sys.executable, "-c", PROBE, url, json.dumps(spec), str(folder / "body.json"), gen],
@@ -195,52 +203,62 @@ def generator(url: str, folder: Path, gen: str = "engine-aiohttp", **spec) -> di
 
 @pytest.mark.slow
 def test_generator_keeps_up_with_nginx_like_wrk(tmp_path):
-    """What `sie-bench eval --type perf -s openai` runs (engine-aiohttp), in the same attempt as wrk
-    and as the old path (engine-threads: the openai engine called per request on threads):
-    - closed loop c=16: >= 0.08x wrk -t1 -c16 and >= 1.3x the old path (measured here 0.16-0.19x wrk
-      and 1.5-1.9x the old path at load average 8 on 2 cores; the old path is at most ~0.10x);
-    - open loop at 1,000 req/s: p99 <= 15 ms (old path in the issue: 19 ms on a quiet machine),
-      nothing dropped;
-    - open loop at 10,000 req/s offered: >= 35% achieved (old path: 15%), and every request whose time
-      came is counted (completed, failed or dropped).
+    """What `sie-bench eval --type perf -s openai` runs (`engine`: the openai engine's requests on the
+    generator's fast path), in the same attempt as wrk, as the old path (engine-threads: the openai
+    engine called per request on threads) and as the generator alone (the same client against the
+    overhead calibration's null endpoint):
+    - closed loop c=16: >= 0.20x wrk -t1 -c16 (issue 25) and >= 3x the old path (measured 0.80-0.92x
+      wrk and ~9x the old path at load average 11 on 2 cores; aiohttp, the client before the fast
+      path, 0.15x on a quiet machine);
+    - open loop at 1,000 req/s: p99 <= 5 ms, nothing dropped (issue 25 asks 2 ms: met on a quiet
+      machine, benchmarks/RESULTS.md; the margin is for a CI machine's hiccups);
+    - open loop at 10,000 req/s offered: >= 95% achieved, every request whose time came counted, and
+      p99 <= 5 ms or at most twice the generator's own p99 at that rate on this machine (what the
+      report gives as the reason).
     Best of 3 attempts: CI machines are shared."""
+    from sie_evals.lib.perf.overhead import null_endpoint
+
     attempts = []
-    with fixed_nginx(tmp_path / "nginx") as base:
-        url = f"{base}/v1/embeddings"
-        closed_spec = {"concurrency": 16, "requests": None, "duration_s": 3.0, "warmup_requests": 500, "trials": 1}
-        for _ in range(3):
+    open_spec = {"requests": None, "duration_s": 3.0, "trials": 1, "max_concurrency": 256}
+    for _ in range(3):
+        with fixed_nginx(tmp_path / "nginx") as base:
+            url = f"{base}/v1/embeddings"
+            closed_spec = {"concurrency": 16, "requests": None, "duration_s": 3.0, "warmup_requests": 500, "trials": 1}
             ref = wrk(url, tmp_path)
             closed = generator(url, tmp_path, **closed_spec)
             old = generator(url, tmp_path, "engine-threads", **closed_spec)
-            open_1k = generator(
-                url, tmp_path, rate=1000.0, requests=None, duration_s=3.0, warmup_requests=200, trials=1
+            open_1k = generator(url, tmp_path, rate=1000.0, warmup_requests=200, **open_spec)
+            open_10k = generator(url, tmp_path, rate=10000.0, warmup_requests=1000, **open_spec)
+        with null_endpoint(reply_json().encode()) as base:
+            own_10k = generator(
+                f"{base}/v1/embeddings", tmp_path, "fast", rate=10000.0, warmup_requests=1000, **open_spec
             )
-            open_10k = generator(
-                url, tmp_path, rate=10000.0, requests=None, duration_s=3.0, warmup_requests=1000, trials=1
-            )
-            got = {
-                "wrk_rps": ref["requests_per_s"],
-                "closed_ratio": closed["requests_per_s"] / ref["requests_per_s"],
-                "closed_vs_old": closed["requests_per_s"] / old["requests_per_s"],
-                "open_1k_p99_ms": open_1k["latency_p99_ms"],
-                "open_1k_dropped": open_1k["dropped"],
-                "open_10k_achieved": open_10k["requests_per_s"] / 10000.0,
-                "open_10k_counted": open_10k["completed"] + open_10k["errors"] + open_10k["dropped"],
-                "open_10k_scheduled": open_10k["scheduled"],
-            }
-            attempts.append(got)
-            assert got["open_10k_counted"] == got["open_10k_scheduled"], got
-            assert closed["errors"] == 0 == open_1k["errors"], got
-            if (
-                got["closed_ratio"] >= 0.08
-                and got["closed_vs_old"] >= 1.3
-                and got["open_1k_p99_ms"] <= 15.0
-                and got["open_1k_dropped"] == 0
-                and got["open_10k_achieved"] >= 0.35
-            ):
-                break
-        else:
-            pytest.fail(f"the generator did not keep up with nginx: {attempts}")
+        got = {
+            "wrk_rps": ref["requests_per_s"],
+            "closed_ratio": closed["requests_per_s"] / ref["requests_per_s"],
+            "closed_vs_old": closed["requests_per_s"] / old["requests_per_s"],
+            "open_1k_p99_ms": open_1k["latency_p99_ms"],
+            "open_1k_dropped": open_1k["dropped"],
+            "open_10k_achieved": open_10k["requests_per_s"] / 10000.0,
+            "open_10k_p99_ms": open_10k["latency_p99_ms"],
+            "own_10k_p99_ms": own_10k["latency_p99_ms"],
+            "open_10k_counted": open_10k["completed"] + open_10k["errors"] + open_10k["dropped"],
+            "open_10k_scheduled": open_10k["scheduled"],
+        }
+        attempts.append(got)
+        assert got["open_10k_counted"] == got["open_10k_scheduled"], got
+        assert closed["errors"] == 0 == open_1k["errors"] == open_10k["errors"], got
+        if (
+            got["closed_ratio"] >= 0.20
+            and got["closed_vs_old"] >= 3.0
+            and got["open_1k_p99_ms"] <= 5.0
+            and got["open_1k_dropped"] == 0
+            and got["open_10k_achieved"] >= 0.95
+            and got["open_10k_p99_ms"] <= max(5.0, 2.0 * got["own_10k_p99_ms"])
+        ):
+            break
+    else:
+        pytest.fail(f"the generator did not keep up with nginx: {attempts}")
 
 
 def test_nginx_serves_an_openai_reply_the_engine_accepts(tmp_path):

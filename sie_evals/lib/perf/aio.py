@@ -44,10 +44,12 @@ from sie_evals.lib.perf.openloop import (
 )
 
 SAMPLES = 8  # reply bodies kept per process for validation after the run
-# Spin (yield to the loop until the send time) only this close to a send. 0: the loop's millisecond
-# timers alone, sends up to ~1 ms late. Spinning sends on time on an idle machine, but on a shared one
-# (load average 8 on 2 cores) a spinning process is preempted for whole time slices: measured p99 at
-# 1,000 req/s against nginx 9-12 ms without spinning, 15-170 ms with 1 ms of it.
+# Sleep on the loop's timers to this close to a send, then spin (yield to the loop until the send
+# time). uvloop's timers have whole milliseconds (asyncio.sleep(0.0004) returns at the next loop pass,
+# 0.0015 after 1 or 2 ms), so even at 0 the last sub-millisecond before a send is spun, which sends on
+# time when a core is free. A longer spin on a shared machine (load average 8 on 2 cores) gets the
+# process preempted for whole time slices: measured p99 at 1,000 req/s against nginx 9-12 ms at 0,
+# 15-170 ms with 1 ms of spin.
 SPIN_S = 0.0
 # What one generator process sustains against a fast server on one core, with headroom: above it the
 # load is split. aiohttp: ~10k req/s measured with nginx on 127.0.0.1 (benchmarks/RESULTS.md); the fast
