@@ -69,6 +69,49 @@ class Dagster:
             time.sleep(1)
         raise AssertionError(f"dagster dev not ready in {timeout}s: {log.read_text()[-3000:]}")
 
+    def sensor_ticked(self, name: str) -> bool:
+        """The sensor is running and has taken at least one tick."""
+        data = self.gql(
+            """query($s: SensorSelector!) { sensorOrError(sensorSelector: $s) {
+                 ... on Sensor { sensorState { status ticks(limit: 1) { status } } } } }""",
+            s={"repositoryLocationName": "sie_evals", "repositoryName": "__repository__", "sensorName": name},
+        )
+        state = data["sensorOrError"]["sensorState"]
+        return state["status"] == "RUNNING" and bool(state["ticks"])
+
+    def wait_ticked(self, name: str, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.sensor_ticked(name):
+            assert time.monotonic() < deadline, f"{name} never ticked: {self.log.read_text()[-3000:]}"
+            time.sleep(2)
+
+    def partition_keys(self, asset: str) -> list[str]:
+        data = self.gql(
+            """query($k: AssetKeyInput!) { assetNodeOrError(assetKey: $k) { ... on AssetNode { partitionKeys } } }""",
+            k={"path": [asset]},
+        )
+        return data["assetNodeOrError"]["partitionKeys"]
+
+    def partition_statuses(self, asset: str) -> dict[str, set[str]]:
+        """Materialized and failed partitions of an asset, as its Partitions page reads them."""
+        data = self.gql(
+            """query($k: AssetKeyInput!) { assetNodeOrError(assetKey: $k) {
+                 ... on AssetNode { assetPartitionStatuses {
+                   ... on DefaultPartitionStatuses { materializedPartitions failedPartitions } } } } }""",
+            k={"path": [asset]},
+        )
+        statuses = data["assetNodeOrError"]["assetPartitionStatuses"]
+        return {"materialized": set(statuses["materializedPartitions"]), "failed": set(statuses["failedPartitions"])}
+
+    def materialized(self, asset: str) -> bool:
+        """An unpartitioned asset has a materialization."""
+        data = self.gql(
+            """query($k: AssetKeyInput!) { assetNodeOrError(assetKey: $k) {
+                 ... on AssetNode { assetMaterializations(limit: 1) { runId } } } }""",
+            k={"path": [asset]},
+        )
+        return bool(data["assetNodeOrError"]["assetMaterializations"])
+
     def backfill(self, assets: list[str], partitions: list[str], timeout: float = 600) -> str:
         """Launch a partition backfill as the UI does and wait for it; its final status."""
         launched = self.gql(
