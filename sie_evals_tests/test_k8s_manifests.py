@@ -1,0 +1,249 @@
+"""Every file under deploy/ checked as what it is (issue 24, item 5): Kubernetes objects against Kubernetes'
+own JSON schemas (kubernetes-validate, strict: an unknown field fails), the kustomization's generated
+ConfigMap the same way, Dagster instance configs against dagster's config schema, and the Helm values by
+the chart fields they set. No cluster and no helm binary are needed (docs/deployment.md says what is
+left untested)."""
+
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from sie_evals_tests.conftest import REPO_ROOT
+
+DEPLOY = REPO_ROOT / "deploy"
+K8S = DEPLOY / "k8s"
+K8S_VERSION = "1.37"  # the newest schemas kubernetes-validate 1.37.0 ships
+INSTANCE = K8S / "dagster.yaml"
+HELM_VALUES = DEPLOY / "helm" / "values.yaml"
+# The top-level keys of a Dagster instance config (dagster.yaml) that these files use.
+INSTANCE_KEYS = {"storage", "run_launcher", "run_coordinator", "concurrency", "telemetry", "run_retries"}
+# What Dagster's chart (1.13.27) reads from the values to run this deployment, and the value each must
+# have: the user-code image, the run launcher, the Secret with the Postgres password.
+CHART_FIELDS = {
+    "dagster-user-deployments.enabled": True,
+    "dagster-user-deployments.deployments.0.image.repository": "REGISTRY/sie-evals",
+    "runLauncher.type": "K8sRunLauncher",
+    "global.postgresqlSecretName": "dagster-postgresql-secret",
+}
+CHART_SECRET_KEY = "postgresql-password"  # the key the chart's pods read the password from
+
+
+def docs(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+
+
+def kind_of(path: Path) -> str:
+    """What a file under deploy/ is: every one must be recognised, so a new file cannot go unchecked."""
+    found = docs(path)
+    if path == HELM_VALUES:
+        return "helm-values"
+    if len(found) == 1 and found[0].get("kind") == "Kustomization":
+        return "kustomization"
+    if found and all("apiVersion" in d and "kind" in d for d in found):
+        return "kubernetes"
+    if len(found) == 1 and set(found[0]) <= INSTANCE_KEYS and "storage" in found[0]:
+        return "dagster-instance"
+    return "unrecognised"
+
+
+DEPLOY_FILES = sorted(p for p in DEPLOY.rglob("*") if p.is_file())
+
+
+def kustomization() -> dict[str, Any]:
+    (k,) = docs(K8S / "kustomization.yaml")
+    return k
+
+
+def generated_configmaps() -> list[dict[str, Any]]:
+    """The ConfigMaps the kustomization generates (`kubectl apply -k` does the same: one data key per file)."""
+    k = kustomization()
+    assert k["generatorOptions"]["disableNameSuffixHash"] is True  # run pods find it by its exact name
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": g["name"], "namespace": k["namespace"]},
+            "data": {f: (K8S / f).read_text() for f in g["files"]},
+        }
+        for g in k.get("configMapGenerator", [])
+    ]
+
+
+def objects() -> list[dict[str, Any]]:
+    """Every Kubernetes object deploy/k8s makes: the listed resources and the generated ConfigMaps."""
+    listed = [d for name in kustomization()["resources"] for d in docs(K8S / name)]
+    return listed + generated_configmaps()
+
+
+def named(kind: str) -> set[str]:
+    return {o["metadata"]["name"] for o in objects() if o["kind"] == kind}
+
+
+def pod_specs() -> dict[str, dict[str, Any]]:
+    return {o["metadata"]["name"]: o["spec"]["template"]["spec"] for o in objects() if o["kind"] == "Deployment"}
+
+
+def test_the_deploy_folder_has_what_a_deployment_needs():
+    kinds = {f.relative_to(DEPLOY).as_posix(): kind_of(f) for f in DEPLOY_FILES}
+    assert kinds["k8s/dagster.yaml"] == kinds["postgres/dagster.yaml"] == "dagster-instance"
+    assert kinds["helm/values.yaml"] == "helm-values" and kinds["k8s/kustomization.yaml"] == "kustomization"
+    made = {(o["kind"], o["metadata"]["name"]) for o in objects()}
+    for need in [
+        ("Namespace", "sie-evals"),
+        ("ConfigMap", "dagster-instance"),
+        ("PersistentVolumeClaim", "sie-evals-state"),
+        ("Deployment", "sie-evals-user-code"),
+        ("Service", "sie-evals-user-code"),
+        ("Deployment", "sie-evals-redis"),
+        ("Service", "sie-evals-redis"),
+        ("Deployment", "sie-evals-worker-gpu"),
+        ("Deployment", "sie-evals-worker-cpu"),
+    ]:
+        assert need in made, need
+    # every Kubernetes manifest in deploy/k8s is applied by the kustomization (none lies there unused)
+    listed = set(kustomization()["resources"])
+    on_disk = {f.name for f in K8S.glob("*.yaml") if kind_of(f) == "kubernetes"}
+    assert on_disk == listed
+
+
+@pytest.mark.parametrize("path", DEPLOY_FILES, ids=lambda p: p.relative_to(DEPLOY).as_posix())
+def test_every_file_under_deploy_validates_as_what_it_is(path):
+    kind = kind_of(path)
+    assert kind != "unrecognised", f"{path}: not a Kubernetes manifest, kustomization, instance config or Helm values"
+    if kind == "kubernetes":
+        for doc in docs(path):
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)  # raises, naming the field
+    elif kind == "kustomization":
+        for name in kustomization()["resources"]:
+            assert (K8S / name).is_file(), name
+        for cm in generated_configmaps():
+            kubernetes_validate.validate(cm, K8S_VERSION, strict=True)
+    elif kind == "dagster-instance":
+        # dagster has no public call that validates an instance file without connecting to its storage;
+        # this is what DagsterInstance.from_config runs first (dagster's own schema for dagster.yaml).
+        from dagster._core.instance.config import dagster_instance_config
+
+        dagster_instance_config(str(path.parent), path.name)
+    else:
+        test_helm_values_set_the_chart_fields_this_deployment_needs()
+
+
+def test_the_strict_schemas_reject_a_misspelt_field_and_a_wrong_type():
+    (deployment, _) = docs(K8S / "user-code.yaml")
+    deployment["spec"]["template"]["spec"]["containers"][0]["imagePullPolcy"] = "Always"
+    with pytest.raises(kubernetes_validate.ValidationError, match="imagePullPolcy"):
+        kubernetes_validate.validate(deployment, K8S_VERSION, strict=True)
+    (pvc, *_) = docs(K8S / "storage.yaml")
+    pvc["spec"]["accessModes"] = "ReadWriteMany"  # a string, not a list
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(pvc, K8S_VERSION, strict=True)
+
+
+def test_secrets_are_referenced_never_stored():
+    found = [f for f in DEPLOY_FILES if kind_of(f) == "kubernetes" for d in docs(f) if d["kind"] == "Secret"]
+    assert not found, f"Secret objects (values) in the repository: {found}"
+    secret = yaml.safe_load(INSTANCE.read_text())["run_launcher"]["config"]["postgres_password_secret"]
+    for name, spec in pod_specs().items():
+        for container in spec["containers"]:
+            env = {e["name"]: e for e in container.get("env", [])}
+            assert "PGPASSWORD" not in {k for c in container.get("envFrom", []) for k in c}, name
+            if name == "sie-evals-redis":
+                continue
+            ref = env["PGPASSWORD"]["valueFrom"]["secretKeyRef"]  # from a Secret, never a `value`
+            assert ref == {"name": secret, "key": CHART_SECRET_KEY}, name
+    env_cm = next(o for o in objects() if o["metadata"]["name"] == "sie-evals-env")
+    assert not [k for k in env_cm["data"] if "PASSWORD" in k or "TOKEN" in k or "WEBHOOK" in k]
+
+
+def test_every_name_a_pod_or_the_instance_refers_to_exists():
+    launcher = yaml.safe_load(INSTANCE.read_text())["run_launcher"]["config"]
+    assert launcher["instance_config_map"] in named("ConfigMap")
+    assert set(launcher["env_config_maps"]) <= named("ConfigMap")
+    assert launcher["service_account_name"] in named("ServiceAccount")
+    claims = named("PersistentVolumeClaim")
+    for name, spec in pod_specs().items():
+        for volume in spec.get("volumes", []):
+            if "persistentVolumeClaim" in volume:
+                assert volume["persistentVolumeClaim"]["claimName"] in claims, (name, volume)
+            if "configMap" in volume:
+                assert volume["configMap"]["name"] in named("ConfigMap"), (name, volume)
+        for container in spec["containers"]:
+            for source in container.get("envFrom", []):
+                if "configMapRef" in source:
+                    assert source["configMapRef"]["name"] in named("ConfigMap"), name
+    # the Helm values mount the same claims
+    (deployment,) = yaml.safe_load(HELM_VALUES.read_text())["dagster-user-deployments"]["deployments"]
+    for volume in deployment["volumes"]:
+        assert volume["persistentVolumeClaim"]["claimName"] in claims, volume
+    # each Service selects the pods of a Deployment and targets a named port they expose
+    for svc in (o for o in objects() if o["kind"] == "Service"):
+        target = next(
+            o
+            for o in objects()
+            if o["kind"] == "Deployment" and o["spec"]["selector"]["matchLabels"] == svc["spec"]["selector"]
+        )
+        exposed = {p["name"] for c in target["spec"]["template"]["spec"]["containers"] for p in c.get("ports", [])}
+        assert {p["targetPort"] for p in svc["spec"]["ports"]} <= exposed, svc["metadata"]["name"]
+
+
+def test_user_code_serves_the_code_location_the_helm_values_name():
+    (container,) = pod_specs()["sie-evals-user-code"]["containers"]
+    values = yaml.safe_load(HELM_VALUES.read_text())
+    (deployment,) = values["dagster-user-deployments"]["deployments"]
+    assert container["args"][:3] == ["dagster", "api", "grpc"]
+    assert container["args"][-2:] == deployment["dagsterApiGrpcArgs"]  # -m sie_evals.definitions
+    assert str(deployment["port"]) in container["args"]
+    assert container["readinessProbe"]["exec"]["command"][:3] == ["dagster", "api", "grpc-health-check"]
+
+
+def test_celery_workers_one_per_queue_with_the_gpu_placement_of_the_instance():
+    placement = yaml.safe_load(INSTANCE.read_text())["run_launcher"]["config"]["run_k8s_config"]
+    specs = pod_specs()
+    for queue in ("gpu", "cpu"):
+        (container,) = specs[f"sie-evals-worker-{queue}"]["containers"]
+        args = container["args"]
+        assert args[:3] == ["dagster-celery", "worker", "start"]
+        assert args[args.index("-q") + 1] == queue and args[args.index("-A") + 1] == "dagster_celery.app"
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["DAGSTER_CELERY_BROKER_URL"].startswith("redis://sie-evals-redis:")
+    gpu, cpu = specs["sie-evals-worker-gpu"], specs["sie-evals-worker-cpu"]
+    assert gpu["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert gpu["nodeSelector"] == placement["pod_spec_config"]["node_selector"]
+    assert gpu["tolerations"] == placement["pod_spec_config"]["tolerations"]
+    assert "nvidia.com/gpu" not in cpu["containers"][0]["resources"].get("limits", {})
+    assert "nodeSelector" not in cpu
+
+
+def chart_field(values: dict[str, Any], dotted: str) -> Any:
+    """One field as the chart reads it (`a.b.0.c`: list items by index), KeyError/IndexError when unset."""
+    node: Any = values
+    for part in dotted.split("."):
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    return node
+
+
+def test_helm_values_set_the_chart_fields_this_deployment_needs():
+    values = yaml.safe_load(HELM_VALUES.read_text())
+    assert {f: chart_field(values, f) for f in CHART_FIELDS} == CHART_FIELDS
+    # the chart names the same Secret as the standalone instance and the pods of deploy/k8s
+    instance = yaml.safe_load(INSTANCE.read_text())["run_launcher"]["config"]
+    assert instance["postgres_password_secret"] == CHART_FIELDS["global.postgresqlSecretName"]
+    # one image, one tag: the chart's user code and the kustomization's pods run the same build
+    (image,) = kustomization()["images"]
+    tag = chart_field(values, "dagster-user-deployments.deployments.0.image.tag")
+    repository = CHART_FIELDS["dagster-user-deployments.deployments.0.image.repository"]
+    assert (image["name"], image["newTag"]) == (repository, tag)
+    for spec in pod_specs().values():
+        for container in spec["containers"]:
+            if container["image"].startswith(image["name"] + ":"):
+                assert container["image"] == f"{image['name']}:{tag}"
+
+
+def test_a_missing_chart_field_is_caught():
+    values = yaml.safe_load(HELM_VALUES.read_text())
+    del values["global"]["postgresqlSecretName"]
+    with pytest.raises(KeyError):
+        chart_field(values, "global.postgresqlSecretName")
