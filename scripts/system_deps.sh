@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # System packages the integration tests need, from Debian: PostgreSQL (the Postgres instance test),
 # Chromium (the Dagster UI test, driven by Playwright with executable_path: no browser download), and
-# nginx + wrk (the perf generator against a fixed-response nginx, compared with wrk: test_perf_vs_wrk).
+# nginx + wrk (the perf generator against a fixed-response nginx, compared with wrk: test_perf_vs_wrk),
+# buildah + debootstrap (the image built from ./Dockerfile and run: test_image, scripts/build_image.sh).
 # Idempotent: installs only what is missing. Needs root (or passwordless sudo).
 set -euo pipefail
 missing=()
@@ -9,6 +10,8 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/n
 command -v chromium >/dev/null || command -v chromium-browser >/dev/null || missing+=(chromium)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
 command -v wrk >/dev/null || missing+=(wrk)
+command -v buildah >/dev/null || missing+=(buildah)
+command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || missing+=(debootstrap)
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi
