@@ -14,6 +14,7 @@ DOCS = ROOT / "docs"
 PAGES = [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]
 # Options of other tools the docs quote (docker/buildah, pip, pytest, dagster, cargo, sie-server).
 OUTSIDE_OPTIONS = {"--build-arg", "--help", "--no-deps", "--no-hf-fallback", "--partition", "--path", "--select"}
+OUTSIDE_OPTIONS |= {"--isolation", "--env"}  # buildah run (docs/deployment.md)
 OPTION = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
 LINK = re.compile(r"\]\(([^)#\s]+)(#[^)\s]*)?\)")
 
