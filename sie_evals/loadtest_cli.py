@@ -16,6 +16,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from sie_evals.cli_sources import server_url_options
 from sie_evals.lib.core.atomic import atomic_write_json
 from sie_evals.lib.core.run_conditions import hardware, now_iso, software
 from sie_evals.lib.perf import histogram
@@ -158,6 +159,7 @@ def _note(stop) -> str:
     return "stopping: waiting for in-flight requests" if stop.is_set() else "Ctrl-C stops and writes what ran"
 
 
+@server_url_options
 def loadtest_cmd(
     scenario: Annotated[Path, typer.Argument(help="Scenario YAML: models, sources, task, load profiles.")],
     output: Annotated[
@@ -168,9 +170,7 @@ def loadtest_cmd(
         int | None, typer.Option("--threads", min=1, help="Torch threads (local, started servers).")
     ] = None,
     device: Annotated[str | None, typer.Option("--device", help="Device for started servers.")] = None,
-    sie_url: Annotated[str | None, typer.Option("--sie-url", help="Use a running SIE server.")] = None,
-    infinity_url: Annotated[str | None, typer.Option("--infinity-url", help="Use a running infinity server.")] = None,
-    tei_url: Annotated[str | None, typer.Option("--tei-url", help="Use a running TEI server.")] = None,
+    server_urls: dict[str, str] | None = None,  # --<source>-url, --server-url (cli_sources.py)
 ) -> None:
     """Run a load-test scenario with a live display; exit 2 naming the field on a bad scenario, 130
     after Ctrl-C (the results of what ran are written first)."""
@@ -182,7 +182,7 @@ def loadtest_cmd(
     sc = load_scenario(scenario)
     slos = tuple(parse_slo(s) for s in sc.slos)
     output = output or Path(f"loadtest-{sc.name}.json")
-    opts = EngineOptions(threads=threads, device=device, sie_url=sie_url, infinity_url=infinity_url, tei_url=tei_url)
+    opts = EngineOptions(threads=threads, device=device, server_urls=server_urls or {})
     console = Console(stderr=True, width=max(Console(stderr=True).width, 140))
     # Validate every model, profile and workload before any server starts.
     prepared = []
@@ -206,7 +206,7 @@ def loadtest_cmd(
             for source in sc.sources:
                 if interrupted:
                     break
-                engine = create_engine(source, config, profile, **opts.for_engine())
+                engine = create_engine(source, config, profile, opts)
                 with engine:
                     try:
                         live.update(_live_table(done_rows, f"starting {source} for {entry.model}"))

@@ -53,7 +53,7 @@ def test_infinity_quality_eval_with_parity_via_url(infinity_engine, tmp_path):
         task="beir/SciFact",
         sources=("local", "infinity"),
         data=DataOptions(limit_queries=20, corpus_size=150),
-        engine=EngineOptions(infinity_url=infinity_engine.server.base_url),
+        engine=EngineOptions(server_urls={"infinity": infinity_engine.server.base_url}),
         cache_dir=tmp_path / "cache",
     )
     report = run_eval(req).report

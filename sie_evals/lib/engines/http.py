@@ -36,6 +36,7 @@ from sie_evals.lib.config.model_config import ModelConfig, OutputType, ResolvedP
 from sie_evals.lib.config.weights import weights_id
 from sie_evals.lib.core import paths
 from sie_evals.lib.core.errors import EngineError, InputError
+from sie_evals.lib.core.sources import SOURCES, ServerMode
 from sie_evals.lib.core.urls import http_url_problem, redact_url
 from sie_evals.lib.engines.base import EmbedKind, Engine, EngineInfo
 from sie_evals.lib.engines.validation import validate_embeddings
@@ -126,7 +127,12 @@ class HttpEngine(Engine):
     """Subclasses define the server command (when managed), the embed request and its parsing."""
 
     name = "http"
-    url_env: str = ""  # e.g. SIE_EVALS_SIE_URL: a running server to use instead of starting one
+
+    @property
+    def url_env(self) -> str:
+        """e.g. SIE_EVALS_SIE_URL: a running server to use instead of starting one (the source table's)."""
+        spec = SOURCES.get(self.name)
+        return spec.url_env if spec else ""
 
     def __init__(
         self,
@@ -148,6 +154,12 @@ class HttpEngine(Engine):
         super().__init__(model, profile)
         url = url or (os.environ.get(self.url_env) if self.url_env else None) or None
         self.url = url.rstrip("/") if url else None
+        spec = SOURCES.get(self.name)
+        if not self.url and spec and spec.server == ServerMode.external:
+            raise InputError(
+                f"source {self.name} needs a server: give {spec.url_option} URL (or --server-url {self.name}=URL) "
+                f"or set ${spec.url_env} ({spec.url_help or spec.help})"
+            )
         if self.url:
             parse_base_url(self.url, f"--{self.name}-url")
         self.device = device or "cpu"

@@ -15,7 +15,6 @@ from sie_evals.lib.servers.managed import ServerCommand
 
 class InfinityEngine(HttpEngine):
     name = "infinity"
-    url_env = "SIE_EVALS_INFINITY_URL"
 
     def software_version(self) -> str:
         if self.url:

@@ -55,7 +55,6 @@ def openai_settings() -> OpenAISettings:
 
 class OpenAIEngine(HttpEngine):
     name = "openai"
-    url_env = "SIE_EVALS_OPENAI_URL"
 
     def __init__(
         self,
@@ -68,12 +67,7 @@ class OpenAIEngine(HttpEngine):
         settings = openai_settings()
         kw.setdefault("timeout_s", settings.timeout_s)
         kw.setdefault("retries", settings.max_retries)
-        super().__init__(model, profile, url=url, **kw)
-        if not self.url:
-            raise InputError(
-                "source openai needs a server: give --openai-url URL or set $SIE_EVALS_OPENAI_URL "
-                "(any OpenAI-compatible server; requests go to POST {url}/v1/embeddings)"
-            )
+        super().__init__(model, profile, url=url, **kw)  # no URL: an InputError (an external server)
         self.request_model = openai_model or profile.openai_model or model.model_id
         self._api_key: str | None = None
         self.api_key_env: str | None = None  # the variable the key came from (its name is no secret)

@@ -1,50 +1,35 @@
-"""Which engine serves which source."""
+"""Which engine serves which source: a lookup in the source table (lib/core/sources.py)."""
+
+import importlib
 
 from sie_evals.lib.config.model_config import ModelConfig, ResolvedProfile
-from sie_evals.lib.core.errors import InputError, UnknownNameError
-from sie_evals.lib.core.sources import ALL_SOURCES, COMPUTE_SOURCES
+from sie_evals.lib.core.errors import InputError
+from sie_evals.lib.core.sources import SourceKind, SourceSpec, source_spec
 from sie_evals.lib.engines.base import Engine
-
-# Compute sources whose engine is implemented in this version.
-IMPLEMENTED: tuple[str, ...] = ("local", "sie", "infinity", "tei", "openai", "fastembed")
-LOCAL_OPTIONS = ("batch_size", "threads", "progress", "device")
-SERVER_OPTIONS = ("batch_size", "threads", "progress", "device")
+from sie_evals.lib.engines.options import EngineOptions
 
 
-def create_engine(source: str, model: ModelConfig, profile: ResolvedProfile, **options) -> Engine:
-    """`options` are EngineOptions.for_engine(): each engine takes the ones that apply to it
-    (`<source>_url` becomes the server engine's `url`)."""
-    if source not in ALL_SOURCES:
-        raise UnknownNameError("source", source, list(ALL_SOURCES))
-    if source not in COMPUTE_SOURCES:
-        raise InputError(f"source {source!r} is a reference source (read, not computed): it has no engine")
-    if source == "local":
-        from sie_evals.lib.engines.local import LocalEngine
+def engine_class(spec: SourceSpec) -> type[Engine]:
+    """The row's engine class, imported now (engines load their heavy dependencies lazily)."""
+    if spec.kind != SourceKind.compute or not spec.engine:
+        raise InputError(f"source {spec.name!r} is a reference source (read, not computed): it has no engine")
+    module, _, name = spec.engine.partition(":")
+    cls = getattr(importlib.import_module(module), name)
+    if not (isinstance(cls, type) and issubclass(cls, Engine)):
+        raise TypeError(f"source {spec.name!r}: {spec.engine} is not an Engine subclass")
+    return cls
 
-        return LocalEngine(model, profile, **{k: v for k, v in options.items() if k in LOCAL_OPTIONS})
-    if source == "fastembed":
-        from sie_evals.lib.engines.fastembed import FastEmbedEngine
 
-        opts = {k: v for k, v in options.items() if k in ("batch_size", "threads", "progress")}
-        return FastEmbedEngine(model, profile, **opts)
-    server_opts = {k: v for k, v in options.items() if k in SERVER_OPTIONS}
-    server_opts["url"] = options.get(f"{source}_url")
-    if source == "sie":
-        from sie_evals.lib.engines.sie import SieEngine
-
-        return SieEngine(model, profile, **server_opts)
-    if source == "infinity":
-        from sie_evals.lib.engines.infinity import InfinityEngine
-
-        return InfinityEngine(model, profile, **server_opts)
-    if source == "tei":
-        from sie_evals.lib.engines.tei import TeiEngine
-
-        return TeiEngine(model, profile, **server_opts)
-    if source == "openai":
-        from sie_evals.lib.engines.openai import OpenAIEngine
-
-        return OpenAIEngine(model, profile, openai_model=options.get("openai_model"), **server_opts)
-    raise InputError(
-        f"source {source!r} is not implemented in this version of sie-evals; implemented: {', '.join(IMPLEMENTED)}"
-    )
+def create_engine(
+    source: str, model: ModelConfig, profile: ResolvedProfile, options: EngineOptions | None = None, **values
+) -> Engine:
+    """The engine of `source` for this model and profile. `options` (and `values`: EngineOptions fields or
+    `<source>_url=` keywords) are handed over as the row says: the fields in its `options`, and its server
+    URL as `url` where it takes one (None: the engine reads $SIE_EVALS_<SOURCE>_URL, else starts a server)."""
+    spec = source_spec(source)
+    cls = engine_class(spec)
+    opts = (options or EngineOptions()).replace(**values)
+    kwargs = {name: getattr(opts, name) for name in spec.options}
+    if spec.takes_url:
+        kwargs["url"] = opts.server_urls.get(spec.name)
+    return cls(model, profile, **kwargs)

@@ -28,7 +28,6 @@ TIMING_HEADERS = {
 
 class SieEngine(HttpEngine):
     name = "sie"
-    url_env = "SIE_EVALS_SIE_URL"
     # SIE serves dense, sparse and multivector outputs where the model's adapter produces them; the
     # server (or, for a server the harness starts, lib/servers/sie.py) refuses the others clearly.
     supported_outputs = frozenset(OutputType)

@@ -20,7 +20,6 @@ TIMING_HEADERS = {
 
 class TeiEngine(HttpEngine):
     name = "tei"
-    url_env = "SIE_EVALS_TEI_URL"
     native_prompt_names = True  # /embed takes `prompt_name`
 
     def software_version(self) -> str:

@@ -7,6 +7,7 @@ sentence-transformers<4. A stamp file records what was installed; a second insta
 spec does nothing, so CI can call it on every run.
 """
 
+import dataclasses
 import json
 import os
 import re
@@ -14,11 +15,12 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from sie_evals.lib.core.errors import EngineError, InputError, SetupError
+from sie_evals.lib.core.sources import SOURCES, InstallRecipe
 
 SERVERS_DIR_ENV = "SIE_EVALS_SERVERS_DIR"
 STAMP = ".sie-evals-installed.json"
@@ -26,37 +28,33 @@ STAMP = ".sie-evals-installed.json"
 
 @dataclass(frozen=True)
 class ServerPackage:
+    """A source's install recipe (lib/core/sources.py) under its source name."""
+
     name: str  # source name: sie, infinity
     version: str
     python: str  # major.minor the venv needs
-    # pip install steps, in order. torch comes first where it matters, pinned, so that pip keeps it.
-    steps: tuple[tuple[str, ...], ...]
+    steps: tuple[tuple[str, ...], ...]  # pip install steps, in order
     executable: str  # console script inside the venv
     note: str = ""
 
 
-PACKAGES: dict[str, ServerPackage] = {
-    "sie": ServerPackage(
-        name="sie",
-        version="0.10.1",
-        python="3.12",
-        # sie-server 0.10.1 requires Python >=3.12,<3.13 and torch>=2.9,<2.10; on 3.12 pip takes PyPI's torch
-        # (a CUDA build: ~4 GB with the nvidia-* wheels, ~8 GB venv), which runs on the CPU when there is no GPU.
-        steps=(("sie-server==0.10.1", "sie-sdk==0.10.1"),),
-        executable="sie-server",
-        note="about 8 GB and 5-10 minutes on a fresh machine (PyPI torch for cp312 is the CUDA build)",
-    ),
-    "infinity": ServerPackage(
-        name="infinity",
-        version="0.0.78",
-        python="3.11",
-        # The local CPU wheel first and pinned again with infinity: otherwise pip pulls a CUDA torch.
-        # Never the [all] extra: its vision deps pull a CUDA torch too.
-        steps=(("torch==2.13.0",), ("infinity-emb[server,torch]==0.0.78", "torch==2.13.0")),
-        executable="infinity_emb",
-        note="about 1.5 GB (CPU torch 2.13.0)",
-    ),
-}
+class _Packages(Mapping[str, ServerPackage]):
+    """The installable servers: every row of the source table with an install recipe, read on use."""
+
+    def _recipes(self) -> dict[str, InstallRecipe]:
+        return {name: spec.install for name, spec in SOURCES.items() if spec.install is not None}
+
+    def __getitem__(self, name: str) -> ServerPackage:
+        return ServerPackage(name, **dataclasses.asdict(self._recipes()[name]))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._recipes())
+
+    def __len__(self) -> int:
+        return len(self._recipes())
+
+
+PACKAGES: Mapping[str, ServerPackage] = _Packages()
 
 
 def servers_dir() -> Path:
