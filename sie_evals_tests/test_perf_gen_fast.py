@@ -173,3 +173,18 @@ def test_a_request_costs_the_generator_little_cpu(tmp_path):  # ~3 s
     got = json.loads(out.stdout)
     assert got["fast"] and got["ok"] == 20000 and got["failed"] == 0, got
     assert got["cpu_us"] <= 30.0, got
+
+
+def test_the_overhead_calibration_uses_the_client_of_the_real_target():
+    """The null endpoint is plain http://, yet a target that runs on aiohttp (https here) is calibrated
+    on aiohttp: the overhead shown is that of the client the run used."""
+    from sie_evals.lib.harness.evaluation import calibrate_overhead
+    from sie_evals.lib.perf.load import LoadSpec
+
+    spec = LoadSpec(concurrency=2, requests=40, warmup_requests=0, trials=1)
+    for url, client in (("https://127.0.0.1:9/v1/embeddings", "aiohttp"), ("http://127.0.0.1:9/v1/embeddings", "fast")):
+        target = HttpTarget(url, {"Content-Type": "application/json"}, (b'{"input":["x"]}',), 10.0)
+        got = calibrate_overhead(spec, ["x"], [1], target, b'{"data":[]}')
+        assert got["method"] == f"{client} generator, the same requests to a loopback null endpoint", got
+        assert got["requests_per_s"] > 0 and got["p50_ms"] > 0, got
+    assert not fast_path(HttpTarget("http://127.0.0.1:9/v1", {}, (b"",), client="aiohttp"))

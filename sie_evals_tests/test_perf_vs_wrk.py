@@ -142,7 +142,7 @@ def wrk(url: str, folder: Path, seconds: float = 3.0, connections: int = 16) -> 
 
 
 PROBE = r"""
-import http.client, json, sys, threading
+import dataclasses, http.client, json, sys, threading
 from urllib.parse import urlsplit
 from sie_evals.lib.perf.aio import HttpTarget
 from sie_evals.lib.perf.load import LoadSpec, run_load
@@ -159,11 +159,11 @@ def send(batch):  # the thread generator's client: one keep-alive http.client co
     if reply.status != 200:
         raise ValueError(f"HTTP {reply.status}")
 
-if gen.endswith("aiohttp"):  # the generator's aiohttp client even for plain http:// (its previous path)
-    import sie_evals.lib.perf.aio as aio
-
-    aio.fast_path = lambda target: False
-target = HttpTarget(url, {"Content-Type": "application/json"}, (body,)) if gen in ("fast", "aiohttp") else None
+# *aiohttp: the generator's aiohttp client even for plain http:// (its client before the fast path)
+client = "aiohttp" if gen.endswith("aiohttp") else ""
+target = None
+if gen in ("fast", "aiohttp"):
+    target = HttpTarget(url, {"Content-Type": "application/json"}, (body,), client=client)
 texts = ["x"]
 if gen.startswith("engine"):  # what `sie-bench eval --type perf -s openai` runs, through the openai engine
     from sie_evals.lib.config.model_config import find_model_config
@@ -178,6 +178,7 @@ if gen.startswith("engine"):  # what `sie-bench eval --type perf -s openai` runs
     send = lambda batch: send_timed(engine, batch, EmbedKind.query)  # noqa: E731
     target, check, redact = (None, None, None) if gen == "engine-threads" else perf_target(
         engine, texts, spec.batch_size, EmbedKind.query)
+    target = target and dataclasses.replace(target, client=client)
     print(json.dumps(run_load(send, texts, [1], spec, target=target, check=check, redact=redact).metrics()))
 else:
     print(json.dumps(run_load(send, texts, [1], spec, target=target).metrics()))

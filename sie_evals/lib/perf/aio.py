@@ -72,6 +72,9 @@ class HttpTarget:
     headers: dict[str, str]
     bodies: tuple[bytes, ...]
     timeout_s: float = 60.0
+    # "aiohttp": that client whatever the URL; "" (or "fast"): fast_path's rule. The overhead
+    # calibration sends a target's requests to an http:// null endpoint with the client it gets.
+    client: str = ""
 
 
 @dataclass(frozen=True)
@@ -387,8 +390,11 @@ async def _open(job: Job, stop: Any, start: float, sender, out: _Recorder) -> No
 def fast_path(target: HttpTarget) -> bool:
     """The rule for which client runs: plain http:// with no user info in the URL and no line breaks in
     header values runs on the fast client; everything else (https: TLS; credentials in the URL) runs on
-    aiohttp. Neither uses proxies (aiohttp's trust_env is off): the generator measures the server."""
+    aiohttp. Neither uses proxies (aiohttp's trust_env is off): the generator measures the server.
+    A target with client="aiohttp" runs on aiohttp whatever its URL."""
     parts = urlsplit(target.url)
+    if target.client == "aiohttp":
+        return False
     return (
         parts.scheme == "http"
         and parts.username is None
@@ -396,6 +402,11 @@ def fast_path(target: HttpTarget) -> bool:
         and bool(parts.hostname)
         and not any(c in f"{k}{v}" for k, v in target.headers.items() for c in "\r\n")
     )
+
+
+def client_of(target: HttpTarget) -> str:
+    """The client that sends `target`'s requests: "fast" or "aiohttp"."""
+    return "fast" if fast_path(target) else "aiohttp"
 
 
 def request_bytes(target: HttpTarget) -> tuple[bytes, ...]:
