@@ -282,6 +282,7 @@ def calibrate_overhead(spec, texts: list[str], counts: list[int], target, reply:
     import dataclasses
     from urllib.parse import urlsplit
 
+    from sie_evals.lib.perf.aio import client_of
     from sie_evals.lib.perf.load import run_load
     from sie_evals.lib.perf.overhead import calibration_spec, null_endpoint, overhead_summary
 
@@ -290,9 +291,10 @@ def calibrate_overhead(spec, texts: list[str], counts: list[int], target, reply:
         result = run_load(lambda batch: None, texts, counts, calib)
         return overhead_summary(result.metrics(), "thread generator, a send that returns at once")
     with null_endpoint(reply) as base:
-        null = dataclasses.replace(target, url=base + urlsplit(target.url).path)
+        client = client_of(target)  # the real target's client, though the null endpoint is http://
+        null = dataclasses.replace(target, url=base + urlsplit(target.url).path, client=client)
         result = run_load(None, texts, counts, calib, target=null)
-    return overhead_summary(result.metrics(), "aiohttp generator, the same requests to a loopback null endpoint")
+    return overhead_summary(result.metrics(), f"{client} generator, the same requests to a loopback null endpoint")
 
 
 class PerfWorkload:
