@@ -1,6 +1,5 @@
 """Resources: where data, cache and results live, and how big a slice to evaluate."""
 
-import dataclasses
 import json
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -15,7 +14,7 @@ from sie_evals.lib.config.settings import DEFAULTS, EvalDefaults, eval_defaults
 from sie_evals.lib.core import paths
 from sie_evals.lib.core.atomic import atomic_write_json
 from sie_evals.lib.core.errors import ConfigError
-from sie_evals.lib.core.sources import COMPUTE_SOURCES
+from sie_evals.lib.core.sources import url_sources
 from sie_evals.lib.core.urls import http_url_problem, redact_url
 from sie_evals.lib.engines import Engine, create_engine
 from sie_evals.lib.engines.cache import EmbeddingCache
@@ -121,18 +120,19 @@ class EngineFactory(dg.ConfigurableResource):
 
     def engine_options(self, base: EngineOptions) -> EngineOptions:
         """`base` (the settings' options) with this resource's server URLs and OpenAI model on top."""
-        urls = {}
+        takes_url = [spec.name for spec in url_sources()]  # the source table's rows with a server URL
         for source, url in self.server_urls.items():
             where = f"engines resource config server_urls.{source}"
-            if source not in COMPUTE_SOURCES:
-                raise ConfigError(f"{where}: {source!r} is not a compute source ({', '.join(COMPUTE_SOURCES)})")
+            if source not in takes_url:
+                raise ConfigError(
+                    f"{where}: {source!r} is not a source that takes a server URL ({', '.join(takes_url)})"
+                )
             if problem := http_url_problem(url):
                 raise ConfigError(f"{where}: {redact_url(url)!r} is not an http(s)://host[:port] URL: {problem}")
-            urls[f"{source}_url"] = url
-        return dataclasses.replace(base, openai_model=self.openai_model or base.openai_model, **urls)
+        return base.replace(server_urls=self.server_urls, openai_model=self.openai_model or base.openai_model)
 
     def create(self, source: str, config: ModelConfig, profile: ResolvedProfile, base: EngineOptions) -> Engine:
-        return create_engine(source, config, profile, **self.engine_options(base).for_engine())
+        return create_engine(source, config, profile, self.engine_options(base))
 
 
 class JsonIOManager(dg.ConfigurableIOManager):
