@@ -109,18 +109,27 @@ def test_the_deploy_folder_has_what_a_deployment_needs():
     assert on_disk == listed
 
 
+def validate(path: Path, obj: dict[str, Any]) -> None:
+    """One object against Kubernetes' schema; a failure names the file, the object and the field."""
+    try:
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    except (kubernetes_validate.ValidationError, kubernetes_validate.SchemaNotFoundError) as e:
+        where = ".".join(str(p) for p in getattr(e, "path", []))
+        pytest.fail(f"{path.relative_to(REPO_ROOT)}: {obj['kind']} {obj['metadata'].get('name')}: {where}: {e.message}")
+
+
 @pytest.mark.parametrize("path", DEPLOY_FILES, ids=lambda p: p.relative_to(DEPLOY).as_posix())
 def test_every_file_under_deploy_validates_as_what_it_is(path):
     kind = kind_of(path)
     assert kind != "unrecognised", f"{path}: not a Kubernetes manifest, kustomization, instance config or Helm values"
     if kind == "kubernetes":
         for doc in docs(path):
-            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)  # raises, naming the field
+            validate(path, doc)
     elif kind == "kustomization":
         for name in kustomization()["resources"]:
             assert (K8S / name).is_file(), name
         for cm in generated_configmaps():
-            kubernetes_validate.validate(cm, K8S_VERSION, strict=True)
+            validate(path, cm)
     elif kind == "dagster-instance":
         # dagster has no public call that validates an instance file without connecting to its storage;
         # this is what DagsterInstance.from_config runs first (dagster's own schema for dagster.yaml).
