@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 from sie_evals.cli import app
 from sie_evals.lib.core.errors import DatasetError
 from sie_evals.lib.harness.report import render_table
+from sie_evals.lib.quality.task_types import task_type_for
 from sie_evals.lib.reporting.alerts import Alert, AlertDeliveryError, WebhookSink, deliver, run_url
 from sie_evals.lib.tasks import resolve_task
-from sie_evals.lib.tasks.labeled import LOCAL_LOADERS
 from sie_evals_tests.conftest import DATA, MODEL_ID, REPO_ROOT, make_beir_folder
 from sie_evals_tests.webhook import WebhookReceiver
 
@@ -110,7 +110,7 @@ def test_labeled_layouts_not_utf8_name_file_and_line(tmp_path, task):
             dst.write_bytes(src.read_bytes())
         else:
             _copy_head(src, dst, 30)
-    LOCAL_LOADERS[spec.type](spec, spec.default_split, tmp_path)  # the copies load as they are
+    task_type_for(spec).load(None, tmp_path)  # the copies load as they are
     path = tmp_path / folder / victim
     if victim.endswith(".json"):
         raw = path.read_bytes()
@@ -120,7 +120,7 @@ def test_labeled_layouts_not_utf8_name_file_and_line(tmp_path, task):
         lineno = 5
         _replace_line(path, lineno, LATIN1 + path.read_bytes().split(b"\n")[lineno - 1])
     with pytest.raises(DatasetError, match=rf"{victim}:{lineno}:\d+: not UTF-8 text"):
-        LOCAL_LOADERS[spec.type](spec, spec.default_split, tmp_path)
+        task_type_for(spec).load(None, tmp_path)
 
 
 # ---------------------------------------------------------------- null text

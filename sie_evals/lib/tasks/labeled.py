@@ -258,10 +258,3 @@ def load_sts_layout(spec: TaskSpec, split: str, data_root: Path) -> PairData:
     if not gold:
         raise DatasetError(f"{path}: the split is empty")
     return PairData(spec.task_id, split, s1, s2, gold, str(path.parent))
-
-
-LOCAL_LOADERS = {
-    "classification": load_banking77_layout,
-    "pair_classification": load_twitter_layout,
-    "sts": load_sts_layout,
-}
