@@ -183,7 +183,7 @@ def test_column_backfill_ends_completed_success(column):
     after = dg.evaluate_automation_conditions(
         defs=defs, instance=instance, cursor=first.cursor, evaluation_time=now + timedelta(minutes=1)
     )
-    requested = {r.key.to_user_string() for r in after.results if r.true_subset.size}
+    requested = {r.key.to_user_string() for r in after.results if after.get_num_requested(r.key)}
     assert requested == {"eval_report"}, requested
 
 
@@ -208,3 +208,23 @@ def test_nightly_tick_requests_each_cells_whole_chain_and_not_the_report(configs
         assert set(tick.get_requested_partitions(dg.AssetKey(asset))) == cells, asset
     assert not tick.get_requested_partitions(dg.AssetKey("eval_report"))  # not before the evals ran
     assert tick.total_requested == len(EVAL_ASSETS) * len(cells)  # Finesse has no automation
+
+
+def test_a_cli_recorded_result_updates_the_report_and_starts_no_eval_asset(configs_dir):
+    """The CLI records a full-split result as a runless materialization of quality_scores (recording.py):
+    target_comparison, which reads quality_scores' output (written only by a run), is not requested;
+    the report, which reads the instance, is."""
+    instance = dg.DagsterInstance.ephemeral()
+    tick_sync(instance, configs_dir)
+    defs = load_defs()
+    now = datetime.now(UTC)
+    first = dg.evaluate_automation_conditions(defs=defs, instance=instance, evaluation_time=now)
+    cell = f"{MINILM}:{SCIFACT}:local"
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization(asset_key="quality_scores", partition=cell, metadata={"main_score": 0.6})
+    )
+    after = dg.evaluate_automation_conditions(
+        defs=defs, instance=instance, cursor=first.cursor, evaluation_time=now + timedelta(minutes=1)
+    )
+    requested = {r.key.to_user_string() for r in after.results if after.get_num_requested(r.key)}
+    assert requested == {"eval_report"}, requested
