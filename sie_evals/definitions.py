@@ -28,7 +28,11 @@ def defs() -> dg.Definitions:
             make_check_failure_sensor(check_keys),
             run_failure_alerts,
         ],
-        resources={"settings": EvalSettings.from_env(), "engines": EngineFactory(), "json_io": JsonIOManager()},
+        resources={
+            "settings": EvalSettings.from_env(),
+            "engines": EngineFactory.from_env(),
+            "json_io": JsonIOManager(),
+        },
         # One process per run: the model loads once and no step pays a subprocess start-up.
         executor=dg.in_process_executor,
     )

@@ -1,6 +1,7 @@
 """Resources: where data, cache and results live, and how big a slice to evaluate."""
 
 import json
+import os
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,13 @@ class EngineFactory(dg.ConfigurableResource):
     openai_model: str | None = Field(
         None, description="openai source: the request's `model` (unset: the profile's openai_model, else the model id)."
     )
+
+    @classmethod
+    def from_env(cls) -> "EngineFactory":
+        """For the deployed code location: each source whose $SIE_EVALS_<SOURCE>_URL is set, as a reference
+        to that variable (dg.EnvVar: read when a run starts; the UI shows the variable's name, never the URL,
+        which may carry credentials)."""
+        return cls(server_urls={s.name: dg.EnvVar(s.url_env) for s in url_sources() if os.environ.get(s.url_env)})
 
     def engine_options(self, base: EngineOptions) -> EngineOptions:
         """`base` (the settings' options) with this resource's server URLs and OpenAI model on top."""
