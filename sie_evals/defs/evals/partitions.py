@@ -29,7 +29,7 @@ import dagster as dg
 from sie_evals.defs.evals.profile_partitions import partition_profiles
 from sie_evals.lib.config.model_config import ModelConfig, load_all_model_configs
 from sie_evals.lib.core.errors import ConfigError
-from sie_evals.lib.core.sources import COMPUTE_SOURCES
+from sie_evals.lib.core.sources import COMPUTE_SOURCES, DEFAULT_SOURCE
 from sie_evals.lib.gates.keys import EvalKey, model_part
 from sie_evals.lib.tasks import resolve_task
 
@@ -60,11 +60,11 @@ def eval_keys(configs: list[ModelConfig] | None = None) -> list[EvalKey]:
     # Output profiles (sparse, multivector, MUVERA): `model@profile` keys, retrieval tasks, local engine
     # (server sources serve them from the CLI: `-s sie -p <profile>`).
     keys |= {
-        EvalKey(model_part(c.short_name, p), resolve_task(t).task_id, "local")
+        EvalKey(model_part(c.short_name, p), resolve_task(t).task_id, DEFAULT_SOURCE)
         for c in configs
         for p in partition_profiles(c)
         for t in c.tasks
-        if "local" in c.sources and resolve_task(t).type == "retrieval"
+        if DEFAULT_SOURCE in c.sources and resolve_task(t).type == "retrieval"
     }
     return sorted(keys)
 
@@ -77,7 +77,7 @@ def finesse_keys(configs: list[ModelConfig] | None = None) -> list[EvalKey]:
         for c in configs
         for t in c.tasks
         for s in c.sources
-        if s == "local" and resolve_task(t).type == "finesse"  # runs through the local engine
+        if s == DEFAULT_SOURCE and resolve_task(t).type == "finesse"  # runs through the local engine
     }
     return sorted(keys)
 

@@ -15,6 +15,7 @@ from sie_evals.finesse.probes.generate import generate
 from sie_evals.finesse.results import score_file
 from sie_evals.lib.config.model_config import find_model_config
 from sie_evals.lib.core.errors import SieEvalsError
+from sie_evals.lib.core.sources import DEFAULT_SOURCE
 from sie_evals.lib.gates.conditions import from_finesse_results
 from sie_evals.lib.gates.keys import EvalKey
 
@@ -33,8 +34,8 @@ def finesse_embeddings(
 ) -> dg.Output[dict[str, Any]]:
     """Seeded probes (the task config's sampler) embedded by the partition's model (RSS or SRS)."""
     key = EvalKey.parse(context.partition_key)
-    if key.source != "local":
-        raise dg.Failure(f"{key}: Finesse runs through the local engine only in this version")
+    if key.source != DEFAULT_SOURCE:
+        raise dg.Failure(f"{key}: Finesse runs through the {DEFAULT_SOURCE} engine only in this version")
     try:
         model = find_model_config(key.model, settings.configs_dir())
         cfg, path = config.task_config(key.task, model.model_id, settings.profile, settings.threads)

@@ -17,6 +17,7 @@ from sie_evals.finesse.hashing import identity_hash, model_hash
 from sie_evals.finesse.probes.sampling import ModelChunker
 from sie_evals.lib.config.model_config import ModelConfig, ResolvedProfile, find_model_config, parse_model_config
 from sie_evals.lib.core.errors import ConfigError, EngineError, InputError, UnknownNameError
+from sie_evals.lib.core.sources import DEFAULT_SOURCE
 from sie_evals.lib.core.urls import redact_url
 from sie_evals.lib.engines import EmbedKind, Engine, create_engine
 from sie_evals.lib.engines.validation import validate_embeddings
@@ -48,12 +49,12 @@ def resolve_model(sel: EmbedderSelector, advanced: Advanced) -> tuple[ModelConfi
 
 
 class EngineEmbedder:
-    """A sie-evals engine (`local`) as a Finesse embedder. Texts are documents (the profile's document prefix)."""
+    """The default source's engine (`local`) as a Finesse embedder; texts are documents (document prefix)."""
 
     def __init__(self, sel: EmbedderSelector, advanced: Advanced, progress: bool = False):
         self.config, self.profile = resolve_model(sel, advanced)
         self.engine: Engine = create_engine(
-            "local", self.config, self.profile, progress=progress, threads=advanced.threads
+            DEFAULT_SOURCE, self.config, self.profile, progress=progress, threads=advanced.threads
         )
         self.max_context_length = self.profile.max_seq_length
 

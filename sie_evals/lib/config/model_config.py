@@ -28,7 +28,7 @@ from sie_evals.lib.core import paths
 from sie_evals.lib.core.errors import ConfigError, UnknownNameError, validation_error_message
 from sie_evals.lib.core.metric_names import metric_kind
 from sie_evals.lib.core.names import NAME_PATTERN, VARIANT_PATTERN, valid_name, valid_variant
-from sie_evals.lib.core.sources import ALL_SOURCES
+from sie_evals.lib.core.sources import ALL_SOURCES, DEFAULT_SOURCE
 from sie_evals.lib.core.strict import Int, OptionalFloat, OptionalInt, reject_bool
 from sie_evals.lib.core.text_files import read_utf8
 
@@ -349,7 +349,7 @@ class ModelConfig(_Strict):
     weights: WeightsSource
     profiles: dict[str, ProfileSettings] = Field(description="Named profiles; `default` is required.")
     tasks: list[str] = Field(default_factory=list, description="Task ids this model is evaluated on.")
-    sources: list[str] = Field(default_factory=lambda: ["local"], description="Sources it is evaluated on.")
+    sources: list[str] = Field(default_factory=lambda: [DEFAULT_SOURCE], description="Sources it is evaluated on.")
     targets: Targets = Field(default_factory=dict, description="Saved targets (written by --save-targets).")
     measurements: Measurements = Field(
         default_factory=dict, description="Measurement history, append-only (written by --save-measurements)."

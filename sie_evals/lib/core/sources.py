@@ -12,7 +12,7 @@ Public API (used by engines/registry.py, the CLI and defs/evals/resources.py):
 - `SOURCES: Mapping[str, SourceSpec]`, `source_spec(name)` (unknown name: UnknownNameError),
   `register_source(spec)` (a plugin or a test adds a row; `unregister_source(name)` removes it);
 - `COMPUTE_SOURCES`, `REFERENCE_SOURCES`, `ALL_SOURCES`: sequences of names, read from the table on use;
-- `url_sources()`: the rows that take a server URL.
+- `url_sources()`: the rows that take a server URL; `DEFAULT_SOURCE`: the row marked `default`.
 This module imports nothing else of lib/ (core is the floor): the engine class is a lazy import path.
 """
 
@@ -56,6 +56,9 @@ class SourceSpec:
     takes_url: bool = False  # a server URL: engine keyword `url`, --<name>-url, $SIE_EVALS_<NAME>_URL
     server: ServerMode = ServerMode.none
     install: InstallRecipe | None = None
+    # The default source (one row): what a model config evaluates when it names no sources, the reference
+    # of parity, and the in-process engine Finesse and the output-profile partitions run through.
+    default: bool = False
     help: str = ""  # what the source is, one line
     url_help: str = ""  # the --<name>-url option's help (its env variable is appended)
 
@@ -105,6 +108,7 @@ _TABLE: dict[str, SourceSpec] = {
             "local",
             engine="sie_evals.lib.engines.local:LocalEngine",
             options=_RUN_OPTIONS,
+            default=True,
             help="in-process transformers + torch (or its ONNX export), the reference of parity",
         ),
         SourceSpec(
@@ -158,6 +162,7 @@ _TABLE: dict[str, SourceSpec] = {
 }
 
 SOURCES: Mapping[str, SourceSpec] = types.MappingProxyType(_TABLE)
+(DEFAULT_SOURCE,) = (s.name for s in _TABLE.values() if s.default)
 
 
 def source_spec(name: str) -> SourceSpec:
@@ -173,6 +178,8 @@ def register_source(spec: SourceSpec) -> None:
         raise ValueError(f"source {spec.name!r} is already in the table")
     if spec.kind == SourceKind.compute and not spec.engine:
         raise ValueError(f"compute source {spec.name!r} needs an engine class path")
+    if spec.default:
+        raise ValueError(f"source {spec.name!r}: the default source is {DEFAULT_SOURCE!r}, one row only")
     _TABLE[spec.name] = spec
 
 

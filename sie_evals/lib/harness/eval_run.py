@@ -11,7 +11,7 @@ from sie_evals.lib.config.model_config import ModelConfig, ResolvedProfile, Runt
 from sie_evals.lib.core import paths
 from sie_evals.lib.core.errors import InputError, UnknownNameError
 from sie_evals.lib.core.names import validate_name
-from sie_evals.lib.core.sources import ALL_SOURCES, COMPUTE_SOURCES, REFERENCE_SOURCES
+from sie_evals.lib.core.sources import ALL_SOURCES, COMPUTE_SOURCES, DEFAULT_SOURCE, REFERENCE_SOURCES
 from sie_evals.lib.engines.cache import EmbeddingCache
 from sie_evals.lib.gates.drift import CheckResult, ReferenceColumn, check_source, reference
 from sie_evals.lib.gates.keys import ResultKey
@@ -268,7 +268,7 @@ def run_eval(req: EvalRequest) -> EvalOutcome:
         results = [evaluate_source(config, profile, spec, data, s, req.engine, cache) for s in compute]
     # reference columns: quality keys are engine-independent; perf references are the first engine's
     saving = req.save_targets or req.save_measurements
-    first = saving if saving in keys else (compute[0] if compute else "local")
+    first = saving if saving in keys else (compute[0] if compute else DEFAULT_SOURCE)
     key = keys.get(first) or result_key(req, config, spec, data, profile.name, first)
 
     refs = {}
