@@ -153,8 +153,6 @@ LONG_MODULES = {
     "lib/perf/load.py": "closed- and open-loop trials and PerfResult; the HTTP trial could move beside aio.py",
     "lib/harness/evaluation.py": "per-source quality and perf evaluation; being split by task type (item 1)",
     "lib/harness/report.py": "report JSON, terminal table and diff sides; the per-type tables move to task types",
-    "lib/engines/outputs.py": "eight concerns being split into their own modules (item 4)",
-    "lib/engines/local.py": "the local engine and its runtimes; weights resolution moves to config (item 4)",
     "lib/engines/http.py": "the HTTP engines' shared client: retries, rate limits, redaction, wire errors",
     "lib/config/model_config.py": "the model config schema (pydantic): one file is what `sie-bench schema` prints",
     "lib/gates/saved_results.py": "saving targets/measurements transactionally and migrating legacy keys",

@@ -13,7 +13,7 @@ import numpy as np
 
 def per_item_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Cosine of row i of `a` with row i of `b` (same texts, same order). Sparse and multivector
-    outputs: engines/outputs.py item_cosines."""
+    outputs: engines/vectors.py item_cosines."""
     if not isinstance(a, np.ndarray) or not isinstance(b, np.ndarray):
         from sie_evals.lib.engines.vectors import item_cosines
 
