@@ -13,20 +13,20 @@ from dataclasses import dataclass
 
 from sie_evals.lib.config.model_config import ModelConfig
 from sie_evals.lib.core.errors import ConfigError
-from sie_evals.lib.core.metric_names import MetricKind, metric_kind
+from sie_evals.lib.core.metric_names import (
+    CLASSIFICATION_EXPERIMENT_SHAPE,
+    CLASSIFICATION_METRICS,
+    FINESSE_METRICS,
+    PAIR_CLASSIFICATION_METRICS,
+    RETRIEVAL_SHAPE,
+    STS_METRICS,
+    MetricKind,
+    is_perf_metric,
+    metric_kind,
+    retrieval_metrics,
+)
 from sie_evals.lib.gates.keys import PERF_PREFIX
 from sie_evals.lib.tasks.registry import TaskSpec, registered_tasks
-
-RETRIEVAL_PREFIXES = ("ndcg", "map", "recall", "precision", "hit_rate", "mrr")  # each `_at_<k>`
-CLASSIFICATION_METRICS = (
-    "accuracy", "f1", "f1_weighted", "precision", "precision_weighted", "recall", "recall_weighted",
-    "ap", "ap_weighted",  # binary label sets only
-)  # fmt: skip
-PAIR_SIMILARITIES = ("similarity", "cosine", "manhattan", "euclidean", "dot", "max")
-PAIR_SCORES = ("accuracy", "f1", "precision", "recall", "ap")
-STS_METRICS = tuple(f"{p}{c}" for p in ("", "cosine_", "manhattan_", "euclidean_") for c in ("pearson", "spearman"))
-# Finesse: by the task's main score (finesse/rss-* or finesse/srs-*).
-FINESSE_METRICS = {"average_rss": ("average_rss",), "average_srs": ("average_srs", "average_pbi")}
 
 
 @dataclass(frozen=True)
@@ -37,19 +37,19 @@ class Vocabulary:
     names: tuple[str, ...] = ()
     shape: str | None = None  # a regular expression, when the names are only known at run time
     kinds: tuple[MetricKind, ...] = ()
+    perf: bool = False  # any metric a perf run reports
 
     def allows(self, metric: str) -> bool:
-        if self.names:
-            return metric in self.names
-        if self.shape:
-            return re.fullmatch(self.shape, metric) is not None
+        if self.perf:
+            return is_perf_metric(metric)
+        if self.names or self.shape:
+            return metric in self.names or (self.shape is not None and re.fullmatch(self.shape, metric) is not None)
         return metric_kind(metric) in self.kinds
 
     def listing(self) -> str:
-        if self.names:
-            return ", ".join(self.names)
-        if self.shape:
-            return f"names matching {self.shape}"
+        if self.names or self.shape:
+            shape = f"names matching {self.shape}" if self.shape else ""
+            return ", ".join(n for n in (", ".join(self.names), shape) if n)
         return f"any {' or '.join(k.value for k in self.kinds)} metric"
 
 
@@ -63,25 +63,25 @@ def _spec(task: str) -> TaskSpec | None:
 
 
 def _retrieval(what: str, k_values: tuple[int, ...]) -> Vocabulary:
-    return Vocabulary(what, tuple(f"{p}_at_{k}" for p in RETRIEVAL_PREFIXES for k in k_values))
+    return Vocabulary(what, retrieval_metrics(k_values))
 
 
 def vocabulary(task: str, variant: str) -> Vocabulary:
     """The metrics a result saved under targets[task][*][variant] can hold."""
     if variant.startswith(PERF_PREFIX):
-        return Vocabulary(f"{task} perf", kinds=(MetricKind.latency, MetricKind.throughput))
+        return Vocabulary(f"{task} perf", kinds=(MetricKind.latency, MetricKind.throughput), perf=True)
     spec = _spec(task)
     if spec is None:
         if task.lower().startswith("beir/"):  # its k values come from mteb's task at run time
-            return Vocabulary(f"{task} (retrieval)", shape=rf"({'|'.join(RETRIEVAL_PREFIXES)})_at_[0-9]+")
+            return Vocabulary(f"{task} (retrieval)", shape=RETRIEVAL_SHAPE)
         return Vocabulary(f"{task} (MTEB task)", kinds=(MetricKind.quality,))
     what = f"{task} ({spec.type})"
     if spec.type == "retrieval":
         return _retrieval(what, spec.rules.k_values)
     if spec.type == "classification":
-        return Vocabulary(what, CLASSIFICATION_METRICS)
+        return Vocabulary(what, CLASSIFICATION_METRICS, shape=CLASSIFICATION_EXPERIMENT_SHAPE)
     if spec.type == "pair_classification":
-        return Vocabulary(what, tuple(f"{s}_{m}" for s in PAIR_SIMILARITIES for m in PAIR_SCORES))
+        return Vocabulary(what, PAIR_CLASSIFICATION_METRICS)
     if spec.type == "sts":
         return Vocabulary(what, STS_METRICS)
     if spec.type == "finesse":

@@ -7,6 +7,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from sie_evals.lib.core import metric_names
 from sie_evals.lib.core.atomic import atomic_write, atomic_write_json
 from sie_evals.lib.core.run_conditions import now_iso
 from sie_evals.lib.harness.evaluation import SourceResult
@@ -16,36 +17,7 @@ from sie_evals.lib.tasks import TaskSpec
 from sie_evals.lib.tasks.base import TaskDataBase as TaskData
 
 REPORT_FORMAT = 1
-PERF_TABLE_METRICS = (
-    "latency_p50_ms",
-    "latency_p90_ms",
-    "latency_p95_ms",
-    "latency_p99_ms",
-    "latency_p99.9_ms",
-    "latency_min_ms",
-    "latency_max_ms",
-    "latency_mean_ms",
-    "items_per_s",
-    "tokens_per_s",
-    "requests_per_s",
-    # open loop: the offered rate, what came back, and the time from the actual send
-    "offered_rate_per_s",
-    "completed",
-    "errors",
-    "late",
-    "dropped",
-    "service_p50_ms",
-    "service_p99_ms",
-    "send_lag_p99_ms",
-    "goodput_per_s",
-    "max_rate_at_slo",
-    "max_concurrency_at_slo",
-    # where the engine reports its own time (SIE's `timing`): the server's share and the client's
-    "server_total_p50_ms",
-    "server_inference_p50_ms",
-    "server_queue_p50_ms",
-    "client_overhead_p50_ms",
-)
+PERF_TABLE_METRICS = metric_names.PERF_TABLE_METRICS  # the eval table's perf rows: the metric vocabulary's
 
 
 def build_report(

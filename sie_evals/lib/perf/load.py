@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from sie_evals.lib.core import metric_names
 from sie_evals.lib.core.errors import InputError
 from sie_evals.lib.perf import aio, histogram
 from sie_evals.lib.perf.limits import duration_problem, in_flight_problem, rate_problem
@@ -36,9 +37,8 @@ from sie_evals.lib.perf.openloop import (
     with_warmup,
 )
 
-PERCENTILES = {"p50": 50, "p90": 90, "p95": 95, "p99": 99}  # numpy percentiles of server timings
-# What --save-targets stores for perf and --check-targets gates on.
-PERF_TARGET_METRICS = ("latency_p50_ms", "latency_p99_ms", "items_per_s", "tokens_per_s")
+# What --save-targets stores for perf and --check-targets gates on (kept importable from here).
+PERF_TARGET_METRICS = metric_names.PERF_TARGET_METRICS
 
 
 class LoadSpecError(InputError, ValueError):

@@ -17,19 +17,10 @@ from typing import Any
 import numpy as np
 
 from sie_evals.lib.core.errors import InputError
+from sie_evals.lib.core.metric_names import SLO_METRICS  # the SLO names come from the metric vocabulary
 from sie_evals.lib.perf.load import LoadSpec, LoadSpecError
 
 SWEEP_PARAMS = {"concurrency": int, "rate": float, "batch": int, "tokens": int}
-SLO_METRICS = {
-    "p50_ms": "latency_p50_ms",
-    "p90_ms": "latency_p90_ms",
-    "p95_ms": "latency_p95_ms",
-    "p99_ms": "latency_p99_ms",
-    "p99.9_ms": "latency_p99.9_ms",
-    "mean_ms": "latency_mean_ms",
-    "max_ms": "latency_max_ms",
-    "error_rate": "error_rate",
-}
 _OPS = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt}
 _SLO_RE = re.compile(r"^\s*([a-z0-9_.]+)\s*(<=|>=|<|>)\s*([0-9.eE+-]+)\s*$")
 
