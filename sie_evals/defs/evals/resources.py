@@ -11,7 +11,7 @@ from pydantic import Field
 
 from sie_evals.defs.evals.partitions import storage_name
 from sie_evals.lib.config.model_config import ModelConfig, ResolvedProfile
-from sie_evals.lib.config.settings import DEFAULTS, EvalDefaults, eval_defaults
+from sie_evals.lib.config.settings import DEFAULTS, EvalDefaults, PerfPlan, eval_defaults, perf_plan
 from sie_evals.lib.core import paths
 from sie_evals.lib.core.atomic import atomic_write_json
 from sie_evals.lib.core.errors import ConfigError
@@ -48,8 +48,14 @@ class EvalSettings(dg.ConfigurableResource):
     perf_requests: int = D["perf_requests"]
     perf_warmup_requests: int = D["perf_warmup_requests"]
     perf_trials: int = D["perf_trials"]
+    perf_duration_s: float | None = D["perf_duration_s"]  # seconds per trial instead of perf_requests
     perf_rate: float | None = D["perf_rate"]  # open loop at this many requests/s (--rate)
     perf_arrival: str = D["perf_arrival"]
+    perf_burstiness: float = D["perf_burstiness"]
+    perf_max_concurrency: int = D["perf_max_concurrency"]
+    perf_on_cap: str = D["perf_on_cap"]
+    perf_seed: int = D["perf_seed"]
+    perf_tokens: str | None = D["perf_tokens"]  # N, or N1,N2,... (a sweep)
     perf_sweep: str | None = D["perf_sweep"]  # e.g. concurrency=1,2,4,8 (--sweep)
     perf_slos: str | None = D["perf_slos"]  # comma-separated, e.g. p99_ms<=250,error_rate<=0.01 (--slo)
 
@@ -63,21 +69,15 @@ class EvalSettings(dg.ConfigurableResource):
         return eval_defaults(**{name: getattr(self, name) for name in DEFAULTS})
 
     def load_spec(self) -> LoadSpec:
-        return LoadSpec(
-            batch_size=self.perf_batch_size,
-            concurrency=self.perf_concurrency,
-            requests=self.perf_requests,
-            warmup_requests=self.perf_warmup_requests,
-            trials=self.perf_trials,
-            rate=self.perf_rate,
-            arrival=self.perf_arrival,
-        )
+        return self.perf_plan().load
+
+    def perf_plan(self) -> PerfPlan:
+        """Load shape, sweep and SLOs: the one builder the CLI uses too (lib/config/settings.py)."""
+        return perf_plan(self.defaults())
 
     def perf_sweep_and_slos(self) -> tuple[Any, tuple[Any, ...]]:
-        from sie_evals.lib.perf.sweep import parse_slo, parse_sweep
-
-        sweep = parse_sweep(self.perf_sweep) if self.perf_sweep else None
-        return sweep, tuple(parse_slo(s) for s in (self.perf_slos or "").split(",") if s.strip())
+        plan = self.perf_plan()
+        return plan.sweep, plan.slos
 
     def data_options(self) -> DataOptions:
         return DataOptions(
