@@ -1,7 +1,6 @@
 """A quality eval as composable steps. The CLI runs them in one go; the Dagster assets run the same
 functions one asset at a time (dataset -> embeddings -> scores)."""
 
-import functools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,12 +11,13 @@ import pandas as pd
 
 from sie_evals.lib.config.model_config import ModelConfig, ResolvedProfile
 from sie_evals.lib.core import paths
-from sie_evals.lib.core.errors import InputError
 from sie_evals.lib.core.run_conditions import hardware, now_iso, software
-from sie_evals.lib.engines import EmbedKind, Engine, create_engine, outputs
+from sie_evals.lib.engines import EmbedKind, Engine, create_engine, report_fields
 from sie_evals.lib.engines.cache import CacheStats, EmbeddingCache
+from sie_evals.lib.engines.options import EngineOptions
+from sie_evals.lib.harness.perf_workload import PerfWorkload, calibrate_overhead, perf_target, send_timed
 from sie_evals.lib.quality.ranking import Ranking
-from sie_evals.lib.quality.task_types import PERF_WORKLOADS, MtebTaskType, task_type_for
+from sie_evals.lib.quality.task_types import MtebTaskType, task_type_for
 from sie_evals.lib.tasks import TaskSpec, resolve_task
 from sie_evals.lib.tasks.base import TaskDataBase as TaskData
 
@@ -29,34 +29,6 @@ class DataOptions:
     corpus_size: int | None = None
     data_root: Path | None = None
     backend: str | None = None  # native | mteb; None: native where it exists
-
-
-@dataclass(frozen=True)
-class EngineOptions:
-    batch_size: int | None = None
-    threads: int | None = None
-    progress: bool = False
-    device: str | None = None  # server engines: cpu (default), cuda, auto...
-    # A running server to use instead of starting one (default: $SIE_EVALS_<SOURCE>_URL, else start one).
-    sie_url: str | None = None
-    infinity_url: str | None = None
-    tei_url: str | None = None
-    openai_url: str | None = None  # an OpenAI-compatible server (default $SIE_EVALS_OPENAI_URL)
-    openai_model: str | None = None  # the request's `model` (default: the profile's openai_model, else model_id)
-
-    def for_engine(self) -> dict[str, Any]:
-        """Every option; create_engine hands each engine the ones that apply to it."""
-        return {
-            "batch_size": self.batch_size,
-            "threads": self.threads,
-            "progress": self.progress,
-            "device": self.device,
-            "sie_url": self.sie_url,
-            "infinity_url": self.infinity_url,
-            "tei_url": self.tei_url,
-            "openai_url": self.openai_url,
-            "openai_model": self.openai_model,
-        }
 
 
 @dataclass
@@ -157,7 +129,7 @@ def evaluate_source(
     """Embed (through the cache) and score one compute source."""
     cache = cache or EmbeddingCache(paths.cache_dir())
     task_type = task_type_for(spec)
-    engine = create_engine(source, model, profile, **engine_opts.for_engine())
+    engine = create_engine(source, model, profile, engine_opts)
     stats = CacheStats()
     start = time.perf_counter()
     with engine:
@@ -185,7 +157,7 @@ def evaluate_source(
             "embed_seconds": round(emb.seconds, 3),  # embedding and scoring together
             **({"warnings": list(data.warnings)} if getattr(data, "warnings", ()) else {}),
             **task_extra,
-            **outputs.describe(profile, emb.vectors),
+            **report_fields.describe(profile, emb.vectors),
             **(
                 {"server": emb.engine_info["extra"]["server"]} if emb.engine_info.get("extra", {}).get("server") else {}
             ),
@@ -210,122 +182,13 @@ def parity_vs_torch(
     from sie_evals.lib.quality.parity import parity
 
     torch_profile = profile.model_copy(update={"runtime": Runtime.torch})
-    engine = create_engine("local", model, torch_profile, **engine_opts.for_engine())
+    engine = create_engine("local", model, torch_profile, engine_opts)
     with engine:
         reference = embed_task(engine, spec, data, cache).vectors
     assert result.vectors is not None
     out = parity(reference, result.vectors)
     out["max_abs_delta"] = max(float(np.abs(reference[k] - result.vectors[k]).max()) for k in reference)
     return out
-
-
-FIXED_TOKEN_TEXTS = 256  # distinct texts per --tokens length
-
-
-def _tokenizer(model: ModelConfig):
-    from sie_evals.lib.config.weights import resolve_weights
-
-    return _load_tokenizer(str(resolve_weights(model)))
-
-
-@functools.cache
-def _load_tokenizer(weights: str):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(weights)
-
-
-def token_counts(model: ModelConfig, profile: ResolvedProfile, texts: list[str]) -> list[int]:
-    """Tokens per text by the model's own tokenizer, truncated like the model input (special tokens
-    included): the one counting rule for tok/s, whatever engine serves the model."""
-    enc = _tokenizer(model)(texts, truncation=True, max_length=profile.max_seq_length)
-    return [len(ids) for ids in enc["input_ids"]]
-
-
-def send_timed(engine: Engine, batch: list[str], kind: EmbedKind, sizes: list | None = None) -> dict[str, float] | None:
-    """One perf request; returns the server's own timing of it when the engine reports one. `sizes`
-    collects sparse nnz / tokens per text of non-dense outputs."""
-    raw = engine.embed(batch, kind)
-    outputs.postprocess(engine.profile, kind == EmbedKind.query, raw)  # MUVERA's FDE is part of the cost
-    if sizes is not None and not isinstance(raw, np.ndarray):
-        sizes.append(raw.nnz_per_row() if isinstance(raw, outputs.SparseVectors) else raw.lengths())
-    timing = getattr(engine, "last_server_timing", None)
-    return timing() if callable(timing) else timing
-
-
-def perf_target(engine: Engine, texts: list[str], batch_size: int, kind: EmbedKind, replies: list | None = None):
-    """(HttpTarget, check, redact) for the fast generator when the engine is one plain JSON request per
-    perf request (lib/perf/aio.py); (None, None, None) for the thread generator otherwise. The first
-    reply checked is appended to `replies`."""
-    from sie_evals.lib.engines.http import HttpEngine
-    from sie_evals.lib.perf.load import prepared_target, request_items
-
-    if not isinstance(engine, HttpEngine):
-        return None, None, None
-    target = prepared_target(
-        lambda items: engine.perf_request([texts[j] for j in items], kind), len(texts), batch_size, engine.timeout_s
-    )
-    if target is None:
-        return None, None, None
-
-    def check(i: int, body: bytes) -> None:
-        engine.check_perf_reply(body, len(request_items(i, texts, batch_size)))
-        if replies is not None and not replies:
-            replies.append(body)
-
-    return target, check, engine.redact
-
-
-def calibrate_overhead(spec, texts: list[str], counts: list[int], target, reply: bytes) -> dict[str, Any]:
-    """The generator's own latency at this load against a null endpoint answering `reply` (HTTP
-    engines), or with a send that returns at once (in-process engines): lib/perf/overhead.py."""
-    import dataclasses
-    from urllib.parse import urlsplit
-
-    from sie_evals.lib.perf.aio import client_of
-    from sie_evals.lib.perf.load import run_load
-    from sie_evals.lib.perf.overhead import calibration_spec, null_endpoint, overhead_summary
-
-    calib = calibration_spec(spec)
-    if target is None:
-        result = run_load(lambda batch: None, texts, counts, calib)
-        return overhead_summary(result.metrics(), "thread generator, a send that returns at once")
-    with null_endpoint(reply) as base:
-        client = client_of(target)  # the real target's client, though the null endpoint is http://
-        null = dataclasses.replace(target, url=base + urlsplit(target.url).path, client=client)
-        result = run_load(None, texts, counts, calib, target=null)
-    return overhead_summary(result.metrics(), f"{client} generator, the same requests to a loopback null endpoint")
-
-
-class PerfWorkload:
-    """The texts a perf run sends and their token counts: the task's corpus or queries as they are, or
-    (tokens=N) texts of exactly N tokens cut from them."""
-
-    def __init__(self, model: ModelConfig, profile: ResolvedProfile, spec: TaskSpec, data: TaskData, workload: str):
-        if workload not in PERF_WORKLOADS:
-            raise InputError(f"--workload must be one of {', '.join(PERF_WORKLOADS)}, got {workload!r}")
-        self.kind, self.texts = task_type_for(spec).perf_texts(data, workload)
-        self.model, self.profile = model, profile
-        self.prefix = profile.document_prefix if self.kind == EmbedKind.document else profile.query_prefix
-        self._cache: dict[int | None, tuple[list[str], list[int]]] = {}
-
-    def texts_and_counts(self, tokens: int | None) -> tuple[list[str], list[int]]:
-        if tokens not in self._cache:
-            if tokens is None:
-                texts = self.texts
-                counts = token_counts(self.model, self.profile, [self.prefix + t for t in texts])
-            else:
-                if tokens > self.profile.max_seq_length:
-                    raise InputError(
-                        f"--tokens {tokens}: longer than the profile's max_seq_length "
-                        f"{self.profile.max_seq_length} (the model would truncate it)"
-                    )
-                from sie_evals.lib.perf.workloads import fixed_token_texts
-
-                texts = fixed_token_texts(_tokenizer(self.model), self.texts, tokens, FIXED_TOKEN_TEXTS, self.prefix)
-                counts = [tokens] * len(texts)
-            self._cache[tokens] = (texts, counts)
-        return self._cache[tokens]
 
 
 def _point_metrics(result, slos) -> dict[str, float]:
@@ -369,7 +232,7 @@ def evaluate_perf_source(
     points = [(None, load)] if sweep is None else [(v, sweep.spec_at(load, v)) for v in sweep.values]
     for _, point in points:
         work.texts_and_counts(point.tokens)  # bad --tokens fails before a server starts
-    engine = create_engine(source, model, profile, **engine_opts.for_engine())
+    engine = create_engine(source, model, profile, engine_opts)
     load_before = os.getloadavg()[0]
     rows: list[dict[str, Any]] = []
     results = []
@@ -511,7 +374,7 @@ def evaluate_perf_source(
         "load_shape": load.load_shape(workload),
         "histograms": main.histograms() if sweep is None else None,
         "perf_result": main if sweep is None else None,
-        **outputs.perf_fields(profile, sizes),
+        **report_fields.perf_fields(profile, sizes),
     }
     if sweep is not None:
         extra["sweep"] = {"param": sweep.param, "rows": rows}
