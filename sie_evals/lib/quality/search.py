@@ -1,11 +1,13 @@
 """Exact top-k retrieval (no approximate index) at the speed of the matrix product.
 
 Like MTEB: cosine similarity in float32 (vectors normalised with torch in float32) and the top k (1000)
-documents per query. Documents are scored in chunks (a memory-mapped corpus is never copied whole) and
-merged into a running top-k. Selecting the top k is kept off the critical path: after the first chunk,
-only the scores above each query's current k-th best can enter (one comparison per score, typically a
-few in a thousand pass), so the cost beside the matrix product is a compare and a small merge, not a
-`torch.topk` over every chunk. The scores are the same float32 products as before (same chunk shapes).
+documents per query. Documents are scored in blocks (a memory-mapped corpus is never copied whole),
+each normalised into a reused buffer and multiplied into another (no fresh (queries x block) result to
+page in), and merged into a running top-k (RunningTopK): after the first block only the scores above
+each query's k-th best can enter (one comparison per score, typically a few in a thousand pass), so the
+cost beside the matrix product is a compare and a small merge, not a `torch.topk` per block. The scores
+are the float32 products of torch-normalised vectors, bit for bit whatever the block size (MKL's sgemm
+sums each dot product in the same order; test_search checks it).
 
 Tie order, documented and deterministic: every result row is best first, by score descending then
 document index ascending, and documents tied at the k-th score are kept lowest index first: the top k
@@ -17,8 +19,9 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
-DEFAULT_DOC_CHUNK = 50_000
-PACK_LIMIT = 4  # candidates per row of one chunk, in multiples of k, merged without a full topk
+# Documents per block: (1,000 queries x 16,384) products ran 20-25% faster than 50,000-document ones
+# here (MKL sgemm, measured in CPU time), and the filter's pass over them is cheaper while they are warm.
+DEFAULT_DOC_CHUNK = 16_384
 
 
 def _unit(x: np.ndarray) -> torch.Tensor:
@@ -49,9 +52,11 @@ def _scored_chunks(q: torch.Tensor, docs: np.ndarray, doc_chunk: int, normalize:
         if normalize:  # torch.nn.functional.normalize's own ops (x / max(norm, eps)): the same bits
             t = torch.from_numpy(src)
             torch.div(t, t.norm(2, 1, keepdim=True).clamp_min(1e-12), out=d)
-        scores = out_buf[: q.shape[0] * rows].view(q.shape[0], rows)
-        torch.matmul(q, d.T, out=scores)
-        yield start, scores
+        # documents x queries (5% faster than queries x documents here, the same bits); yielded as its
+        # transpose, a column-major (queries x documents) view that RunningTopK scans in memory order
+        scores = out_buf[: q.shape[0] * rows].view(rows, q.shape[0])
+        torch.mm(d, q.T, out=scores)
+        yield start, scores.T
 
 
 def inner_product_top_k(
@@ -82,60 +87,124 @@ def sort_rows(scores: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.n
     return np.take_along_axis(scores, order, 1), np.take_along_axis(indices, order, 1)
 
 
-def _top(s: torch.Tensor, i: torch.Tensor | None, k: int, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """The top k of each row of scores `s` (document indices `i`, or start + column when None). A tie
-    across the cut-off keeps the lower document indices: rows whose k-th and (k+1)-th scores are equal
-    (rare: exact ties) are ordered by (score desc, index asc) in full."""
-    if s.shape[1] <= k:
-        if i is None:  # a chunk's scores (a buffer the next chunk overwrites): copied
-            return s.clone(), torch.arange(start, start + s.shape[1]).expand(s.shape[0], -1).clone()
+def _top(s: np.ndarray, i: np.ndarray | None, k: int, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The top k of each row of scores `s` (document indices `i`, or start + column when None), in no
+    particular order. A tie across the cut-off keeps the lower document indices: rows whose k-th and
+    (k+1)-th scores are equal (rare: exact ties) are ordered by (score desc, index asc) in full.
+    np.argpartition, not torch.topk: 4-12x faster here for k = 1,000 of 2,000-16,000 (one thread)."""
+    n = s.shape[1]
+    if n <= k:
+        if i is None:  # a block's scores (maybe a buffer the next block overwrites): copied
+            return s.copy(), np.broadcast_to(np.arange(start, start + n), s.shape).copy()
         return s, i
-    vals, pos = torch.topk(s, k + 1, dim=1)
-    top_s, top_i = vals[:, :k].contiguous(), (pos[:, :k] + start if i is None else torch.gather(i, 1, pos[:, :k]))
-    tied = (vals[:, k - 1] == vals[:, k]).nonzero().flatten()
+    s = np.ascontiguousarray(s)  # a column-major block: row by row is 2x faster on a copy
+    # ascending partition around the (k+1)-th best: the k after it are the top k (one kth: 5x faster
+    # than two)
+    part = np.argpartition(s, n - k - 1, axis=1)
+    pos = part[:, n - k :]
+    top_s = np.take_along_axis(s, pos, 1)
+    top_i = pos + start if i is None else np.take_along_axis(i, pos, 1)
+    tied = np.flatnonzero(top_s.min(axis=1) == np.take_along_axis(s, part[:, n - k - 1 : n - k], 1)[:, 0])
     if len(tied):
-        rows_s = s[tied].numpy()
-        rows_i = np.arange(start, start + s.shape[1])[None, :].repeat(len(tied), 0) if i is None else i[tied].numpy()
-        order = np.lexsort((rows_i, -rows_s), axis=-1)[:, :k]
-        top_s[tied] = torch.from_numpy(np.take_along_axis(rows_s, order, 1))
-        top_i[tied] = torch.from_numpy(np.take_along_axis(rows_i, order, 1))
+        rows_i = np.broadcast_to(np.arange(start, start + n), (len(tied), n)) if i is None else i[tied]
+        order = np.lexsort((rows_i, -s[tied]), axis=-1)[:, :k]
+        top_s[tied] = np.take_along_axis(s[tied], order, 1)
+        top_i[tied] = np.take_along_axis(rows_i, order, 1)
     return top_s, top_i
 
 
-def _above(scores: torch.Tensor, threshold: torch.Tensor, start: int, k: int):
-    """The scores of one chunk strictly above each row's threshold, packed left into (rows x most per
-    row) with -inf padding, and their document indices; None when some row has more than
-    PACK_LIMIT x k (adversarial order, e.g. ascending scores: then the chunk's own top k is cheaper)."""
-    rows, cols = (scores > threshold[:, None]).nonzero(as_tuple=True)  # row-major: columns ascending
-    counts = torch.bincount(rows, minlength=scores.shape[0])  # (a bool sum(dim=1) is 10x slower)
-    most = int(counts.max()) if len(rows) else 0
-    if most > PACK_LIMIT * k:
-        return None
-    pos = torch.arange(len(rows)) - (torch.cumsum(counts, 0) - counts)[rows]
-    out_s = torch.full((scores.shape[0], most), float("-inf"), dtype=scores.dtype)
-    out_i = torch.zeros((scores.shape[0], most), dtype=torch.long)
-    out_s[rows, pos] = scores[rows, cols]
-    out_i[rows, pos] = cols + start
-    return out_s, out_i
+class RunningTopK:
+    """The running top k of every exact search here (dense, sparse, MaxSim, MUVERA), fed one block of
+    scores (n_queries x block documents) at a time. The first blocks are merged with a full top k;
+    after that only scores strictly above each query's k-th best as of the last merge are kept as
+    candidates (a later document tying with it never displaces it), and candidates are merged only
+    once some query has k of them: the cost beside the matrix product is one comparison per score and
+    a scan for the few that pass, not a top k per block. Blocks may be buffers the caller overwrites
+    next: only copies are kept. Memory: (queries x (2k + block)). numpy throughout: its comparison,
+    flatnonzero and argpartition were 2-12x torch's here (one thread each)."""
+
+    def __init__(self, n_queries: int, k: int):
+        self.k = k
+        self.best_s = np.empty((n_queries, 0), dtype=np.float32)
+        self.best_i = np.empty((n_queries, 0), dtype=np.int64)
+        self.threshold = np.empty(0, dtype=np.float32)
+        self.pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (rows, doc indices, scores)
+        self.pending_per_row = np.zeros(n_queries, dtype=np.int64)
+        self.mask = np.zeros(0, dtype=np.bool_)  # comparison buffer, reused
+
+    def add(self, start: int, scores: torch.Tensor | np.ndarray) -> None:
+        scores = np.asarray(scores.numpy() if isinstance(scores, torch.Tensor) else scores, dtype=np.float32)
+        if self.k == 0:
+            return
+        if self.best_s.shape[1] < self.k:
+            self._merge(_top(scores, None, self.k, start))
+            return
+        candidates = self._above(scores, start)
+        if candidates is None:  # adversarial order (e.g. ascending scores): the block's own top k is cheaper
+            self._merge(_top(scores, None, self.k, start))
+            return
+        self.pending.append(candidates)
+        self.pending_per_row += np.bincount(candidates[0], minlength=len(self.pending_per_row))
+        if self.pending_per_row.max() >= self.k:
+            self._flush()
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, indices), each (n_queries, k or fewer when fewer documents were added), best first."""
+        self._flush()
+        return sort_rows(self.best_s, self.best_i)
+
+    def _merge(self, top: tuple[np.ndarray, np.ndarray]) -> None:
+        if self.best_s.shape[1] == 0:
+            self.best_s, self.best_i = top
+        elif top[0].shape[1]:
+            s, i = np.concatenate([self.best_s, top[0]], 1), np.concatenate([self.best_i, top[1]], 1)
+            self.best_s, self.best_i = _top(s, i, self.k)
+        if self.best_s.shape[1] == self.k:
+            self.threshold = self.best_s.min(axis=1)
+
+    def _flush(self) -> None:
+        if not self.pending:
+            return
+        rows, idx, vals = (np.concatenate(parts) for parts in zip(*self.pending, strict=True))
+        self.pending.clear()
+        counts, self.pending_per_row = self.pending_per_row, np.zeros_like(self.pending_per_row)
+        # pack each query's candidates into one row: a stable sort by query, a radix sort on 16 bits (10x)
+        order = np.argsort(rows.astype(np.uint16) if len(counts) <= 1 << 16 else rows, kind="stable")
+        rows = rows[order]
+        pos = np.arange(len(rows)) - (np.cumsum(counts) - counts)[rows]
+        packed_s = np.full((len(counts), int(counts.max())), -np.inf, dtype=np.float32)
+        packed_i = np.zeros(packed_s.shape, dtype=np.int64)
+        packed_s[rows, pos] = vals[order]
+        packed_i[rows, pos] = idx[order]
+        self._merge((packed_s, packed_i))
+
+    def _above(self, scores: np.ndarray, start: int):
+        """(rows, document indices, scores) of the block's scores strictly above each row's threshold,
+        row-major; None when they average more than k a row (then the block's own top k is cheaper)."""
+        n_q, n = scores.shape
+        if len(self.mask) < n_q * n:
+            self.mask = np.empty(n_q * n, dtype=np.bool_)
+        by_doc = not scores.flags.c_contiguous and scores.T.flags.c_contiguous  # (documents x queries) memory
+        block = scores.T if by_doc else np.ascontiguousarray(scores)
+        mask = self.mask[: n_q * n].reshape(block.shape)
+        np.greater(block, self.threshold[None, :] if by_doc else self.threshold[:, None], out=mask)
+        flat = np.flatnonzero(mask)
+        if len(flat) > n_q * self.k:
+            return None
+        if by_doc:
+            cols, rows = np.divmod(flat, n_q)
+        else:
+            rows, cols = np.divmod(flat, n)
+        return rows, cols + start, block.ravel()[flat]
 
 
 def merge_top_k(chunks: Iterable, n_queries: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The running top-k of every exact search here (dense, sparse, MaxSim, MUVERA): `chunks` yields
-    (first document index, scores (n_queries x chunk docs)); memory stays at (queries x (k + chunk)).
-    Rows best first, ties by document index ascending."""
-    best_s = torch.empty((n_queries, 0), dtype=torch.float32)
-    best_i = torch.empty((n_queries, 0), dtype=torch.long)
+    """The top k of (first document index, scores (n_queries x chunk docs)) blocks: RunningTopK over
+    them. Rows best first, ties by document index ascending."""
+    top = RunningTopK(n_queries, k)
     for start, scores in chunks:
-        scores = torch.as_tensor(scores, dtype=torch.float32)
-        # strictly above the k-th best: a later document tying with it never displaces it
-        packed = _above(scores, best_s.amin(dim=1), start, k) if best_s.shape[1] == k and k > 0 else None
-        if packed is None:
-            packed = _top(scores, None, k, start)
-        if best_s.shape[1] == 0:
-            best_s, best_i = packed
-        elif packed[0].shape[1]:
-            best_s, best_i = _top(torch.cat([best_s, packed[0]], 1), torch.cat([best_i, packed[1]], 1), k)
-    return sort_rows(best_s.numpy(), best_i.numpy())
+        top.add(start, scores)
+    return top.result()
 
 
 def to_run(
