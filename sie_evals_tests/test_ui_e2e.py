@@ -12,6 +12,7 @@ backfill ends COMPLETED_FAILED, with exactly those two cells red. Screenshots ar
 test-artifacts/ for a human to look at; the test asserts on the page's text and on the partition
 statuses the UI reads."""
 
+import json
 import time
 import urllib.parse
 from dataclasses import dataclass
@@ -137,6 +138,8 @@ def test_backfill_statuses_alerts_and_report(backfill):
     assert quality == {"materialized": {FAILING, *PASSING}, "failed": {BROKEN}}, quality
     comparison = dagster.partition_statuses("target_comparison")  # blocked for FAILING
     assert comparison == {"materialized": set(PASSING), "failed": {FAILING, BROKEN}}, comparison
+    perf = dagster.partition_statuses("perf_scores")  # perf has no blocking check: FAILING is measured
+    assert perf == {"materialized": {FAILING, *PASSING}, "failed": {BROKEN}}, perf
     assert backfill.report_materialized  # the report followed the evals
 
     # the daemon's sensors alert once for the failed check and once for each failed run
@@ -151,7 +154,7 @@ def test_backfill_statuses_alerts_and_report(backfill):
             ("run", FAILING, "__ASSET_JOB"),
             ("run", BROKEN, "__ASSET_JOB"),
         ]
-    ), receiver.alerts
+    ), json.dumps(receiver.alerts, indent=1)
     broken_alert = next(a for a in receiver.alerts if a["partition"] == BROKEN)
     assert (broken_alert["model"], broken_alert["task"]) == (UNINSTALLED, "mteb/STSBenchmark")
     assert receiver.alerts[0]["run_url"].startswith(f"{dagster.url}/runs/")
