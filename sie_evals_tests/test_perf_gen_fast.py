@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import numpy as np
+import pytest
 
 from sie_evals.lib.perf.aio import HttpTarget, Job, fast_path, request_bytes, run_job
 from sie_evals_tests.test_perf_vs_wrk import REQUEST_BODY, fixed_nginx, tool
@@ -188,3 +189,18 @@ def test_the_overhead_calibration_uses_the_client_of_the_real_target():
         assert got["method"] == f"{client} generator, the same requests to a loopback null endpoint", got
         assert got["requests_per_s"] > 0 and got["p50_ms"] > 0, got
     assert not fast_path(HttpTarget("http://127.0.0.1:9/v1", {}, (b"",), client="aiohttp"))
+
+
+@pytest.mark.timeout(60)
+def test_a_closed_loop_of_set_duration_ends_when_nothing_listens():
+    """Every connection refused: each request fails at once, and the trial still ends at its deadline
+    (which starts at the first counted request, failed or not)."""
+    import socket
+
+    with socket.socket() as s:  # a port where nothing listens
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    job = Job(_target(f"http://127.0.0.1:{port}", (b"ok",)), "closed", clients=2, warm=5, requests=None, duration_s=0.5)
+    rec = run_job(job).rec
+    assert len(rec.index) == 0 and rec.n_failed == rec.n_scheduled > 0
+    assert all(f"cannot connect to 127.0.0.1:{port}" in e for e in rec.errors), rec.errors

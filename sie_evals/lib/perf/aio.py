@@ -567,6 +567,11 @@ async def _closed_fast(job: Job, stop: Any, start: float, done, out: _Recorder) 
         state["next"] = i + step
         return i
 
+    def counted(sent: float) -> None:  # a counted request left (the first one starts the duration)
+        if has_duration and state["deadline"] == math.inf:
+            state["deadline"] = sent + job.duration_s  # type: ignore[operator]
+        out.came(sent)
+
     def end_client() -> None:
         state["active"] -= 1
         if state["active"] == 0 and not finished.done():
@@ -577,9 +582,7 @@ async def _closed_fast(job: Job, stop: Any, start: float, done, out: _Recorder) 
         if raw is not None and not 200 <= status < 300:
             raw, failure = None, f"HTTP {status}: {_excerpt(raw)}"
         if i >= warm:
-            if has_duration and state["deadline"] == math.inf:
-                state["deadline"] = sent + job.duration_s  # type: ignore[operator]
-            out.came(sent)
+            counted(sent)
         done(i, sent, sent, ended, raw, failure)
         if conn.open:
             nxt = take()
@@ -607,7 +610,7 @@ async def _closed_fast(job: Job, stop: Any, start: float, done, out: _Recorder) 
             except (OSError, TimeoutError) as err:  # counted like any failed request
                 ended = pc()
                 if i >= warm:
-                    out.came(t)
+                    counted(t)
                 done(i, t, t, ended, None, client.refused(err))
                 conn = None
                 continue
