@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
+import httptools
 import numpy as np
 
 from sie_evals.lib.core.errors import EngineError
@@ -425,8 +426,6 @@ class _Conn(asyncio.Protocol):
     failure) runs when the reply is complete (or the request failed), outside the parser's callbacks."""
 
     def __init__(self, replied: Callable[..., None]) -> None:
-        import httptools
-
         self.replied = replied
         self.parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
@@ -457,8 +456,6 @@ class _Conn(asyncio.Protocol):
         self.status = self.parser.get_status_code()
 
     def data_received(self, data: bytes) -> None:
-        import httptools
-
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as err:
