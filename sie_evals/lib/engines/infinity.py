@@ -5,9 +5,9 @@ Embeds through its OpenAI-style `POST /embeddings` route."""
 from typing import Any
 
 from sie_evals.lib.config.weights import resolve_weights
-from sie_evals.lib.core.errors import EngineError
 from sie_evals.lib.engines.base import EmbedKind
 from sie_evals.lib.engines.http import HttpEngine, weights_dims
+from sie_evals.lib.engines.openai import parse_openai_embeddings
 from sie_evals.lib.servers import infinity as infinity_server
 from sie_evals.lib.servers import install
 from sie_evals.lib.servers.managed import ServerCommand
@@ -34,14 +34,4 @@ class InfinityEngine(HttpEngine):
         return "/embeddings", {"model": self.model.model_id, "input": texts, "encoding_format": "float"}
 
     def _parse_vectors(self, body: Any) -> list[Any]:
-        data = body.get("data") if isinstance(body, dict) else None
-        if not isinstance(data, list):
-            raise EngineError(f"infinity: /embeddings reply has no 'data' list: {str(body)[:200]}")
-        try:
-            # OpenAI-style: each item carries its input index; do not trust the order.
-            items = sorted(data, key=lambda d: d["index"])
-            if [d["index"] for d in items] != list(range(len(items))):
-                raise EngineError(f"infinity: reply indices are not 0..{len(items) - 1}")
-            return [d["embedding"] for d in items]
-        except (KeyError, TypeError):
-            raise EngineError("infinity: a reply item lacks 'index' or 'embedding'") from None
+        return parse_openai_embeddings(self.name, body)  # OpenAI-style items, each with its input index
