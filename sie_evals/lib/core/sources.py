@@ -8,7 +8,8 @@ of each source that takes one (`--<name>-url`, env `SIE_EVALS_<NAME>_URL`, `Engi
 and the Dagster `EngineFactory` resource's `server_urls`), whether the harness starts a server, and the
 `sie-bench servers install` recipes (lib/servers/install.py).
 
-Public API (used by engines/registry.py, the CLI and defs/evals/resources.py):
+Public API (used by engines/registry.py, the CLI and defs/evals/resources.py; engines are built by
+`lib.engines.create_engine(source, model, profile, EngineOptions(server_urls={source: url}, ...))`):
 - `SOURCES: Mapping[str, SourceSpec]`, `source_spec(name)` (unknown name: UnknownNameError),
   `register_source(spec)` (a plugin or a test adds a row; `unregister_source(name)` removes it);
 - `COMPUTE_SOURCES`, `REFERENCE_SOURCES`, `ALL_SOURCES`: sequences of names, read from the table on use;
