@@ -176,3 +176,32 @@ def test_sie_url_option_still_works_and_reaches_the_engine(tmp_path):
     code, output, _ = _eval(tmp_path, "-s", "sie", "--sie-url", "ftp://127.0.0.1:1")
     assert code == 2, output
     assert "--sie-url" in output and "is not an http(s)://host[:port] URL" in output
+
+
+def test_engine_options_take_the_rows_url_keywords(toy_source):
+    opts = EngineOptions.of(threads=2, sie_url="http://127.0.0.1:1", toy_url="http://127.0.0.1:2", tei_url=None)
+    assert opts.server_urls == {"sie": "http://127.0.0.1:1", "toy": "http://127.0.0.1:2"}
+    assert opts.for_engine()["toy_url"] == "http://127.0.0.1:2" and opts.threads == 2
+    with pytest.raises(TypeError, match="local_url"):
+        EngineOptions.of(local_url="http://127.0.0.1:3")  # the local row takes no URL
+
+
+def test_a_row_with_an_install_recipe_is_installable(toy_source):
+    from sie_evals.lib.core.sources import InstallRecipe
+    from sie_evals.lib.servers import install
+
+    assert "toy" not in install.PACKAGES and set(install.PACKAGES) == {"sie", "infinity"}
+    recipe = InstallRecipe(version="1.0", python="3.11", steps=(("toy-server==1.0",),), executable="toy-server")
+    register_source(SourceSpec("toy-installable", engine=TOY.engine, takes_url=True, install=recipe))
+    try:
+        assert install.PACKAGES["toy-installable"].executable == "toy-server"
+    finally:
+        unregister_source("toy-installable")
+    assert "toy-installable" not in install.PACKAGES
+
+
+def test_cli_two_urls_for_one_source_is_exit_2(tmp_path):
+    args = ["-s", "sie", "--sie-url", "http://127.0.0.1:1", "--server-url", "sie=http://127.0.0.1:2"]
+    code, output, _ = _eval(tmp_path, *args)
+    assert code == 2, output
+    assert "a second, different URL for source 'sie'" in output
