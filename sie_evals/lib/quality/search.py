@@ -22,9 +22,11 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-# Documents per block: (1,000 queries x 16,384) products ran 20-25% faster than 50,000-document ones
-# here (MKL sgemm, measured in CPU time), and the filter's pass over them is cheaper while they are warm.
-DEFAULT_DOC_CHUNK = 16_384
+# Documents per block: the product runs as fast in 4,096-document blocks as in 50,000 (MKL sgemm), and
+# the (queries x block) result, 16 MB for 1,000 queries, is still in the L3 cache when the selection
+# reads it: at 500,000 documents, 1 thread, CPU time 0.98x the bare 50,000-chunk product vs 1.05x
+# with 16,384-document blocks.
+DEFAULT_DOC_CHUNK = 4_096
 PACK_LIMIT = 4  # candidates of one block, in multiples of k a query, merged without the block's own top k
 
 
