@@ -3,6 +3,7 @@ per option, and how they become one EvalRequest over the SIE_EVALS_* settings. H
 backed by a settings field (lib/config/settings.py) are generated from the field: its description and
 the default in force; drift margins come from lib/gates/thresholds.py."""
 
+import dataclasses
 import os
 import sys
 from enum import StrEnum
@@ -211,7 +212,7 @@ def eval_settings(p: dict[str, Any]) -> "EvalDefaults":
     return settings
 
 
-# eval options that set a settings field of another name (same-named ones: profile, split, ...)
+# settings field -> the eval option that sets it (batch size, paths and SLOs are mapped in eval_settings)
 _SETTINGS_OPTIONS = {
     **{n: n for n in ("profile", "split", "limit_queries", "corpus_size", "threads", "device")},
     **{f"perf_{n}": n for n in ("workload", "concurrency", "requests", "trials", "rate", "arrival", "burstiness")},
@@ -235,7 +236,9 @@ def eval_request(p: dict[str, Any]) -> "EvalRequest":
         os.environ["SIE_EVALS_RESULTS_REPO"] = str(p["results_repo"])
     perf = p["eval_type"] == EvalType.perf
     s = eval_settings(p)
-    plan = perf_plan(s)
+    plan = perf_plan(s)  # validated for a quality eval too; only a perf eval runs a sweep or SLOs
+    if not perf:
+        plan = dataclasses.replace(plan, sweep=None, slos=())
     checks_or_saves = ("save_targets", "save_measurements", "check_targets", "check_measurements")
     if plan.sweep is not None and any(p[k] for k in checks_or_saves):
         raise InputError("--sweep: saving or checking targets applies to one load shape, not a sweep")

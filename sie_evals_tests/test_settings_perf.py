@@ -115,3 +115,14 @@ def test_eval_help_shows_the_defaults_and_margins_in_force():
     for against in Against:
         margins = DEFAULT_MARGINS[against]
         assert all(f"{m:g} x the" in help_text or f"/ {m:g}" in help_text for m in margins.values()), against
+
+
+@pytest.mark.slow
+def test_perf_settings_leave_a_quality_eval_alone(tmp_path, monkeypatch):
+    """A deployment's SIE_EVALS_PERF_SWEEP/SLOS shape perf evals only: a quality check still runs."""
+    monkeypatch.setenv("SIE_EVALS_PERF_SWEEP", "rate=5,10")
+    monkeypatch.setenv("SIE_EVALS_PERF_SLOS", "p99_ms<=250")
+    out = tmp_path / "r.json"
+    res = runner.invoke(app, ["eval", MODEL, "-t", "beir/SciFact", *SLICE, "--check-targets", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert json.loads(out.read_text())["type"] == "quality" and not list(tmp_path.glob("*.png"))
