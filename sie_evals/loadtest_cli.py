@@ -159,6 +159,83 @@ def _note(stop) -> str:
     return "stopping: waiting for in-flight requests" if stop.is_set() else "Ctrl-C stops and writes what ran"
 
 
+def _result(entry, source: str, engine, lp: LoadProfile, sc: Scenario, trial, slos) -> dict[str, Any]:
+    """One profile's result entry: its load shape, metrics (goodput and SLO verdict with SLOs) and histogram."""
+    metrics = with_error_rate(trial.metrics())
+    if slos:
+        metrics["goodput_per_s"] = goodput(trial.latencies_ms, trial.duration_s, slos)
+        metrics["slo_met"] = float(all(s.met(metrics) for s in slos))
+    return {
+        "model": entry.model,
+        "model_profile": entry.profile,
+        "source": source,
+        "engine": engine.info().as_dict(),
+        "profile": lp.model_dump(),
+        "load_shape": {
+            "mode": "open",
+            "pattern": lp.pattern,
+            "rate": lp.rps,
+            "start_rate": lp.start_rps,
+            "steps": lp.steps,
+            "arrival": lp.arrival,
+            "max_concurrency": lp.concurrency,
+            "on_cap": lp.on_cap,
+            "batch_size": lp.batch_size,
+            "workload": sc.workload,
+            "tokens": sc.tokens,
+        },
+        "metrics": metrics,
+        "stopped_early": trial.stopped_early,
+        "error_messages": trial.error_messages,
+        "latency_histogram_hdr": histogram.encode(trial.histogram()),
+    }
+
+
+def _prepare(sc: Scenario, data_dir: Path | None) -> list[tuple]:
+    """Every model, profile and workload validated (and its texts cut) before any server starts."""
+    from sie_evals.lib.config.model_config import find_model_config
+    from sie_evals.lib.core import paths
+    from sie_evals.lib.harness.evaluation import DataOptions, PerfWorkload, load_task
+
+    prepared = []
+    for entry in sc.models:
+        config = find_model_config(entry.model, paths.model_configs_dir())
+        profile = config.resolve_profile(entry.profile)
+        spec, data = load_task(
+            sc.task, DataOptions(None, sc.data.limit_queries, sc.data.corpus_size, data_dir or paths.data_dir())
+        )
+        work = PerfWorkload(config, profile, spec, data, sc.workload)
+        texts, counts = work.texts_and_counts(sc.tokens)
+        prepared.append((entry, config, profile, work, texts, counts))
+    return prepared
+
+
+SUMMARY_COLUMNS = ("offered/s", "achieved/s", "p50 ms", "p99 ms", "p99.9 ms", "errors", "late", "dropped")
+SUMMARY_METRICS = (
+    "offered_rate_per_s", "requests_per_s", "latency_p50_ms", "latency_p99_ms", "latency_p99.9_ms",
+    "errors", "late", "dropped",
+)  # fmt: skip
+
+
+def _summary(sc: Scenario, results: list[dict[str, Any]], slos, interrupted: bool) -> Table:
+    summary = Table(title=f"loadtest {sc.name}" + (" (interrupted)" if interrupted else ""))
+    for h in ("model", "source", "profile"):
+        summary.add_column(h, justify="left")
+    for h in SUMMARY_COLUMNS:
+        summary.add_column(h, justify="right")
+    if slos:
+        summary.add_column("goodput/s", justify="right")
+        summary.add_column(Text(f"SLO {', '.join(sc.slos)}"))
+    for r in results:
+        m = r["metrics"]
+        verdict = [f"{m['goodput_per_s']:.1f}", "met" if m.get("slo_met") else "missed"] if slos else []
+        cells = (
+            f"{m.get(k, float('nan')):.{0 if k in ('errors', 'late', 'dropped') else 1}f}" for k in SUMMARY_METRICS
+        )
+        summary.add_row(Text(r["model"]), Text(r["source"]), Text(r["profile"]["name"]), *cells, *verdict)
+    return summary
+
+
 @server_url_options
 def loadtest_cmd(
     scenario: Annotated[Path, typer.Argument(help="Scenario YAML: models, sources, task, load profiles.")],
@@ -174,131 +251,64 @@ def loadtest_cmd(
 ) -> None:
     """Run a load-test scenario with a live display; exit 2 naming the field on a bad scenario, 130
     after Ctrl-C (the results of what ran are written first)."""
-    from sie_evals.lib.config.model_config import find_model_config
-    from sie_evals.lib.core import paths
-    from sie_evals.lib.engines import create_engine
-    from sie_evals.lib.harness.evaluation import DataOptions, EngineOptions, PerfWorkload, load_task
+    from sie_evals.lib.harness.evaluation import EngineOptions
 
     sc = load_scenario(scenario)
     slos = tuple(parse_slo(s) for s in sc.slos)
     output = output or Path(f"loadtest-{sc.name}.json")
     opts = EngineOptions(threads=threads, device=device, server_urls=server_urls or {})
     console = Console(stderr=True, width=max(Console(stderr=True).width, 140))
-    # Validate every model, profile and workload before any server starts.
-    prepared = []
-    for entry in sc.models:
-        config = find_model_config(entry.model, paths.model_configs_dir())
-        profile = config.resolve_profile(entry.profile)
-        spec, data = load_task(
-            sc.task, DataOptions(None, sc.data.limit_queries, sc.data.corpus_size, data_dir or paths.data_dir())
-        )
-        work = PerfWorkload(config, profile, spec, data, sc.workload)
-        texts, counts = work.texts_and_counts(sc.tokens)
-        prepared.append((entry, config, profile, work, texts, counts))
-
+    prepared = _prepare(sc, data_dir)
     results: list[dict[str, Any]] = []
-    done_rows: list[list[str]] = []
-    stop = threading.Event()
-    interrupted = False
     started = now_iso()
-    with Live(_live_table([], _note(stop)), console=console, refresh_per_second=4, transient=False) as live:
-        for entry, config, profile, work, texts, counts in prepared:
-            for source in sc.sources:
-                if interrupted:
-                    break
-                engine = create_engine(source, config, profile, opts)
-                with engine:
-                    try:
-                        live.update(_live_table(done_rows, f"starting {source} for {entry.model}"))
-                        engine.start()
-                    except KeyboardInterrupt:
-                        interrupted = True
-                        break
-                    for lp in sc.profiles:
-                        stats = LiveStats(entry.model, source, lp, 0, sc.window_s)
-                        trial, hit = _run_profile(
-                            engine, work.kind, texts, counts, lp, sc, stats, stop, live, done_rows
-                        )
-                        interrupted = interrupted or hit
-                        done_rows.append(stats.row(time.perf_counter()))
-                        metrics = with_error_rate(trial.metrics())
-                        if slos:
-                            metrics["goodput_per_s"] = goodput(trial.latencies_ms, trial.duration_s, slos)
-                            metrics["slo_met"] = float(all(s.met(metrics) for s in slos))
-                        results.append(
-                            {
-                                "model": entry.model,
-                                "model_profile": entry.profile,
-                                "source": source,
-                                "engine": engine.info().as_dict(),
-                                "profile": lp.model_dump(),
-                                "load_shape": {
-                                    "mode": "open",
-                                    "pattern": lp.pattern,
-                                    "rate": lp.rps,
-                                    "start_rate": lp.start_rps,
-                                    "steps": lp.steps,
-                                    "arrival": lp.arrival,
-                                    "max_concurrency": lp.concurrency,
-                                    "on_cap": lp.on_cap,
-                                    "batch_size": lp.batch_size,
-                                    "workload": sc.workload,
-                                    "tokens": sc.tokens,
-                                },
-                                "metrics": metrics,
-                                "stopped_early": trial.stopped_early,
-                                "error_messages": trial.error_messages,
-                                "latency_histogram_hdr": histogram.encode(trial.histogram()),
-                            }
-                        )
-                        # after every profile: what ran so far is on disk, whatever happens next
-                        _write(output, sc, scenario, started, interrupted, results, complete=False)
-                        if interrupted:
-                            break
-        live.update(_live_table(done_rows, "interrupted" if interrupted else "done"))
+    with Live(
+        _live_table([], _note(threading.Event())), console=console, refresh_per_second=4, transient=False
+    ) as live:
+        interrupted = _run_all(
+            prepared,
+            sc,
+            opts,
+            slos,
+            live,
+            results,
+            lambda i, done: _write(output, sc, scenario, started, i, results, done),
+        )
     _write(output, sc, scenario, started, interrupted, results, complete=not interrupted)
     out = Console(width=max(Console().width, 140))
-    summary = Table(title=f"loadtest {sc.name}" + (" (interrupted)" if interrupted else ""))
-    for h in (
-        "model",
-        "source",
-        "profile",
-        "offered/s",
-        "achieved/s",
-        "p50 ms",
-        "p99 ms",
-        "p99.9 ms",
-        "errors",
-        "late",
-        "dropped",
-    ):
-        summary.add_column(h, justify="left" if h in ("model", "source", "profile") else "right")
-    if slos:
-        summary.add_column("goodput/s", justify="right")
-        summary.add_column(Text(f"SLO {', '.join(sc.slos)}"))
-    for r in results:
-        m = r["metrics"]
-        verdict = [f"{m['goodput_per_s']:.1f}", "met" if m.get("slo_met") else "missed"] if slos else []
-        summary.add_row(
-            Text(r["model"]),
-            Text(r["source"]),
-            Text(r["profile"]["name"]),
-            *(
-                f"{m.get(k, float('nan')):.{0 if k in ('errors', 'late', 'dropped') else 1}f}"
-                for k in (
-                    "offered_rate_per_s",
-                    "requests_per_s",
-                    "latency_p50_ms",
-                    "latency_p99_ms",
-                    "latency_p99.9_ms",
-                    "errors",
-                    "late",
-                    "dropped",
-                )
-            ),
-            *verdict,
-        )
-    out.print(summary)
+    out.print(_summary(sc, results, slos, interrupted))
     out.print(Text(f"results written to {output}"))
     if interrupted:
         raise typer.Exit(130)
+
+
+def _run_all(prepared, sc: Scenario, opts, slos, live: Live, results: list[dict[str, Any]], save) -> bool:
+    """Each model x source x load profile in turn; `save(interrupted, complete)` after every profile, so
+    what ran so far is on disk whatever happens next. Returns whether Ctrl-C stopped the run."""
+    from sie_evals.lib.engines import create_engine
+
+    done_rows: list[list[str]] = []
+    stop = threading.Event()
+    interrupted = False
+    for entry, config, profile, work, texts, counts in prepared:
+        for source in sc.sources:
+            if interrupted:
+                break
+            engine = create_engine(source, config, profile, opts)
+            with engine:
+                try:
+                    live.update(_live_table(done_rows, f"starting {source} for {entry.model}"))
+                    engine.start()
+                except KeyboardInterrupt:
+                    interrupted = True
+                    break
+                for lp in sc.profiles:
+                    stats = LiveStats(entry.model, source, lp, 0, sc.window_s)
+                    trial, hit = _run_profile(engine, work.kind, texts, counts, lp, sc, stats, stop, live, done_rows)
+                    interrupted = interrupted or hit
+                    done_rows.append(stats.row(time.perf_counter()))
+                    results.append(_result(entry, source, engine, lp, sc, trial, slos))
+                    save(interrupted, False)
+                    if interrupted:
+                        break
+    live.update(_live_table(done_rows, "interrupted" if interrupted else "done"))
+    return interrupted
