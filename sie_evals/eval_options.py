@@ -199,10 +199,13 @@ def eval_settings(p: dict[str, Any]) -> "EvalDefaults":
         raise InputError(f"{', '.join(used)}: perf options; add --type perf")
     if p["requests"] and p["duration"]:
         raise InputError("give --requests or --duration, not both")
+    options = {name: p[option] for name, option in _SETTINGS_OPTIONS.items()}
+    if p["duration"] is not None:  # an explicit --duration wins over SIE_EVALS_PERF_REQUESTS
+        options["perf_requests"] = DEFAULTS["perf_requests"]
     settings = eval_defaults(
         data_dir=str(p["data_dir"]) if p["data_dir"] else None,
         cache_dir=str(p["cache_dir"]) if p["cache_dir"] else None,
-        **{name: p[option] for name, option in _SETTINGS_OPTIONS.items()},
+        **options,
         batch_size=None if perf else p["batch_size"],
         perf_batch_size=p["batch_size"] if perf else None,
         perf_slos=",".join(p["slo"]) if p["slo"] else None,

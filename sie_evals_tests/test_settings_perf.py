@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from sie_evals.cli import app
 from sie_evals.defs.evals.resources import EvalSettings
 from sie_evals.lib.config.settings import DEFAULTS, EvalDefaults, env_var, eval_defaults, option_of, perf_plan
+from sie_evals.lib.core.errors import InputError
 from sie_evals.lib.gates.thresholds import DEFAULT_MARGINS, Against
 from sie_evals.lib.perf.sweep import Slo, Sweep
 from sie_evals_tests import openai_server
@@ -126,3 +127,16 @@ def test_perf_settings_leave_a_quality_eval_alone(tmp_path, monkeypatch):
     res = runner.invoke(app, ["eval", MODEL, "-t", "beir/SciFact", *SLICE, "--check-targets", "-o", str(out)])
     assert res.exit_code == 0, res.output
     assert json.loads(out.read_text())["type"] == "quality" and not list(tmp_path.glob("*.png"))
+
+
+def test_an_explicit_duration_wins_over_the_request_count_of_the_environment(monkeypatch):
+    monkeypatch.setenv("SIE_EVALS_PERF_REQUESTS", "50")
+    with pytest.raises(InputError, match="not both"):
+        perf_plan(eval_defaults(perf_duration_s=1.0))
+    monkeypatch.setenv("SIE_EVALS_PERF_DURATION_S", "1")  # both from the environment: which one is meant?
+    args = ["eval", MODEL, "-t", "beir/SciFact", "--type", "perf", "-s", "openai", "--openai-url", "http://127.0.0.1:9"]
+    res = runner.invoke(app, [*args, *SLICE])
+    assert res.exit_code == 2 and "give --requests (SIE_EVALS_PERF_REQUESTS) or --duration" in res.output
+    monkeypatch.delenv("SIE_EVALS_PERF_DURATION_S")
+    res = runner.invoke(app, [*args, *SLICE, "--duration", "0.5", "--trials", "1", "--warmup", "0"])
+    assert "not both" not in res.output and "Traceback" not in res.output, res.output
