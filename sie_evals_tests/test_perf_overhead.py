@@ -43,7 +43,7 @@ def test_the_warning_appears_when_the_server_is_as_fast_as_the_null_endpoint(con
     src = json.loads(out.read_text())["sources"]["openai"]
     overhead = src["run_conditions"]["generator_overhead"]
     assert overhead["p50_ms"] > 0 and overhead["p99_ms"] >= overhead["p50_ms"] and "null endpoint" in overhead["method"]
-    assert src["run_conditions"]["generator"] == "aiohttp"
+    assert src["run_conditions"]["generator"] == "fast"  # plain http://: the fast client (aio.client_of)
     assert src["metrics"]["generator_overhead_p50_ms"] == overhead["p50_ms"]
     warned = [w for w in src["warnings"] if w.startswith("generator overhead")]
     assert warned, src["warnings"]

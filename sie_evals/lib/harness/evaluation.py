@@ -224,6 +224,7 @@ def evaluate_perf_source(
     concurrency meeting them (sweep.search_max_at_slo)."""
     import os
 
+    from sie_evals.lib.perf.aio import client_of
     from sie_evals.lib.perf.load import run_load
     from sie_evals.lib.perf.sweep import search_max_at_slo
     from sie_evals.lib.perf.trials import trial_intervals, trial_values
@@ -237,13 +238,13 @@ def evaluate_perf_source(
     rows: list[dict[str, Any]] = []
     results = []
     sizes: list = []  # sparse nnz / tokens per text of non-dense outputs
-    generators: set[str] = set()  # which generator ran: aiohttp (HTTP engines) or threads
+    generators: set[str] = set()  # which generator ran: fast or aiohttp (HTTP engines: aio.client_of), or threads
     replies: list[bytes] = []  # one reply of the server: what the overhead calibration's null endpoint sends
 
     def run_point(value, point, search: bool = False) -> dict[str, float]:
         texts, counts = work.texts_and_counts(point.tokens)
         target, check, redact = perf_target(engine, texts, point.batch_size, work.kind, replies)
-        generators.add("aiohttp" if target is not None else "threads")
+        generators.add(client_of(target) if target is not None else "threads")
         result = run_load(
             lambda batch: send_timed(engine, batch, work.kind, sizes), texts, counts, point, stop, target, check, redact
         )
