@@ -2,7 +2,8 @@
 # System packages the integration tests need, from Debian: PostgreSQL (the Postgres instance test),
 # Chromium (the Dagster UI test, driven by Playwright with executable_path: no browser download), and
 # nginx + wrk (the perf generator against a fixed-response nginx, compared with wrk: test_perf_vs_wrk),
-# buildah + debootstrap (the image built from ./Dockerfile and run: test_image, scripts/build_image.sh).
+# buildah + debootstrap (the image built from ./Dockerfile and run: test_image, scripts/build_image.sh),
+# redis-server (the Celery executor's broker: test_celery).
 # Idempotent: installs only what is missing. Needs root (or passwordless sudo).
 set -euo pipefail
 missing=()
@@ -12,6 +13,7 @@ command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
 command -v wrk >/dev/null || missing+=(wrk)
 command -v buildah >/dev/null || missing+=(buildah)
 command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || missing+=(debootstrap)
+command -v redis-server >/dev/null || [ -x /usr/bin/redis-server ] || missing+=(redis-server)
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi

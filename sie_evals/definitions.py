@@ -7,6 +7,7 @@ from sie_evals.defs.evals.assets import embeddings, perf_scores, quality_scores,
 from sie_evals.defs.evals.checks import EVAL_CHECKS
 from sie_evals.defs.evals.resources import EngineFactory, EvalSettings, JsonIOManager
 from sie_evals.defs.evals.sensors import automation_sensor, eval_cells_sync
+from sie_evals.defs.executors import executor_from_env
 from sie_evals.defs.finesse.assets import finesse_embeddings, finesse_scores
 from sie_evals.defs.finesse.checks import finesse_rss_vs_measurement, finesse_rss_vs_target
 from sie_evals.defs.reports.assets import eval_report
@@ -33,6 +34,7 @@ def defs() -> dg.Definitions:
             "engines": EngineFactory.from_env(),
             "json_io": JsonIOManager(),
         },
-        # One process per run: the model loads once and no step pays a subprocess start-up.
-        executor=dg.in_process_executor,
+        # $SIE_EVALS_EXECUTOR: in_process by default (the model loads once per run); celery/k8s
+        # send each step to the queue its tags name (defs/executors.py).
+        executor=executor_from_env(),
     )

@@ -22,6 +22,7 @@ import pandas as pd
 from sie_evals.defs.evals.partitions import eval_key, eval_partitions
 from sie_evals.defs.evals.resources import EngineFactory, EvalSettings
 from sie_evals.defs.evals.schedules import FOLLOW, FOLLOW_IF_CHECKS_PASSED, NIGHTLY
+from sie_evals.defs.executors import CPU_STEP_TAGS, GPU_STEP_TAGS
 from sie_evals.lib.config.model_config import ModelConfig, ResolvedProfile, find_model_config
 from sie_evals.lib.core.atomic import atomic_write, atomic_write_text
 from sie_evals.lib.core.errors import InputError, SetupError
@@ -100,6 +101,7 @@ def png_metadata(path: Path, alt: str) -> dg.MetadataValue:
     group_name=GROUP,
     io_manager_key="json_io",
     kinds={"parquet"},
+    op_tags=CPU_STEP_TAGS,
     automation_condition=NIGHTLY,
 )
 def task_dataset(context: dg.AssetExecutionContext, settings: EvalSettings) -> dg.Output[dict[str, Any]]:
@@ -127,6 +129,7 @@ def task_dataset(context: dg.AssetExecutionContext, settings: EvalSettings) -> d
     pool="gpu",  # one embedding run per accelerator at a time (limit in dagster.yaml)
     retry_policy=TRANSIENT_RETRY,
     kinds={"numpy"},
+    op_tags=GPU_STEP_TAGS,  # the Celery/k8s queue of the accelerator workers (defs/executors.py)
     automation_condition=FOLLOW,
 )
 def embeddings(
@@ -193,6 +196,7 @@ def _output_metadata(profile: ResolvedProfile, vectors: dict[EmbedKind, Any]) ->
     group_name=GROUP,
     io_manager_key="json_io",
     kinds={"pandas"},
+    op_tags=CPU_STEP_TAGS,
     automation_condition=FOLLOW,
 )
 def quality_scores(
@@ -287,6 +291,7 @@ def quality_scores(
     pool="gpu",  # a latency run must not share the accelerator with another run
     retry_policy=TRANSIENT_RETRY,
     kinds={"pandas"},
+    op_tags=GPU_STEP_TAGS,
     automation_condition=FOLLOW,
 )
 def perf_scores(
@@ -383,6 +388,7 @@ def perf_scores(
     group_name=GROUP,
     io_manager_key="json_io",
     kinds={"pandas"},
+    op_tags=CPU_STEP_TAGS,
     automation_condition=FOLLOW_IF_CHECKS_PASSED,
 )
 def target_comparison(

@@ -17,6 +17,7 @@ from sie_evals.defs.evals.checks import EVAL_CHECKS
 from sie_evals.defs.evals.partitions import EVAL_CELLS, partition_key
 from sie_evals.defs.evals.resources import EvalSettings
 from sie_evals.defs.evals.schedules import AFTER_EVALS
+from sie_evals.defs.executors import CPU_STEP_TAGS
 from sie_evals.lib.core.atomic import atomic_write, atomic_write_text
 from sie_evals.lib.gates.keys import EvalKey
 from sie_evals.lib.reporting.eval_report import PartitionSummary, report_markdown, report_png
@@ -140,6 +141,7 @@ def gather_worst_queries(
     group_name="reports",
     deps=[quality_scores, perf_scores, target_comparison],
     kinds={"markdown"},
+    op_tags=CPU_STEP_TAGS,
     automation_condition=AFTER_EVALS,
 )
 def eval_report(context: dg.AssetExecutionContext, settings: EvalSettings) -> dg.MaterializeResult:
