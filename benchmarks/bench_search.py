@@ -3,7 +3,7 @@
 Random unit vectors (queries and documents, seeded), 384 dims, top 1,000. Times, over the same vectors:
   bare matmul     torch `q @ d.T` in 50,000-document chunks, nothing else (what a user would write; the
                   reference of the issue's goal)
-  product alone   the search's own product with no selection: DEFAULT_DOC_CHUNK (4,096) documents a
+  product alone   the search's own product with no selection: DEFAULT_DOC_CHUNK (16,384) documents a
                   block, documents x queries, into one reused buffer (how much of the search is product)
   old search      the previous `exact_top_k` (torch.topk per chunk, merged with cat/topk/gather)
   search          the project's `exact_top_k` (lib/quality/search.py: threshold filter, buffers reused)

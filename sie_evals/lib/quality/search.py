@@ -22,11 +22,11 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-# Documents per block: the product runs as fast in 4,096-document blocks as in 50,000 (MKL sgemm), and
-# the (queries x block) result, 16 MB for 1,000 queries, is still in the L3 cache when the selection
-# reads it: at 500,000 documents, 1 thread, CPU time 0.98x the bare 50,000-chunk product vs 1.05x
-# with 16,384-document blocks.
-DEFAULT_DOC_CHUNK = 4_096
+# Documents per block: large enough that the product is a few big sgemm calls (each call is a fork/join
+# of the OpenMP threads, costly on a loaded machine: 4,096-document blocks, 245 calls for 1M documents,
+# ran 1.18x the bare 50,000-chunk product with 2 threads there), small enough that the (queries x block)
+# result does not page-fault a fresh buffer and the first block's full selection stays cheap.
+DEFAULT_DOC_CHUNK = 16_384
 PACK_LIMIT = 4  # candidates of one block, in multiples of k a query, merged without the block's own top k
 
 
