@@ -84,3 +84,46 @@ def test_default_blocks_give_the_bits_of_the_previous_50000_document_product():
     exp_s, exp_i = _expected(full, 1000)
     np.testing.assert_array_equal(idx, exp_i)
     np.testing.assert_array_equal(scores, exp_s)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_selection_split_over_threads_gives_the_same_result(threads):
+    """The comparison, scan and partitions run on row ranges in a thread pool (one range per torch
+    thread): the result is the single-range one, with frequent ties and several merges."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        rng = np.random.default_rng(12)
+        full = np.round(rng.standard_normal((400, 6000)), 2).astype(np.float32)
+        for column_major in (False, True):
+            scores, idx = merge_top_k(_blocks(full, 700, column_major), 400, 150)
+            exp_s, exp_i = _expected(full, 150)
+            np.testing.assert_array_equal(idx, exp_i)
+            np.testing.assert_array_equal(scores, exp_s)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _split_sum_in_child(queue) -> None:
+    queue.put(sum(search._by_rows(lambda rows: int(np.arange(1000)[rows].sum()), 1000)))
+
+
+def test_thread_pool_works_in_a_forked_child():
+    """The kept pool is per process: a child forked after a search (Dagster's forking executors) has
+    none of the parent's pool threads, and reusing the parent's pool would wait forever."""
+    import multiprocessing
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert sum(search._by_rows(lambda rows: int(np.arange(1000)[rows].sum()), 1000)) == 499500  # pool made
+        ctx = multiprocessing.get_context("fork")
+        queue = ctx.Queue()
+        child = ctx.Process(target=_split_sum_in_child, args=(queue,))
+        child.start()
+        child.join(30)
+        if child.is_alive():
+            child.kill()
+        assert child.exitcode == 0 and queue.get(timeout=1) == 499500
+    finally:
+        torch.set_num_threads(before)

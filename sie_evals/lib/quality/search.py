@@ -16,6 +16,7 @@ are the first k documents in (score desc, index asc) order, as a full stable sor
 
 import functools
 import itertools
+import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -93,8 +94,9 @@ def exact_top_k(
 
 
 @functools.cache
-def _pool(workers: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(workers, thread_name_prefix="top-k")  # kept: starting threads per block costs
+def _pool(workers: int, pid: int) -> ThreadPoolExecutor:
+    """Kept (starting threads per block costs), one per process: a forked child has none of its threads."""
+    return ThreadPoolExecutor(workers, thread_name_prefix="top-k")
 
 
 def _by_rows(fn: Callable[[slice], object], n_rows: int) -> list:
@@ -105,7 +107,7 @@ def _by_rows(fn: Callable[[slice], object], n_rows: int) -> list:
     if parts == 1:
         return [fn(slice(0, n_rows))]
     spans = [slice(int(a), int(b)) for a, b in itertools.pairwise(np.linspace(0, n_rows, parts + 1).astype(int))]
-    rest = [_pool(parts - 1).submit(fn, span) for span in spans[1:]]
+    rest = [_pool(parts - 1, os.getpid()).submit(fn, span) for span in spans[1:]]
     return [fn(spans[0]), *(f.result() for f in rest)]
 
 
