@@ -214,10 +214,10 @@ def test_celery_workers_one_per_queue_with_the_gpu_placement_of_the_instance():
     for queue in ("gpu", "cpu"):
         (container,) = specs[f"sie-evals-worker-{queue}"]["containers"]
         args = container["args"]
-        assert args[:3] == ["dagster-celery", "worker", "start"]
-        assert args[args.index("-q") + 1] == queue and args[args.index("-A") + 1] == "dagster_celery.app"
+        assert args[:4] == ["celery", "-A", "sie_evals.defs.celery_app", "worker"]  # the app of defs/executors.py
+        assert args[args.index("-Q") + 1] == queue
         env = {e["name"]: e.get("value") for e in container["env"]}
-        assert env["DAGSTER_CELERY_BROKER_URL"].startswith("redis://sie-evals-redis:")
+        assert env["SIE_EVALS_CELERY_BROKER"].startswith("redis://sie-evals-redis:")
     gpu, cpu = specs["sie-evals-worker-gpu"], specs["sie-evals-worker-cpu"]
     assert gpu["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert gpu["nodeSelector"] == placement["pod_spec_config"]["node_selector"]
