@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from sie_evals.cli import app
 from sie_evals_tests.conftest import MODEL_ID, agrees_with_published
 
-# shared/reference/published-scores.md (embeddings-benchmark/results, mteb 1.12.75). docs/tasks.md and the README claim these
+# shared/reference/published-scores.md (embeddings-benchmark/results, mteb 1.12.75). The docs claim these
 # (ndcg@10 0.64508, map@10 0.59593, recall@10 0.78333): every published digit must hold, nothing looser.
 PUBLISHED = {
     "ndcg_at_10": 0.64508,

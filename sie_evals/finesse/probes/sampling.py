@@ -68,8 +68,8 @@ class ReferenceTokenizer:
 def tokenizer_source(name: str) -> str:
     """A model config name -> its weights folder; an existing folder -> itself; else a hub id."""
     from sie_evals.lib.config.model_config import find_model_config
-    from sie_evals.lib.core.errors import UnknownNameError
     from sie_evals.lib.config.weights import resolve_weights
+    from sie_evals.lib.core.errors import UnknownNameError
 
     if Path(name).expanduser().is_dir():
         return str(Path(name).expanduser().resolve())
