@@ -110,6 +110,8 @@ def backfill(tmp_path_factory, session_cache):
             # the partitions come from the sync sensor; alerts and automation start after the history they find
             for sensor in ("eval_cells_sync", "check_failure_alerts", "default_automation_condition_sensor"):
                 dagster.wait_ticked(sensor)
+            for asset in ASSETS:
+                dagster.wait_partitions(asset, SCIFACT_COLUMN + STS_COLUMN)
             statuses = {
                 "beir/SciFact": dagster.backfill(ASSETS, SCIFACT_COLUMN, timeout=900),
                 "mteb/STSBenchmark": dagster.backfill(ASSETS, STS_COLUMN, timeout=900),

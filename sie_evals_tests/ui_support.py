@@ -85,6 +85,14 @@ class Dagster:
             assert time.monotonic() < deadline, f"{name} never ticked: {self.log.read_text()[-3000:]}"
             time.sleep(2)
 
+    def wait_partitions(self, asset: str, keys: list[str], timeout: float = 120) -> None:
+        """Until the asset has these partitions: a sync sensor's first tick may be listed (STARTED) before the
+        partitions it requests are added."""
+        deadline = time.monotonic() + timeout
+        while missing := sorted(set(keys) - set(self.partition_keys(asset))):
+            assert time.monotonic() < deadline, f"{asset} lacks partitions {missing}: {self.log.read_text()[-3000:]}"
+            time.sleep(2)
+
     def partition_keys(self, asset: str) -> list[str]:
         data = self.gql(
             """query($k: AssetKeyInput!) { assetNodeOrError(assetKey: $k) { ... on AssetNode { partitionKeys } } }""",
