@@ -29,13 +29,12 @@ import secrets
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import pyarrow as pa
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import YAMLError
@@ -43,6 +42,7 @@ from ruamel.yaml.error import YAMLError
 from sie_evals.lib.config.model_config import Measurement, ModelConfig, SavedResult, parse_model_config
 from sie_evals.lib.core.atomic import atomic_write_bytes, atomic_write_text, fsync_dir
 from sie_evals.lib.core.errors import ConfigError, InputError, SieEvalsError
+from sie_evals.lib.core.parquet import ColumnKind, read_parquet_table
 from sie_evals.lib.core.run_conditions import now_iso
 from sie_evals.lib.core.text_files import read_utf8
 from sie_evals.lib.gates.keys import ResultKey, perf_key_of_legacy
@@ -400,38 +400,40 @@ def _field_of(config: ModelConfig, entry: SavedResult) -> str:
 
 def load_run(config: ModelConfig, entry: SavedResult) -> pd.DataFrame | None:
     """An entry's ranking (query_id, doc_id, rank, score); None when it has none or its file is gone."""
-    from sie_evals.lib.quality.ranking import check_run_frame
+    from sie_evals.lib.quality.ranking import RUN_SCHEMA, check_run_frame
 
-    frame = _load_parquet(config, entry, entry.run, "ranked results")
+    what = f"the ranked results of {_field_of(config, entry)} in {config.path}"
+    frame = _load_parquet(config, entry.run, RUN_SCHEMA, what)
     if frame is None or config.path is None or entry.run is None:
         return None
-    return check_run_frame(frame, f"{config.path.parent / entry.run} ({_field_of(config, entry)} in {config.path})")
+    return check_run_frame(frame, f"{config.path.parent / entry.run}: {what}")
 
 
 def load_per_query(config: ModelConfig, entry: SavedResult) -> pd.DataFrame | None:
     """An entry's per-query scores; None when it has none or its file is gone. Files of any naming
     scheme (also the fixed `<key>.parquet` of older saves) are read through the entry's reference."""
-    return _load_parquet(config, entry, entry.per_query, "per-query scores")
+    what = f"the per-query scores of {_field_of(config, entry)} in {config.path}"
+    return _load_parquet(config, entry.per_query, {"query_id": "id"}, what)
 
 
-def _load_parquet(config: ModelConfig, entry: SavedResult, rel: str | None, what: str) -> pd.DataFrame | None:
+def _load_parquet(
+    config: ModelConfig, rel: str | None, required: Mapping[str, ColumnKind], what: str
+) -> pd.DataFrame | None:
     if not rel or config.path is None:
         return None
     file = config.path.parent / rel
+    remedy = (
+        ". Re-save the result (--save-targets SOURCE), restore the file from git, or delete it "
+        "(checks then run without per-query intervals)"
+    )
     # a save killed right after its commit leaves the file pending; a writer may rename it meanwhile
     for candidate in (file, _pending(file), file):
         if not candidate.is_file():
             continue
         try:
-            return pd.read_parquet(candidate)
+            return read_parquet_table(candidate, required, what, remedy)
         except FileNotFoundError:
             continue
-        except (OSError, ValueError, pa.ArrowException) as err:
-            raise InputError(
-                f"{candidate}: the {what} of {_field_of(config, entry)} in {config.path} are not a "
-                f"readable Parquet file ({type(err).__name__}: {err}). Re-save the result (--save-targets SOURCE), "
-                "restore the file from git, or delete it (checks then run without per-query intervals)"
-            ) from None
     return None
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import pyarrow as pa
 
 from sie_evals.lib.core.errors import InputError
+from sie_evals.lib.core.parquet import read_parquet_table
 from sie_evals.lib.core.text_files import read_utf8
 from sie_evals.lib.gates.diff import DiffSide, TaskTexts
 from sie_evals.lib.gates.saved_results import load_per_query, load_run, parse_saved_ref, saved_entry
@@ -35,14 +35,9 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def read_per_query(file: Path, report: Path) -> pd.DataFrame:
     try:
-        frame = pd.read_parquet(file)
+        return read_parquet_table(file, {"query_id": "id"}, "per-query scores")
     except FileNotFoundError:
         raise InputError(f"{file}: the per-query scores {report} names are missing") from None
-    except (OSError, ValueError, pa.ArrowException) as err:
-        raise InputError(f"{file}: not a readable per-query Parquet ({type(err).__name__}: {err})") from None
-    if "query_id" not in frame.columns:
-        raise InputError(f"{file}: per-query scores without a 'query_id' column")
-    return frame.astype({"query_id": str})
 
 
 def _with_profile(conditions: Any, profile_settings: Any) -> dict[str, Any] | None:

@@ -18,15 +18,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 
 from sie_evals.lib.core.atomic import atomic_write, atomic_write_text
 from sie_evals.lib.core.errors import InputError
+from sie_evals.lib.core.parquet import ColumnKind, read_parquet_table
 from sie_evals.lib.quality.metrics import apply_mteb_run_rules
 from sie_evals.lib.quality.search import to_run
 
 DEFAULT_RUN_K = 100  # --save-run-k, and what saved targets/measurements keep
-RUN_COLUMNS = ("query_id", "doc_id", "rank", "score")
+RUN_SCHEMA: dict[str, ColumnKind] = {"query_id": "id", "doc_id": "id", "rank": "integer", "score": "number"}
+RUN_COLUMNS = tuple(RUN_SCHEMA)
 
 
 @dataclass(frozen=True)
@@ -113,27 +114,22 @@ def write_run(path: Path, frame: pd.DataFrame, tag: str) -> list[Path]:
 
 
 def check_run_frame(frame: pd.DataFrame, source: str) -> pd.DataFrame:
-    """A ranking read back from a file: the columns, types and ranks this module writes."""
-    missing = [c for c in RUN_COLUMNS if c not in frame.columns]
-    if missing:
-        raise InputError(f"{source}: not a ranked run: no column {missing[0]!r} (expected {', '.join(RUN_COLUMNS)})")
-    if not pd.api.types.is_integer_dtype(frame["rank"]) or (len(frame) and int(frame["rank"].min()) < 1):
+    """A ranking read back with RUN_SCHEMA (read_parquet_table): the ranks and scores this module writes."""
+    if len(frame) and int(frame["rank"].min()) < 1:
         raise InputError(f"{source}: column 'rank' must hold integers from 1")
-    if not pd.api.types.is_numeric_dtype(frame["score"]) or frame["score"].isna().any():
-        raise InputError(f"{source}: column 'score' must hold numbers")
-    return frame.astype({"query_id": str, "doc_id": str})
+    if frame["score"].isna().any():
+        raise InputError(f"{source}: column 'score' must hold numbers, not NaN")
+    return frame
 
 
 def read_run(path: Path) -> pd.DataFrame:
     """A run Parquet (InputError naming the file when missing or malformed)."""
     path = Path(path)
     try:
-        frame = pd.read_parquet(path)
+        frame = read_parquet_table(path, RUN_SCHEMA, "ranked run")
     except FileNotFoundError:
         raise InputError(f"{path}: ranked run not found") from None
-    except (OSError, ValueError, pa.ArrowException) as err:
-        raise InputError(f"{path}: not a readable Parquet run ({type(err).__name__}: {err})") from None
-    return check_run_frame(frame, str(path))
+    return check_run_frame(frame, f"{path}: ranked run")
 
 
 def ranks_of(frame: pd.DataFrame, query_id: str) -> dict[str, int]:
