@@ -1,8 +1,10 @@
 """The eval jobs on Dagster's Celery executor (SIE_EVALS_EXECUTOR=celery): a real redis-server on
 127.0.0.1 and two real Celery workers as separate processes, one on the `gpu` queue and one on `cpu`,
-sharing a Dagster instance (SQLite under one DAGSTER_HOME) and the results/cache directories. A 3 x 2
-model x task matrix of declared cells gives the same metrics, checks and materializations as the
-in-process run, and the event log shows each step on the worker of its queue."""
+sharing a Dagster instance (SQLite under one DAGSTER_HOME) and the results/cache directories. An asset
+backfill of a 3 x 2 model x task matrix, made as the UI's "Launch backfill" makes it and run by a real
+`dagster-daemon` (backfill daemon, run queue, the workspace's code server), gives the same metrics, checks
+and materializations as the in-process run, and the run logs show steps on both workers. The faults: a
+worker lacking what its queue needs, the broker gone mid-run, a worker process killed mid-step."""
 
 import contextlib
 import os
@@ -105,19 +107,38 @@ class Cluster:
         log = self.root / f"{queue}.log"
         wait_for(f"worker {queue}", lambda: "ready." in log.read_text(), 120, log)
 
-    def _start(self, name: str, args: list[str], cwd: Path) -> None:
+    def start_daemon(self) -> None:
+        """`dagster-daemon run` on the workspace: backfill daemon, run queue (QueuedRunCoordinator) and
+        sensors; its code server and the run workers it launches are in its process group."""
+        args = [str(Path(sys.executable).with_name("dagster-daemon")), "run", "-w", "workspace.yaml"]
+        self._start("daemon", args, cwd=REPO_ROOT, new_session=True)
+        log = self.root / "daemon.log"
+        wait_for("dagster-daemon", lambda: "BackfillDaemon" in log.read_text(), 180, log)
+
+    def _start(self, name: str, args: list[str], cwd: Path, new_session: bool = False) -> None:
         with open(self.root / f"{name}.log", "w") as log:  # the child keeps its own descriptor
-            self.procs[name] = subprocess.Popen(args, cwd=cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+            self.procs[name] = subprocess.Popen(
+                args, cwd=cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=new_session
+            )
 
     def stop(self) -> None:
         for name, proc in reversed(list(self.procs.items())):
-            if proc.poll() is None:
+            if name == "daemon":  # the whole group: its code server and any run worker still running
+                _signal_group(proc.pid, signal.SIGTERM)
+            elif proc.poll() is None:
                 proc.send_signal(signal.SIGTERM if name == "redis" else signal.SIGQUIT)
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if name == "daemon":
+                _signal_group(proc.pid, signal.SIGKILL)
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, sig)
 
 
 @contextlib.contextmanager
@@ -126,7 +147,11 @@ def running_cluster(tmp_path: Path, monkeypatch, gpu_env: dict[str, str] | None 
     shared = tmp_path / "shared"  # what every worker sees: the instance, results, cache, configs
     home = shared / "dagster_home"
     home.mkdir(parents=True)
-    shutil.copy(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
+    # The repo's instance settings (run queue, `gpu` pool) without declarative automation: a daemon on it
+    # would otherwise request perf_scores/target_comparison after the backfill (FOLLOW) and the report.
+    (home / "dagster.yaml").write_text(
+        (REPO_ROOT / "dagster.yaml").read_text() + "\nauto_materialize:\n  enabled: false\n  use_sensors: false\n"
+    )
     configs = matrix_configs(shared / "model_configs")
     port = free_port()
     env = {
@@ -222,17 +247,63 @@ def in_process_reference(tmp_path: Path, configs: Path, cells: list[str]) -> tup
     return metrics_of(mats), checks
 
 
-def test_matrix_on_celery_equals_in_process(tmp_path, monkeypatch):
+def launch_backfill(instance: dg.DagsterInstance, assets, partitions: list[str]) -> str:
+    """An asset backfill of `partitions` of `assets`, made as the UI's "Launch backfill" (GraphQL
+    `launchPartitionBackfill`) makes it: PartitionBackfill.from_asset_partitions on the definitions'
+    asset graph, added to the instance REQUESTED; the daemon's backfill loop submits its runs."""
+    from dagster._core.execution.backfill import PartitionBackfill
+    from dagster._core.utils import make_new_backfill_id
+
+    from sie_evals.definitions import defs
+
+    backfill = PartitionBackfill.from_asset_partitions(
+        backfill_id=make_new_backfill_id(),
+        asset_graph=defs().resolve_asset_graph(),
+        partition_names=partitions,
+        asset_selection=[a.key for a in assets],
+        backfill_timestamp=time.time(),
+        tags={},
+        dynamic_partitions_store=instance,
+        all_partitions=False,
+        title=None,
+        description=None,
+        run_config=None,
+    )
+    instance.add_backfill(backfill)
+    return backfill.backfill_id
+
+
+def wait_backfill(instance: dg.DagsterInstance, backfill_id: str, timeout: float, log: Path) -> str:
+    """The backfill's final status, once it has one."""
+    done = ("COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED")
+
+    def status() -> str:
+        return instance.get_backfill(backfill_id).status.value
+
+    wait_for(f"backfill {backfill_id}", lambda: status() in done, timeout, log)
+    return status()
+
+
+def test_backfill_on_celery_equals_in_process(tmp_path, monkeypatch):
+    """A backfill of the 3 x 2 matrix through a real dagster-daemon, each run's steps on the Celery
+    workers: same metrics and checks as in-process, one materialization per asset and partition."""
+    from dagster._core.storage.dagster_run import RunsFilter
+
     with running_cluster(tmp_path, monkeypatch) as c:
-        run_ids = []
-        for cell in CELLS:
-            res = run_cell(cell, ASSETS)
-            assert res.success, f"{cell}: run failed; worker logs under {c.root}\n{run_text(res.run_id)[-3000:]}"
-            run_ids.append(res.run_id)
-    instance = dg.DagsterInstance.get()
+        instance = dg.DagsterInstance.get()
+        c.start_daemon()
+        backfill_id = launch_backfill(instance, ASSETS, CELLS)
+        status = wait_backfill(instance, backfill_id, 900, c.root / "daemon.log")
+        runs = instance.get_runs(filters=RunsFilter.for_backfill(backfill_id))
+        failed = [r for r in runs if r.status != dg.DagsterRunStatus.SUCCESS]
+        detail = "\n".join(f"{r.tags.get('dagster/partition')}: {run_text(r.run_id)[-2000:]}" for r in failed)
+        assert status == "COMPLETED_SUCCESS", f"backfill {status}; worker logs under {c.root}\n{detail}"
+
     mats, checks, hosts = [], {}, {}
-    for run_id, cell in zip(run_ids, CELLS, strict=True):
-        for rec in instance.all_logs(run_id):
+    for run in runs:
+        assert run.tags.get("dagster/backfill") == backfill_id  # the daemon's runs, not the test's
+        cell = run.tags["dagster/partition"]
+        for rec in instance.all_logs(run.run_id):
             ev = rec.dagster_event
             if ev is None:
                 continue
@@ -244,14 +315,19 @@ def test_matrix_on_celery_equals_in_process(tmp_path, monkeypatch):
             elif ev.is_engine_event and "Executing steps" in rec.message:
                 worker = ev.engine_event_data.metadata["Celery worker"].value
                 hosts.setdefault(ev.step_key, set()).add(worker.split("@")[0])
+    assert sorted(r.tags["dagster/partition"] for r in runs) == sorted(CELLS)  # one run per cell
 
     # Each step ran on the worker of its queue: embeddings on gpu; data, scores and checks on cpu.
     assert hosts["embeddings"] == {"gpu"}
     assert hosts["quality_scores"] == {"cpu"} and hosts["task_dataset"] == {"cpu"}
     assert {q for qs in hosts.values() for q in qs} == {"gpu", "cpu"}
 
+    # Exactly one materialization per asset and partition in the whole instance (no run recorded twice).
+    for asset in ASSETS:
+        records = instance.fetch_materializations(asset.key, limit=100).records
+        assert sorted(r.partition_key for r in records) == sorted(CELLS), asset.key
     got = metrics_of(mats)
-    assert len(mats) == len(got) == len(CELLS) * len(ASSETS)  # one materialization per asset and cell
+    assert len(mats) == len(got) == len(CELLS) * len(ASSETS)
     ref_metrics, ref_checks = in_process_reference(tmp_path, c.configs, CELLS)
     assert got == ref_metrics
     assert checks == ref_checks and checks
