@@ -27,7 +27,7 @@ from sie_evals.lib.config.model_config import ModelConfig, ResolvedProfile, find
 from sie_evals.lib.core.atomic import atomic_write, atomic_write_text
 from sie_evals.lib.core.errors import InputError, SetupError
 from sie_evals.lib.core.run_conditions import hardware, now_iso, software
-from sie_evals.lib.engines import EmbedKind, report_fields, serialization
+from sie_evals.lib.engines import EmbedKind, report_fields, serialization, sharding
 from sie_evals.lib.engines.cache import CacheStats
 from sie_evals.lib.engines.vectors import similarity
 from sie_evals.lib.gates.comparison import compare, comparison_markdown
@@ -108,76 +108,143 @@ def task_dataset(context: dg.AssetExecutionContext, settings: EvalSettings) -> d
     """Corpus, queries and qrels of the cell's task split, snapshotted as Parquet in a folder named by
     the content hash (the cells of one task share it)."""
     spec, data = load_task(eval_key(context.partition_key).task, settings.data_options())
-    folder = settings.results_root() / "datasets" / path_slug(spec.task_id) / data.split / data.content_hash[:16]
-    write_snapshot(data, folder)
-    value = {**data.describe(), "snapshot_dir": str(folder)}
+    store = settings.artifacts()  # shared by every worker (lib/core/artifacts.py)
+    folder_key = f"datasets/{path_slug(spec.task_id)}/{data.split}/{data.content_hash[:16]}"
+    write_snapshot(data, store.local_path(folder_key))
+    snapshot = store.publish(folder_key)
+    value = {**data.describe(), "snapshot_dir": snapshot}
     return dg.Output(
         value,
         metadata={
             **data.counts,
             "content_hash": data.content_hash,
             "origin": data.origin,
-            "snapshot_dir": dg.MetadataValue.path(str(folder)),
+            "snapshot_dir": dg.MetadataValue.path(snapshot),
         },
     )
 
 
-@dg.asset(
-    partitions_def=eval_partitions,
-    group_name=GROUP,
-    io_manager_key="json_io",
-    pool="gpu",  # one embedding run per accelerator at a time (limit in dagster.yaml)
-    retry_policy=TRANSIENT_RETRY,
-    kinds={"numpy"},
-    op_tags=GPU_STEP_TAGS,  # the Celery/k8s queue of the accelerator workers (defs/executors.py)
-    automation_condition=FOLLOW,
-)
-def embeddings(
-    context: dg.AssetExecutionContext, task_dataset: dict[str, Any], settings: EvalSettings, engines: EngineFactory
-) -> Iterator[dg.Output[dict[str, Any]]]:
-    """Query and document vectors for one model:task:source, through the embedding cache."""
+def _input_sizes(spec: Any, data: Any) -> dict[EmbedKind, int] | None:
+    """Texts per kind the task embeds; None where MTEB's own evaluators decide what to embed."""
+    try:
+        return {kind: len(texts) for kind, texts in task_type_for(spec).inputs(data).items()}
+    except NotImplementedError:
+        return None
+
+
+@dg.op(out=dg.DynamicOut(dict), tags=CPU_STEP_TAGS)
+def plan_shards(
+    context: dg.OpExecutionContext, task_dataset: dict[str, Any], settings: EvalSettings
+) -> Iterator[dg.DynamicOutput[dict[str, Any]]]:
+    """The cell's shards (lib/engines/sharding.py): whole embedding-cache chunks, at most `shard_size` texts each;
+    a task of at most `shard_size` texts is one shard."""
     key = eval_key(context.partition_key)
+    with _input_errors_final():
+        spec = resolve_task(key.task)
+        data = read_snapshot(settings.artifacts().fetch_dir(task_dataset["snapshot_dir"]))
+    shards = sharding.plan_shards(_input_sizes(spec, data), settings.shard_size, settings.cache().chunk_size)
+    context.log.info(f"{key}: {len(shards)} shard(s) of at most {settings.shard_size} texts (whole cache chunks)")
+    for shard in shards:
+        yield dg.DynamicOutput(shard.as_dict(), mapping_key=shard.name, metadata={"rows": shard.rows})
+
+
+@dg.op(
+    tags=GPU_STEP_TAGS,  # the Celery/k8s queue of the accelerator workers (defs/executors.py)
+    pool="gpu",  # one embedding step per accelerator at a time (limit in dagster.yaml)
+    retry_policy=TRANSIENT_RETRY,  # on any worker: a retried shard finds its finished chunks in the cache
+)
+def embed_shard(
+    context: dg.OpExecutionContext,
+    shard: dict[str, Any],
+    task_dataset: dict[str, Any],
+    settings: EvalSettings,
+    engines: EngineFactory,
+) -> dg.Output[dict[str, Any]]:
+    """One shard's texts into the embedding cache, through the cell's engine."""
+    key, plan = eval_key(context.partition_key), sharding.Shard.from_dict(shard)
     with _input_errors_final():
         config, profile = _config_and_profile(key, settings)
         spec = resolve_task(key.task)
-        data = read_snapshot(Path(task_dataset["snapshot_dir"]))
+        data = read_snapshot(settings.artifacts().fetch_dir(task_dataset["snapshot_dir"]))
         with (
             settings.cache_scope(),
             engines.create(key.source, config, profile, settings.engine_options()) as engine,
         ):
-            emb = embed_task(engine, spec, data, settings.cache())
-    folder = settings.results_root() / "embeddings" / key.path_slug() / data.content_hash[:16]
+            if plan.whole:  # MTEB's evaluators: run once, so every text they embed is in the cache
+                emb = embed_task(engine, spec, data, settings.cache())
+                report = sharding.shard_report(engine, plan, emb.cache, emb.seconds)
+            else:
+                report = sharding.embed_shard(engine, task_type_for(spec).inputs(data), plan, settings.cache())
+    context.log.info(
+        f"{key} {plan.name}: {report.rows} texts in {report.seconds:.1f} s, cache hits {report.cache['hits']}, "
+        f"misses {report.cache['misses']}"
+    )
+    metadata = {"rows": report.rows, "seconds": round(report.seconds, 3), "forward_calls": report.forward_calls}
+    metadata.update({f"cache_{k}": v for k, v in report.cache.items()})
+    return dg.Output(report.as_dict(), metadata={**metadata, "cache_hit": report.cache["misses"] == 0})
+
+
+@dg.op(out=dg.Out(io_manager_key="json_io"), tags=CPU_STEP_TAGS)
+def merge_shards(
+    context: dg.OpExecutionContext, reports: list[dict[str, Any]], task_dataset: dict[str, Any], settings: EvalSettings
+) -> dg.Output[dict[str, Any]]:
+    """The shards' vectors read back through the cache in input order (no model: a missing chunk is an error),
+    written as the cell's vector files."""
+    key = eval_key(context.partition_key)
+    reports = sorted(reports, key=lambda r: r["index"])
+    with _input_errors_final():
+        config, profile = _config_and_profile(key, settings)
+        spec = resolve_task(key.task)
+        data = read_snapshot(settings.artifacts().fetch_dir(task_dataset["snapshot_dir"]))
+    cache = settings.cache()
+    engine = sharding.merge_engine(config, profile, reports, str(cache.root))
+    vectors = embed_task(engine, spec, data, cache).vectors if _input_sizes(spec, data) is not None else {}
+    store = settings.artifacts()
+    folder_key = f"embeddings/{key.path_slug()}/{data.content_hash[:16]}"
+    folder = store.local_path(folder_key)
     files = {
-        kind: folder / f"{kind.value}.{'npy' if isinstance(v, np.ndarray) else 'npz'}"
-        for kind, v in emb.vectors.items()
+        kind: folder / f"{kind.value}.{'npy' if isinstance(v, np.ndarray) else 'npz'}" for kind, v in vectors.items()
     }
-    for kind, vectors in emb.vectors.items():
-        _save_output(files[kind], vectors)
+    for kind, out in vectors.items():
+        _save_output(files[kind], out)
+    refs = {kind: store.publish(f"{folder_key}/{path.name}") for kind, path in files.items()}
+    done = sharding.totals(reports)
+    info = engine.info().as_dict()
+    dims = int(next(iter(vectors.values())).shape[1]) if vectors else None
     value = {
         "key": str(key),
         "profile": profile.name,
         "similarity": similarity(profile),
         "profile_settings": profile.model_dump(mode="json"),
         "content_hash": data.content_hash,
-        "vectors": {kind.value: str(files[kind]) for kind in emb.vectors},
-        "dims": emb.dims,
-        "engine": emb.engine_info,
-        "cache": emb.cache.as_dict(),
+        "vectors": {kind.value: refs[kind] for kind in vectors},
+        "dims": dims,
+        "engine": info,
+        "cache": done["cache"],
+        "shards": len(reports),
     }
-    yield dg.Output(
-        value,
-        metadata={
-            "dims": value["dims"],
-            **{f"{kind.value}_vectors": int(v.shape[0]) for kind, v in emb.vectors.items()},
-            "embed_seconds": round(emb.seconds, 3),
-            "forward_calls": emb.forward_calls,
-            "cache_hits": emb.cache.hits,
-            "cache_misses": emb.cache.misses,
-            "engine_version": emb.engine_info["version"],
-            "profile": profile.name,
-            **_output_metadata(profile, emb.vectors),
-        },
-    )
+    metadata = {
+        "dims": dims,
+        **{f"{kind.value}_vectors": int(v.shape[0]) for kind, v in vectors.items()},
+        "shards": len(reports),
+        "embed_seconds": round(done["seconds"], 3),  # the shards' own, summed
+        "forward_calls": done["forward_calls"],
+        "cache_hits": done["cache"]["hits"],
+        "cache_misses": done["cache"]["misses"],
+        "engine_version": info["version"],
+        "profile": profile.name,
+        **_output_metadata(profile, vectors),
+    }
+    return dg.Output(value, metadata=metadata)
+
+
+@dg.graph_asset(partitions_def=eval_partitions, group_name=GROUP, kinds={"numpy"}, automation_condition=FOLLOW)
+def embeddings(task_dataset: dict[str, Any]) -> dict[str, Any]:
+    """Query and document vectors for one model:task:source, through the embedding cache: a task above
+    `shard_size` texts as shards, one step each (`embeddings.embed_shard[shard_2_of_9]`, on the gpu queue, retried
+    on any worker), merged in input order; the vectors are the unsharded run's, byte for byte."""
+    reports = plan_shards(task_dataset).map(lambda shard: embed_shard(shard, task_dataset))
+    return merge_shards(reports.collect(), task_dataset)
 
 
 def _output_metadata(profile: ResolvedProfile, vectors: dict[EmbedKind, Any]) -> dict[str, Any]:
@@ -209,7 +276,7 @@ def quality_scores(
     """MTEB-exact retrieval metrics (aggregate + per query) from the cached embeddings."""
     key = eval_key(context.partition_key)
     spec = resolve_task(key.task)
-    data = read_snapshot(Path(task_dataset["snapshot_dir"]))
+    data = read_snapshot(settings.artifacts().fetch_dir(task_dataset["snapshot_dir"]))
     if embeddings["content_hash"] != data.content_hash:
         raise dg.Failure(
             f"embeddings for {key} were computed on dataset {embeddings['content_hash'][:12]}, "
@@ -227,12 +294,16 @@ def quality_scores(
         ):
             metrics, per_query, _, _ = task_type.evaluate(data, engine, settings.cache(), CacheStats())
     else:
-        vectors = {EmbedKind(kind): serialization.load_file(Path(path)) for kind, path in embeddings["vectors"].items()}
+        vectors = {
+            EmbedKind(kind): serialization.load_file(settings.artifacts().fetch_file(path))
+            for kind, path in embeddings["vectors"].items()
+        }
         metrics, per_query = score_task(spec, data, vectors, embeddings.get("similarity", "cosine"))
     subject = EvalSubject(split_model_part(key.model)[0], embeddings["profile"], spec, data, key.source)
     result_key = subject_key(subject)
-    pq_path = settings.results_root() / "quality_scores" / f"{key.path_slug()}.per_query.parquet"
-    atomic_write(pq_path, lambda tmp: per_query.to_parquet(tmp, index=False))
+    pq_key = f"quality_scores/{key.path_slug()}.per_query.parquet"
+    atomic_write(settings.artifacts().local_path(pq_key), lambda tmp: per_query.to_parquet(tmp, index=False))
+    pq_path = settings.artifacts().publish(pq_key)  # a reference: the path, or the shared store's URL
     engine = embeddings["engine"]
     with _input_errors_final():
         config = find_model_config(split_model_part(key.model)[0], settings.configs_dir())
@@ -260,7 +331,7 @@ def quality_scores(
         "split": data.split,
         "main_score": spec.rules.main_score,
         "metrics": metrics,
-        "per_query_path": str(pq_path),
+        "per_query_path": pq_path,
         "snapshot_dir": task_dataset["snapshot_dir"],  # query texts for a failed check's regressed queries
         "dataset": data.describe(),
         "engine": embeddings["engine"],
@@ -276,7 +347,7 @@ def quality_scores(
             "dataset_hash": data.content_hash,
             "variant": result_key.variant,
             "result_key": dg.MetadataValue.json(result_key.as_dict()),
-            "per_query_path": dg.MetadataValue.path(str(pq_path)),
+            "per_query_path": dg.MetadataValue.path(pq_path),
             **_conditions_metadata(embeddings["engine"]["version"], embeddings["profile"]),
         }
     )
@@ -305,7 +376,7 @@ def perf_scores(
         sweep, slos = settings.perf_sweep_and_slos()
         config, profile = _config_and_profile(key, settings)
         spec = resolve_task(key.task)
-        data = read_snapshot(Path(task_dataset["snapshot_dir"]))
+        data = read_snapshot(settings.artifacts().fetch_dir(task_dataset["snapshot_dir"]))
     with _input_errors_final(), settings.cache_scope():
         result = evaluate_perf_source(
             config,
@@ -326,8 +397,11 @@ def perf_scores(
     result_key = subject_key(subject, PerfLoad(load, settings.perf_workload, swept, result.run_conditions["hardware"]))
     variant = result_key.variant
     folder = settings.results_root() / "perf_scores"
-    requests_path = folder / f"{key.path_slug()}.requests.parquet"
-    atomic_write(requests_path, lambda tmp: result.per_query.to_parquet(tmp, index=False))
+    requests_key = f"perf_scores/{key.path_slug()}.requests.parquet"
+    atomic_write(
+        settings.artifacts().local_path(requests_key), lambda tmp: result.per_query.to_parquet(tmp, index=False)
+    )
+    requests_path = settings.artifacts().publish(requests_key)  # read by eval_report, maybe on another worker
     png_path = folder / f"{key.path_slug()}.latency.png"
     if result.extra.get("sweep"):  # a sweep: the saturation plot (throughput and p50/p99 vs offered load)
         png_path = folder / f"{key.path_slug()}.saturation.png"
@@ -346,7 +420,7 @@ def perf_scores(
         "variant": variant,
         "split": data.split,
         "metrics": metrics,
-        "requests_path": str(requests_path),
+        "requests_path": requests_path,
         "histogram_path": str(png_path),
         "errors": result.extra["errors"],
         "spread": result.extra["spread"],
@@ -376,7 +450,7 @@ def perf_scores(
             ),
             "load_shape": dg.MetadataValue.json(result.extra["load_shape"]),
             "histogram_path": dg.MetadataValue.path(str(png_path)),
-            "requests_path": dg.MetadataValue.path(str(requests_path)),
+            "requests_path": dg.MetadataValue.path(requests_path),
             **_conditions_metadata(result.run_conditions["engine_version"], profile.name),
         }
     )
@@ -404,8 +478,8 @@ def target_comparison(
         config = find_model_config(split_model_part(key.model)[0], settings.configs_dir())
         spec = resolve_task(key.task)
         result_key = ResultKey.from_dict(quality_scores["result_key"])
-        per_query_path = Path(quality_scores["per_query_path"])
-        per_query = pd.read_parquet(per_query_path) if per_query_path.is_file() else None
+        per_query_path = settings.artifacts().find_file(quality_scores["per_query_path"])
+        per_query = pd.read_parquet(per_query_path) if per_query_path else None
         quality = compare(
             str(key),
             key.source,

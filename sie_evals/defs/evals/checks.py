@@ -163,6 +163,7 @@ def drift_check_spec(
         context: dg.AssetCheckExecutionContext, scores: dict[str, Any], settings: EvalSettings
     ) -> dg.AssetCheckResult:
         key = eval_key(context.partition_key)  # eval and Finesse cells alike: `model:task:source`
+        scores = settings.local_outputs(scores)  # its per-query table and snapshot, fetched from the shared store
         result = check_scores(key, scores, against, kinds, settings.configs_dir())
         texts = query_texts(scores) if result.regressed else None
         return to_check_result(result, severity, context.log, texts)

@@ -13,7 +13,7 @@ from sie_evals.defs.evals.partitions import storage_name
 from sie_evals.lib.config.model_config import ModelConfig, ResolvedProfile
 from sie_evals.lib.config.settings import DEFAULTS, EvalDefaults, PerfPlan, eval_defaults, perf_plan
 from sie_evals.lib.core import paths
-from sie_evals.lib.core.atomic import atomic_write_json
+from sie_evals.lib.core.artifacts import ArtifactStore, open_store
 from sie_evals.lib.core.errors import ConfigError
 from sie_evals.lib.core.sources import url_sources
 from sie_evals.lib.core.urls import http_url_problem, redact_url
@@ -41,6 +41,7 @@ class EvalSettings(dg.ConfigurableResource):
     batch_size: int | None = D["batch_size"]  # quality: items per forward pass (unset: the profile's)
     threads: int | None = D["threads"]
     device: str | None = D["device"]  # local engine and started servers: cpu, auto, cuda, cuda:N, ...
+    shard_size: int = D["shard_size"]  # embeddings: texts per shard step of a large task
     # perf_scores load shape (the CLI's --type perf options)
     perf_workload: str = D["perf_workload"]
     perf_batch_size: int = D["perf_batch_size"]  # perf: items per request
@@ -58,6 +59,12 @@ class EvalSettings(dg.ConfigurableResource):
     perf_tokens: str | None = D["perf_tokens"]  # N, or N1,N2,... (a sweep)
     perf_sweep: str | None = D["perf_sweep"]  # e.g. concurrency=1,2,4,8 (--sweep)
     perf_slos: str | None = D["perf_slos"]  # comma-separated, e.g. p99_ms<=250,error_rate<=0.01 (--slo)
+    # Where step outputs every worker reads live (lib/core/artifacts.py): unset, $SIE_EVALS_ARTIFACTS_URL, else
+    # results_dir as always. Not in EvalDefaults: the CLI runs on one machine.
+    artifacts_url: str | None = Field(None, description="s3://bucket/prefix, gs://..., or a shared folder")
+    artifacts_options: dict[str, Any] | None = Field(
+        None, description="fsspec storage options, e.g. {endpoint_url: ...} (unset: $SIE_EVALS_ARTIFACTS_OPTIONS)"
+    )
 
     @classmethod
     def from_env(cls) -> "EvalSettings":
@@ -87,8 +94,28 @@ class EvalSettings(dg.ConfigurableResource):
     def engine_options(self) -> EngineOptions:
         return EngineOptions(batch_size=self.batch_size, threads=self.threads, device=self.device)
 
+    def cache_root(self) -> Path:
+        return Path(self.cache_dir) if self.cache_dir else paths.cache_dir()
+
+    def artifacts(self) -> ArtifactStore:
+        """Snapshots, vector files and per-query tables a later step (on any worker) reads."""
+        return open_store(self.artifacts_url, self.artifacts_options, self.results_root(), self.cache_root())
+
     def cache(self) -> EmbeddingCache:
-        return EmbeddingCache(Path(self.cache_dir) if self.cache_dir else paths.cache_dir())
+        """This worker's embedding cache, with the artifact store's `cache/` as its shared tier when it is remote."""
+        store = self.artifacts()
+        return EmbeddingCache(self.cache_root(), remote=store.child("cache") if store.remote else None)
+
+    def local_outputs(self, scores: dict[str, Any]) -> dict[str, Any]:
+        """A scores output with its per-query table and snapshot as local paths (fetched on this worker), for
+        the code that opens them as files (drift checks, regressed queries)."""
+        store, out = self.artifacts(), dict(scores)
+        if out.get("per_query_path"):
+            local = store.find_file(out["per_query_path"])
+            out["per_query_path"] = str(local) if local else None
+        if out.get("snapshot_dir"):
+            out["snapshot_dir"] = str(store.fetch_dir(out["snapshot_dir"]))
+        return out
 
     def cache_scope(self) -> AbstractContextManager[None]:
         """`cache_dir` for every cache of a step (embeddings, ONNX/OpenVINO exports, servers it starts),
@@ -144,25 +171,36 @@ class EngineFactory(dg.ConfigurableResource):
 
 
 class JsonIOManager(dg.ConfigurableIOManager):
-    """Asset outputs are small JSON documents (facts and file paths); large arrays and tables are
-    written by the assets themselves as .npy/Parquet. JSON, not pickle: nothing here can run code."""
+    """Asset outputs are small JSON documents (facts and artifact references); large arrays and tables are
+    written by the assets themselves as .npy/Parquet. JSON, not pickle: nothing here can run code.
+    They live in the artifact store (lib/core/artifacts.py) under `dagster/`, so a step on another worker
+    reads them: `base_dir` (a folder or URL) if set, else $SIE_EVALS_ARTIFACTS_URL, else the results dir."""
 
     base_dir: str | None = None
+    artifacts_options: dict[str, Any] | None = Field(
+        None, description="fsspec storage options (unset: $SIE_EVALS_ARTIFACTS_OPTIONS)"
+    )
 
-    def _path(self, context: dg.OutputContext | dg.InputContext) -> Path:
-        root = Path(self.base_dir) if self.base_dir else paths.results_dir() / "dagster"
+    def _store(self) -> ArtifactStore:
+        if self.base_dir:
+            return open_store(self.base_dir, self.artifacts_options, paths.results_dir(), paths.cache_dir())
+        return open_store(None, self.artifacts_options, paths.results_dir(), paths.cache_dir()).child("dagster")
+
+    def _key(self, context: dg.OutputContext | dg.InputContext) -> str:
         name = "__".join(context.asset_key.path)
         partition = context.asset_partition_key if context.has_asset_partitions else "all"
-        return root / name / f"{path_slug(storage_name(partition))}.json"
+        return f"{name}/{path_slug(storage_name(partition))}.json"
 
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
-        atomic_write_json(self._path(context), obj)
+        text = json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n"
+        self._store().write_bytes(self._key(context), text.encode("utf-8"))
 
     def load_input(self, context: dg.InputContext) -> Any:
-        path = self._path(context)
-        if not path.is_file():
+        store, key = self._store(), self._key(context)
+        raw = store.read_bytes(key)
+        if raw is None:
             raise FileNotFoundError(
-                f"{path}: upstream output missing; materialize {context.asset_key.to_user_string()} "
+                f"{store.ref(key)}: upstream output missing; materialize {context.asset_key.to_user_string()} "
                 f"for partition {context.asset_partition_key} first"
             )
-        return json.loads(path.read_text())
+        return json.loads(raw)

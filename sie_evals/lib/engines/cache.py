@@ -11,6 +11,11 @@ A dense output of `MEMMAP_MIN_ROWS` texts or more (a large corpus) is assembled 
 memory-mapped `.npy` under the cache folder and returned read-only, so a run never holds two in-memory copies of
 millions of vectors: peak memory is one chunk plus the mapped pages (shared and evictable). On POSIX the file is
 unlinked as soon as it is open, so nothing accumulates on disk, even when the process is killed.
+
+With a `remote` artifact store (a shared s3://, gs:// or folder every worker reaches) the cache has two tiers:
+a lookup tries this worker's folder, then the store (copying a found entry down, then verifying it as any local
+one); a new entry is written locally and through to the store, sidecar last. So a worker with an empty disk gets
+the hits of every other worker. The memory-mapped corpora stay local: they live only as long as one process.
 """
 
 import errno
@@ -28,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from sie_evals.lib.core.artifacts import ArtifactStore
 from sie_evals.lib.core.atomic import atomic_write_bytes, atomic_write_json
 from sie_evals.lib.core.errors import EngineError
 from sie_evals.lib.engines import serialization
@@ -75,10 +81,17 @@ class CacheStats:
 
 
 class EmbeddingCache:
-    def __init__(self, root: Path, chunk_size: int = DEFAULT_CHUNK_SIZE, memmap_min_rows: int | None = MEMMAP_MIN_ROWS):
+    def __init__(
+        self,
+        root: Path,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        memmap_min_rows: int | None = MEMMAP_MIN_ROWS,
+        remote: ArtifactStore | None = None,
+    ):
         """`memmap_min_rows`: dense outputs with at least this many rows come back as a read-only memory map
-        (None: always in memory)."""
+        (None: always in memory). `remote`: the shared tier (entries under its `embeddings/`), or None."""
         self.root = Path(root) / "embeddings"
+        self.remote = remote
         self.memmap_dir = Path(root) / MEMMAP_FOLDER
         self.chunk_size = chunk_size
         self.memmap_min_rows = memmap_min_rows
@@ -91,9 +104,26 @@ class EmbeddingCache:
         folder = self.root / key[:2]
         return folder / f"{key}.npy", folder / f"{key}.json"
 
+    def _remote_keys(self, key: str) -> tuple[str, str]:
+        return f"embeddings/{key[:2]}/{key}.npy", f"embeddings/{key[:2]}/{key}.json"
+
+    def _pull(self, key: str) -> bool:
+        """Copy the shared tier's entry `key` into the local folder (data first, sidecar last); False if none."""
+        if self.remote is None:
+            return False
+        data_key, meta_key = self._remote_keys(key)
+        meta = self.remote.read_bytes(meta_key)
+        data = self.remote.read_bytes(data_key) if meta is not None else None
+        if meta is None or data is None:
+            return False
+        data_path, meta_path = self._paths(key)
+        atomic_write_bytes(data_path, data)
+        atomic_write_bytes(meta_path, meta)
+        return True
+
     def get(self, key: str, rows: int) -> np.ndarray | None:
         data_path, meta_path = self._paths(key)
-        if not meta_path.exists():
+        if not meta_path.exists() and not self._pull(key):
             return None
         try:
             meta = json.loads(meta_path.read_bytes())
@@ -118,6 +148,10 @@ class EmbeddingCache:
         atomic_write_json(
             meta_path, {"sha256": hashlib.sha256(raw).hexdigest(), "shape": list(arr.shape), "identity": identity}
         )
+        if self.remote is not None:  # write through, sidecar last as locally
+            data_key, meta_key = self._remote_keys(key)
+            self.remote.write_bytes(data_key, raw)
+            self.remote.write_bytes(meta_key, meta_path.read_bytes())
 
     def embed(
         self,
