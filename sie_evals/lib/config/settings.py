@@ -68,6 +68,12 @@ class EvalDefaults(BaseSettings):
         "infinity): cpu, auto, mps, cuda (all GPUs, data-parallel), cuda:N or a comma-separated list.",
         **_opt("--device"),
     )
+    shard_size: Int = Field(
+        100_000,
+        ge=1,
+        description="Dagster: a task with more texts than this is embedded as shards of about this many (whole "
+        "embedding-cache chunks), each a step of its own; the merged vectors equal the unsharded run's.",
+    )
     perf_workload: Literal["corpus", "queries"] = Field(
         "corpus", description="Perf: encode the task's corpus (documents) or its queries.", **_opt("--workload")
     )
@@ -195,28 +201,21 @@ def _tokens(text: str | None) -> list[int]:
 def load_spec(d: EvalDefaults, tokens: int | None = None) -> "LoadSpec":
     """The one LoadSpec of the settings (every open-loop field), exit 2 naming the option and variable.
     A duration replaces the request count; giving both explicitly is an error."""
+    from dataclasses import fields
+
     from sie_evals.lib.perf.load import LoadSpec, LoadSpecError
 
     # a duration replaces the default request count; a request count someone chose conflicts with it
     chosen_requests = "perf_requests" in d.model_fields_set and d.perf_requests != DEFAULTS["perf_requests"]
     if d.perf_duration_s is not None and chosen_requests:
         raise InputError(f"give {_label('perf_requests')} or {_label('perf_duration_s')}, not both")
+    # every LoadSpec field comes from the setting perf_<field>, so a new one is declared, not copied
+    shape = {
+        f.name: getattr(d, f"perf_{f.name}") for f in fields(LoadSpec) if f"perf_{f.name}" in EvalDefaults.model_fields
+    }
+    shape.update(requests=None if d.perf_duration_s is not None else d.perf_requests, tokens=tokens)
     try:
-        return LoadSpec(
-            batch_size=d.perf_batch_size,
-            concurrency=d.perf_concurrency,
-            requests=None if d.perf_duration_s is not None else d.perf_requests,
-            duration_s=d.perf_duration_s,
-            warmup_requests=d.perf_warmup_requests,
-            trials=d.perf_trials,
-            rate=d.perf_rate,
-            arrival=d.perf_arrival,
-            burstiness=d.perf_burstiness,
-            max_concurrency=d.perf_max_concurrency,
-            on_cap=d.perf_on_cap,
-            seed=d.perf_seed,
-            tokens=tokens,
-        )
+        return LoadSpec(**shape)
     except LoadSpecError as err:
         name = str(err).split(":")[0]
         field = f"perf_{name}" if f"perf_{name}" in EvalDefaults.model_fields else None

@@ -27,8 +27,8 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, field, fields, replace
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httptools
@@ -43,6 +43,9 @@ from sie_evals.lib.perf.openloop import (
     duration_deadline,
     with_warmup,
 )
+
+if TYPE_CHECKING:  # load.py imports this module
+    from sie_evals.lib.perf.load import LoadSpec
 
 SAMPLES = 8  # reply bodies kept per process for validation after the run
 # Sleep on the loop's timers to this close to a send, then spin (yield to the loop until the send
@@ -98,6 +101,20 @@ class Job:
     seed: int = 0
     on_cap: str = "late"
     start: float | None = None  # perf_counter (CLOCK_MONOTONIC: one clock for every process)
+
+    @classmethod
+    def from_spec(cls, target: HttpTarget, spec: "LoadSpec") -> "Job":
+        """The whole job of one trial of `spec`, before run_parts splits it over processes. Every field
+        LoadSpec has under the same name is copied, so a new load field is declared in the two dataclasses
+        and copied nowhere by hand."""
+        same = {
+            f.name: getattr(spec, f.name) for f in fields(cls) if f.name not in _PER_PROCESS and hasattr(spec, f.name)
+        }
+        clients = spec.concurrency if spec.mode == "closed" else spec.max_concurrency
+        return cls(target=target, clients=clients, warm=spec.warmup_requests, **same)
+
+
+_PER_PROCESS = frozenset({"process", "processes", "start"})  # run_parts sets them; LoadSpec.processes is a count
 
 
 @dataclass

@@ -429,21 +429,8 @@ def run_http_trial(
     over spec.processes generator processes (None: processes_for the load). `check(i, body)` validates
     a sample of reply bodies after the trial (it raises on a malformed one); `redact` scrubs secrets
     from the error messages kept (a server may echo a request back)."""
-    clients = spec.concurrency if spec.mode == "closed" else spec.max_concurrency
-    processes = spec.processes or aio.processes_for(spec.mode, clients, spec.rate, fast=aio.fast_path(target))
-    job = aio.Job(
-        target=target,
-        mode=spec.mode,
-        clients=clients,
-        warm=spec.warmup_requests,
-        requests=spec.requests,
-        duration_s=spec.duration_s,
-        rate=spec.rate,
-        arrival=spec.arrival,
-        burstiness=spec.burstiness,
-        seed=spec.seed,
-        on_cap=spec.on_cap,
-    )
+    job = aio.Job.from_spec(target, spec)
+    processes = spec.processes or aio.processes_for(job.mode, job.clients, job.rate, fast=aio.fast_path(target))
     parts = aio.run_parts(job, processes, stop)
     if check is not None:
         for part in parts:
