@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import httptools
@@ -43,9 +43,6 @@ from sie_evals.lib.perf.openloop import (
     duration_deadline,
     with_warmup,
 )
-
-if TYPE_CHECKING:  # load.py imports this module
-    from sie_evals.lib.perf.load import LoadSpec
 
 SAMPLES = 8  # reply bodies kept per process for validation after the run
 # Sleep on the loop's timers to this close to a send, then spin (yield to the loop until the send
@@ -81,6 +78,19 @@ class HttpTarget:
     client: str = ""
 
 
+class LoadShape(Protocol):
+    """What Job.from_spec reads of a load.LoadSpec (load.py imports this module, not the other way)."""
+
+    @property
+    def mode(self) -> str: ...
+    @property
+    def concurrency(self) -> int: ...
+    @property
+    def max_concurrency(self) -> int: ...
+    @property
+    def warmup_requests(self) -> int: ...
+
+
 @dataclass(frozen=True)
 class Job:
     """One generator process's share of one trial. Closed loop: `clients` clients send the requests
@@ -103,7 +113,7 @@ class Job:
     start: float | None = None  # perf_counter (CLOCK_MONOTONIC: one clock for every process)
 
     @classmethod
-    def from_spec(cls, target: HttpTarget, spec: "LoadSpec") -> "Job":
+    def from_spec(cls, target: HttpTarget, spec: "LoadShape") -> "Job":
         """The whole job of one trial of `spec`, before run_parts splits it over processes. Every field
         LoadSpec has under the same name is copied, so a new load field is declared in the two dataclasses
         and copied nowhere by hand."""
