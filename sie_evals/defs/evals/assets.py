@@ -172,7 +172,7 @@ def embed_shard(
         ):
             if plan.whole:  # MTEB's evaluators: run once, so every text they embed is in the cache
                 emb = embed_task(engine, spec, data, settings.cache())
-                report = sharding.shard_report(engine, plan, emb.cache, emb.seconds)
+                report = sharding.shard_report(engine, plan, emb.cache, emb.seconds, emb.forward_calls)
             else:
                 report = sharding.embed_shard(engine, task_type_for(spec).inputs(data), plan, settings.cache())
     context.log.info(
