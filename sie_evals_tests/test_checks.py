@@ -9,7 +9,6 @@ from sie_evals.cli import app
 from sie_evals.defs.evals.assets import embeddings, quality_scores, task_dataset
 from sie_evals.defs.evals.checks import EVAL_CHECKS, check_description, quality_vs_measurement, quality_vs_target
 from sie_evals.defs.evals.partitions import sync_partitions
-from sie_evals.defs.evals.resources import EngineFactory, EvalSettings, JsonIOManager
 from sie_evals.defs.finesse.checks import finesse_rss_vs_measurement, finesse_rss_vs_target
 from sie_evals.lib.gates import thresholds
 from sie_evals.lib.gates.thresholds import Against, MetricKind
@@ -22,19 +21,8 @@ CONFIG_NAME = "sentence-transformers__all-MiniLM-L6-v2.yaml"
 
 
 @pytest.fixture
-def setup(tmp_path, session_cache, configs_dir, monkeypatch):
-    monkeypatch.setenv("SIE_EVALS_MODEL_CONFIGS_DIR", str(configs_dir))
-    resources = {
-        "settings": EvalSettings(
-            results_dir=str(tmp_path / "results"),
-            cache_dir=str(session_cache),
-            model_configs_dir=str(configs_dir),
-            limit_queries=20,
-            corpus_size=200,
-        ),
-        "engines": EngineFactory(),
-        "json_io": JsonIOManager(base_dir=str(tmp_path / "io")),
-    }
+def setup(eval_resources, configs_dir):
+    resources = eval_resources()
     instance = dg.DagsterInstance.ephemeral()
     sync_partitions(instance, configs_dir)  # the declared cells, as the sync sensor makes them
     assert dg.materialize(

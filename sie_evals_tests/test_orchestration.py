@@ -16,7 +16,7 @@ from sie_evals.defs.alerts.sensors import make_check_failure_sensor, run_failure
 from sie_evals.defs.evals.assets import embeddings, perf_scores, quality_scores, target_comparison, task_dataset
 from sie_evals.defs.evals.checks import EVAL_CHECKS
 from sie_evals.defs.evals.partitions import sync_partitions
-from sie_evals.defs.evals.resources import EngineFactory, EvalSettings, JsonIOManager
+from sie_evals.defs.evals.resources import EvalSettings
 from sie_evals.defs.reports.assets import eval_report
 from sie_evals.lib.config.model_config import find_model_config
 from sie_evals.lib.core.run_conditions import hardware
@@ -47,23 +47,8 @@ PERF = perf_key("mteb/STSBenchmark")
 
 
 @pytest.fixture
-def graph(tmp_path, session_cache, configs_dir, monkeypatch):
-    monkeypatch.setenv("SIE_EVALS_MODEL_CONFIGS_DIR", str(configs_dir))
-    resources = {
-        "settings": EvalSettings(
-            results_dir=str(tmp_path / "results"),
-            cache_dir=str(session_cache),
-            model_configs_dir=str(configs_dir),
-            limit_queries=20,
-            corpus_size=200,
-            perf_concurrency=2,
-            perf_requests=6,
-            perf_warmup_requests=2,
-            perf_trials=1,
-        ),
-        "engines": EngineFactory(),
-        "json_io": JsonIOManager(base_dir=str(tmp_path / "io")),
-    }
+def graph(eval_resources, configs_dir):
+    resources = eval_resources(perf_concurrency=2, perf_requests=6, perf_warmup_requests=2, perf_trials=1)
     instance = dg.DagsterInstance.ephemeral()
     sync_partitions(instance, configs_dir)
     for cell in (SCIFACT, STS):

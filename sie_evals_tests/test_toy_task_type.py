@@ -68,26 +68,15 @@ def test_rules_forbid_unknown_fields_and_must_match_the_type(toy):
 
 
 @pytest.mark.slow
-def test_toy_type_as_dagster_assets(toy, tmp_path, session_cache, configs_dir, monkeypatch):
+def test_toy_type_as_dagster_assets(toy, configs_dir, eval_resources):
     """A temp model config declares the toy task: its cell exists, and task_dataset -> embeddings ->
     quality_scores materialize it with the toy's own metrics (snapshot written and read back)."""
     from sie_evals.defs.evals.assets import embeddings, quality_scores, task_dataset
     from sie_evals.defs.evals.partitions import sync_partitions
-    from sie_evals.defs.evals.resources import EngineFactory, EvalSettings, JsonIOManager
 
     config = configs_dir / "sentence-transformers__all-MiniLM-L6-v2.yaml"
     config.write_text(config.read_text().replace("tasks:\n", f"tasks:\n  - {TASK_ID}\n", 1))
-    monkeypatch.setenv("SIE_EVALS_MODEL_CONFIGS_DIR", str(configs_dir))
-    resources = {
-        "settings": EvalSettings(
-            results_dir=str(tmp_path / "results"),
-            cache_dir=str(session_cache),
-            model_configs_dir=str(configs_dir),
-            limit_queries=20,
-        ),
-        "engines": EngineFactory(),
-        "json_io": JsonIOManager(base_dir=str(tmp_path / "io")),
-    }
+    resources = eval_resources(corpus_size=None)  # the toy task has no corpus
     instance = dg.DagsterInstance.ephemeral()
     sync_partitions(instance, configs_dir)
     cell = f"all-MiniLM-L6-v2:{TASK_ID}:local"
