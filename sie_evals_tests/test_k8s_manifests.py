@@ -4,13 +4,25 @@ ConfigMap the same way, Dagster instance configs against dagster's config schema
 the chart fields they set. No cluster and no helm binary are needed (docs/deployment.md says what is
 left untested)."""
 
+import importlib.util
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
 import yaml
 
+from sie_evals.defs.executors import (
+    BROKER_VAR,
+    CPU_QUEUE,
+    EXECUTOR_VAR,
+    GPU_QUEUE,
+    WORKER_REQUIRES_VAR,
+    celery_config,
+    executor_name,
+)
+from sie_evals.lib.core import paths
 from sie_evals_tests.conftest import REPO_ROOT
 
 DEPLOY = REPO_ROOT / "deploy"
@@ -208,22 +220,75 @@ def test_user_code_serves_the_code_location_the_helm_values_name():
     assert container["readinessProbe"]["exec"]["command"][:3] == ["dagster", "api", "grpc-health-check"]
 
 
+ENV_CONFIGMAP = "sie-evals-env"  # what every sie-evals pod and run pod takes its settings from (envFrom)
+CELERY_APP = "sie_evals.defs.celery_app"  # the worker app (not imported here: it needs the broker variable)
+
+
+def env_configmap() -> dict[str, str]:
+    return next(o for o in objects() if o["kind"] == "ConfigMap" and o["metadata"]["name"] == ENV_CONFIGMAP)["data"]
+
+
+def container_env(container: dict[str, Any]) -> dict[str, str | None]:
+    return {e["name"]: e.get("value") for e in container.get("env", [])}
+
+
 def test_celery_workers_one_per_queue_with_the_gpu_placement_of_the_instance():
+    assert importlib.util.find_spec(CELERY_APP) is not None
     placement = yaml.safe_load(INSTANCE.read_text())["run_launcher"]["config"]["run_k8s_config"]
     specs = pod_specs()
-    for queue in ("gpu", "cpu"):
+    for queue in (GPU_QUEUE, CPU_QUEUE):
         (container,) = specs[f"sie-evals-worker-{queue}"]["containers"]
         args = container["args"]
-        assert args[:4] == ["celery", "-A", "sie_evals.defs.celery_app", "worker"]  # the app of defs/executors.py
+        assert args[:4] == ["celery", "-A", CELERY_APP, "worker"]  # the app of defs/executors.py
         assert args[args.index("-Q") + 1] == queue
-        env = {e["name"]: e.get("value") for e in container["env"]}
-        assert env["SIE_EVALS_CELERY_BROKER"].startswith("redis://sie-evals-redis:")
     gpu, cpu = specs["sie-evals-worker-gpu"], specs["sie-evals-worker-cpu"]
+    assert container_env(gpu["containers"][0])[WORKER_REQUIRES_VAR] == "gpu"  # no GPU: its steps fail, naming it
+    assert WORKER_REQUIRES_VAR not in container_env(cpu["containers"][0])
     assert gpu["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert gpu["nodeSelector"] == placement["pod_spec_config"]["node_selector"]
     assert gpu["tolerations"] == placement["pod_spec_config"]["tolerations"]
     assert "nvidia.com/gpu" not in cpu["containers"][0]["resources"].get("limits", {})
     assert "nodeSelector" not in cpu
+
+
+def test_the_env_sets_the_executor_and_broker_under_the_names_the_code_reads():
+    """The names are the code's own constants (defs/executors.py, lib/core/paths.py): a rename there that the
+    manifests do not follow fails here, as the old DAGSTER_CELERY_BROKER_URL, read by nothing, would have."""
+    env = env_configmap()
+    assert executor_name(env) == "celery", env.get(EXECUTOR_VAR)  # unset would be in_process
+    celery_config(env)  # what a run's executor checks first: the broker is set
+    broker = urlsplit(env[BROKER_VAR])
+    redis = next(o for o in objects() if o["kind"] == "Service" and o["metadata"]["name"] == broker.hostname)
+    assert broker.scheme == "redis" and broker.port in {p["port"] for p in redis["spec"]["ports"]}
+    for name in (paths.HOME_ENV, paths.MODEL_CONFIGS_DIR_ENV, paths.RESULTS_DIR_ENV, paths.CACHE_DIR_ENV):
+        assert env[name].startswith("/"), name
+    assert env[paths.DATA_DIR_ENV].startswith("/")
+    # Every pod that loads the code location or runs a step reads that ConfigMap and does not override it:
+    # the user-code server, both workers, the run pods of the instance's launcher and of the chart's.
+    for name in ("sie-evals-user-code", "sie-evals-worker-gpu", "sie-evals-worker-cpu"):
+        (container,) = pod_specs()[name]["containers"]
+        assert {"configMapRef": {"name": ENV_CONFIGMAP}} in container["envFrom"], name
+        assert not {EXECUTOR_VAR, BROKER_VAR} & set(container_env(container)), name
+    assert ENV_CONFIGMAP in yaml.safe_load(INSTANCE.read_text())["run_launcher"]["config"]["env_config_maps"]
+    values = yaml.safe_load(HELM_VALUES.read_text())
+    (deployment,) = values["dagster-user-deployments"]["deployments"]
+    launcher = values["runLauncher"]["config"]["k8sRunLauncher"]
+    for where in (deployment, launcher):
+        assert {"name": ENV_CONFIGMAP} in where["envConfigMaps"]
+        assert not {EXECUTOR_VAR, BROKER_VAR} & {e["name"] for e in where.get("env", [])}
+
+
+def test_every_sie_evals_variable_the_manifests_set_is_read_by_the_code():
+    """A variable set in deploy/ (the ConfigMap, a container's env, the chart's env) but named nowhere in
+    the package is a setting that silently does nothing."""
+    (deployment,) = yaml.safe_load(HELM_VALUES.read_text())["dagster-user-deployments"]["deployments"]
+    set_here = set(env_configmap()) | {e["name"] for e in deployment["env"]}
+    set_here |= {name for spec in pod_specs().values() for c in spec["containers"] for name in container_env(c)}
+    set_here = {v for v in set_here if v.startswith("SIE_EVALS_")}
+    assert {EXECUTOR_VAR, BROKER_VAR, WORKER_REQUIRES_VAR, paths.RESULTS_DIR_ENV} <= set_here
+    source = "\n".join(f.read_text() for f in (REPO_ROOT / "sie_evals").rglob("*.py"))
+    unread = sorted(v for v in set_here if f'"{v}"' not in source)
+    assert not unread, f"set under deploy/ but read by nothing in sie_evals/: {unread}"
 
 
 def chart_field(values: dict[str, Any], dotted: str) -> Any:
