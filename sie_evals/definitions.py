@@ -32,6 +32,7 @@ def defs() -> dg.Definitions:
         resources={
             "settings": EvalSettings.from_env(),
             "engines": EngineFactory.from_env(),
+            # step outputs on $SIE_EVALS_ARTIFACTS_URL (s3://, gs://) when set, so any worker reads them
             "json_io": JsonIOManager(),
         },
         # $SIE_EVALS_EXECUTOR: in_process by default (the model loads once per run); celery/k8s

@@ -23,7 +23,8 @@ GROUP = "finesse"
 
 
 def _run_dir(settings: EvalSettings, key: EvalKey) -> Path:
-    return settings.results_root() / "finesse" / key.path_slug()
+    """Where a step writes before it publishes to the shared artifact store (lib/core/artifacts.py)."""
+    return settings.artifacts().local_path(f"finesse/{key.path_slug()}")
 
 
 @dg.asset(
@@ -44,11 +45,12 @@ def finesse_embeddings(
         )
     except SieEvalsError as err:
         raise dg.Failure(str(err), allow_retries=False) from None
-    value = {"key": str(key), "path": str(out), "sha256": file_sha256(out), "config_file": str(path)}
+    ref = settings.artifacts().publish(f"finesse/{key.path_slug()}/{out.name}")  # read by finesse_scores anywhere
+    value = {"key": str(key), "path": ref, "sha256": file_sha256(out), "config_file": str(path)}
     return dg.Output(
         value,
         metadata={
-            "path": dg.MetadataValue.path(str(out)),
+            "path": dg.MetadataValue.path(ref),
             "lengths": f"{cfg.lengths()[0]}-{cfg.lengths()[-1]}",
             "samples_per_length": cfg.probe_config.samples_per_length,
             "profile": settings.profile,
@@ -63,7 +65,7 @@ def finesse_scores(
     """RSS (0.18.9-exact TD/BU) or SRS (0.18.9-exact average_srs / average_pbi), whichever the task's config
     names; per-length spread, hashed (and signed when FINESSE_HMAC_KEY is set)."""
     key = EvalKey.parse(context.partition_key)
-    path = Path(finesse_embeddings["path"])
+    path = settings.artifacts().fetch_file(finesse_embeddings["path"])
     if file_sha256(path) != finesse_embeddings["sha256"]:
         raise dg.Failure(f"{path} changed since finesse_embeddings wrote it: rematerialize finesse_embeddings")
     results_path, results = score_file(path, _run_dir(settings, key))

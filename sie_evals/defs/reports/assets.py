@@ -4,7 +4,6 @@ scoring queries of each cell's latest quality result. Its grid (a row per model:
 task) is the model x task view of the flat cell partitions. It follows the evals (schedules.py)."""
 
 import time
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -18,6 +17,7 @@ from sie_evals.defs.evals.partitions import EVAL_CELLS, partition_key
 from sie_evals.defs.evals.resources import EvalSettings
 from sie_evals.defs.evals.schedules import AFTER_EVALS
 from sie_evals.defs.executors import CPU_STEP_TAGS
+from sie_evals.lib.core.artifacts import find_shared_file
 from sie_evals.lib.core.atomic import atomic_write, atomic_write_text
 from sie_evals.lib.gates.keys import EvalKey
 from sie_evals.lib.reporting.eval_report import PartitionSummary, report_markdown, report_png
@@ -103,8 +103,8 @@ def gather_summaries(instance: dg.DagsterInstance, eval_keys: list[EvalKey]) -> 
             }
             summary.perf_at = perf[0].timestamp
             requests_path = _text(metadata, "requests_path")
-            if requests_path and Path(requests_path).is_file():
-                summary.latencies_ms = pd.read_parquet(requests_path)["latency_ms"].to_numpy(dtype=np.float64)
+            if requests_path and (local := find_shared_file(requests_path)):  # a path, or the shared store's URL
+                summary.latencies_ms = pd.read_parquet(local)["latency_ms"].to_numpy(dtype=np.float64)
         summaries.append(summary)
     return summaries
 
@@ -124,10 +124,10 @@ def gather_worst_queries(
             continue
         metadata = latest[0].asset_materialization.metadata
         metric, path = _text(metadata, "main_score_name"), _text(metadata, "per_query_path")
-        if not (metric and path and Path(path).is_file()):
+        if not (metric and path and (local := find_shared_file(path))):
             continue
         try:
-            rows = worst_queries(pd.read_parquet(path), metric)
+            rows = worst_queries(pd.read_parquet(local), metric)
         except (OSError, ValueError, pa.ArrowException) as err:  # one unreadable file must not sink the report
             if log is not None:
                 log.warning(f"{path}: per-query scores of {eval_key} unreadable ({type(err).__name__}: {err})")

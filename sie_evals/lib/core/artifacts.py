@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 
 from upath import UPath
 
+from sie_evals.lib.core import paths
 from sie_evals.lib.core.atomic import atomic_write, atomic_write_bytes, atomic_write_text
 from sie_evals.lib.core.errors import ConfigError, EngineError, InputError, SieEvalsError
 from sie_evals.lib.core.urls import redact_text, redact_url
@@ -168,15 +169,21 @@ class ArtifactStore:
         shown = self.ref(key)
         with _storage_errors("cannot write", shown, self._raw_root):
             if local.is_dir():
-                manifest = {"files": {}}
-                for path in sorted(p for p in local.rglob("*") if p.is_file() and not _hidden(p, local)):
-                    rel = path.relative_to(local).as_posix()
-                    if rel == MANIFEST:
-                        continue
-                    manifest["files"][rel] = {"size": path.stat().st_size, "sha256": _file_sha256(path)}
-                    target.fs.put_file(str(path), (target / rel).path)
-                raw = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
-                target.fs.pipe_file((target / MANIFEST).path, raw)
+                files = {
+                    p.relative_to(local).as_posix(): p
+                    for p in sorted(local.rglob("*"))
+                    if p.is_file() and not _hidden(p, local) and p.relative_to(local).as_posix() != MANIFEST
+                }
+                manifest = {rel: {"size": p.stat().st_size, "sha256": _file_sha256(p)} for rel, p in files.items()}
+                raw = (json.dumps({"files": manifest}, indent=1, sort_keys=True) + "\n").encode()
+                try:
+                    published = target.fs.cat_file((target / MANIFEST).path)
+                except FileNotFoundError:
+                    published = None
+                if published != raw:  # the same folder published before (a content-named snapshot): no upload
+                    for rel, path in files.items():
+                        target.fs.put_file(str(path), (target / rel).path)
+                    target.fs.pipe_file((target / MANIFEST).path, raw)
                 atomic_write_bytes(local / MANIFEST, raw)  # this worker's copy is current: no download
             else:
                 target.fs.put_file(str(local), target.path)
@@ -229,6 +236,7 @@ class ArtifactStore:
         dest = self._cached(ref)
         remote = self._upath(ref)
         with _storage_errors("cannot read", shown, self._raw_root):
+            remote.fs.invalidate_cache(remote.path)  # a listing cached earlier in this process may be stale
             try:
                 info = remote.fs.info(remote.path)
             except FileNotFoundError:
@@ -332,6 +340,12 @@ def _replace_dir(tmp: Path, dest: Path) -> None:
             raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def find_shared_file(ref: str) -> Path | None:
+    """The file a reference names (a path, or a URL on the store) on this worker, None if there is none; for
+    code without the settings resource (the report, reading references from the instance's metadata)."""
+    return ArtifactStore(paths.results_dir(), paths.cache_dir(), env_options()).find_file(ref)
 
 
 def open_store(

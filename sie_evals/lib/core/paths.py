@@ -77,7 +77,11 @@ def cache_dir_override(path: Path | None) -> Iterator[None]:
 
 
 def results_dir() -> Path:
-    """Where per-query score tables, dataset snapshots and Dagster asset outputs go."""
+    """Where per-query score tables, dataset snapshots and Dagster asset outputs go, unless
+    $SIE_EVALS_ARTIFACTS_URL puts those on shared storage (lib/core/artifacts.py). Saved targets and the
+    measurement history stay here in any case: they need atomic rename and file locks, which object stores
+    lack, so in a deployment of more than one worker this must be a POSIX volume every worker mounts
+    (ReadWriteMany), never a worker's own disk."""
     return _env_path(RESULTS_DIR_ENV) or home() / "results"
 
 
