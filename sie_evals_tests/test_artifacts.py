@@ -258,3 +258,17 @@ def test_cell_on_s3_later_steps_on_a_worker_with_empty_disks(s3_endpoint, tmp_pa
     assert again.output_for_node("quality_scores")["metrics"] == scores_a["metrics"]
     assert _files(b / "results") == []  # worker B wrote nothing a later step needs to its results dir
     assert not (a).exists()
+
+
+def test_json_io_manager_on_s3_round_trips_and_names_a_bad_output(s3_endpoint, tmp_path):
+    io = JsonIOManager(base_dir=f"s3://{BUCKET}/io-unit", artifacts_options={"endpoint_url": s3_endpoint})
+    key = dg.AssetKey("task_dataset")
+    io.handle_output(dg.build_output_context(asset_key=key), {"snapshot_dir": "s3://b/x", "n": 1})
+    assert io.load_input(dg.build_input_context(asset_key=key)) == {"snapshot_dir": "s3://b/x", "n": 1}
+    import fsspec
+
+    fsspec.filesystem("s3", endpoint_url=s3_endpoint).pipe_file(f"{BUCKET}/io-unit/task_dataset/all.json", b"{not")
+    with pytest.raises(InputError, match=rf"s3://{BUCKET}/io-unit/task_dataset/all.json: upstream output is not valid"):
+        io.load_input(dg.build_input_context(asset_key=key))
+    with pytest.raises(FileNotFoundError, match=rf"s3://{BUCKET}/io-unit/embeddings/all.json: upstream output missing"):
+        io.load_input(dg.build_input_context(asset_key=dg.AssetKey("embeddings")))

@@ -14,7 +14,7 @@ from sie_evals.lib.config.model_config import ModelConfig, ResolvedProfile
 from sie_evals.lib.config.settings import DEFAULTS, EvalDefaults, PerfPlan, eval_defaults, perf_plan
 from sie_evals.lib.core import paths
 from sie_evals.lib.core.artifacts import ArtifactStore, open_store
-from sie_evals.lib.core.errors import ConfigError
+from sie_evals.lib.core.errors import ConfigError, InputError
 from sie_evals.lib.core.sources import url_sources
 from sie_evals.lib.core.urls import http_url_problem, redact_url
 from sie_evals.lib.engines import Engine, create_engine
@@ -186,10 +186,13 @@ class JsonIOManager(dg.ConfigurableIOManager):
             return open_store(self.base_dir, self.artifacts_options, paths.results_dir(), paths.cache_dir())
         return open_store(None, self.artifacts_options, paths.results_dir(), paths.cache_dir()).child("dagster")
 
+    @staticmethod
+    def _partition(context: dg.OutputContext | dg.InputContext) -> str:
+        return context.asset_partition_key if context.has_asset_partitions else "all"
+
     def _key(self, context: dg.OutputContext | dg.InputContext) -> str:
         name = "__".join(context.asset_key.path)
-        partition = context.asset_partition_key if context.has_asset_partitions else "all"
-        return f"{name}/{path_slug(storage_name(partition))}.json"
+        return f"{name}/{path_slug(storage_name(self._partition(context)))}.json"
 
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
         text = json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n"
@@ -201,6 +204,9 @@ class JsonIOManager(dg.ConfigurableIOManager):
         if raw is None:
             raise FileNotFoundError(
                 f"{store.ref(key)}: upstream output missing; materialize {context.asset_key.to_user_string()} "
-                f"for partition {context.asset_partition_key} first"
+                f"for partition {self._partition(context)} first"
             )
-        return json.loads(raw)
+        try:
+            return json.loads(raw)
+        except ValueError as err:  # JSON and UTF-8 errors
+            raise InputError(f"{store.ref(key)}: upstream output is not valid JSON ({err}); rematerialize it") from None
