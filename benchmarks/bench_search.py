@@ -3,18 +3,19 @@
 Random unit vectors (queries and documents, seeded), 384 dims, top 1,000. Times, over the same vectors:
   bare matmul     torch `q @ d.T` in 50,000-document chunks, nothing else (what a user would write; the
                   reference of the issue's goal)
-  product alone   the search's own product with no selection: DEFAULT_DOC_CHUNK (16,384) documents a
-                  block, documents x queries, into one reused buffer (how much of the search is product)
+  search          the project's `exact_top_k` (lib/quality/search.py: first block selected in full, then
+                  product and compare fused per cache-sized tile on every torch thread)
+  product alone   (--split) the products of the search's tiles with no selection: how much of the search
+                  is product (tiles of TILE_SCORES scores, one single-threaded torch worker per thread)
   old search      the previous `exact_top_k` (torch.topk per chunk, merged with cat/topk/gather)
-  search          the project's `exact_top_k` (lib/quality/search.py: threshold filter, buffers reused)
   run             `to_run` of the search's (scores, indices)
   metrics         `retrieval_scores` (pytrec_eval, MTEB-exact) with synthetic qrels (1-3 relevant per query)
-and prints a table with each time and its ratio to the bare matmul, plus end to end (search + run + metrics)
-over the search, the top-10 agreement of old and new search, and whether their metrics are equal.
-The machine is shared and noisy: bare matmul and search alternate `--repeats` times and the fastest of each
-is compared (the least-disturbed run of each); every single time is printed too.
+The machine is shared and noisy, so bare matmul and search run in `--rounds` interleaved rounds (the order
+alternating: bare first in even rounds, search first in odd ones), each round's search / bare ratio is
+printed with the load average at its start and the wall and CPU seconds of both, and the verdict is the
+median of the per-round ratios. End to end (search + run + metrics) is given over the median search.
 
-    flock /tmp/bench.lock .venv/bin/python benchmarks/bench_search.py [--docs 1000000] [--threads 2]
+    flock /tmp/bench.lock .venv/bin/python benchmarks/bench_search.py [--docs 1000000] [--threads 2] [--rounds 5]
 """
 
 import argparse
@@ -22,6 +23,7 @@ import os
 import platform
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -30,8 +32,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from sie_evals.lib.quality import search as search_module
 from sie_evals.lib.quality.metrics import retrieval_scores
-from sie_evals.lib.quality.search import DEFAULT_DOC_CHUNK, exact_top_k, to_run
+from sie_evals.lib.quality.search import exact_top_k, to_run
 
 BARE_CHUNK = 50_000
 K_VALUES = (1, 3, 5, 10, 20, 100, 1000)
@@ -47,14 +50,29 @@ def bare_matmul(q: torch.Tensor, docs: np.ndarray) -> float:
 
 
 def product_alone(q: torch.Tensor, docs: np.ndarray) -> float:
-    """The search's products (same blocks, orientation and reused buffer), nothing selected."""
-    out = torch.empty(len(q) * DEFAULT_DOC_CHUNK)
-    total = 0.0
-    with torch.inference_mode():
-        for start in range(0, len(docs), DEFAULT_DOC_CHUNK):
-            d = torch.from_numpy(docs[start : start + DEFAULT_DOC_CHUNK])
-            total += float(torch.mm(d, q.T, out=out[: len(d) * len(q)].view(len(d), len(q)))[0].sum())
-    return total
+    """The search's tile products (same tile width, documents x queries, one reused buffer per worker,
+    tiles shared out as the search does), nothing selected or normalised."""
+    width = max(16, search_module.TILE_SCORES // len(q))
+    tiles = iter(range(0, len(docs), width))
+    lock = threading.Lock()
+
+    def worker() -> float:
+        out = torch.empty(width * len(q))
+        total = 0.0
+        with torch.inference_mode():
+            while True:
+                with lock:
+                    start = next(tiles, None)
+                if start is None:
+                    return total
+                d = torch.from_numpy(docs[start : start + width])
+                total += float(torch.mm(d, q.T, out=out[: len(d) * len(q)].view(len(d), len(q)))[0, 0])
+
+    workers = torch.get_num_threads()
+    if workers == 1:
+        return worker()
+    pool = search_module._pool(workers, os.getpid())
+    return sum(f.result() for f in [pool.submit(worker) for _ in range(workers)])
 
 
 def old_exact_top_k(queries: np.ndarray, docs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -82,6 +100,13 @@ def timed(fn, *args):
     return time.perf_counter() - t, out
 
 
+def timed_cpu(fn, *args):
+    """(wall s, CPU s of the whole process, result)."""
+    t, c = time.perf_counter(), time.process_time()
+    out = fn(*args)
+    return time.perf_counter() - t, time.process_time() - c, out
+
+
 def cpu_model() -> str:
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
@@ -98,7 +123,8 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--repeats", type=int, default=3, help="alternating bare matmul / search runs")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved bare matmul / search rounds")
+    ap.add_argument("--split", action="store_true", help="also time the search's products alone each round")
     ap.add_argument("--no-old", action="store_true", help="skip the previous search (slowest)")
     args = ap.parse_args()
 
@@ -115,43 +141,50 @@ def main() -> None:
     print(
         f"{args.queries} queries x {args.docs:,} docs x {args.dims} dims, top {args.k}, {args.threads} threads; "
         f"{cpu_model()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; "
-        f"torch {torch.__version__}",
+        f"torch {torch.__version__}; {time.strftime('%H:%M:%S', time.gmtime())} UTC",
         flush=True,
     )
     q = torch.from_numpy(queries)
     bare_matmul(q, docs[: min(args.docs, BARE_CHUNK)])  # warm up BLAS threads
-    bares, searches, products = [], [], []
-    for _ in range(args.repeats):
-        bares.append(timed(bare_matmul, q, docs)[0])
-        t, (scores, indices) = timed(exact_top_k, queries, docs, args.k)
-        searches.append(t)
-        products.append(timed(product_alone, q, docs)[0])
-    bare, t_search = min(bares), min(searches)
+    exact_top_k(queries[:8], docs[: min(args.docs, 50_000)], 10)  # and the search's worker threads
+    steps = {"bare": lambda: bare_matmul(q, docs), "search": lambda: exact_top_k(queries, docs, args.k)}
+    rounds = []
+    print(f"{'round':>5} {'load':>5} {'bare s (cpu)':>14} {'search s (cpu)':>15} {'search/bare':>11}", flush=True)
+    for r in range(args.rounds):
+        load = os.getloadavg()[0]
+        order = ["bare", "search"] if r % 2 == 0 else ["search", "bare"]
+        got = {name: timed_cpu(steps[name]) for name in order}
+        scores, indices = got["search"][2]
+        product = timed_cpu(product_alone, q, docs)[:2] if args.split else None
+        rounds.append((load, got["bare"][:2], got["search"][:2], product))
+        (bw, bc), (sw, sc) = got["bare"][:2], got["search"][:2]
+        extra = f"   product alone {product[0]:.2f} s ({product[0] / bw:.2f}x bare)" if product else ""
+        print(f"{r + 1:>5} {load:5.1f} {bw:7.2f} ({bc:5.2f}) {sw:7.2f} ({sc:5.2f}) {sw / bw:11.2f}{extra}", flush=True)
+    ratios = [s[0] / b[0] for _, b, s, _ in rounds]
+    cpu_ratios = [s[1] / b[1] for _, b, s, _ in rounds]
+    t_search = float(np.median([s[0] for _, _, s, _ in rounds]))
+    print(
+        f"search / bare matmul, per round: {', '.join(f'{x:.2f}' for x in ratios)}; median {np.median(ratios):.2f}, "
+        f"max {max(ratios):.2f}; CPU time ratio median {np.median(cpu_ratios):.2f}"
+    )
+    if args.split:
+        split = [p[0] / b[0] for _, b, _, p in rounds]
+        print(f"product alone / bare, per round: {', '.join(f'{x:.2f}' for x in split)}; median {np.median(split):.2f}")
     t_run, run = timed(to_run, query_ids, doc_ids, scores, indices)
     t_metrics, (metrics, _) = timed(retrieval_scores, qrels, run, K_VALUES)
-    rows = [
-        ("bare matmul (fastest)", bare),
-        ("search (exact_top_k, fastest)", t_search),
-        ("product alone (fastest)", min(products)),
-    ]
+    e2e = t_search + t_run + t_metrics
+    print(
+        f"run building (to_run) {t_run:.2f} s, metrics (pytrec_eval + MRR) {t_metrics:.2f} s; end to end "
+        f"(median search + run + metrics) {e2e:.2f} s = {e2e / t_search:.2f} x search"
+    )
     if not args.no_old:
         t_old, (old_s, old_i) = timed(old_exact_top_k, queries, docs, args.k)
-        rows.append(("old search (torch topk merge)", t_old))
-    rows += [("run building (to_run)", t_run), ("metrics (pytrec_eval + MRR)", t_metrics)]
-    print(f"{'step':32} {'seconds':>8} {'x bare':>7}")
-    for name, t in rows:
-        print(f"{name:32} {t:8.2f} {t / bare:7.2f}")
-    e2e = t_search + t_run + t_metrics
-    print(f"{'end to end (search+run+metrics)':32} {e2e:8.2f} {e2e / bare:7.2f}  = {e2e / t_search:.2f} x search")
-    runs = {"bare matmul": bares, "search": searches, "product alone": products}
-    print("; ".join(f"{name} runs: {', '.join(f'{t:.2f}' for t in ts)} s" for name, ts in runs.items()))
-    print(f"load average after: {os.getloadavg()[0]:.2f}")
-    if args.no_old:
-        return
-    old_metrics, _ = retrieval_scores(qrels, to_run(query_ids, doc_ids, old_s, old_i), K_VALUES)
-    agree = np.mean([len(set(a[:10]) & set(b[:10])) / 10 for a, b in zip(old_i, indices, strict=True)])
-    print(f"top-10 agreement old vs new search: {agree:.4f}; metrics equal: {metrics == old_metrics}")
-    print(f"ndcg@10 {metrics['ndcg_at_10']} (old {old_metrics['ndcg_at_10']})")
+        print(f"old search (torch topk merge) {t_old:.2f} s = {t_old / t_search:.2f} x the median search")
+        old_metrics, _ = retrieval_scores(qrels, to_run(query_ids, doc_ids, old_s, old_i), K_VALUES)
+        agree = np.mean([len(set(a[:10]) & set(b[:10])) / 10 for a, b in zip(old_i, indices, strict=True)])
+        print(f"top-10 agreement old vs new search: {agree:.4f}; metrics equal: {metrics == old_metrics}")
+        print(f"ndcg@10 {metrics['ndcg_at_10']} (old {old_metrics['ndcg_at_10']})")
+    print(f"load average after: {os.getloadavg()[0]:.2f}; {time.strftime('%H:%M:%S', time.gmtime())} UTC")
 
 
 if __name__ == "__main__":

@@ -127,3 +127,98 @@ def test_thread_pool_works_in_a_forked_child():
         assert child.exitcode == 0 and queue.get(timeout=1) == 499500
     finally:
         torch.set_num_threads(before)
+
+
+def _cosine_product(q: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """The reference scores: torch-normalised queries x documents in one product."""
+    qn = torch.nn.functional.normalize(torch.from_numpy(q), dim=1)
+    with torch.inference_mode():
+        return (qn @ torch.nn.functional.normalize(torch.from_numpy(d), dim=1).T).numpy()
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_after_the_first_block_product_and_compare_are_fused_in_tiles(monkeypatch, threads):
+    """Issue 26 item 5: after the first block no (queries x block) product is written out and compared
+    in a second pass (RunningTopK._above, the block-wide scan from memory); each worker compares its
+    own cache-sized tile right after multiplying it. Same bits, same ranking, any thread count."""
+    scans = []
+    real_above = search.RunningTopK._above
+    monkeypatch.setattr(
+        search.RunningTopK, "_above", lambda self, s, start: scans.append(start) or real_above(self, s, start)
+    )
+    monkeypatch.setattr(search, "TILE_SCORES", 300 * 37)  # 37-document tiles: many per round, a ragged last one
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        rng = np.random.default_rng(13)
+        q = rng.standard_normal((300, 384)).astype(np.float32)
+        d = rng.standard_normal((20_000, 384)).astype(np.float32)
+        scores, idx = exact_top_k(q, d, k=100, doc_chunk=2048)
+    finally:
+        torch.set_num_threads(before)
+    assert scans == []
+    exp_s, exp_i = _expected(_cosine_product(q, d), 100)
+    np.testing.assert_array_equal(idx, exp_i)
+    np.testing.assert_array_equal(scores, exp_s)  # bits, not a tolerance
+
+
+def test_a_read_only_memory_map_is_scored_in_tiles(tmp_path):
+    """The embedding cache hands the search read-only memory maps: tiles are copied into the worker's
+    buffer and normalised there (torch wants writable memory), with the same bits."""
+    rng = np.random.default_rng(14)
+    q = rng.standard_normal((120, 64)).astype(np.float32)
+    d = rng.standard_normal((9_000, 64)).astype(np.float32)
+    np.save(tmp_path / "docs.npy", d)
+    mapped = np.load(tmp_path / "docs.npy", mmap_mode="r")
+    assert not mapped.flags.writeable
+    for normalize in (True, False):
+        scores, idx = search.inner_product_top_k(q, mapped, 50, doc_chunk=1000, normalize=normalize)
+        full = _cosine_product(q, d) if normalize else (torch.from_numpy(q) @ torch.from_numpy(d).T).numpy()
+        exp_s, exp_i = _expected(full, 50)
+        np.testing.assert_array_equal(idx, exp_i)
+        np.testing.assert_array_equal(scores, exp_s)
+
+
+def test_a_round_with_too_many_candidates_takes_its_own_top_k(monkeypatch):
+    """Scores rising with the document index: every tile of every round passes the thresholds, so the
+    fused scan gives up at PACK_LIMIT x k a query and the round's own top k is merged instead."""
+    fallbacks = []
+    real = search.RunningTopK.add_block_top
+    monkeypatch.setattr(search.RunningTopK, "add_block_top", lambda self, *a: fallbacks.append(a[0]) or real(self, *a))
+    q = np.zeros((40, 8), np.float32)
+    q[:, 0] = 1
+    q[:, 2] = np.linspace(0, 0.1, 40)
+    angle = np.linspace(1.5, 0.0, 6000)
+    d = np.zeros((6000, 8), np.float32)
+    d[:, 0], d[:, 1] = np.cos(angle), np.sin(angle)
+    scores, idx = exact_top_k(q, d, k=30, doc_chunk=500)
+    assert fallbacks == list(range(500, 6000, 500))
+    exp_s, exp_i = _expected(_cosine_product(q, d), 30)
+    np.testing.assert_array_equal(idx, exp_i)
+    np.testing.assert_array_equal(scores, exp_s)
+
+
+def test_workers_multiply_single_threaded_and_leave_every_other_threads_setting():
+    """The workers' torch runs one thread each (their tiles are the parallelism); the caller's setting
+    and the default a new thread takes are what they were."""
+    import threading
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        fresh_default = search._in_new_thread(torch.get_num_threads)
+        rng = np.random.default_rng(15)
+        exact_top_k(
+            rng.standard_normal((50, 16)).astype(np.float32),
+            rng.standard_normal((5000, 16)).astype(np.float32),
+            10,
+            500,
+        )
+        assert torch.get_num_threads() == 2
+        assert search._in_new_thread(torch.get_num_threads) == fresh_default
+        pool = search._pool(2, __import__("os").getpid())
+        barrier = threading.Barrier(2)
+        counts = [pool.submit(lambda: (barrier.wait(10), torch.get_num_threads())[1]) for _ in range(2)]
+        assert [c.result() for c in counts] == [1, 1]
+    finally:
+        torch.set_num_threads(before)

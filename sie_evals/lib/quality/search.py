@@ -1,13 +1,15 @@
 """Exact top-k retrieval (no approximate index) at the speed of the matrix product.
 
 Like MTEB: cosine similarity in float32 (vectors normalised with torch in float32) and the top k (1000)
-documents per query. Documents are scored in blocks (a memory-mapped corpus is never copied whole),
-each normalised into a reused buffer and multiplied into another (no fresh (queries x block) result to
-page in), and merged into a running top-k (RunningTopK): after the first block only the scores above
-each query's k-th best can enter (one comparison per score, typically a few in a thousand pass), so the
-cost beside the matrix product is a compare and a small merge, not a `torch.topk` per block. The scores
-are the float32 products of torch-normalised vectors, bit for bit whatever the block size (MKL's sgemm
-sums each dot product in the same order; test_search checks it).
+documents per query. Documents are scored in blocks (a memory-mapped corpus is never copied whole) and
+merged into a running top k (RunningTopK): after the first block only the scores above each query's
+k-th best can enter (one comparison per score, typically a few in a thousand pass), so the cost beside
+the matrix product is a compare and a small merge, not a `torch.topk` per block. After the first block
+the dense search fuses product and compare (`_scan_round`): each torch thread's worker multiplies a tile
+of documents small enough that its (documents x queries) scores are still in cache when it compares
+them, single-threaded (no OpenMP fork/join per product, no second pass over a 64 MB block from memory).
+The scores are the float32 products of torch-normalised vectors, bit for bit whatever the block or tile
+size and thread count (MKL's sgemm sums each dot product in the same order; test_search_blocks checks it).
 
 Tie order, documented and deterministic: every result row is best first, by score descending then
 document index ascending, and documents tied at the k-th score are kept lowest index first: the top k
@@ -17,6 +19,7 @@ are the first k documents in (score desc, index asc) order, as a full stable sor
 import functools
 import itertools
 import os
+import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -29,6 +32,9 @@ import torch
 # result does not page-fault a fresh buffer and the first block's full selection stays cheap.
 DEFAULT_DOC_CHUNK = 16_384
 PACK_LIMIT = 4  # candidates of one block, in multiples of k a query, merged without the block's own top k
+# Scores in one worker's tile (documents x queries): 2 MB of float32, which stays in L2/L3 between the
+# product writing it and the compare reading it (512 documents a tile for 1,000 queries).
+TILE_SCORES = 512 * 1000
 
 
 def _unit(x: np.ndarray) -> torch.Tensor:
@@ -39,49 +45,135 @@ def _unit(x: np.ndarray) -> torch.Tensor:
     return torch.nn.functional.normalize(t, p=2, dim=1)
 
 
-def _scored_chunks(q: torch.Tensor, docs: np.ndarray, doc_chunk: int, normalize: bool):
-    """(start, scores) per chunk of documents, into buffers allocated once: a fresh (queries x chunk)
-    product per chunk would page-fault hundreds of MiB each time. Each yielded tensor is overwritten
-    by the next chunk (merge_top_k keeps only copies)."""
-    n, dims = docs.shape
-    width = min(doc_chunk, n)
-    doc_buf = torch.empty((width, dims), dtype=torch.float32)
+def _doc_rows(docs: np.ndarray, start: int, rows: int, buf: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """Documents [start, start + rows) as float32 rows, normalised when `normalize`: into `buf` (reused)
+    unless they can be read in place."""
+    src = np.ascontiguousarray(docs[start : start + rows], dtype=np.float32)
+    d = buf[:rows]
+    if not src.flags.writeable:  # a read-only memory map (embedding cache): torch wants writable memory
+        d.numpy()[...] = src
+        src = d.numpy()
+    elif not normalize:
+        return torch.from_numpy(src)
+    if normalize:  # torch.nn.functional.normalize's own ops (x / max(norm, eps)): the same bits
+        t = torch.from_numpy(src)
+        torch.div(t, t.norm(2, 1, keepdim=True).clamp_min(1e-12), out=d)
+    return d
+
+
+def _scored_chunks(q: torch.Tensor, docs: np.ndarray, doc_chunk: int, normalize: bool, start: int = 0, stop=None):
+    """(start, scores) per chunk of documents [start, stop), into buffers allocated once: a fresh
+    (queries x chunk) product per chunk would page-fault hundreds of MiB each time. Each yielded tensor
+    is overwritten by the next chunk (merge_top_k keeps only copies)."""
+    stop = docs.shape[0] if stop is None else stop
+    width = min(doc_chunk, stop - start)
+    doc_buf = torch.empty((width, docs.shape[1]), dtype=torch.float32)
     out_buf = torch.empty(q.shape[0] * width, dtype=torch.float32)
-    for start in range(0, n, doc_chunk):
-        rows = min(doc_chunk, n - start)
-        src = np.ascontiguousarray(docs[start : start + rows], dtype=np.float32)
-        d = doc_buf[:rows]
-        if not src.flags.writeable:  # a read-only memory map (embedding cache): torch wants writable memory
-            d.numpy()[...] = src
-            src = d.numpy()
-        elif not normalize:
-            d = torch.from_numpy(src)
-        if normalize:  # torch.nn.functional.normalize's own ops (x / max(norm, eps)): the same bits
-            t = torch.from_numpy(src)
-            torch.div(t, t.norm(2, 1, keepdim=True).clamp_min(1e-12), out=d)
-        if start == 0:  # selected in full, row by row: queries x documents
+    for begin in range(start, stop, doc_chunk):
+        rows = min(doc_chunk, stop - begin)
+        d = _doc_rows(docs, begin, rows, doc_buf, normalize)
+        if begin == 0:  # selected in full, row by row: queries x documents
             scores = out_buf[: q.shape[0] * rows].view(q.shape[0], rows)
             torch.mm(q, d.T, out=scores)
-            yield start, scores
+            yield begin, scores
             continue
         # then documents x queries (5% faster here, the same bits), yielded as its transpose: a
         # column-major (queries x documents) view that RunningTopK scans in memory order
         scores = out_buf[: q.shape[0] * rows].view(rows, q.shape[0])
         torch.mm(d, q.T, out=scores)
-        yield start, scores.T
+        yield begin, scores.T
+
+
+_tile_buffers = threading.local()  # each worker's (documents, scores, mask) tile buffers, kept between rounds
+
+
+def _scan_tiles(q: torch.Tensor, docs: np.ndarray, tiles, width: int, job: dict, normalize: bool):
+    """One worker's share of a round: tiles taken from the shared `tiles` iterator until it is empty,
+    each normalised, multiplied (documents x queries, this thread's single-threaded torch) and compared
+    with the round's thresholds at once, while its scores are in cache. Returns the candidates
+    (query rows, document indices, scores) per tile, or None once the round has more than job["limit"]
+    candidates (the caller then selects the round's own top k)."""
+    n_q, dims = q.shape
+    bufs = getattr(_tile_buffers, "bufs", None)
+    if bufs is None or bufs[0].shape[0] < width or bufs[0].shape[1] != dims or bufs[2].size < width * n_q:
+        bufs = _tile_buffers.bufs = (
+            torch.empty((width, dims), dtype=torch.float32),
+            torch.empty(width * n_q, dtype=torch.float32),
+            np.empty(width * n_q, dtype=np.bool_),
+        )
+    doc_buf, out_buf, mask_buf = bufs
+    threshold = job["threshold"][None, :]
+    found = []
+    with torch.inference_mode():
+        while job["count"] <= job["limit"]:
+            with job["lock"]:
+                start, rows = next(tiles, (None, 0))
+            if start is None:
+                return found
+            scores = out_buf[: rows * n_q].view(rows, n_q)
+            torch.mm(_doc_rows(docs, start, rows, doc_buf, normalize), q.T, out=scores)
+            block = scores.numpy()
+            mask = mask_buf[: rows * n_q].reshape(rows, n_q)
+            np.greater(block, threshold, out=mask)
+            flat = np.flatnonzero(mask)
+            job["count"] += len(flat)  # only a bail-out hint: exact totals are counted by the caller
+            cols, query_rows = np.divmod(flat, n_q)
+            found.append((query_rows, cols + start, block.ravel()[flat]))
+    return None
+
+
+def _scan_round(q: torch.Tensor, docs: np.ndarray, start: int, stop: int, top: "RunningTopK", normalize: bool):
+    """Candidates of documents [start, stop) above `top`'s thresholds, fused product and compare on
+    every torch thread; None when they are more than PACK_LIMIT x k a query (adversarial order)."""
+    workers = torch.get_num_threads()
+    n_q = q.shape[0]
+    width = max(16, TILE_SCORES // n_q)
+    tiles = iter([(b, min(width, stop - b)) for b in range(start, stop, width)])
+    limit = PACK_LIMIT * n_q * top.k
+    job = {"threshold": top.threshold, "count": 0, "limit": limit, "lock": threading.Lock()}
+    if workers == 1:  # this thread's torch is single-threaded already
+        found = [_scan_tiles(q, docs, tiles, width, job, normalize)]
+    else:
+        pool = _pool(workers, os.getpid())
+        tasks = [pool.submit(_scan_tiles, q, docs, tiles, width, job, normalize) for _ in range(workers)]
+        found = [task.result() for task in tasks]
+    if any(part is None for part in found):
+        return None
+    tiles_found = [c for part in found for c in part]
+    if sum(len(c[0]) for c in tiles_found) > limit:
+        return None
+    return tuple(np.concatenate(cols) for cols in zip(*tiles_found, strict=True))
 
 
 def inner_product_top_k(
     queries: np.ndarray, docs: np.ndarray, k: int, doc_chunk: int = DEFAULT_DOC_CHUNK, normalize: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact inner-product top `k` per query (cosine when `normalize`: queries and each document chunk
-    normalised in float32 first). Returns (scores, indices), each (n_queries, min(k, n_docs))."""
+    normalised in float32 first). Returns (scores, indices), each (n_queries, min(k, n_docs)).
+    The first blocks are selected in full (RunningTopK.add) until every query has k; the rest in rounds
+    of `doc_chunk` documents by _scan_round, falling back to the block's own top k on overflow."""
     if queries.shape[1] != docs.shape[1]:
         raise ValueError(f"query dims {queries.shape[1]} != document dims {docs.shape[1]}")
     k = min(k, docs.shape[0])
     q = _unit(queries) if normalize else torch.from_numpy(np.array(queries, dtype=np.float32))
+    top = RunningTopK(q.shape[0], k)
+    n = docs.shape[0]
     with torch.inference_mode():
-        return merge_top_k(_scored_chunks(q, docs, doc_chunk, normalize), q.shape[0], k)
+        start = 0
+        chunks = _scored_chunks(q, docs, doc_chunk, normalize)
+        while start < n and not top.full:
+            begin, scores = next(chunks)
+            top.add(begin, scores)
+            start = begin + scores.shape[1]
+        for begin in range(start, n if q.shape[0] and k else 0, doc_chunk):
+            stop = min(begin + doc_chunk, n)
+            candidates = _scan_round(q, docs, begin, stop, top, normalize)
+            if candidates is None:
+                for block_start, scores in _scored_chunks(q, docs, doc_chunk, normalize, begin, stop):
+                    top.add_block_top(block_start, scores)
+            else:
+                top.add_candidates(candidates)
+    return top.result()
 
 
 def exact_top_k(
@@ -93,10 +185,32 @@ def exact_top_k(
     return inner_product_top_k(queries, docs, k, doc_chunk, normalize=True)
 
 
+def _single_threaded() -> None:
+    torch.set_num_threads(1)
+    torch.get_num_threads()  # torch's lazy per-thread init, now: later it would take the restored default
+
+
+def _in_new_thread(fn: Callable, *args) -> object:
+    out = []
+    thread = threading.Thread(target=lambda: out.append(fn(*args)))
+    thread.start()
+    thread.join()
+    return out[0]
+
+
 @functools.cache
 def _pool(workers: int, pid: int) -> ThreadPoolExecutor:
-    """Kept (starting threads per block costs), one per process: a forked child has none of its threads."""
-    return ThreadPoolExecutor(workers, thread_name_prefix="top-k")
+    """`workers` threads whose torch runs single-threaded (a worker's product is its share of the cores:
+    no OpenMP team inside it), kept (starting threads per block costs), one per process: a forked child
+    has none of its threads. torch.set_num_threads is per thread for OpenMP and MKL, but it also stores
+    the default that threads starting torch later take: that default is put back once all have started."""
+    default = _in_new_thread(torch.get_num_threads)
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="top-k", initializer=_single_threaded)
+    started = threading.Barrier(workers)
+    for f in [pool.submit(started.wait, 60) for _ in range(workers)]:
+        f.result()
+    _in_new_thread(torch.set_num_threads, default)
+    return pool
 
 
 def _by_rows(fn: Callable[[slice], object], n_rows: int) -> list:
@@ -107,7 +221,7 @@ def _by_rows(fn: Callable[[slice], object], n_rows: int) -> list:
     if parts == 1:
         return [fn(slice(0, n_rows))]
     spans = [slice(int(a), int(b)) for a, b in itertools.pairwise(np.linspace(0, n_rows, parts + 1).astype(int))]
-    rest = [_pool(parts - 1, os.getpid()).submit(fn, span) for span in spans[1:]]
+    rest = [_pool(torch.get_num_threads(), os.getpid()).submit(fn, span) for span in spans[1:]]
     return [fn(spans[0]), *(f.result() for f in rest)]
 
 
@@ -182,6 +296,22 @@ class RunningTopK:
         if candidates is None:  # adversarial order (e.g. ascending scores): the block's own top k is cheaper
             self._merge(_top(scores, None, self.k, start))
             return
+        self.add_candidates(candidates)
+
+    @property
+    def full(self) -> bool:
+        """Every query has k documents: from here on `threshold` filters the candidates."""
+        return self.best_s.shape[1] == self.k
+
+    def add_block_top(self, start: int, scores: torch.Tensor | np.ndarray) -> None:
+        """A block's own top k, merged at once (a block whose candidates were too many)."""
+        scores = np.asarray(scores.numpy() if isinstance(scores, torch.Tensor) else scores, dtype=np.float32)
+        self._merge(_top(scores, None, self.k, start))
+
+    def add_candidates(self, candidates: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+        """(query rows, document indices, scores) of documents after every one added so far, each score
+        strictly above its query's `threshold` (a stale threshold is fine: it is never above the current
+        one); merged once some query has k of them."""
         self.pending.append(candidates)
         self.pending_per_row += np.bincount(candidates[0], minlength=len(self.pending_per_row))
         if self.pending_per_row.max() >= self.k:
