@@ -22,6 +22,7 @@ from sie_evals.defs.executors import (
     celery_config,
     executor_name,
 )
+from sie_evals.lib.config.settings import ENV_PREFIX, EvalDefaults
 from sie_evals.lib.core import paths
 from sie_evals_tests.conftest import REPO_ROOT
 
@@ -232,7 +233,7 @@ def container_env(container: dict[str, Any]) -> dict[str, str | None]:
     return {e["name"]: e.get("value") for e in container.get("env", [])}
 
 
-def test_celery_workers_one_per_queue_with_the_gpu_placement_of_the_instance():
+def test_celery_workers_one_per_queue_with_the_gpu_placement_of_the_instance(monkeypatch):
     assert importlib.util.find_spec(CELERY_APP) is not None
     placement = yaml.safe_load(INSTANCE.read_text())["run_launcher"]["config"]["run_k8s_config"]
     specs = pod_specs()
@@ -244,6 +245,11 @@ def test_celery_workers_one_per_queue_with_the_gpu_placement_of_the_instance():
     gpu, cpu = specs["sie-evals-worker-gpu"], specs["sie-evals-worker-cpu"]
     assert container_env(gpu["containers"][0])[WORKER_REQUIRES_VAR] == "gpu"  # no GPU: its steps fail, naming it
     assert WORKER_REQUIRES_VAR not in container_env(cpu["containers"][0])
+    # the gpu worker's steps embed on the GPU: the settings read its device variable (profiles default to cpu)
+    device_var = ENV_PREFIX + "DEVICE"
+    monkeypatch.setenv(device_var, container_env(gpu["containers"][0]).get(device_var) or "")
+    assert EvalDefaults().device == "cuda"
+    assert device_var not in container_env(cpu["containers"][0])
     assert gpu["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert gpu["nodeSelector"] == placement["pod_spec_config"]["node_selector"]
     assert gpu["tolerations"] == placement["pod_spec_config"]["tolerations"]
@@ -287,7 +293,8 @@ def test_every_sie_evals_variable_the_manifests_set_is_read_by_the_code():
     set_here = {v for v in set_here if v.startswith("SIE_EVALS_")}
     assert {EXECUTOR_VAR, BROKER_VAR, WORKER_REQUIRES_VAR, paths.RESULTS_DIR_ENV} <= set_here
     source = "\n".join(f.read_text() for f in (REPO_ROOT / "sie_evals").rglob("*.py"))
-    unread = sorted(v for v in set_here if f'"{v}"' not in source)
+    settings = {ENV_PREFIX + field.upper() for field in EvalDefaults.model_fields}  # SIE_EVALS_<FIELD>
+    unread = sorted(v for v in set_here if f'"{v}"' not in source and v not in settings)
     assert not unread, f"set under deploy/ but read by nothing in sie_evals/: {unread}"
 
 
