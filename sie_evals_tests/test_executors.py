@@ -40,19 +40,34 @@ def test_bad_choice_is_a_config_error_naming_the_variable(env):
 def test_celery_job_routes_steps_by_queue_and_never_holds_the_broker_url(monkeypatch):
     job = asset_job(monkeypatch, SIE_EVALS_EXECUTOR="celery", SIE_EVALS_CELERY_BROKER=SECRET_BROKER)
     assert job.executor_def.name == "celery"
+
+    def tags(name: str) -> dict:  # "graph.op": an op of a graph-backed asset (embeddings' shard steps)
+        node = job.graph.node_named(name.split(".")[0])
+        return (node.definition.node_named(name.split(".")[1]) if "." in name else node).definition.tags
+
+    embedding_ops = ("embeddings.plan_shards", "embeddings.embed_shard", "embeddings.merge_shards")
     queues = {
-        name: job.graph.node_named(name).definition.tags.get(DAGSTER_CELERY_QUEUE_TAG)
-        for name in ("task_dataset", "embeddings", "quality_scores", "perf_scores", "target_comparison", "eval_report")
+        name: tags(name).get(DAGSTER_CELERY_QUEUE_TAG)
+        for name in (
+            "task_dataset",
+            *embedding_ops,
+            "quality_scores",
+            "perf_scores",
+            "target_comparison",
+            "eval_report",
+        )
     }
     assert queues == {
         "task_dataset": "cpu",
-        "embeddings": "gpu",
+        "embeddings.plan_shards": "cpu",
+        "embeddings.embed_shard": "gpu",
+        "embeddings.merge_shards": "cpu",
         "quality_scores": "cpu",
         "perf_scores": "gpu",
         "target_comparison": "cpu",
         "eval_report": "cpu",
     }
-    gpu_k8s = json.loads(job.graph.node_named("embeddings").definition.tags["dagster-k8s/config"])
+    gpu_k8s = json.loads(tags("embeddings.embed_shard")["dagster-k8s/config"])
     assert gpu_k8s["container_config"]["resources"]["limits"] == {"nvidia.com/gpu": "1"}
     # The executor's config names the variable; the URL itself is read when a run starts.
     assert celery_config({"SIE_EVALS_CELERY_BROKER": SECRET_BROKER})["broker"] == {"env": "SIE_EVALS_CELERY_BROKER"}

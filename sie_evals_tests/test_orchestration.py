@@ -407,7 +407,7 @@ def test_transient_engine_errors_retry(graph, embeddings_server, monkeypatch, fa
         flaky.close()
     assert res.success
     retries = [e for e in res.all_events if e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY]
-    assert [e.step_key for e in retries] == ["embeddings"] * step_retries
+    assert [e.step_key for e in retries] == ["embeddings.embed_shard[shard_1_of_1]"] * step_retries
     if step_retries:
         cause = retries[0].event_specific_data.error.cause  # the engine's error, under Dagster's retry request
         assert cause.cls_name == "EngineError" and f"failed after {ENGINE_ATTEMPTS} attempts" in cause.message, cause
