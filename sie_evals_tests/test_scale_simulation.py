@@ -138,3 +138,58 @@ def test_fleet_model_predicts_the_multiprocess_executor_with_queue_limits(tmp_pa
     assert abs(measured - right) / right <= TOLERANCE
     for wrong in (n_shards, 1):  # the gpu limit ignored, or one gpu: the model must tell them apart
         assert abs(measured - predicted(wrong)) / predicted(wrong) > TOLERANCE
+
+
+def test_scheduler_packs_shard_waves_under_each_limit():
+    steps = _model_steps(0.0, 6)  # 0.2 s plan, six 2 s shards, 0.5 s merge, 1 s scores
+    two = simulate(steps, {"gpu": 2, "cpu": 1})
+    assert two.wall_s == pytest.approx(0.2 + 3 * 2.0 + 0.5 + 1.0)
+    assert two.max_concurrent("gpu") == 2
+    assert two.busy_s("gpu") == pytest.approx(12.0)
+    assert simulate(steps, {"gpu": 6, "cpu": 1}).wall_s == pytest.approx(0.2 + 2.0 + 1.5)
+    # the executor's max_concurrent caps gpu and cpu steps together
+    assert simulate(steps, {"gpu": 6, "cpu": 1}, max_concurrent=3).max_concurrent("gpu") == 3
+    with pytest.raises(ValueError, match="cycle"):
+        simulate([Step("a", "cpu", 1, ("b",)), Step("b", "cpu", 1, ("a",))], {"cpu": 1})
+    with pytest.raises(ValueError, match="no slots"):
+        simulate(steps, {"cpu": 1})
+
+
+def test_runs_queue_behind_max_runs_in_order():
+    steps = [Step(f"r{r}/s", "gpu", 1.0, run=f"r{r}") for r in range(4)]
+    one = simulate(steps, {"gpu": 4}, max_runs=1)
+    assert one.wall_s == 4.0 and [s.key for s in sorted(one.spans, key=lambda s: s.start)] == [s.key for s in steps]
+    assert simulate(steps, {"gpu": 4}, max_runs=2).wall_s == 2.0
+
+
+def test_fleet_model_shards_as_the_sharded_eval_plans():
+    from sie_evals.lib.scale import fleet, presets
+
+    rows = fleet.shard_rows(presets.MSMARCO, fleet.Settings())
+    # 6,980 queries (4 cache chunks) + 8,841,823 docs (4,318 chunks) in shards of 49 chunks: 89 shard steps
+    assert len(rows) == len(real_plan_shards({EmbedKind.query: 6_980, EmbedKind.document: 8_841_823}, 100_000, 2048))
+    assert len(rows) == 89
+    assert sum(d for d, _ in rows) == 8_841_823 and sum(q for _, q in rows) == 6_980 == rows[0][1]
+
+
+def test_a_run_granularity_gpu_pool_of_one_serialises_the_cells():
+    """The template (gpu pool 1, granularity run) admits one eval run at a time whatever the fleet: each
+    cell's shards spread over the 8 GPUs, but cells wait; one gpu slot per GPU with op granularity does not."""
+    from sie_evals.lib.scale import fleet, presets
+
+    cells = [fleet.Cell(presets.MINILM, presets.BEIR[i]) for i in (1, 3, 5, 7)]  # TREC-COVID, NQ, FiQA, Touche
+    costs, f = presets.MEASURED_2VCPU, presets.FLEET_8_GPUS
+    template = fleet.predict(cells, f, fleet.Settings(), costs)
+    per_gpu = fleet.Settings(gpu_pool_limit=8, pool_granularity="op")
+    spread = fleet.predict(cells, f, per_gpu, costs)
+    assert template.bottleneck == "run limits" and template.schedule.max_concurrent("gpu") == 8
+    assert spread.wall_s < 0.8 * template.wall_s
+    assert spread.schedule.max_concurrent("gpu") <= 8
+
+
+def test_docs_scale_holds_the_models_current_estimates():
+    from sie_evals.lib.scale.presets import scenario_rows
+
+    page = (REPO / "docs" / "scale.md").read_text(encoding="utf-8")
+    stale = [row for row in scenario_rows() if row not in page]
+    assert not stale, f"docs/scale.md lacks (regenerate its Estimates table): {stale}"

@@ -70,22 +70,30 @@ class StepCosts:
 class Cell:
     model: ModelClass
     task: Task
+    cached: bool = False  # the embedding cache holds every chunk: shard steps only read vectors back
 
 
 @dataclass(frozen=True)
 class Prediction:
     schedule: Schedule
     storage_bytes: float
-    bounds: dict[str, float]  # the least wall time each resource alone allows (busy / slots); the largest
-    # is the bottleneck ("run slots": runs queue behind max_concurrent_runs or a run-granularity pool)
+    bounds: dict[str, float]  # the least wall time each resource alone allows: busy / slots
+    runs_waited: bool  # some run queued behind max_concurrent_runs or a run-granularity gpu pool
 
     @property
     def wall_s(self) -> float:
-        return self.schedule.wall_s
+        """The schedule's, or the store's aggregate bandwidth if that is longer (steps move vectors at one
+        worker's measured rate; the store as a whole may not keep up with all of them)."""
+        return max(self.schedule.wall_s, self.bounds["storage"])
 
     @property
     def bottleneck(self) -> str:
-        return max(self.bounds, key=lambda k: self.bounds[k])
+        """The resource whose busy time sets the wall time (within 1.5x); else the run limits, where runs
+        waited; else the critical path (one cell's chain of steps: starts, model loads, merge, search)."""
+        resource = max(self.bounds, key=lambda k: self.bounds[k])
+        if self.bounds[resource] * 1.5 >= self.wall_s:
+            return resource
+        return "run limits" if self.runs_waited else "critical path"
 
 
 def shard_rows(task: Task, settings: Settings) -> list[tuple[int, int]]:
@@ -115,10 +123,10 @@ def cell_steps(cell: Cell, fleet: Fleet, settings: Settings, costs: StepCosts, r
     ]
     shard_keys = []
     for i, (docs, queries) in enumerate(shard_rows(t, settings)):
-        embed_s = (docs * t.doc_tokens + queries * t.query_tokens) / m.tokens_per_s
+        embed_s = 0.0 if cell.cached else m.load_s + (docs * t.doc_tokens + queries * t.query_tokens) / m.tokens_per_s
         store_s = (docs + queries) * vec_mb / costs.store_mb_s
         shard_keys.append(k(f"embed_shard[{i}]"))
-        steps.append(Step(shard_keys[-1], GPU, o + m.load_s + embed_s + store_s, (k("plan"),), run))
+        steps.append(Step(shard_keys[-1], GPU, o + embed_s + store_s, (k("plan"),), run))
     rows = t.docs + t.queries
     merge_s = o + rows / 1e6 * costs.merge_s_per_mvec * m.dims / 384 + rows * vec_mb / costs.store_mb_s
     steps.append(Step(k("merge"), CPU, merge_s, tuple(shard_keys), run))
@@ -129,8 +137,9 @@ def cell_steps(cell: Cell, fleet: Fleet, settings: Settings, costs: StepCosts, r
 
 
 def storage_bytes(cell: Cell) -> float:
-    """Vector bytes through the shared store: shards write, the merge reads and writes, the search reads."""
-    return 4 * (cell.task.docs + cell.task.queries) * cell.model.dims * 4
+    """Vector bytes through the shared store: shards write (unless cached), the merge reads and writes,
+    the search reads."""
+    return (3 if cell.cached else 4) * (cell.task.docs + cell.task.queries) * cell.model.dims * 4
 
 
 def predict(cells: Sequence[Cell], fleet: Fleet, settings: Settings, costs: StepCosts) -> Prediction:
@@ -142,18 +151,12 @@ def predict(cells: Sequence[Cell], fleet: Fleet, settings: Settings, costs: Step
     steps = [s for i, c in enumerate(cells) for s in cell_steps(c, fleet, settings, costs, f"cell{i}")]
     schedule = simulate(steps, {GPU: gpu_slots, CPU: fleet.cpu_workers}, max_runs=max_runs)
     stored = sum(storage_bytes(c) for c in cells)
-    runs: dict[str, tuple[float, float]] = {}
-    for span in schedule.spans:  # a run holds its run slot from its first step's start to its last's end
-        run = span.key.split("/", 1)[0]
-        a, b = runs.get(run, (span.start, span.end))
-        runs[run] = (min(a, span.start), max(b, span.end))
     bounds = {
-        "run slots": sum(b - a for a, b in runs.values()) / max_runs,
         GPU: schedule.busy_s(GPU) / fleet.gpus,
         CPU: schedule.busy_s(CPU) / fleet.cpu_workers,
         "storage": stored / 1e6 / fleet.storage_mb_s,
     }
-    return Prediction(schedule, stored, bounds)
+    return Prediction(schedule, stored, bounds, runs_waited=len(cells) > max_runs)
 
 
 def hours(seconds: float) -> str:
