@@ -242,6 +242,9 @@ def test_graph_asset_shards_a_large_cell_and_merges_to_the_one_shard_result(synt
     }
     assert sorted(m["rows"] for m in shard_outputs.values()) == sorted([50 + 2048, 2 * 2048, 9000 - 3 * 2048])
     assert all(m["cache_hit"] is False and m["cache_misses"] > 0 for m in shard_outputs.values())
+    # the plan and the shard reports pass between steps as JSON on the shared store, not one worker's disk
+    passed = sorted(p.name for p in (tmp_path / "sharded" / "io" / "steps").rglob("*.json"))
+    assert passed == sorted(f"embeddings.{op}[{n}].result.json" for op in ("plan_shards", "embed_shard") for n in names)
 
     assert vector_bytes(sharded) == vector_bytes(one)
     assert sharded.output_for_node("quality_scores")["metrics"] == one.output_for_node("quality_scores")["metrics"]

@@ -132,7 +132,7 @@ def _input_sizes(spec: Any, data: Any) -> dict[EmbedKind, int] | None:
         return None
 
 
-@dg.op(out=dg.DynamicOut(dict), tags=CPU_STEP_TAGS)
+@dg.op(out=dg.DynamicOut(dict, io_manager_key="json_io"), tags=CPU_STEP_TAGS)  # values on shared storage
 def plan_shards(
     context: dg.OpExecutionContext, task_dataset: dict[str, Any], settings: EvalSettings
 ) -> Iterator[dg.DynamicOutput[dict[str, Any]]]:
@@ -149,6 +149,7 @@ def plan_shards(
 
 
 @dg.op(
+    out=dg.Out(io_manager_key="json_io"),
     tags=GPU_STEP_TAGS,  # the Celery/k8s queue of the accelerator workers (defs/executors.py)
     pool="gpu",  # one embedding step per accelerator at a time (limit in dagster.yaml)
     retry_policy=TRANSIENT_RETRY,  # on any worker: a retried shard finds its finished chunks in the cache

@@ -191,6 +191,10 @@ class JsonIOManager(dg.ConfigurableIOManager):
         return context.asset_partition_key if context.has_asset_partitions else "all"
 
     def _key(self, context: dg.OutputContext | dg.InputContext) -> str:
+        if not context.has_asset_key:  # an op's output inside a graph asset (embeddings' shard plan and reports)
+            out = context if isinstance(context, dg.OutputContext) else context.upstream_output
+            mapped = f"[{out.mapping_key}]" if out.mapping_key and not out.step_key.endswith("]") else ""
+            return f"steps/{out.run_id}/{out.step_key}{mapped}.{out.name}.json"
         name = "__".join(context.asset_key.path)
         return f"{name}/{path_slug(storage_name(self._partition(context)))}.json"
 
@@ -203,7 +207,8 @@ class JsonIOManager(dg.ConfigurableIOManager):
         raw = store.read_bytes(key)
         if raw is None:
             raise FileNotFoundError(
-                f"{store.ref(key)}: upstream output missing; materialize {context.asset_key.to_user_string()} "
+                f"{store.ref(key)}: upstream output missing; materialize "
+                f"{context.asset_key.to_user_string() if context.has_asset_key else 'its asset'} "
                 f"for partition {self._partition(context)} first"
             )
         try:
