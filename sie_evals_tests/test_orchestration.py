@@ -17,7 +17,7 @@ from sie_evals.defs.evals.assets import embeddings, perf_scores, quality_scores,
 from sie_evals.defs.evals.checks import EVAL_CHECKS
 from sie_evals.defs.evals.partitions import sync_partitions
 from sie_evals.defs.evals.resources import EvalSettings
-from sie_evals.defs.reports.assets import eval_report
+from sie_evals.defs.reports.assets import eval_report, gather_summaries
 from sie_evals.lib.config.model_config import find_model_config
 from sie_evals.lib.core.run_conditions import hardware
 from sie_evals.lib.engines.http import HttpEngine
@@ -166,6 +166,9 @@ def test_failing_quality_check_blocks_only_its_partition(graph):
     assert [f["metric"] for f in meta["failed_metrics"].value] == ["ndcg_at_10"]
     assert "target_comparison" not in materialized(failed)  # blocked downstream
     assert "quality_scores" in materialized(failed)
+    # the run failed by its blocking check alone: the report says drift, not a failed run
+    summary = gather_summaries(graph[1], [EvalKey.parse(SCIFACT)])[0]
+    assert summary.failure is None and summary.status.startswith("drift: ") and "quality_vs_target" in summary.status
 
     ok = run_eval(graph, STS)
     assert ok.success and "target_comparison" in materialized(ok)

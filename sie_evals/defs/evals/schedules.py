@@ -6,7 +6,8 @@ sensors: the `default_automation_condition_sensor` (sensors.py) evaluates these 
   requests a cell's dataset they are requested with it, so one run per cell holds the whole chain.
 - target_comparison: `FOLLOW` unless a blocking check of a parent failed (and the parent is not being
   requested again): within a run the failed check blocks it, and a later tick does not run it either.
-- eval_report: `AFTER_EVALS`: once some eval updated and none is requested, queued or running.
+- eval_report: `AFTER_EVALS`: once some eval updated or was requested by a tick (its run may have failed)
+  and none is requested, queued or running.
 A result the CLI records (a runless materialization, recording.py) updates the report but triggers no
 eval asset: those read their parents' outputs, which only a run writes.
 
@@ -56,8 +57,12 @@ _FAILED_BLOCKING_CHECK = AC.any_checks_match(AC.check_failed(), blocking_only=Tr
 FOLLOW_IF_CHECKS_PASSED = (FOLLOW & ~AC.any_deps_match(_FAILED_BLOCKING_CHECK)).with_label(
     "eager, no failed blocking check upstream"
 )
+# An eval the automation requested counts as an update whether its run succeeded or not: a night whose
+# every cell failed updates nothing, and its report (which says which cells failed and why) is then the
+# one place that tells. A run launched by hand (backfill, UI) is reported when it updates something.
+_EVALS_RAN = AC.any_deps_updated() | AC.any_deps_match(AC.newly_requested()).with_label("any_deps_requested")
 AFTER_EVALS = (
-    AC.any_deps_updated().since_last_handled()
+    _EVALS_RAN.since_last_handled()
     & ~AC.any_deps_match(AC.will_be_requested())
     & ~AC.any_deps_in_progress()
     & ~AC.in_progress()

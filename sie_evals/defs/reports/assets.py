@@ -1,7 +1,8 @@
 """eval_report: one unpartitioned asset that summarizes the latest result of every eval partition
 (read from the instance's materialization and check history) as markdown and a PNG, with the lowest
-scoring queries of each cell's latest quality result. Its grid (a row per model:source, a column per
-task) is the model x task view of the flat cell partitions. It follows the evals (schedules.py)."""
+scoring queries of each cell's latest quality result, and for each cell whose latest run failed, the
+failed steps and their errors. Its grid (a row per model:source, a column per task) is the model x task
+view of the flat cell partitions. It follows the evals (schedules.py), also a night whose every cell failed."""
 
 import time
 from typing import Any
@@ -72,12 +73,43 @@ def _check_states(instance: dg.DagsterInstance, partitions: list[str]) -> dict[s
     return states
 
 
+def _error_text(error: Any) -> str:
+    """`Class: message` of the exception a step raised (a SerializableErrorInfo), not Dagster's wrapper."""
+    while error.cause is not None and str(error.cls_name).startswith("Dagster"):
+        error = error.cause
+    text = error.message.strip()
+    qualified, sep, rest = text.partition(": ")
+    return f"{error.cls_name}: {rest if sep and qualified.rsplit('.', 1)[-1] == error.cls_name else text}"
+
+
+def latest_failure(instance: dg.DagsterInstance, partition: str) -> str | None:
+    """Why the latest run of a cell failed, when it did: each failed step and its error, or the run's own
+    failure (a run whose worker crashed has no failed step). A night whose every cell failed updates no
+    eval asset: this is what its report has to say."""
+    records = instance.get_run_records(dg.RunsFilter(tags={"dagster/partition": partition}), limit=1)
+    if not records or records[0].dagster_run.status != dg.DagsterRunStatus.FAILURE:
+        return None
+    run_id = records[0].dagster_run.run_id
+    steps = [e.dagster_event for e in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_FAILURE)]
+    # a failed blocking check fails its step too; its own state in the report says so (status drift)
+    why = [
+        f"step {e.step_key}: {_error_text(e.step_failure_data.error)}"
+        for e in steps
+        if e.step_failure_data.error.cls_name != "DagsterAssetCheckFailedError"
+    ]
+    if steps and not why:
+        return None
+    if not why:
+        why = [e.message for e in instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_FAILURE)][-1:]
+    return f"run {run_id[:8]}, " + "; ".join(why or ["no failure event"])
+
+
 def gather_summaries(instance: dg.DagsterInstance, eval_keys: list[EvalKey]) -> list[PartitionSummary]:
     summaries = []
     keys = [partition_key(k) for k in eval_keys]
     check_states = _check_states(instance, keys)
     for eval_key, key in zip(eval_keys, keys, strict=True):
-        summary = PartitionSummary(str(eval_key), checks=check_states[key])
+        summary = PartitionSummary(str(eval_key), checks=check_states[key], failure=latest_failure(instance, key))
         quality = instance.fetch_materializations(
             dg.AssetRecordsFilter(asset_key=dg.AssetKey("quality_scores"), asset_partitions=[key]), limit=HISTORY_LIMIT
         ).records
@@ -169,5 +201,6 @@ def eval_report(context: dg.AssetExecutionContext, settings: EvalSettings) -> dg
             "partitions_ok": sum(s.status == "ok" for s in summaries),
             "partitions_with_failed_checks": sum(s.status.startswith("drift") for s in summaries),
             "partitions_missing": sum(s.status == "missing" for s in summaries),
+            "partitions_failed": sum(s.status == "failed" for s in summaries),
         }
     )

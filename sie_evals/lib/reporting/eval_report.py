@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sie_evals.lib.gates.diff import md_cell
 from sie_evals.lib.gates.keys import EvalKey
 
 
@@ -24,9 +25,12 @@ class PartitionSummary:
     checks: dict[str, str] = field(default_factory=dict)  # check name -> "pass" | "FAIL (ERROR)" | ...
     history: list[tuple[float, float]] = field(default_factory=list)  # (unix time, main score), oldest first
     latencies_ms: np.ndarray | None = None  # per-request latencies of the latest perf run
+    failure: str | None = None  # the latest run of the cell failed: its run, failed steps and errors
 
     @property
     def status(self) -> str:
+        if self.failure is not None:  # whatever older result there is, the last attempt failed
+            return "failed"
         if self.main_score is None and not self.perf:
             return "missing"
         failed = [name for name, state in self.checks.items() if state.startswith("FAIL")]
@@ -70,7 +74,8 @@ def report_markdown(summaries: list[PartitionSummary], generated_at: float) -> s
         f"{len(summaries)} partitions; "
         f"{sum(s.status == 'ok' for s in summaries)} ok, "
         f"{sum(s.status.startswith('drift') for s in summaries)} with failed checks, "
-        f"{sum(s.status == 'missing' for s in summaries)} never materialized.",
+        f"{sum(s.status == 'missing' for s in summaries)} never materialized, "
+        f"{sum(s.status == 'failed' for s in summaries)} failed in their latest run.",
         "",
         *matrix_markdown(summaries),
         "",
@@ -85,6 +90,10 @@ def report_markdown(summaries: list[PartitionSummary], generated_at: float) -> s
             f"| {_num(s.perf.get('latency_p50_ms'), 2)} | {_num(s.perf.get('latency_p99_ms'), 2)} "
             f"| {_num(s.perf.get('items_per_s'), 1)} | {checks} | {s.status} | {_when(updated)} |"
         )
+    failed = [s for s in summaries if s.failure is not None]
+    if failed:
+        lines += ["", "## Failed in their latest run", ""]
+        lines += [f"- {md_cell(s.key)}: {md_cell(s.failure)}" for s in failed]
     return "\n".join(lines) + "\n"
 
 
