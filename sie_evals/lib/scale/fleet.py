@@ -63,7 +63,7 @@ class StepCosts:
     store_mb_s: float  # one worker writing plus reading back vectors (cache chunks, npy)
     merge_s_per_mvec: float  # merge_shards: a million 384-dim vectors read back through the cache
     search_s_per_gqd: float  # exact search, seconds per 1e9 query x document pairs at 384 dims
-    score_s: float  # run building + scoring of one retrieval cell (queries x top 1000)
+    score_s_per_kq: float  # run building + scoring, per 1,000 queries (top 1000 each)
 
 
 @dataclass(frozen=True)
@@ -131,7 +131,7 @@ def cell_steps(cell: Cell, fleet: Fleet, settings: Settings, costs: StepCosts, r
     merge_s = o + rows / 1e6 * costs.merge_s_per_mvec * m.dims / 384 + rows * vec_mb / costs.store_mb_s
     steps.append(Step(k("merge"), CPU, merge_s, tuple(shard_keys), run))
     search = t.queries * t.docs / 1e9 * costs.search_s_per_gqd * m.dims / 384 / fleet.cpu_speedup
-    score = o + (search + costs.score_s if t.queries else 0.0)
+    score = o + search + t.queries / 1000 * costs.score_s_per_kq
     steps.append(Step(k("scores"), CPU, score, (k("merge"),), run))
     return steps
 

@@ -6,16 +6,23 @@ from dataclasses import replace
 
 from sie_evals.lib.scale.fleet import Cell, Fleet, ModelClass, Settings, StepCosts, Task, hours, predict
 
-# benchmarks/bench_scale_costs.py on the 2-vCPU VM (RESULTS.md "Scale model: per-step costs"); search from
-# RESULTS.md "Exact search at matmul speed" (6.5-10 s per 1,000 queries x 1M docs x 384 dims: 10 taken).
+# benchmarks/bench_scale_costs.py on the 2-vCPU VM at load 6.5-11 (RESULTS.md "Scale model: per-step costs"):
+# a multiprocess step 4.4-4.6 s, an in-process run's own cost 1.0 s, 100k x 384 vectors written through the
+# embedding cache and read back at 90 MB/s together (read alone 6.5 s per million), exact search 24.5 s per
+# 1e9 query x document pairs (RESULTS.md "Exact search at matmul speed": 6.5-10 on a quieter machine); run
+# building + scoring ~3 s per 1,000 queries (RESULTS.md "Exact search and scoring vs corpus size").
 MEASURED_2VCPU = StepCosts(
-    step_start_s=4.0,
-    run_start_s=2.0,
-    store_mb_s=150.0,
-    merge_s_per_mvec=10.0,
-    search_s_per_gqd=10.0,
-    score_s=3.0,
+    step_start_s=4.5,
+    run_start_s=1.0,
+    store_mb_s=90.0,
+    merge_s_per_mvec=6.5,
+    search_s_per_gqd=24.5,
+    score_s_per_kq=3.0,
 )
+# all-MiniLM-L6-v2, default profile, 2 threads on this machine: 1,511 tokens/s on SciFact documents (239
+# tokens each), 2,106 on its queries; model load 3.2 s.
+MINILM_HERE = ModelClass("MiniLM on this 2-vCPU machine", 1_500.0, 384, 3.2, "measured here")
+THIS_MACHINE = Fleet(gpus=1, cpu_workers=1, cpu_speedup=1.0, storage_mb_s=90.0)  # one embedding process
 
 # H100 SXM / H200: 989 TFLOPS dense BF16 (NVIDIA's H100 and H200 datasheets: H200 has the H100's compute
 # with more and faster memory). A forward pass costs ~2 x parameters FLOPs per token. ASSUMED utilisation:
@@ -116,6 +123,7 @@ def _scenarios() -> list[tuple[str, str, list[Cell], Fleet, Settings]]:
             Settings(shard_size=1_000_000),
         ),
         ("MSMARCO, " + LLM_7B.name, "template, 1 GPU worker", msmarco_cells(LLM_7B), one_gpu, Settings()),
+        ("MSMARCO, " + MINILM_HERE.name, "template", msmarco_cells(MINILM_HERE), THIS_MACHINE, Settings()),
         (
             "nightly 20 x 40, nothing cached",
             "template (gpu pool 1, `granularity: run`, 4 runs)",
@@ -136,6 +144,10 @@ def _scenarios() -> list[tuple[str, str, list[Cell], Fleet, Settings]]:
     ]
 
 
+def fleet_text(fleet: Fleet) -> str:
+    return "this machine" if fleet == THIS_MACHINE else f"{fleet.gpus} GPU, {fleet.cpu_workers} CPU workers"
+
+
 def scenario_rows(costs: StepCosts = MEASURED_2VCPU) -> list[str]:
     """The table rows of docs/scale.md (test_scale_simulation checks the page holds them)."""
     rows = []
@@ -143,7 +155,7 @@ def scenario_rows(costs: StepCosts = MEASURED_2VCPU) -> list[str]:
         p = predict(cells, fleet, settings, costs)
         b = p.bounds
         rows.append(
-            f"| {name} | {fleet.gpus} GPU | {settings_text} | {hours(p.wall_s)} | {p.bottleneck} | "
+            f"| {name} | {fleet_text(fleet)} | {settings_text} | {hours(p.wall_s)} | {p.bottleneck} | "
             f"{hours(b['gpu'])} / {hours(b['cpu'])} / {hours(b['storage'])} | {p.storage_bytes / 1e12:.2f} TB |"
         )
     return rows
