@@ -272,3 +272,19 @@ def test_json_io_manager_on_s3_round_trips_and_names_a_bad_output(s3_endpoint, t
         io.load_input(dg.build_input_context(asset_key=key))
     with pytest.raises(FileNotFoundError, match=rf"s3://{BUCKET}/io-unit/embeddings/all.json: upstream output missing"):
         io.load_input(dg.build_input_context(asset_key=dg.AssetKey("embeddings")))
+
+
+def test_deployment_env_puts_outputs_and_cache_tier_on_the_store(s3_endpoint, tmp_path, monkeypatch):
+    """The code location's resources as definitions.py builds them, configured by env only."""
+    monkeypatch.setenv("SIE_EVALS_ARTIFACTS_URL", f"s3://{BUCKET}/from-env")
+    monkeypatch.setenv("SIE_EVALS_ARTIFACTS_OPTIONS", f'{{"endpoint_url": "{s3_endpoint}"}}')
+    JsonIOManager().handle_output(dg.build_output_context(asset_key=dg.AssetKey("eval_report")), {"ok": True})
+    import fsspec
+
+    fs = fsspec.filesystem("s3", endpoint_url=s3_endpoint)
+    assert fs.cat_file(f"{BUCKET}/from-env/dagster/eval_report/all.json") == b'{\n  "ok": true\n}\n'
+    settings = EvalSettings.from_env()
+    assert settings.artifacts().ref("datasets/x") == f"s3://{BUCKET}/from-env/datasets/x"
+    assert settings.cache().remote is not None and settings.cache().remote.url == f"s3://{BUCKET}/from-env/cache"
+    monkeypatch.delenv("SIE_EVALS_ARTIFACTS_URL")
+    assert EvalSettings(results_dir=str(tmp_path)).cache().remote is None  # one machine: no second tier
