@@ -164,6 +164,15 @@ def test_merge_fails_clearly_when_a_shard_is_missing_or_engines_differ(batchy, m
         merge_engine(minilm, changed, reports, "cache")
 
 
+def test_a_shard_cut_inside_a_chunk_is_refused(batchy, tmp_path):
+    inputs = {D: [f"doc {i}" for i in range(100)]}
+    cache = EmbeddingCache(tmp_path, chunk_size=32)
+    for piece in (Piece(D, 0, 50), Piece(D, 10, 64)):
+        with pytest.raises(ValueError, match="is not a run of whole 32-row chunks"):
+            embed_shard(batchy, inputs, Shard(0, 2, (piece,)), cache)
+    assert embed_shard(batchy, inputs, Shard(1, 2, (Piece(D, 64, 100),)), cache).rows == 36  # the kind's end
+
+
 # --- the Dagster graph asset -------------------------------------------------------------------------------
 
 CELL = "all-MiniLM-L6-v2:beir/Synth:batchy"

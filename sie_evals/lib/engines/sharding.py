@@ -123,8 +123,11 @@ def embed_shard(
     start = time.perf_counter()
     for piece in shard.pieces:
         texts = inputs[piece.kind]
-        if piece.start % cache.chunk_size:  # the plan's rule; anything else would change engine calls
-            raise ValueError(f"{shard.name}: {piece} does not start on a {cache.chunk_size}-row chunk")
+        whole_chunks = piece.start % cache.chunk_size == 0 and (
+            piece.stop % cache.chunk_size == 0 or piece.stop == len(texts)
+        )
+        if not whole_chunks:  # the plan's rule; anything else would change the engine's calls, and the bytes
+            raise ValueError(f"{shard.name}: {piece} is not a run of whole {cache.chunk_size}-row chunks")
         for s in range(piece.start, piece.stop, cache.chunk_size):
             cache.embed(engine, texts[s : min(s + cache.chunk_size, piece.stop)], piece.kind, stats, memmap=False)
     return shard_report(engine, shard, stats, time.perf_counter() - start, engine.forward_calls - calls)
