@@ -27,6 +27,7 @@ from sie_evals.defs.evals.assets import embeddings, quality_scores, task_dataset
 from sie_evals.defs.evals.checks import EVAL_CHECKS
 from sie_evals.defs.evals.partitions import sync_partitions
 from sie_evals.defs.evals.resources import EngineFactory, EvalSettings, JsonIOManager
+from sie_evals.defs.executors import CELERY_QUEUE_TAG, CELERY_SETTINGS, CPU_QUEUE, GPU_QUEUE
 from sie_evals_tests.conftest import REPO_ROOT, skip_unless_required
 
 pytestmark = pytest.mark.slow
@@ -284,6 +285,19 @@ def wait_backfill(instance: dg.DagsterInstance, backfill_id: str, timeout: float
     return status()
 
 
+def node_of(step_key: str) -> str:
+    """The node a step runs (`embeddings.embed_shard[shard_1_of_1]` -> `embeddings.embed_shard`)."""
+    return step_key.split("[", 1)[0]
+
+
+def planned_queues(instance: dg.DagsterInstance, run: dg.DagsterRun) -> dict[str, str]:
+    """The Celery queue of each node of the run's execution plan, from its step tags (untagged: the
+    default queue of the app's settings), as dagster-celery routes it."""
+    plan = instance.get_execution_plan_snapshot(run.execution_plan_snapshot_id)
+    default = CELERY_SETTINGS["task_default_queue"]
+    return {step.node_handle_id: (step.tags or {}).get(CELERY_QUEUE_TAG, default) for step in plan.steps}
+
+
 def test_backfill_on_celery_equals_in_process(tmp_path, monkeypatch):
     """A backfill of the 3 x 2 matrix through a real dagster-daemon, each run's steps on the Celery
     workers: same metrics and checks as in-process, one materialization per asset and partition."""
@@ -299,7 +313,7 @@ def test_backfill_on_celery_equals_in_process(tmp_path, monkeypatch):
         detail = "\n".join(f"{r.tags.get('dagster/partition')}: {run_text(r.run_id)[-2000:]}" for r in failed)
         assert status == "COMPLETED_SUCCESS", f"backfill {status}; worker logs under {c.root}\n{detail}"
 
-    mats, checks, hosts = [], {}, {}
+    mats, checks, hosts, queues = [], {}, {}, {}
     for run in runs:
         assert run.tags.get("dagster/backfill") == backfill_id  # the daemon's runs, not the test's
         cell = run.tags["dagster/partition"]
@@ -314,13 +328,16 @@ def test_backfill_on_celery_equals_in_process(tmp_path, monkeypatch):
                 checks[(cell, data.check_name)] = (data.passed, data.severity)
             elif ev.is_engine_event and "Executing steps" in rec.message:
                 worker = ev.engine_event_data.metadata["Celery worker"].value
-                hosts.setdefault(ev.step_key, set()).add(worker.split("@")[0])
+                hosts.setdefault(node_of(ev.step_key), set()).add(worker.split("@")[0])
+        queues.update(planned_queues(instance, run))
     assert sorted(r.tags["dagster/partition"] for r in runs) == sorted(CELLS)  # one run per cell
 
-    # Each step ran on the worker of its queue: embeddings on gpu; data, scores and checks on cpu.
-    assert hosts["embeddings"] == {"gpu"}
-    assert hosts["quality_scores"] == {"cpu"} and hosts["task_dataset"] == {"cpu"}
-    assert {q for qs in hosts.values() for q in qs} == {"gpu", "cpu"}
+    # Each step ran on the worker of the queue its tags name: the embedding on gpu; data, scores, checks on cpu.
+    assert hosts == {node: {queues[node]} for node in hosts}, (hosts, queues)
+    embedding = [n for n in hosts if n.rsplit(".", 1)[-1] in ("embeddings", "embed_shard")]
+    assert embedding and all(hosts[n] == {GPU_QUEUE} for n in embedding), hosts
+    assert hosts["quality_scores"] == hosts["task_dataset"] == {CPU_QUEUE}
+    assert {q for qs in hosts.values() for q in qs} == {GPU_QUEUE, CPU_QUEUE}
 
     # Exactly one materialization per asset and partition in the whole instance (no run recorded twice).
     for asset in ASSETS:
