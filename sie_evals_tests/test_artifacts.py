@@ -288,3 +288,21 @@ def test_deployment_env_puts_outputs_and_cache_tier_on_the_store(s3_endpoint, tm
     assert settings.cache().remote is not None and settings.cache().remote.url == f"s3://{BUCKET}/from-env/cache"
     monkeypatch.delenv("SIE_EVALS_ARTIFACTS_URL")
     assert EvalSettings(results_dir=str(tmp_path)).cache().remote is None  # one machine: no second tier
+
+
+def test_s3_folder_fetched_concurrently_and_refreshed_when_republished(s3_endpoint, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    writer = s3_store(s3_endpoint, "unit-dir2", tmp_path / "a")
+    folder = writer.local_path("snap")
+    folder.mkdir(parents=True)
+    (folder / "t.parquet").write_bytes(b"v1" * 3000)
+    ref = writer.publish("snap")
+    reader = s3_store(s3_endpoint, "unit-dir2", tmp_path / "b")
+    with ThreadPoolExecutor(6) as pool:  # steps of one worker fetching the same snapshot at once
+        got = list(pool.map(lambda _: reader.fetch_dir(ref), range(6)))
+    assert len(set(got)) == 1 and (got[0] / "t.parquet").read_bytes() == b"v1" * 3000
+    assert not [p for p in got[0].parent.iterdir() if p.name.startswith(".")]  # no temp or set-aside folder left
+    (folder / "t.parquet").write_bytes(b"v2" * 3000)  # the same key republished with other content
+    writer.publish("snap")
+    assert (reader.fetch_dir(ref) / "t.parquet").read_bytes() == b"v2" * 3000

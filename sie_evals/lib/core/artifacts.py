@@ -299,7 +299,8 @@ class ArtifactStore:
                             f"(size {local.stat().st_size} vs {size}, or sha256 differs)"
                         )
                 (tmp / MANIFEST).write_bytes(raw)
-                _replace_dir(tmp, dest)
+                if not _same_manifest(dest, raw, entries):  # another step on this worker may have got there first
+                    _replace_dir(tmp, dest)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
         return dest
