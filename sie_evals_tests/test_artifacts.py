@@ -306,3 +306,16 @@ def test_s3_folder_fetched_concurrently_and_refreshed_when_republished(s3_endpoi
     (folder / "t.parquet").write_bytes(b"v2" * 3000)  # the same key republished with other content
     writer.publish("snap")
     assert (reader.fetch_dir(ref) / "t.parquet").read_bytes() == b"v2" * 3000
+
+
+def test_credentials_in_resource_config_are_a_config_error_naming_the_field(tmp_path):
+    from sie_evals.lib.core.errors import ConfigError
+
+    nested = {"endpoint_url": "http://127.0.0.1:9", "client_kwargs": {"aws_secret_access_key": "hunter2-secret"}}
+    with pytest.raises(ConfigError, match=r"artifacts_options\.client_kwargs\.aws_secret_access_key: credentials") as e:
+        EvalSettings(results_dir=str(tmp_path), artifacts_url="s3://b/p", artifacts_options=nested).artifacts()
+    assert "hunter2" not in str(e.value)
+    with pytest.raises(ConfigError, match=r"artifacts_options\.secret: credentials"):
+        JsonIOManager(base_dir="s3://b/p", artifacts_options={"secret": "x"})._store()
+    settings = EvalSettings(results_dir=str(tmp_path), artifacts_url="gs://b/p", artifacts_options={"token": "anon"})
+    assert settings.artifacts().options == {"token": "anon"}  # a token *mode* is no secret

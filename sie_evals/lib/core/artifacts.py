@@ -356,6 +356,27 @@ def open_store(
     local_cache: Path,
 ) -> ArtifactStore:
     """The store at `url` (else $SIE_EVALS_ARTIFACTS_URL, else the local `default_root`), with `options`
-    (else $SIE_EVALS_ARTIFACTS_OPTIONS) as its fsspec storage options."""
+    (resource config; else $SIE_EVALS_ARTIFACTS_OPTIONS) as its fsspec storage options."""
     root = url or os.environ.get(ARTIFACTS_URL_ENV) or default_root
+    if options is not None:
+        _no_credentials(options, "artifacts_options")
     return ArtifactStore(root, local_cache, env_options() if options is None else options)
+
+
+SECRET_OPTIONS = {"key", "secret", "password", "session_token", "aws_access_key_id", "aws_secret_access_key"}
+SECRET_OPTIONS |= {"aws_session_token", "account_key", "sas_token", "client_secret"}
+
+
+def _no_credentials(options: Mapping[str, Any], where: str) -> None:
+    """Resource config is stored with each run and shown in the UI: a credential there is a ConfigError
+    (naming the field, never its value); credentials come from the backend's own environment variables."""
+    for name, value in options.items():
+        field = f"{where}.{name}"
+        if name.lower() in SECRET_OPTIONS or (name == "token" and isinstance(value, Mapping)):
+            raise ConfigError(
+                f"{field}: credentials may not be set in config (it is stored with each run and shown in the UI); "
+                "set them in the worker's environment (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+                "GOOGLE_APPLICATION_CREDENTIALS, ...)"
+            )
+        if isinstance(value, Mapping):
+            _no_credentials(value, field)
