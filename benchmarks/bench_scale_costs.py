@@ -8,7 +8,10 @@ docs/scale.md):
   search use (merge cost per million vectors);
 - exact search (lib/quality/search.exact_top_k, k = 1000) per 1e9 query x document pairs at 384 dims;
 - Dagster: a run of 1 and of 4 chained trivial steps on a temporary SQLite instance, in-process and
-  multiprocess executors: per-step cost = (4-step run - 1-step run) / 3, run cost = 1-step run - one step.
+  multiprocess executors: per-step cost = (4-step run - 1-step run) / 3, run cost = 1-step run - one step;
+- pools: the simulation test's fake sharded job (5 sleeping shard steps, `pool="gpu"`) on the multiprocess
+  executor (max_concurrent 6, no queue limits) under a `gpu` pool limit of 2 with `granularity: run` (the
+  template's) and `op`: how many shard steps ran at once.
 
     flock /tmp/bench.lock .venv/bin/python benchmarks/bench_scale_costs.py [--docs 100000] [--search-docs 200000]
 """
@@ -70,6 +73,28 @@ def dagster_costs(repeats: int) -> dict[str, dict[str, float]]:
         one_s, four_s = min(walls["one"]), min(walls["four"])
         step = (four_s - one_s) / 3
         out[name] = {"run_1_step_s": one_s, "run_4_steps_s": four_s, "step_s": step, "run_s": one_s - step}
+    return out
+
+
+def pool_check() -> dict[str, dict[str, float]]:
+    sys.path.insert(0, str(REPO))
+    from sie_evals.lib.scale.schedule import max_overlap
+    from sie_evals_tests import test_scale_simulation as sim
+
+    out = {}
+    for granularity in ("run", "op"):
+        concurrency = sim._template_concurrency()
+        concurrency["pools"] = {**concurrency["pools"], "granularity": granularity, "default_limit": 2}
+        with (
+            tempfile.TemporaryDirectory() as tmp,
+            dg.instance_for_test(temp_dir=tmp, overrides={"concurrency": concurrency}) as instance,
+        ):
+            run_config = {"execution": {"config": {"max_concurrent": 6}}}
+            result = dg.execute_job(dg.reconstructable(sim.fake_sharded_eval), instance=instance, run_config=run_config)
+            spans = sim._spans(instance, result.run_id)
+        gpu = [v for k, v in spans.items() if k.startswith("embed_shard")]
+        wall = max(b for _, b in spans.values()) - min(a for a, _ in spans.values())
+        out[f"granularity {granularity}, gpu pool 2"] = {"max_gpu_steps_at_once": max_overlap(gpu), "wall_s": wall}
     return out
 
 
@@ -168,7 +193,7 @@ def main() -> None:
     ap.add_argument("--search-docs", type=int, default=200_000)
     ap.add_argument("--dagster-repeats", type=int, default=2)
     ap.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()))
-    ap.add_argument("--only", default="embedding,cache,search,dagster")
+    ap.add_argument("--only", default="embedding,cache,search,dagster,pools")
     args = ap.parse_args()
     only = set(args.only.split(","))
     result: dict = {
@@ -183,6 +208,8 @@ def main() -> None:
         result["search"] = search_costs(args.search_docs)
     if "dagster" in only:
         result["dagster"] = dagster_costs(args.dagster_repeats)
+    if "pools" in only:
+        result["pools"] = pool_check()
     result["load_end"] = os.getloadavg()[0]
     print(json.dumps(_rounded(result), indent=2))
 
