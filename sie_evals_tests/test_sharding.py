@@ -227,6 +227,7 @@ def vector_bytes(result) -> dict[str, bytes]:
     return {kind: Path(path).read_bytes() for kind, path in result.output_for_node("embeddings")["vectors"].items()}
 
 
+@pytest.mark.slow  # three in-process runs of the three assets on 9,000 documents (12-28 s here)
 def test_graph_asset_shards_a_large_cell_and_merges_to_the_one_shard_result(synth_source, tmp_path, monkeypatch):
     data = tmp_path / "data"
     make_synthetic_beir(data / "synth", docs=9000, queries=50)
@@ -268,3 +269,13 @@ def test_graph_asset_shards_a_large_cell_and_merges_to_the_one_shard_result(synt
     assert mat_sharded.metadata["shards"].value == 3 and mat_one.metadata["shards"].value == 1
     for key in ("forward_calls", "cache_misses", "cache_hits", "document_vectors", "query_vectors", "dims"):
         assert mat_sharded.metadata[key] == mat_one.metadata[key], key
+
+    # a re-run (or a retried shard, on any worker sharing the cache) embeds nothing again: every chunk a hit
+    again = materialize_synth(tmp_path, "sharded", configs, data, shard_size=4000)
+    rerun = [
+        {k: v.value for k, v in e.event_specific_data.metadata.items()}
+        for e in again.all_events
+        if e.event_type == dg.DagsterEventType.STEP_OUTPUT and "embed_shard" in e.step_key
+    ]
+    assert len(rerun) == 3 and all(m["cache_hit"] and m["forward_calls"] == 0 for m in rerun)
+    assert vector_bytes(again) == vector_bytes(one)
