@@ -15,7 +15,6 @@ from sie_evals.defs.alerts.sensors import make_check_failure_sensor
 from sie_evals.defs.evals.assets import embeddings, quality_scores, task_dataset
 from sie_evals.defs.evals.checks import EVAL_CHECKS, quality_vs_measurement, quality_vs_target
 from sie_evals.defs.evals.partitions import sync_partitions
-from sie_evals.defs.evals.resources import EngineFactory, EvalSettings, JsonIOManager
 from sie_evals.defs.reports.assets import eval_report
 from sie_evals.lib.config.model_config import find_model_config
 from sie_evals.lib.gates.drift import REGRESSED_QUERIES
@@ -43,17 +42,6 @@ def _add_short_profile(configs_dir) -> None:
     tree["profiles"][SHORT] = {"max_seq_length": 16, "runtime": "torch"}
     with open(path, "w") as fh:
         yaml.dump(tree, fh)
-
-
-def _resources(tmp_path, session_cache, configs_dir, profile: str) -> dict:
-    settings = EvalSettings(
-        results_dir=str(tmp_path / "results"),
-        cache_dir=str(session_cache),
-        model_configs_dir=str(configs_dir),
-        profile=profile,
-        **SLICE,
-    )
-    return {"settings": settings, "engines": EngineFactory(), "json_io": JsonIOManager(base_dir=str(tmp_path / "io"))}
 
 
 def _run(resources, instance):
@@ -89,13 +77,12 @@ def receiver(monkeypatch):
 
 
 def test_failed_check_lists_regressed_queries_and_alert_links_to_it(
-    tmp_path, session_cache, configs_dir, monkeypatch, receiver
+    tmp_path, configs_dir, eval_resources, monkeypatch, receiver
 ):
-    monkeypatch.setenv("SIE_EVALS_MODEL_CONFIGS_DIR", str(configs_dir))
     _add_short_profile(configs_dir)
     instance = dg.DagsterInstance.ephemeral()
     sync_partitions(instance, configs_dir)  # the declared cells, as the sync sensor makes them
-    default = _resources(tmp_path, session_cache, configs_dir, "default")
+    default = eval_resources(profile="default", **SLICE)
     assert dg.materialize(
         DEFS, selection=[task_dataset], partition_key=KEY, instance=instance, resources=default
     ).success
@@ -122,7 +109,7 @@ def test_failed_check_lists_regressed_queries_and_alert_links_to_it(
 
     cursor = tick(None)  # a new sensor starts after the history it finds
 
-    failed = _run(_resources(tmp_path, session_cache, configs_dir, SHORT), instance)
+    failed = _run(eval_resources(profile=SHORT, **SLICE), instance)
     assert not failed.success  # the blocking check failed
     check = _evaluations(failed)["quality_vs_target"]
     assert not check.passed and check.description.startswith("drift: ndcg_at_10 "), check.description

@@ -11,7 +11,6 @@ from sie_evals.defs.evals.assets import embeddings, quality_scores, task_dataset
 from sie_evals.defs.evals.partitions import eval_key, eval_keys, partition_key, sync_partitions
 from sie_evals.defs.evals.profile_partitions import partition_profiles
 from sie_evals.defs.evals.recording import record_report
-from sie_evals.defs.evals.resources import EngineFactory, EvalSettings, JsonIOManager
 from sie_evals.lib.config.model_config import load_all_model_configs
 from sie_evals.lib.core.errors import ConfigError
 from sie_evals.lib.core.sources import COMPUTE_SOURCES
@@ -78,14 +77,8 @@ def test_key_format_round_trips():
 
 
 @pytest.fixture
-def resources(tmp_path, session_cache):
-    return {
-        "settings": EvalSettings(
-            results_dir=str(tmp_path / "results"), cache_dir=str(session_cache), limit_queries=20, corpus_size=200
-        ),
-        "engines": EngineFactory(),
-        "json_io": JsonIOManager(base_dir=str(tmp_path / "io")),
-    }
+def resources(eval_resources):
+    return eval_resources()
 
 
 def test_materialize_one_partition_in_process(resources):

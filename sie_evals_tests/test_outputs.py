@@ -343,10 +343,9 @@ def test_bad_profile_for_task_type_and_unknown_profile(tmp_path):
     assert res.exit_code == 2 and "retrieval tasks only" in res.output
 
 
-def test_output_profiles_are_dagster_partitions_end_to_end(tmp_path, session_cache, configs_dir, monkeypatch):
+def test_output_profiles_are_dagster_partitions_end_to_end(tmp_path, configs_dir, eval_resources):
     from sie_evals.defs.evals.assets import embeddings, quality_scores, task_dataset
     from sie_evals.defs.evals.partitions import eval_keys, partition_key, sync_partitions
-    from sie_evals.defs.evals.resources import EngineFactory, EvalSettings, JsonIOManager
     from sie_evals.lib.gates.keys import EvalKey
 
     keys = {str(k) for k in eval_keys()}
@@ -357,11 +356,7 @@ def test_output_profiles_are_dagster_partitions_end_to_end(tmp_path, session_cac
     }
     assert set(partitions) <= keys
     assert not any("@bf16" in k or "@sparse" in k for k in keys)  # dense variants, aliases of default: no partition
-    monkeypatch.setenv("SIE_EVALS_MODEL_CONFIGS_DIR", str(configs_dir))
-    settings = EvalSettings(
-        results_dir=str(tmp_path / "results"),
-        cache_dir=str(session_cache),
-        model_configs_dir=str(configs_dir),
+    resources = eval_resources(
         limit_queries=5,
         corpus_size=30,
         threads=2,
@@ -370,11 +365,6 @@ def test_output_profiles_are_dagster_partitions_end_to_end(tmp_path, session_cac
         perf_warmup_requests=1,
         perf_trials=1,
     )
-    resources = {
-        "settings": settings,
-        "engines": EngineFactory(),
-        "json_io": JsonIOManager(base_dir=str(tmp_path / "io")),
-    }
     instance = dg.DagsterInstance.ephemeral()
     sync_partitions(instance, configs_dir)  # the eval_cells_sync sensor's first tick
     run = dict(resources=resources, instance=instance, raise_on_error=False)

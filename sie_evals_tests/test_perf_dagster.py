@@ -6,16 +6,11 @@ import pytest
 
 from sie_evals.defs.evals.assets import perf_scores, task_dataset
 from sie_evals.defs.evals.partitions import sync_partitions
-from sie_evals.defs.evals.resources import EngineFactory, EvalSettings, JsonIOManager
 
 
 @pytest.mark.slow
-def test_perf_scores_sweep_attaches_the_saturation_plot(tmp_path, session_cache, configs_dir, monkeypatch):
-    monkeypatch.setenv("SIE_EVALS_MODEL_CONFIGS_DIR", str(configs_dir))
-    settings = EvalSettings(
-        results_dir=str(tmp_path / "results"),
-        cache_dir=str(session_cache),
-        model_configs_dir=str(configs_dir),
+def test_perf_scores_sweep_attaches_the_saturation_plot(tmp_path, configs_dir, eval_resources):
+    resources = eval_resources(
         limit_queries=10,
         corpus_size=50,
         perf_requests=4,
@@ -24,11 +19,6 @@ def test_perf_scores_sweep_attaches_the_saturation_plot(tmp_path, session_cache,
         perf_sweep="concurrency=1,2",
         perf_slos="p99_ms<=600000",
     )
-    resources = {
-        "settings": settings,
-        "engines": EngineFactory(),
-        "json_io": JsonIOManager(base_dir=str(tmp_path / "io")),
-    }
     instance = dg.DagsterInstance.ephemeral()
     sync_partitions(instance, configs_dir)  # the declared cells, as the sync sensor makes them
     key = "all-MiniLM-L6-v2:beir/SciFact:local"  # a declared cell: model:task:source
