@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -505,25 +505,42 @@ def _skipped_by_estimate(box: LotteryBox, length: int, native_ctx: int | None) -
     )
 
 
-def finesse_0189_rss(
-    box: LotteryBox, lengths: list[int], samples: int, native_ctx: int | None
-) -> tuple[dict[int, list[Probe]], dict[int, str]]:
-    """RSS draws in 0.18.9's order. Native mode (native_ctx set): a length with L*tps + 100 > ctx is skipped
-    before drawing; a sample whose joined text has more than ctx model tokens is dropped (chunks consumed)."""
-    probes: dict[int, list[Probe]] = {}
+T = TypeVar("T")  # a draw: an RSS Probe or an SrsDraw
+
+
+def _draw_per_length(
+    box: LotteryBox, lengths: list[int], samples: int, native_ctx: int | None, draw: Callable[[int], T | None]
+) -> tuple[dict[int, list[T]], dict[int, str]]:
+    """0.18.9's loop over lengths (RSS and SRS alike): a length the estimate rules out is skipped (the
+    reason), else `draw(length)` is called until `samples` fit; None is a sample that did not fit (its
+    chunks stay consumed)."""
+    out: dict[int, list[T]] = {}
     skipped: dict[int, str] = {}
     for length in lengths:
         reason = _skipped_by_estimate(box, length, native_ctx)
         if reason:
             skipped[length] = reason
             continue
-        kept: list[Probe] = []
+        kept: list[T] = []
         for _ in _attempts(box, length, kept, samples):
-            probe = box.draw(length)
-            if native_ctx is None or box.chunker.count_tokens(" ".join(probe.texts)) <= native_ctx:
-                kept.append(probe)
-        probes[length] = kept
-    return probes, skipped
+            drawn = draw(length)
+            if drawn is not None:
+                kept.append(drawn)
+        out[length] = kept
+    return out, skipped
+
+
+def finesse_0189_rss(
+    box: LotteryBox, lengths: list[int], samples: int, native_ctx: int | None
+) -> tuple[dict[int, list[Probe]], dict[int, str]]:
+    """RSS draws in 0.18.9's order. Native mode (native_ctx set): a length with L*tps + 100 > ctx is skipped
+    before drawing; a sample whose joined text has more than ctx model tokens is dropped (chunks consumed)."""
+
+    def draw(length: int) -> Probe | None:
+        probe = box.draw(length)
+        return probe if native_ctx is None or box.chunker.count_tokens(" ".join(probe.texts)) <= native_ctx else None
+
+    return _draw_per_length(box, lengths, samples, native_ctx, draw)
 
 
 def finesse_0189_srs(
@@ -531,21 +548,15 @@ def finesse_0189_srs(
 ) -> tuple[dict[int, list[SrsDraw]], dict[int, str]]:
     """SRS draws in 0.18.9's order: per sample L-1 probe chunks, then groups*(L-2) context chunks; native mode
     skips lengths by the same estimate and drops samples whose crafted texts do not fit."""
-    out: dict[int, list[SrsDraw]] = {}
-    skipped: dict[int, str] = {}
-    for length in lengths:
-        reason = _skipped_by_estimate(box, length, native_ctx)
-        if reason:
-            skipped[length] = reason
-            continue
-        kept: list[SrsDraw] = []
-        for _ in _attempts(box, length, kept, samples):
-            probe = box.draw(length - 1)
-            flat = box.draw(groups * (length - 2))
-            n = length - 2
-            context = [Probe(flat.texts[g * n : (g + 1) * n], flat.doc_ids[g * n : (g + 1) * n]) for g in range(groups)]
-            draw = SrsDraw(probe, context)
-            if native_ctx is None or srs_texts_fit(draw, length, box.chunker.count_tokens, native_ctx):
-                kept.append(draw)
-        out[length] = kept
-    return out, skipped
+
+    def draw(length: int) -> SrsDraw | None:
+        probe = box.draw(length - 1)
+        flat = box.draw(groups * (length - 2))
+        n = length - 2
+        context = [Probe(flat.texts[g * n : (g + 1) * n], flat.doc_ids[g * n : (g + 1) * n]) for g in range(groups)]
+        drawn = SrsDraw(probe, context)
+        return (
+            drawn if native_ctx is None or srs_texts_fit(drawn, length, box.chunker.count_tokens, native_ctx) else None
+        )
+
+    return _draw_per_length(box, lengths, samples, native_ctx, draw)
