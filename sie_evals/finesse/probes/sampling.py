@@ -211,19 +211,24 @@ def local_dataset_copy(dataset_configs: list[DatasetConfig], root: Path, text_co
     return out
 
 
-def _iter_hf(ds: DatasetConfig) -> Iterator[Document]:
+def _load_hf(ds: DatasetConfig) -> Any:
+    """The Hub dataset `ds` names, at its commit (DatasetError naming it when it cannot be loaded)."""
     import datasets
 
     try:
-        data = datasets.load_dataset(
+        return datasets.load_dataset(
             ds.path,
             split=ds.split,
             data_files=ds.data_files,
             data_dir=ds.data_dir if ds.data_files is None else None,
-            revision=ds.commit_hash,
+            revision=ds.commit_hash or None,
         )
     except Exception as err:  # datasets raises many types (offline, missing split, bad files)
         raise DatasetError(f"dataset {ds.path!r} (split {ds.split!r}) cannot be loaded: {err}") from None
+
+
+def _iter_hf(ds: DatasetConfig) -> Iterator[Document]:
+    data = _load_hf(ds)
     if ds.text_column not in data.column_names:
         raise DatasetError(f"dataset {ds.path!r}: no column {ds.text_column!r} (columns: {data.column_names})")
     has_id = bool(ds.id_column) and ds.id_column in data.column_names
@@ -396,18 +401,7 @@ def load_dataset_rows(ds: DatasetConfig, config_dir: Path | None, index: int) ->
                 found = list(_iter_local_file(path, ds))
             rows.extend(Document(f"{index}/{d.doc_id}", d.text) if d else None for d in found)
         return rows
-    import datasets
-
-    try:
-        data = datasets.load_dataset(
-            ds.path,
-            split=ds.split,
-            data_files=ds.data_files,
-            data_dir=ds.data_dir if ds.data_files is None else None,
-            revision=ds.commit_hash or None,
-        )
-    except Exception as err:  # datasets raises many types (offline, missing split, bad files)
-        raise DatasetError(f"dataset {ds.path!r} (split {ds.split!r}) cannot be loaded: {err}") from None
+    data = _load_hf(ds)
     if ds.text_column not in data.column_names:
         raise DatasetError(
             f"dataset {ds.path!r}: field text_column {ds.text_column!r} is not a column (columns: {data.column_names})"
