@@ -71,7 +71,7 @@ def product_alone(q: torch.Tensor, docs: np.ndarray) -> float:
     workers = torch.get_num_threads()
     if workers == 1:
         return worker()
-    pool = search_module._pool(workers, os.getpid())
+    pool = search_module._pool(workers, os.getpid(), "tiles")
     return sum(f.result() for f in [pool.submit(worker) for _ in range(workers)])
 
 
@@ -158,7 +158,7 @@ def main() -> None:
         product = timed_cpu(product_alone, q, docs)[:2] if args.split else None
         rounds.append((load, got["bare"][:2], got["search"][:2], product))
         (bw, bc), (sw, sc) = got["bare"][:2], got["search"][:2]
-        extra = f"   product alone {product[0]:.2f} s ({product[0] / bw:.2f}x bare)" if product else ""
+        extra = f"   product alone {product[0]:.2f} s ({product[1]:.2f}) {product[0] / bw:.2f}x bare" if product else ""
         print(f"{r + 1:>5} {load:5.1f} {bw:7.2f} ({bc:5.2f}) {sw:7.2f} ({sc:5.2f}) {sw / bw:11.2f}{extra}", flush=True)
     ratios = [s[0] / b[0] for _, b, s, _ in rounds]
     cpu_ratios = [s[1] / b[1] for _, b, s, _ in rounds]

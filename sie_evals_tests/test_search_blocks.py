@@ -216,7 +216,7 @@ def test_workers_multiply_single_threaded_and_leave_every_other_threads_setting(
         )
         assert torch.get_num_threads() == 2
         assert search._in_new_thread(torch.get_num_threads) == fresh_default
-        pool = search._pool(2, __import__("os").getpid())
+        pool = search._pool(2, __import__("os").getpid(), "tiles")
         barrier = threading.Barrier(2)
         counts = [pool.submit(lambda: (barrier.wait(10), torch.get_num_threads())[1]) for _ in range(2)]
         assert [c.result() for c in counts] == [1, 1]

@@ -122,27 +122,35 @@ def _scan_tiles(q: torch.Tensor, docs: np.ndarray, tiles, width: int, job: dict,
     return None
 
 
-def _scan_round(q: torch.Tensor, docs: np.ndarray, start: int, stop: int, top: "RunningTopK", normalize: bool):
-    """Candidates of documents [start, stop) above `top`'s thresholds, fused product and compare on
-    every torch thread; None when they are more than PACK_LIMIT x k a query (adversarial order)."""
+def _scan_round(
+    q: torch.Tensor, docs: np.ndarray, start: int, stop: int, threshold: np.ndarray, k: int, normalize: bool
+):
+    """Starts the scan of documents [start, stop) for scores above `threshold`, fused product and
+    compare on every torch thread; returns the function that waits for its candidates: (query rows,
+    document indices, scores), or None when they are more than PACK_LIMIT x k a query (adversarial order)."""
     workers = torch.get_num_threads()
     n_q = q.shape[0]
     width = max(16, TILE_SCORES // n_q)
     tiles = iter([(b, min(width, stop - b)) for b in range(start, stop, width)])
-    limit = PACK_LIMIT * n_q * top.k
-    job = {"threshold": top.threshold, "count": 0, "limit": limit, "lock": threading.Lock()}
+    limit = PACK_LIMIT * n_q * k
+    job = {"threshold": threshold, "count": 0, "limit": limit, "lock": threading.Lock()}
     if workers == 1:  # this thread's torch is single-threaded already
-        found = [_scan_tiles(q, docs, tiles, width, job, normalize)]
+        parts = [_scan_tiles(q, docs, tiles, width, job, normalize)]
+        tasks = []
     else:
-        pool = _pool(workers, os.getpid())
+        pool = _pool(workers, os.getpid(), "tiles")
         tasks = [pool.submit(_scan_tiles, q, docs, tiles, width, job, normalize) for _ in range(workers)]
-        found = [task.result() for task in tasks]
-    if any(part is None for part in found):
-        return None
-    tiles_found = [c for part in found for c in part]
-    if sum(len(c[0]) for c in tiles_found) > limit:
-        return None
-    return tuple(np.concatenate(cols) for cols in zip(*tiles_found, strict=True))
+
+    def collect():
+        found = parts if not tasks else [task.result() for task in tasks]
+        if any(part is None for part in found):
+            return None
+        tiles_found = [c for part in found for c in part]
+        if sum(len(c[0]) for c in tiles_found) > limit:
+            return None
+        return tuple(np.concatenate(cols) for cols in zip(*tiles_found, strict=True))
+
+    return collect
 
 
 def inner_product_top_k(
@@ -165,9 +173,15 @@ def inner_product_top_k(
             begin, scores = next(chunks)
             top.add(begin, scores)
             start = begin + scores.shape[1]
-        for begin in range(start, n if q.shape[0] and k else 0, doc_chunk):
-            stop = min(begin + doc_chunk, n)
-            candidates = _scan_round(q, docs, begin, stop, top, normalize)
+        # one round in flight ahead: the workers scan round r + 1 (with the thresholds as of round r - 1,
+        # lower but valid: they come from documents before it) while this thread merges round r
+        rounds = [(b, min(b + doc_chunk, n)) for b in range(start, n if q.shape[0] and k else 0, doc_chunk)]
+        ahead = _scan_round(q, docs, *rounds[0], top.threshold, k, normalize) if rounds else None
+        for i, (begin, stop) in enumerate(rounds):
+            collect = ahead
+            if i + 1 < len(rounds):
+                ahead = _scan_round(q, docs, *rounds[i + 1], top.threshold, k, normalize)
+            candidates = collect()
             if candidates is None:
                 for block_start, scores in _scored_chunks(q, docs, doc_chunk, normalize, begin, stop):
                     top.add_block_top(block_start, scores)
@@ -199,10 +213,11 @@ def _in_new_thread(fn: Callable, *args) -> object:
 
 
 @functools.cache
-def _pool(workers: int, pid: int) -> ThreadPoolExecutor:
+def _pool(workers: int, pid: int, role: str) -> ThreadPoolExecutor:
     """`workers` threads whose torch runs single-threaded (a worker's product is its share of the cores:
-    no OpenMP team inside it), kept (starting threads per block costs), one per process: a forked child
-    has none of its threads. torch.set_num_threads is per thread for OpenMP and MKL, but it also stores
+    no OpenMP team inside it), kept (starting threads per block costs), one per process and `role` (the
+    tile scans, and the row ranges of _by_rows that a merge runs while the next scan is under way): a
+    forked child has none of its threads. torch.set_num_threads is per thread for OpenMP and MKL, but it also stores
     the default that threads starting torch later take: that default is put back once all have started."""
     default = _in_new_thread(torch.get_num_threads)
     pool = ThreadPoolExecutor(workers, thread_name_prefix="top-k", initializer=_single_threaded)
@@ -221,7 +236,8 @@ def _by_rows(fn: Callable[[slice], object], n_rows: int) -> list:
     if parts == 1:
         return [fn(slice(0, n_rows))]
     spans = [slice(int(a), int(b)) for a, b in itertools.pairwise(np.linspace(0, n_rows, parts + 1).astype(int))]
-    rest = [_pool(torch.get_num_threads(), os.getpid()).submit(fn, span) for span in spans[1:]]
+    pool = _pool(torch.get_num_threads(), os.getpid(), "rows")  # not the tile workers': they may be busy
+    rest = [pool.submit(fn, span) for span in spans[1:]]
     return [fn(spans[0]), *(f.result() for f in rest)]
 
 
