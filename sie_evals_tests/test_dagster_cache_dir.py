@@ -5,7 +5,7 @@ import dagster as dg
 import pytest
 
 from sie_evals.defs.evals.assets import embeddings, task_dataset
-from sie_evals.defs.evals.resources import EngineFactory, EvalSettings
+from sie_evals.defs.evals.resources import EngineFactory, EvalSettings, JsonIOManager
 
 
 @pytest.mark.slow
@@ -15,10 +15,12 @@ def test_embeddings_step_exports_under_the_resources_cache_dir(tmp_path, monkeyp
     settings = EvalSettings(
         results_dir=str(tmp_path / "results"), cache_dir=str(tmp_path / "cache"), limit_queries=3, corpus_size=10
     )
-    cell = "all-MiniLM-L6-v2@onnx:beir/SciFact:local"  # the onnx profile's cell, called directly
-    snap = task_dataset(dg.build_asset_context(partition_key=cell), settings=settings).value
-    context = dg.build_asset_context(partition_key=cell)
-    out = next(iter(embeddings(context, task_dataset=snap, settings=settings, engines=EngineFactory()))).value
+    cell = "all-MiniLM-L6-v2@onnx:beir/SciFact:local"  # the onnx profile's cell
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("eval_cells", [cell])
+    resources = {"settings": settings, "engines": EngineFactory(), "json_io": JsonIOManager(base_dir=str(tmp_path))}
+    res = dg.materialize([task_dataset, embeddings], partition_key=cell, instance=instance, resources=resources)
+    out = res.output_for_node("embeddings")  # a graph asset (shard steps): run as Dagster runs it
 
     assert out["cache"]["misses"] > 0
     exports = sorted(p.name for p in (tmp_path / "cache" / "exports").iterdir())

@@ -297,7 +297,7 @@ def test_mteb_only_task_materializes_through_the_eval_assets(tmp_path, monkeypat
     import dagster as dg
 
     from sie_evals.defs.evals.assets import embeddings, quality_scores, task_dataset
-    from sie_evals.defs.evals.resources import EngineFactory, EvalSettings
+    from sie_evals.defs.evals.resources import EngineFactory, EvalSettings, JsonIOManager
 
     _clustering_folder(tmp_path / "data")
     # a cache of its own: what this test embeds is a miss, and only that
@@ -308,9 +308,13 @@ def test_mteb_only_task_materializes_through_the_eval_assets(tmp_path, monkeypat
     key = f"all-MiniLM-L6-v2:{task}:local"  # the cell's partition: model:task:source
     snap = task_dataset(dg.build_asset_context(partition_key=key), settings=settings).value
 
-    def embed() -> dict:
-        context = dg.build_asset_context(partition_key=key)
-        return next(iter(embeddings(context, task_dataset=snap, settings=settings, engines=EngineFactory()))).value
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("eval_cells", [key])
+    resources = {"settings": settings, "engines": EngineFactory(), "json_io": JsonIOManager(base_dir=str(tmp_path))}
+
+    def embed() -> dict:  # a graph asset (shard steps): run as Dagster runs it
+        res = dg.materialize([task_dataset, embeddings], partition_key=key, instance=instance, resources=resources)
+        return res.output_for_node("embeddings")
 
     # the task's texts (fewer than a cache chunk's 2048) are one entry: embedded once, then read back
     rows = (tmp_path / "data" / "twentynewsgroupsclustering.v2" / "test.jsonl").read_text().splitlines()

@@ -309,8 +309,8 @@ def test_bad_config_fails_without_retry(graph):
     retries = [e for e in res.all_events if e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY]
     assert len(failures) == 1 and not retries  # a config error is final
     assert "no-such-weights-package" in failures[0].step_failure_data.error.message
-    for asset in (embeddings, perf_scores):  # engine errors are retried with backoff
-        policy = asset.op.retry_policy
+    shard_op = embeddings.node_def.node_named("embed_shard").definition  # the graph asset's embedding step
+    for policy in (shard_op.retry_policy, perf_scores.op.retry_policy):  # engine errors are retried with backoff
         assert policy.max_retries == 2 and policy.backoff == dg.Backoff.EXPONENTIAL
 
 
