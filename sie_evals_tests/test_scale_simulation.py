@@ -23,17 +23,26 @@ from sie_evals.defs.executors import (
     GPU_STEP_TAGS,
     executor_from_env,
 )
-from sie_evals.lib.engines.base import EmbedKind
-from sie_evals.lib.engines.sharding import plan_shards as real_plan_shards
 from sie_evals.lib.scale.schedule import Step, max_overlap, simulate
 
 REPO = Path(__file__).resolve().parents[1]
-# The fake cell: 200 documents + 20 queries in shards of 50 texts (whole 10-text chunks): 5 shard steps.
-SIZES = {EmbedKind.query: 20, EmbedKind.document: 200}
+# The fake cell: 250 documents + 20 queries in shards of 50 texts (whole 10-text chunks): 6 shard steps.
+SIZES = {"query": 20, "document": 250}
 SHARD_SIZE, CHUNK = 50, 10
 SLEEP = {"plan_shards": 0.2, "embed_shard": 2.0, "merge_shards": 0.5, "scores": 1.0}
 GPU_WORKERS, CPU_WORKERS = 2, 1
-TOLERANCE = 0.20  # |measured - predicted| / predicted; the wrong limits below are off by more than 1.5x
+# |measured - predicted| / predicted. The executor's parent launches step processes one at a time (a spawn
+# takes it 0.1-2.3 s under load), which the model leaves out: runs measured 2-12% above the prediction. The
+# wrong limits below predict 1.6x (one GPU) and 0.6x (limit ignored) of the right one.
+TOLERANCE = 0.25
+
+
+def real_plan_shards(sizes: dict, shard_size: int, chunk_size: int) -> list:
+    """The sharded eval's own plan (imported here: each step's process imports this module)."""
+    from sie_evals.lib.engines.base import EmbedKind
+    from sie_evals.lib.engines.sharding import plan_shards
+
+    return plan_shards({EmbedKind(k): n for k, n in sizes.items()}, shard_size, chunk_size)
 
 
 def _nap(step: str) -> None:
@@ -94,20 +103,20 @@ def _spans(instance: dg.DagsterInstance, run_id: str) -> dict[str, tuple[float, 
     return {k: (start[k], end[k]) for k in start}
 
 
-def _model_steps(overhead_s: float, n_shards: int) -> list[Step]:
-    shard_keys = [f"embed_shard[{i}]" for i in range(n_shards)]
+def _model_steps(plan: float, shards: list[float], merge: float, scores: float) -> list[Step]:
+    shard_keys = [f"embed_shard[{i}]" for i in range(len(shards))]
     return [
-        Step("plan_shards", "cpu", SLEEP["plan_shards"] + overhead_s),
-        *(Step(k, "gpu", SLEEP["embed_shard"] + overhead_s, ("plan_shards",)) for k in shard_keys),
-        Step("merge_shards", "cpu", SLEEP["merge_shards"] + overhead_s, tuple(shard_keys)),
-        Step("scores", "cpu", SLEEP["scores"] + overhead_s, ("merge_shards",)),
+        Step("plan_shards", "cpu", plan),
+        *(Step(k, "gpu", sec, ("plan_shards",)) for k, sec in zip(shard_keys, shards, strict=True)),
+        Step("merge_shards", "cpu", merge, tuple(shard_keys)),
+        Step("scores", "cpu", scores, ("merge_shards",)),
     ]
 
 
 @pytest.mark.slow
 def test_fleet_model_predicts_the_multiprocess_executor_with_queue_limits(tmp_path):
     n_shards = len(real_plan_shards(SIZES, SHARD_SIZE, CHUNK))
-    assert n_shards == 5  # 220 texts in 50-text shards of whole 10-text chunks, queries in the first
+    assert n_shards == 6  # 270 texts in 50-text shards of whole 10-text chunks, queries in the first
     with dg.instance_for_test(temp_dir=str(tmp_path), overrides={"concurrency": _template_concurrency()}) as instance:
         result = dg.execute_job(
             dg.reconstructable(fake_sharded_eval),
@@ -117,22 +126,29 @@ def test_fleet_model_predicts_the_multiprocess_executor_with_queue_limits(tmp_pa
         assert result.success
         spans = _spans(instance, result.run_id)
     assert len(spans) == n_shards + 3
-    gpu = [v for k, v in spans.items() if k.startswith("embed_shard")]
+    gpu = sorted(v for k, v in spans.items() if k.startswith("embed_shard"))
     cpu = [v for k, v in spans.items() if not k.startswith("embed_shard")]
     # what the queues allowed: never more gpu steps at once than gpu workers, and that many at times
     assert max_overlap(gpu) == GPU_WORKERS
     assert max_overlap(cpu) <= CPU_WORKERS
+    # the fan-out's order: every shard after the plan, the merge after the last shard, scores last
+    assert min(a for a, _ in gpu) >= spans["plan_shards"][1]
+    assert spans["merge_shards"][0] >= max(b for _, b in gpu)
+    assert spans["scores"][0] >= spans["merge_shards"][1]
     measured = max(b for _, b in spans.values()) - min(a for a, _ in spans.values())
-    # one per-step overhead (process start, Dagster's step bookkeeping), the median over the run's steps
-    overhead = statistics.median(b - a - SLEEP[k.split("[")[0]] for k, (a, b) in spans.items())
-    steps = _model_steps(overhead, n_shards)
+    # Each step's cost as the model takes it from the benchmark: its sleep plus its own start overhead
+    # (process start, Dagster's step bookkeeping: 2-8 s here, with the machine's load), i.e. the time
+    # it held its slot. What the model predicts is how the executor packs them.
+    took = {k: b - a for k, (a, b) in spans.items()}
+    steps = _model_steps(took["plan_shards"], [b - a for a, b in gpu], took["merge_shards"], took["scores"])
 
     def predicted(gpu_slots: int) -> float:
         return simulate(steps, {"gpu": gpu_slots, "cpu": CPU_WORKERS}, max_concurrent=gpu_slots + CPU_WORKERS).wall_s
 
     right = predicted(GPU_WORKERS)
+    overhead = statistics.median(t - SLEEP[k.split("[")[0]] for k, t in took.items())
     print(
-        f"measured {measured:.2f} s, overhead {overhead:.2f} s/step, predicted {right:.2f} s, "
+        f"measured {measured:.2f} s, median overhead {overhead:.2f} s/step, predicted {right:.2f} s, "
         f"ignored limit {predicted(n_shards):.2f} s, one slot {predicted(1):.2f} s"
     )
     assert abs(measured - right) / right <= TOLERANCE
@@ -141,7 +157,7 @@ def test_fleet_model_predicts_the_multiprocess_executor_with_queue_limits(tmp_pa
 
 
 def test_scheduler_packs_shard_waves_under_each_limit():
-    steps = _model_steps(0.0, 6)  # 0.2 s plan, six 2 s shards, 0.5 s merge, 1 s scores
+    steps = _model_steps(0.2, [2.0] * 6, 0.5, 1.0)
     two = simulate(steps, {"gpu": 2, "cpu": 1})
     assert two.wall_s == pytest.approx(0.2 + 3 * 2.0 + 0.5 + 1.0)
     assert two.max_concurrent("gpu") == 2
@@ -167,7 +183,7 @@ def test_fleet_model_shards_as_the_sharded_eval_plans():
 
     rows = fleet.shard_rows(presets.MSMARCO, fleet.Settings())
     # 6,980 queries (4 cache chunks) + 8,841,823 docs (4,318 chunks) in shards of 49 chunks: 89 shard steps
-    assert len(rows) == len(real_plan_shards({EmbedKind.query: 6_980, EmbedKind.document: 8_841_823}, 100_000, 2048))
+    assert len(rows) == len(real_plan_shards({"query": 6_980, "document": 8_841_823}, 100_000, 2048))
     assert len(rows) == 89
     assert sum(d for d, _ in rows) == 8_841_823 and sum(q for _, q in rows) == 6_980 == rows[0][1]
 
