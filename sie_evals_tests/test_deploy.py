@@ -31,8 +31,11 @@ def test_k8s_instance_config_validates_with_dagster_k8s():
     assert cls.__name__ == "K8sRunLauncher"
     result = validate_config(cls.config_type(), launcher["config"])  # the launcher's own schema
     assert result.success, [e.message for e in result.errors]
-    limits = launcher["config"]["run_k8s_config"]["container_config"]["resources"]["limits"]
-    assert limits == {"nvidia.com/gpu": 1}
+    # Celery runs (deploy/k8s/env.yaml): the run pod only orchestrates, the gpu queue's workers hold the
+    # GPUs, and the gpu pool limits each shard step, not whole runs
+    resources = launcher["config"]["run_k8s_config"]["container_config"]["resources"]
+    assert "nvidia.com/gpu" not in {**resources.get("limits", {}), **resources.get("requests", {})}
+    assert config["concurrency"]["pools"]["granularity"] == "op"
 
 
 def test_k8s_instance_config_rejects_a_misspelt_key(tmp_path):
@@ -54,14 +57,14 @@ def test_helm_values_run_this_code_location_on_the_gpu_pool():
     assert launcher["type"] == "K8sRunLauncher"
     run_k8s = launcher["config"]["k8sRunLauncher"]["runK8sConfig"]
     instance = yaml.safe_load(K8S_INSTANCE.read_text())["run_launcher"]["config"]["run_k8s_config"]
-    # the same GPU placement as the standalone instance file
+    # the same run pods as the standalone instance file (CPU only: the steps go to the Celery workers)
     assert run_k8s["containerConfig"]["resources"] == instance["container_config"]["resources"]
-    assert run_k8s["podSpecConfig"]["nodeSelector"] == instance["pod_spec_config"]["node_selector"]
-    assert run_k8s["podSpecConfig"]["tolerations"] == instance["pod_spec_config"]["tolerations"]
+    assert "podSpecConfig" not in run_k8s and "pod_spec_config" not in instance
     env = {e["name"]: e["value"] for e in deployment["env"]}
     for name in ("SIE_EVALS_HOME", "SIE_EVALS_MODEL_CONFIGS_DIR", "SIE_EVALS_DATA_DIR", "SIE_EVALS_RESULTS_DIR"):
         assert env[name].startswith("/"), name  # every path from the environment, never the source tree
     assert values["concurrency"]["pools"]["defaultLimit"] >= 1
+    assert values["concurrency"]["pools"]["granularity"] == "op"
 
 
 def test_paths_come_from_the_environment(monkeypatch, tmp_path):
