@@ -353,15 +353,23 @@ class RunningTopK:
         rows, idx, vals = (np.concatenate(parts) for parts in zip(*self.pending, strict=True))
         self.pending.clear()
         counts, self.pending_per_row = self.pending_per_row, np.zeros_like(self.pending_per_row)
-        # pack each query's candidates into one row: a stable sort by query, a radix sort on 16 bits (10x)
+        # each query's row: its best so far, then its candidates (a stable sort by query, a radix sort on
+        # 16 bits: 10x), then -inf; flat positions, not (row, column) pairs (2D fancy indexing: 3x slower)
         order = np.argsort(rows.astype(np.uint16) if len(counts) <= 1 << 16 else rows, kind="stable")
-        rows = rows[order]
-        pos = np.arange(len(rows)) - (np.cumsum(counts) - counts)[rows]
-        packed_s = np.full((len(counts), int(counts.max())), -np.inf, dtype=np.float32)
-        packed_i = np.zeros(packed_s.shape, dtype=np.int64)
-        packed_s[rows, pos] = vals[order]
-        packed_i[rows, pos] = idx[order]
-        self._merge((packed_s, packed_i))
+        have = self.best_s.shape[1]
+        width = have + int(counts.max())
+        row_start = np.arange(len(counts)) * width + have - (np.cumsum(counts) - counts)
+        dest = np.arange(len(rows)) + row_start[rows[order]]
+        packed_s = np.empty((len(counts), width), dtype=np.float32)
+        packed_i = np.empty(packed_s.shape, dtype=np.int64)
+        packed_s[:, :have], packed_i[:, :have] = self.best_s, self.best_i
+        packed_s[:, have:] = -np.inf
+        packed_i[:, have:] = 0
+        packed_s.ravel()[dest] = vals[order]
+        packed_i.ravel()[dest] = idx[order]
+        self.best_s, self.best_i = _top(packed_s, packed_i, self.k)
+        if self.best_s.shape[1] == self.k:
+            self.threshold = self.best_s.min(axis=1)
 
     def _above(self, scores: np.ndarray, start: int):
         """(rows, document indices, scores) of the block's scores strictly above each row's threshold,
