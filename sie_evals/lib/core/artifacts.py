@@ -17,8 +17,8 @@ step's output, and a step on any worker turns it back into a local path with `fe
   config; credentials only from the backend's own environment (AWS_*, GOOGLE_APPLICATION_CREDENTIALS), never here.
 
 What does not go here: saved targets and measurement history need atomic rename and file locks, which object
-stores lack. They stay on the POSIX results dir (lib/core/paths.py), which in a deployment must be one volume
-every worker mounts (ReadWriteMany).
+stores lack. They stay in the model configs dir (lib/core/paths.py: model_configs_dir), which in a deployment
+must be one writable volume every worker mounts (ReadWriteMany), as the results dir is.
 """
 
 import hashlib

@@ -78,16 +78,18 @@ def cache_dir_override(path: Path | None) -> Iterator[None]:
 
 def results_dir() -> Path:
     """Where per-query score tables, dataset snapshots and Dagster asset outputs go, unless
-    $SIE_EVALS_ARTIFACTS_URL puts those on shared storage (lib/core/artifacts.py). Saved targets and the
-    measurement history stay here in any case: they need atomic rename and file locks, which object stores
-    lack, so in a deployment of more than one worker this must be a POSIX volume every worker mounts
-    (ReadWriteMany), never a worker's own disk."""
+    $SIE_EVALS_ARTIFACTS_URL puts those on shared storage (lib/core/artifacts.py). Reports, comparison
+    markdown, latency plots and server logs stay here in any case (read by people, not by later steps),
+    so in a deployment of more than one worker this is a POSIX volume every worker mounts (ReadWriteMany),
+    never a worker's own disk."""
     return _env_path(RESULTS_DIR_ENV) or home() / "results"
 
 
 def model_configs_dir() -> Path:
     """The checkout's model_configs/, or the copy shipped in the package (sie_evals/model_configs).
-    Saving targets writes here: point SIE_EVALS_MODEL_CONFIGS_DIR at a writable copy in a deployment."""
+    Saved targets and the measurement history are written here (into the configs, per-query files under
+    per_query/): they need atomic rename and file locks, which object stores lack, so in a deployment this
+    is a writable POSIX volume every worker mounts (ReadWriteMany): SIE_EVALS_MODEL_CONFIGS_DIR."""
     checkout = source_checkout()
     return _env_path(MODEL_CONFIGS_DIR_ENV) or (checkout / "model_configs" if checkout else shipped_model_configs())
 
