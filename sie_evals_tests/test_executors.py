@@ -55,6 +55,8 @@ def test_celery_job_routes_steps_by_queue_and_never_holds_the_broker_url(monkeyp
             "perf_scores",
             "target_comparison",
             "eval_report",
+            "finesse_embeddings",
+            "finesse_scores",
         )
     }
     assert queues == {
@@ -66,6 +68,8 @@ def test_celery_job_routes_steps_by_queue_and_never_holds_the_broker_url(monkeyp
         "perf_scores": "gpu",
         "target_comparison": "cpu",
         "eval_report": "cpu",
+        "finesse_embeddings": "gpu",
+        "finesse_scores": "cpu",
     }
     gpu_k8s = json.loads(tags("embeddings.embed_shard")["dagster-k8s/config"])
     assert gpu_k8s["container_config"]["resources"]["limits"] == {"nvidia.com/gpu": "1"}

@@ -8,6 +8,7 @@ from typing import Any
 import dagster as dg
 
 from sie_evals.defs.evals.resources import EvalSettings
+from sie_evals.defs.executors import CPU_STEP_TAGS, GPU_STEP_TAGS
 from sie_evals.defs.finesse.partitions import finesse_partitions
 from sie_evals.defs.finesse.resources import FinesseRunConfig
 from sie_evals.finesse.hashing import file_sha256
@@ -28,7 +29,12 @@ def _run_dir(settings: EvalSettings, key: EvalKey) -> Path:
 
 
 @dg.asset(
-    partitions_def=finesse_partitions, group_name=GROUP, io_manager_key="json_io", pool="gpu", kinds={"safetensors"}
+    partitions_def=finesse_partitions,
+    group_name=GROUP,
+    io_manager_key="json_io",
+    pool="gpu",
+    op_tags=GPU_STEP_TAGS,  # the Celery/k8s queue of the accelerator workers, as the eval embeddings
+    kinds={"safetensors"},
 )
 def finesse_embeddings(
     context: dg.AssetExecutionContext, settings: EvalSettings, config: FinesseRunConfig
@@ -58,7 +64,9 @@ def finesse_embeddings(
     )
 
 
-@dg.asset(partitions_def=finesse_partitions, group_name=GROUP, io_manager_key="json_io", kinds={"json"})
+@dg.asset(
+    partitions_def=finesse_partitions, group_name=GROUP, io_manager_key="json_io", op_tags=CPU_STEP_TAGS, kinds={"json"}
+)
 def finesse_scores(
     context: dg.AssetExecutionContext, finesse_embeddings: dict[str, Any], settings: EvalSettings
 ) -> dg.Output[dict[str, Any]]:
