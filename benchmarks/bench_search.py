@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sie_evals.lib.quality import search as search_module
 from sie_evals.lib.quality.metrics import retrieval_scores
 from sie_evals.lib.quality.search import exact_top_k, to_run
+from sie_evals.lib.quality.top_k import worker_pool
 
 BARE_CHUNK = 50_000
 K_VALUES = (1, 3, 5, 10, 20, 100, 1000)
@@ -71,7 +72,7 @@ def product_alone(q: torch.Tensor, docs: np.ndarray) -> float:
     workers = torch.get_num_threads()
     if workers == 1:
         return worker()
-    pool = search_module._pool(workers, os.getpid(), "tiles")
+    pool = worker_pool(workers, os.getpid(), "tiles")
     return sum(f.result() for f in [pool.submit(worker) for _ in range(workers)])
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from sie_evals.lib.engines.vectors import MultiVectors
-from sie_evals.lib.quality.search import merge_top_k
+from sie_evals.lib.quality.top_k import merge_top_k
 
 DEFAULT_MAX_BLOCK = 32 * 1024 * 1024  # float32 elements of one similarity block (128 MiB)
 

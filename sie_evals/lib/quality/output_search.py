@@ -9,8 +9,9 @@ import numpy as np
 
 from sie_evals.lib.engines.vectors import MultiVectors, MuveraVectors, SparseVectors
 from sie_evals.lib.quality.maxsim import maxsim_rescore, maxsim_top_k
-from sie_evals.lib.quality.search import exact_top_k, inner_product_top_k, sort_rows
+from sie_evals.lib.quality.search import exact_top_k, inner_product_top_k
 from sie_evals.lib.quality.sparse_search import sparse_top_k
+from sie_evals.lib.quality.top_k import sort_rows
 
 DEFAULT_DOC_CHUNK = 20_000  # FDEs are wide (10,240 dims): 800 MiB of documents per chunk
 

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from sie_evals.lib.engines.vectors import SparseVectors
-from sie_evals.lib.quality.search import merge_top_k
+from sie_evals.lib.quality.top_k import merge_top_k
 
 DEFAULT_DOC_CHUNK = 20_000
 
