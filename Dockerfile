@@ -28,11 +28,14 @@ WORKDIR /src
 COPY . .
 # The wheel, and the requirement list on its own: it changes only with pyproject.toml, so the layer
 # that installs the dependencies below stays cached across source edits.
+# EXTRAS: the optional dependency groups the image carries (s3/gcs: SIE_EVALS_ARTIFACTS_URL=s3://, gs://).
+ARG EXTRAS=s3,gcs
 RUN --mount=type=cache,target=/root/.cache/pip \
     python3 -m venv /opt/build \
  && /opt/build/bin/pip wheel --no-deps -q -w /wheels . \
- && python3 -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
-      > /requirements.txt
+ && EXTRAS="$EXTRAS" python3 -c "import os, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+print('\n'.join(p['dependencies'] + [r for e in filter(None, os.environ['EXTRAS'].split(',')) \
+for r in p['optional-dependencies'][e]]))" > /requirements.txt
 
 FROM ${PYTHON_IMAGE}
 # Empty: the builder's default index (build_image.sh: this machine's, which holds the CPU wheel).

@@ -105,6 +105,23 @@ def test_validate_in_the_image(container):
     assert res.returncode == 0, f"{res.stdout}\n{res.stderr[-4000:]}"
 
 
+def test_the_image_runs_the_distributed_roles(container):
+    """What a fleet needs from the same image: the Celery worker app and the s3/gcs artifact backends."""
+    probe = (
+        "import fsspec, dagster_celery, dagster_k8s; "
+        "print(fsspec.get_filesystem_class('s3').__module__, fsspec.get_filesystem_class('gs').__module__)"
+    )
+    res = run_in(container, "python", "-c", probe)
+    assert res.returncode == 0, f"{res.stdout}\n{res.stderr[-4000:]}"
+    assert [m.split(".")[0] for m in res.stdout.split()] == ["s3fs", "gcsfs"]
+    worker_app = (
+        "import os; os.environ['SIE_EVALS_CELERY_BROKER'] = 'redis://127.0.0.1:6399/0'; "
+        "from sie_evals.defs.celery_app import app, execute_plan; print(execute_plan.name)"
+    )
+    res = run_in(container, "python", "-c", worker_app)
+    assert res.returncode == 0 and res.stdout.strip().endswith("execute_plan"), f"{res.stdout}\n{res.stderr[-4000:]}"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
