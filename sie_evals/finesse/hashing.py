@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from sie_evals.lib.core.digests import file_sha256
 from sie_evals.lib.core.errors import InputError
 
 HASH_SCHEME = "sie-evals-finesse/1"
@@ -63,14 +64,6 @@ def seal(results: dict[str, Any]) -> dict[str, Any]:
     key = hmac_key()
     out["signature"] = signature(out, key) if key else None
     return out
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def model_files(path: Path) -> list[list[Any]]:

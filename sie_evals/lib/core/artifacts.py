@@ -36,6 +36,7 @@ from upath import UPath
 
 from sie_evals.lib.core import paths
 from sie_evals.lib.core.atomic import atomic_write, atomic_write_bytes, atomic_write_text
+from sie_evals.lib.core.digests import file_sha256
 from sie_evals.lib.core.errors import ConfigError, EngineError, InputError, SieEvalsError
 from sie_evals.lib.core.urls import redact_text, redact_url
 
@@ -73,14 +74,6 @@ def _check_key(key: str) -> str:
     if not key or key.startswith("/") or ".." in parts or "\\" in key:
         raise ValueError(f"artifact key {key!r} must be a relative '/'-separated path without '..'")
     return key.strip("/")
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _version(info: Mapping[str, Any]) -> str:
@@ -174,7 +167,7 @@ class ArtifactStore:
                     for p in sorted(local.rglob("*"))
                     if p.is_file() and not _hidden(p, local) and p.relative_to(local).as_posix() != MANIFEST
                 }
-                manifest = {rel: {"size": p.stat().st_size, "sha256": _file_sha256(p)} for rel, p in files.items()}
+                manifest = {rel: {"size": p.stat().st_size, "sha256": file_sha256(p)} for rel, p in files.items()}
                 raw = (json.dumps({"files": manifest}, indent=1, sort_keys=True) + "\n").encode()
                 try:
                     published = target.fs.cat_file((target / MANIFEST).path)
@@ -293,7 +286,7 @@ class ArtifactStore:
                     local = tmp / rel
                     local.parent.mkdir(parents=True, exist_ok=True)
                     remote.fs.get_file((remote / rel).path, str(local))
-                    if local.stat().st_size != size or _file_sha256(local) != digest:
+                    if local.stat().st_size != size or file_sha256(local) != digest:
                         raise EngineError(
                             f"artifact store: {shown}/{rel}: downloaded file does not match its manifest "
                             f"(size {local.stat().st_size} vs {size}, or sha256 differs)"

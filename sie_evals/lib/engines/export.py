@@ -21,6 +21,7 @@ from typing import Any
 
 from sie_evals.lib.config.model_config import Dtype, ModelConfig, ResolvedProfile
 from sie_evals.lib.core.atomic import atomic_write_json
+from sie_evals.lib.core.digests import file_sha256
 from sie_evals.lib.core.errors import ConfigError
 from sie_evals.lib.core.versions import package_version
 from sie_evals.lib.engines.pooling import pool
@@ -36,14 +37,6 @@ PROBE_TEXTS = [
     "A query about protein folding and its role in disease?",
     "Background: " + "cells divide and differentiate under many signals. " * 40,
 ]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def export_identity(model: ModelConfig, profile: ResolvedProfile, weights: str) -> dict[str, Any]:
@@ -68,7 +61,7 @@ def export_folder(cache_root: Path, model: ModelConfig, profile: ResolvedProfile
 def _valid(folder: Path) -> bool:
     try:
         meta = json.loads((folder / META_FILE).read_text())
-        return meta.get("sha256") == _sha256(folder / ONNX_FILE)
+        return meta.get("sha256") == file_sha256(folder / ONNX_FILE)
     except (OSError, ValueError, AttributeError):
         return False
 
@@ -96,7 +89,7 @@ def ensure_onnx_export(
             tmp / META_FILE,
             {
                 **export_identity(model, profile, weights),
-                "sha256": _sha256(tmp / ONNX_FILE),
+                "sha256": file_sha256(tmp / ONNX_FILE),
                 "probe_max_abs_delta": max_delta,
             },
         )
