@@ -157,3 +157,27 @@ def eval_resources(tmp_path, session_cache, configs_dir, monkeypatch) -> Callabl
         }
 
     return make
+
+
+def add_asset_backfill(instance, asset_graph, partitions: list[str], asset_keys, backfill_id: str) -> None:
+    """An asset backfill of `partitions` of `asset_keys`, made as the UI's "Launch backfill" (GraphQL
+    `launchPartitionBackfill`) makes it, added to the instance REQUESTED: a daemon's backfill loop (or its
+    iteration called by the test) submits the runs. Dagster internals, as GraphQL uses them."""
+    import time
+
+    from dagster._core.execution.backfill import PartitionBackfill
+
+    backfill = PartitionBackfill.from_asset_partitions(
+        backfill_id=backfill_id,
+        asset_graph=asset_graph,
+        partition_names=partitions,
+        asset_selection=list(asset_keys),
+        backfill_timestamp=time.time(),
+        tags={},
+        dynamic_partitions_store=instance,
+        all_partitions=False,
+        title=None,
+        description=None,
+        run_config=None,
+    )
+    instance.add_backfill(backfill)

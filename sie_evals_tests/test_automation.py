@@ -28,7 +28,7 @@ from sie_evals.defs.evals.schedules import RUN_RETRY_TAGS
 from sie_evals.defs.evals.sensors import automation_sensor, eval_cells_sync
 from sie_evals.defs.finesse.partitions import FINESSE_CELLS
 from sie_evals.lib.config.model_config import load_all_model_configs
-from sie_evals_tests.conftest import REPO_ROOT
+from sie_evals_tests.conftest import REPO_ROOT, add_asset_backfill
 
 MINILM = "all-MiniLM-L6-v2"
 SCIFACT, STS = "beir/SciFact", "mteb/STSBenchmark"
@@ -142,20 +142,7 @@ def run_backfill(instance: dg.DagsterInstance, partitions: list[str], timeout: f
     with WorkspaceProcessContext(instance, target) as context:
         request = context.create_request_context()
         asset_graph = request.asset_graph
-        backfill = PartitionBackfill.from_asset_partitions(
-            backfill_id="column",
-            asset_graph=asset_graph,
-            partition_names=partitions,
-            asset_selection=[dg.AssetKey(a) for a in EVAL_ASSETS],
-            backfill_timestamp=time.time(),
-            tags={},
-            dynamic_partitions_store=instance,
-            all_partitions=False,
-            title=None,
-            description=None,
-            run_config=None,
-        )
-        instance.add_backfill(backfill)
+        add_asset_backfill(instance, asset_graph, partitions, [dg.AssetKey(a) for a in EVAL_ASSETS], "column")
         deadline = time.monotonic() + timeout
         while instance.get_backfill("column").status in (BulkActionStatus.REQUESTED, BulkActionStatus.FAILING):
             assert time.monotonic() < deadline, "backfill did not finish"

@@ -28,7 +28,7 @@ from sie_evals.defs.evals.checks import EVAL_CHECKS
 from sie_evals.defs.evals.partitions import sync_partitions
 from sie_evals.defs.evals.resources import EngineFactory, EvalSettings, JsonIOManager
 from sie_evals.defs.executors import CELERY_QUEUE_TAG, CELERY_SETTINGS, CPU_QUEUE, GPU_QUEUE
-from sie_evals_tests.conftest import REPO_ROOT, skip_unless_required
+from sie_evals_tests.conftest import REPO_ROOT, add_asset_backfill, skip_unless_required
 
 pytestmark = pytest.mark.slow
 
@@ -252,26 +252,13 @@ def launch_backfill(instance: dg.DagsterInstance, assets, partitions: list[str])
     """An asset backfill of `partitions` of `assets`, made as the UI's "Launch backfill" (GraphQL
     `launchPartitionBackfill`) makes it: PartitionBackfill.from_asset_partitions on the definitions'
     asset graph, added to the instance REQUESTED; the daemon's backfill loop submits its runs."""
-    from dagster._core.execution.backfill import PartitionBackfill
     from dagster._core.utils import make_new_backfill_id
 
     from sie_evals.definitions import defs
 
-    backfill = PartitionBackfill.from_asset_partitions(
-        backfill_id=make_new_backfill_id(),
-        asset_graph=defs().resolve_asset_graph(),
-        partition_names=partitions,
-        asset_selection=[a.key for a in assets],
-        backfill_timestamp=time.time(),
-        tags={},
-        dynamic_partitions_store=instance,
-        all_partitions=False,
-        title=None,
-        description=None,
-        run_config=None,
-    )
-    instance.add_backfill(backfill)
-    return backfill.backfill_id
+    backfill_id = make_new_backfill_id()
+    add_asset_backfill(instance, defs().resolve_asset_graph(), partitions, [a.key for a in assets], backfill_id)
+    return backfill_id
 
 
 def wait_backfill(instance: dg.DagsterInstance, backfill_id: str, timeout: float, log: Path) -> str:
