@@ -129,22 +129,21 @@ def _scan_round(
     limit = PACK_LIMIT * n_q * k
     job = {"threshold": threshold, "count": 0, "limit": limit, "lock": threading.Lock()}
     if workers == 1:  # this thread's torch is single-threaded already
-        parts = [_scan_tiles(q, docs, tiles, width, job, normalize)]
-        tasks = []
-    else:
-        pool = worker_pool(workers, os.getpid(), "tiles")
-        tasks = [pool.submit(_scan_tiles, q, docs, tiles, width, job, normalize) for _ in range(workers)]
+        found = [_scan_tiles(q, docs, tiles, width, job, normalize)]
+        return lambda: _gathered(found, limit)
+    pool = worker_pool(workers, os.getpid(), "tiles")
+    tasks = [pool.submit(_scan_tiles, q, docs, tiles, width, job, normalize) for _ in range(workers)]
+    return lambda: _gathered([task.result() for task in tasks], limit)
 
-    def collect():
-        found = parts if not tasks else [task.result() for task in tasks]
-        if any(part is None for part in found):
-            return None
-        tiles_found = [c for part in found for c in part]
-        if sum(len(c[0]) for c in tiles_found) > limit:
-            return None
-        return tuple(np.concatenate(cols) for cols in zip(*tiles_found, strict=True))
 
-    return collect
+def _gathered(found: list, limit: int):
+    """The workers' candidates as one (query rows, document indices, scores), or None over `limit`."""
+    if any(part is None for part in found):
+        return None
+    tiles_found = [c for part in found for c in part]
+    if sum(len(c[0]) for c in tiles_found) > limit:
+        return None
+    return tuple(np.concatenate(cols) for cols in zip(*tiles_found, strict=True))
 
 
 def inner_product_top_k(
