@@ -223,3 +223,37 @@ def test_workers_multiply_single_threaded_and_leave_every_other_threads_setting(
         assert [c.result() for c in counts] == [1, 1]
     finally:
         torch.set_num_threads(before)
+
+
+def test_searches_from_two_threads_at_once_share_the_workers_safely():
+    """Two callers (e.g. threaded Dagster steps) feed the same tile workers at the same time: each
+    round has its own tiles, thresholds and candidates, so each gets its own search's result."""
+    import threading
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        rng = np.random.default_rng(17)
+        cases = [
+            (rng.standard_normal((80, 48)).astype(np.float32), rng.standard_normal((12_000, 48)).astype(np.float32))
+            for _ in range(2)
+        ]
+        expected = [exact_top_k(q, d, 40, doc_chunk=700) for q, d in cases]
+        got: dict[int, tuple] = {}
+        start = threading.Barrier(2)
+
+        def run(i: int) -> None:
+            torch.set_num_threads(2)
+            start.wait(10)
+            got[i] = exact_top_k(*cases[i], 40, doc_chunk=700)
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        for i in range(2):
+            np.testing.assert_array_equal(got[i][1], expected[i][1])
+            np.testing.assert_array_equal(got[i][0], expected[i][0])
+    finally:
+        torch.set_num_threads(before)
