@@ -257,3 +257,15 @@ def test_searches_from_two_threads_at_once_share_the_workers_safely():
             np.testing.assert_array_equal(got[i][0], expected[i][0])
     finally:
         torch.set_num_threads(before)
+
+
+def test_k_above_the_first_block_and_float64_documents():
+    """Blocks are selected in full until every query has k (here k spans three blocks), then the
+    fused rounds; float64 documents are converted a tile at a time, with the float32 bits."""
+    rng = np.random.default_rng(18)
+    q = rng.standard_normal((30, 24)).astype(np.float32)
+    d = rng.standard_normal((3000, 24))
+    scores, idx = exact_top_k(q, d, k=250, doc_chunk=100)
+    exp_s, exp_i = _expected(_cosine_product(q, d.astype(np.float32)), 250)
+    np.testing.assert_array_equal(idx, exp_i)
+    np.testing.assert_array_equal(scores, exp_s)
