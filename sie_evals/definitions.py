@@ -34,6 +34,9 @@ def defs() -> dg.Definitions:
             "engines": EngineFactory.from_env(),
             # step outputs on $SIE_EVALS_ARTIFACTS_URL (s3://, gs://) when set, so any worker reads them
             "json_io": JsonIOManager(),
+            # The default IO manager is the same JSON store (never pickle): the graph asset `embeddings`
+            # hands its value through it (assets.py, merge_shards).
+            "io_manager": JsonIOManager(),
         },
         # $SIE_EVALS_EXECUTOR: in_process by default (the model loads once per run); celery/k8s
         # send each step to the queue its tags name (defs/executors.py).

@@ -154,6 +154,7 @@ def eval_resources(tmp_path, session_cache, configs_dir, monkeypatch) -> Callabl
             "settings": EvalSettings(**(base | settings)),
             "engines": EngineFactory(),
             "json_io": JsonIOManager(base_dir=str(tmp_path / "io")),
+            "io_manager": JsonIOManager(base_dir=str(tmp_path / "io")),
         }
 
     return make

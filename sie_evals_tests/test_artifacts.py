@@ -208,6 +208,7 @@ def _resources(endpoint: str, worker: Path) -> dict:
         ),
         "engines": EngineFactory(),
         "json_io": JsonIOManager(base_dir=f"s3://{BUCKET}/dagster-cell/dagster", artifacts_options=options),
+        "io_manager": JsonIOManager(base_dir=f"s3://{BUCKET}/dagster-cell/dagster", artifacts_options=options),
     }
 
 

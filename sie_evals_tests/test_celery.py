@@ -237,6 +237,7 @@ def in_process_reference(tmp_path: Path, configs: Path, cells: list[str]) -> tup
         "settings": settings,
         "engines": EngineFactory(),
         "json_io": JsonIOManager(base_dir=str(tmp_path / "io")),
+        "io_manager": JsonIOManager(base_dir=str(tmp_path / "io")),
     }
     instance = dg.DagsterInstance.ephemeral()
     sync_partitions(instance, configs)

@@ -207,6 +207,7 @@ def test_dagster_cli_validate_and_materialize(tmp_path, session_cache, monkeypat
                     }
                 },
                 "json_io": {"config": {"base_dir": str(tmp_path / "io")}},
+                "io_manager": {"config": {"base_dir": str(tmp_path / "io")}},
             }
         }
     )

@@ -19,6 +19,7 @@ def test_embeddings_step_exports_under_the_resources_cache_dir(tmp_path, monkeyp
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("eval_cells", [cell])
     resources = {"settings": settings, "engines": EngineFactory(), "json_io": JsonIOManager(base_dir=str(tmp_path))}
+    resources["io_manager"] = resources["json_io"]
     res = dg.materialize([task_dataset, embeddings], partition_key=cell, instance=instance, resources=resources)
     out = res.output_for_node("embeddings")  # a graph asset (shard steps): run as Dagster runs it
 

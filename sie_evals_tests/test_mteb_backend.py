@@ -311,6 +311,7 @@ def test_mteb_only_task_materializes_through_the_eval_assets(tmp_path, monkeypat
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("eval_cells", [key])
     resources = {"settings": settings, "engines": EngineFactory(), "json_io": JsonIOManager(base_dir=str(tmp_path))}
+    resources["io_manager"] = resources["json_io"]
 
     def embed() -> dict:  # a graph asset (shard steps): run as Dagster runs it
         res = dg.materialize([task_dataset, embeddings], partition_key=key, instance=instance, resources=resources)

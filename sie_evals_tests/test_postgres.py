@@ -88,6 +88,7 @@ def test_materialize_partition_on_postgres(postgres, tmp_path, session_cache, mo
         ),
         "engines": EngineFactory(),
         "json_io": JsonIOManager(base_dir=str(tmp_path / "io")),
+        "io_manager": JsonIOManager(base_dir=str(tmp_path / "io")),
     }
     defs = [task_dataset, embeddings, quality_scores, quality_vs_target]
     sync_partitions(instance)  # the eval_cells_sync sensor's first tick

@@ -67,7 +67,8 @@ def test_auto_falls_back_to_torch_when_the_export_fails_the_parity_gate(minilm, 
     import onnx
     from onnx import numpy_helper
 
-    from sie_evals.lib.engines.export import META_FILE, ONNX_FILE, _sha256, ensure_onnx_export
+    from sie_evals.lib.core.digests import file_sha256
+    from sie_evals.lib.engines.export import META_FILE, ONNX_FILE, ensure_onnx_export
 
     profile = minilm.resolve_profile("default")
     made = ensure_onnx_export(  # the session's export (made once), copied: the copy is the one altered
@@ -82,7 +83,7 @@ def test_auto_falls_back_to_torch_when_the_export_fails_the_parity_gate(minilm, 
     init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * np.float32(1.005), init.name))
     onnx.save(graph, str(folder / ONNX_FILE))
     meta = json.loads((folder / META_FILE).read_text())
-    (folder / META_FILE).write_text(json.dumps({**meta, "sha256": _sha256(folder / ONNX_FILE)}))
+    (folder / META_FILE).write_text(json.dumps({**meta, "sha256": file_sha256(folder / ONNX_FILE)}))
 
     monkeypatch.setenv(RUNTIME_CACHE_ENV, str(root))
     with caplog.at_level(logging.WARNING), LocalEngine(minilm, profile, threads=2, batch_size=8) as engine:

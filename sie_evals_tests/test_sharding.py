@@ -215,6 +215,7 @@ def materialize_synth(tmp_path: Path, name: str, configs: Path, data: Path, shar
         "settings": settings,
         "engines": EngineFactory(),
         "json_io": JsonIOManager(base_dir=str(tmp_path / name / "io")),
+        "io_manager": JsonIOManager(base_dir=str(tmp_path / name / "io")),
     }
     instance = dg.DagsterInstance.ephemeral()
     sync_partitions(instance, configs)
@@ -279,3 +280,17 @@ def test_graph_asset_shards_a_large_cell_and_merges_to_the_one_shard_result(synt
     ]
     assert len(rerun) == 3 and all(m["cache_hit"] and m["forward_calls"] == 0 for m in rerun)
     assert vector_bytes(again) == vector_bytes(one)
+
+
+def test_a_run_of_embeddings_without_its_downstream_assets_can_start():
+    """Materializing `embeddings` alone (or with task_dataset) from the UI or a backfill: the subset job's
+    config schema needs the graph asset's output IO manager among the resources its ops require."""
+    from dagster._core.definitions.reconstruct import ReconstructableRepository
+
+    from sie_evals.defs.evals.assets import embeddings, task_dataset
+
+    repo = ReconstructableRepository.for_module("sie_evals.definitions", "defs", working_directory=str(REPO_ROOT))
+    job = repo.get_reconstructable_job("__ASSET_JOB")
+    for selection in ({task_dataset.key, embeddings.key}, {embeddings.key}):
+        subset = job.get_subset(asset_selection=selection).get_definition()
+        assert "embeddings" in subset.run_config_schema.config_type.fields["ops"].config_type.fields

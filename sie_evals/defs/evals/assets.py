@@ -185,7 +185,10 @@ def embed_shard(
     return dg.Output(report.as_dict(), metadata={**metadata, "cache_hit": report.cache["misses"] == 0})
 
 
-@dg.op(out=dg.Out(io_manager_key="json_io"), tags=CPU_STEP_TAGS)
+# `io_manager` (the JSON one, definitions.py), not `json_io`: a graph asset's output always names the
+# default key, and a run that selects `embeddings` without a downstream asset builds its config schema
+# from the resources its ops require (DagsterInvalidDefinitionError before the run starts otherwise).
+@dg.op(out=dg.Out(io_manager_key="io_manager"), tags=CPU_STEP_TAGS)
 def merge_shards(
     context: dg.OpExecutionContext, reports: list[dict[str, Any]], task_dataset: dict[str, Any], settings: EvalSettings
 ) -> dg.Output[dict[str, Any]]:
