@@ -100,13 +100,17 @@ class Cluster:
 
         wait_for("redis-server", pong, 20, self.root / "redis.log")
 
-    def start_worker(self, queue: str) -> None:
+    def start_worker(
+        self, queue: str, name: str | None = None, app: str = "sie_evals.defs.celery_app", timeout: float = 120
+    ) -> None:
+        """A Celery worker process on `queue`, named `name` (default: the queue), running `app`."""
+        name = name or queue
         celery = str(Path(sys.executable).with_name("celery"))
-        args = [celery, "-A", "sie_evals.defs.celery_app", "worker", "-Q", queue, "-n", f"{queue}@%h"]
+        args = [celery, "-A", app, "worker", "-Q", queue, "-n", f"{name}@%h"]
         args += ["--concurrency", "1", "--loglevel", "INFO", "--without-gossip", "--without-mingle"]
-        self._start(queue, args, cwd=REPO_ROOT)
-        log = self.root / f"{queue}.log"
-        wait_for(f"worker {queue}", lambda: "ready." in log.read_text(), 120, log)
+        self._start(name, args, cwd=REPO_ROOT)
+        log = self.root / f"{name}.log"
+        wait_for(f"worker {name}", lambda: "ready." in log.read_text(), timeout, log)
 
     def start_daemon(self) -> None:
         """`dagster-daemon run` on the workspace: backfill daemon, run queue (QueuedRunCoordinator) and

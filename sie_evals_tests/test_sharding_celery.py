@@ -7,7 +7,6 @@ is tested on real SciFact texts in test_sharding.py."""
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import dagster as dg
@@ -18,24 +17,13 @@ from sie_evals.defs.evals.assets import embeddings, quality_scores, task_dataset
 from sie_evals.defs.evals.partitions import sync_partitions
 from sie_evals_tests.conftest import REPO_ROOT
 from sie_evals_tests.sharding_engine import make_synthetic_beir
-from sie_evals_tests.test_celery import Cluster, free_port, run_cell, run_text, wait_for
+from sie_evals_tests.test_celery import Cluster, free_port, run_cell, run_text
 from sie_evals_tests.test_sharding import CELL, materialize_synth, synth_configs, synth_source  # noqa: F401
 
 pytestmark = pytest.mark.slow
 
 DOCS, QUERIES = 300_000, 200
 SHARD_SIZE = 80_000  # 40 chunks of 2,048 texts: the 1 + 147 chunks make 4 shards
-
-
-class ShardCluster(Cluster):
-    def start_named_worker(self, queue: str, name: str) -> None:
-        """A worker on `queue` named `name`, running the app that knows the batchy source."""
-        celery = str(Path(sys.executable).with_name("celery"))
-        args = [celery, "-A", "sie_evals_tests.sharding_worker", "worker", "-Q", queue, "-n", f"{name}@%h"]
-        args += ["--concurrency", "1", "--loglevel", "INFO", "--without-gossip", "--without-mingle"]
-        self._start(name, args, cwd=REPO_ROOT)
-        log = self.root / f"{name}.log"
-        wait_for(f"worker {name}", lambda: "ready." in log.read_text(), 180, log)
 
 
 def workers_by_step(run_id: str) -> dict[str, set[str]]:
@@ -80,11 +68,12 @@ def test_300k_documents_sharded_over_two_gpu_workers_equal_the_unsharded_run(syn
     }
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    cluster = ShardCluster(tmp_path, {**os.environ, **env})
+    cluster = Cluster(tmp_path, {**os.environ, **env})
     try:
         cluster.start_redis(port)
         for queue, name in (("gpu", "gpu1"), ("gpu", "gpu2"), ("cpu", "cpu")):
-            cluster.start_named_worker(queue, name)
+            # the app that knows the batchy source
+            cluster.start_worker(queue, name, app="sie_evals_tests.sharding_worker", timeout=180)
         sync_partitions(dg.DagsterInstance.get(), configs)
         res = run_cell(CELL, [task_dataset, embeddings, quality_scores])
         assert res.success, f"run failed; worker logs under {tmp_path}\n{run_text(res.run_id)[-3000:]}"
