@@ -41,7 +41,7 @@ from sie_evals.lib.perf.load import latency_histogram_png
 from sie_evals.lib.perf.plots import saturation_png
 from sie_evals.lib.quality.task_types import MtebTaskType, score_task, task_type_for
 from sie_evals.lib.tasks import resolve_task
-from sie_evals.lib.tasks.snapshot import read_snapshot, write_snapshot
+from sie_evals.lib.tasks.snapshot import write_snapshot
 
 GROUP = "evals"
 
@@ -141,7 +141,7 @@ def plan_shards(
     key = eval_key(context.partition_key)
     with _input_errors_final():
         spec = resolve_task(key.task)
-        data = read_snapshot(settings.artifacts().fetch_dir(task_dataset["snapshot_dir"]))
+        data = settings.snapshot(task_dataset)
     shards = sharding.plan_shards(_input_sizes(spec, data), settings.shard_size, settings.cache().chunk_size)
     context.log.info(f"{key}: {len(shards)} shard(s) of at most {settings.shard_size} texts (whole cache chunks)")
     for shard in shards:
@@ -166,7 +166,7 @@ def embed_shard(
     with _input_errors_final():
         config, profile = _config_and_profile(key, settings)
         spec = resolve_task(key.task)
-        data = read_snapshot(settings.artifacts().fetch_dir(task_dataset["snapshot_dir"]))
+        data = settings.snapshot(task_dataset)
         with (
             settings.cache_scope(),
             engines.create(key.source, config, profile, settings.engine_options()) as engine,
@@ -199,7 +199,7 @@ def merge_shards(
     with _input_errors_final():
         config, profile = _config_and_profile(key, settings)
         spec = resolve_task(key.task)
-        data = read_snapshot(settings.artifacts().fetch_dir(task_dataset["snapshot_dir"]))
+        data = settings.snapshot(task_dataset)
     cache = settings.cache()
     engine = sharding.merge_engine(config, profile, reports, str(cache.root))
     vectors = embed_task(engine, spec, data, cache).vectors if _input_sizes(spec, data) is not None else {}
@@ -280,7 +280,7 @@ def quality_scores(
     """MTEB-exact retrieval metrics (aggregate + per query) from the cached embeddings."""
     key = eval_key(context.partition_key)
     spec = resolve_task(key.task)
-    data = read_snapshot(settings.artifacts().fetch_dir(task_dataset["snapshot_dir"]))
+    data = settings.snapshot(task_dataset)
     if embeddings["content_hash"] != data.content_hash:
         raise dg.Failure(
             f"embeddings for {key} were computed on dataset {embeddings['content_hash'][:12]}, "
@@ -380,7 +380,7 @@ def perf_scores(
         sweep, slos = settings.perf_sweep_and_slos()
         config, profile = _config_and_profile(key, settings)
         spec = resolve_task(key.task)
-        data = read_snapshot(settings.artifacts().fetch_dir(task_dataset["snapshot_dir"]))
+        data = settings.snapshot(task_dataset)
     with _input_errors_final(), settings.cache_scope():
         result = evaluate_perf_source(
             config,

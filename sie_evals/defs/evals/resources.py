@@ -22,6 +22,7 @@ from sie_evals.lib.engines.cache import EmbeddingCache
 from sie_evals.lib.gates.keys import path_slug
 from sie_evals.lib.harness.evaluation import DataOptions, EngineOptions
 from sie_evals.lib.perf.load import LoadSpec
+from sie_evals.lib.tasks.snapshot import read_snapshot
 
 D = DEFAULTS  # every default lives in lib/config/settings.py (EvalDefaults), shared with the CLI
 
@@ -105,6 +106,10 @@ class EvalSettings(dg.ConfigurableResource):
         """This worker's embedding cache, with the artifact store's `cache/` as its shared tier when it is remote."""
         store = self.artifacts()
         return EmbeddingCache(self.cache_root(), remote=store.child("cache") if store.remote else None)
+
+    def snapshot(self, task_dataset: dict[str, Any]) -> Any:
+        """The task data a task_dataset output snapshotted, fetched from the shared store on this worker."""
+        return read_snapshot(self.artifacts().fetch_dir(task_dataset["snapshot_dir"]))
 
     def local_outputs(self, scores: dict[str, Any]) -> dict[str, Any]:
         """A scores output with its per-query table and snapshot as local paths (fetched on this worker), for
